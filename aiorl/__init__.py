@@ -1,0 +1,44 @@
+"""aiorl: asyncio-native reinforcement learning with persistent, supervised workers.
+
+Quick start::
+
+    import aiorl
+
+    result = aiorl.run(aiorl.Trainer("CartPole-v1"), total_steps=200_000, target_return=475)
+    print(result.mean_return)
+"""
+
+from aiorl.algos import PPO
+from aiorl.config import TrainerConfig
+from aiorl.engine.consumer import LagStats, UpdateReport
+from aiorl.errors import (
+    AiorlError,
+    ConfigError,
+    EnvError,
+    LearnerError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from aiorl.models import ActorCritic
+from aiorl.runner import run
+from aiorl.trainer import Trainer, TrainResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PPO",
+    "ActorCritic",
+    "AiorlError",
+    "ConfigError",
+    "EnvError",
+    "LagStats",
+    "LearnerError",
+    "TrainResult",
+    "Trainer",
+    "TrainerConfig",
+    "UpdateReport",
+    "WorkerCrashed",
+    "WorkerStartError",
+    "__version__",
+    "run",
+]

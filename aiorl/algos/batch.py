@@ -1,0 +1,85 @@
+"""The training batch: rollouts from several slots side by side, time first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aiorl.shm import RolloutLayout, SlotArrays
+
+
+@dataclass(slots=True)
+class RolloutBatch:
+    """Arrays shaped ``[T, N, ...]`` (``T`` steps, ``N`` env trajectories).
+
+    Field meanings are those of :class:`aiorl.shm.RolloutLayout`; ``versions``
+    is broadcast to ``[T, N]`` and ``next_obs`` is ``[N, *obs]``.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    logprobs: np.ndarray
+    values: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    trunc_values: np.ndarray
+    versions: np.ndarray
+    next_obs: np.ndarray
+
+    @property
+    def env_steps(self) -> int:
+        """Number of env steps in the batch (``T * N``)."""
+        return int(self.rewards.size)
+
+
+class BatchBuilder:
+    """Copies slots into preallocated batch arrays, ``rollouts`` slots per batch.
+
+    The copy is the only time the consumer touches a slot, so the slot can be
+    freed as soon as :meth:`add` returns.
+    """
+
+    def __init__(self, layout: RolloutLayout, rollouts: int) -> None:
+        self.layout = layout
+        self.rollouts = rollouts
+        self.count = 0
+        self._arrays = self._allocate()
+
+    def _allocate(self) -> dict[str, np.ndarray]:
+        t, n = self.layout.rollout_length, self.layout.num_envs * self.rollouts
+        arrays = {}
+        for name, (shape, dtype) in self.layout.fields().items():
+            if name == "versions":
+                arrays[name] = np.zeros((t, n), dtype=dtype)
+            elif name == "next_obs":
+                arrays[name] = np.zeros((n, *shape[1:]), dtype=dtype)
+            else:
+                arrays[name] = np.zeros((t, n, *shape[2:]), dtype=dtype)
+        return arrays
+
+    @property
+    def full(self) -> bool:
+        """Whether the batch holds ``rollouts`` rollouts."""
+        return self.count == self.rollouts
+
+    def add(self, slot: SlotArrays) -> None:
+        """Copy one slot into the next free columns of the batch."""
+        k = self.layout.num_envs
+        cols = slice(self.count * k, (self.count + 1) * k)
+        for name, array in self._arrays.items():
+            if name == "versions":
+                array[:, cols] = slot[name][:, None]
+            elif name == "next_obs":
+                array[cols] = slot[name]
+            else:
+                array[:, cols] = slot[name]
+        self.count += 1
+
+    def take(self) -> RolloutBatch:
+        """Hand out the full batch and start a fresh one."""
+        batch = RolloutBatch(**self._arrays)
+        self._arrays = self._allocate()
+        self.count = 0
+        return batch

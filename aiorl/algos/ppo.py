@@ -1,0 +1,208 @@
+"""Proximal Policy Optimization (Schulman et al., 2017) on asynchronously collected data.
+
+Read it against the paper (and CleanRL's ``ppo.py``):
+
+1. Recompute V(s) for the batch with the *current* network (the data may be a few
+   versions old) and compute GAE advantages and returns.
+2. For ``update_epochs`` epochs over shuffled minibatches:
+   ``ratio = pi_theta(a|s) / pi_behaviour(a|s)`` where ``pi_behaviour`` is the policy
+   that acted (its log-prob was recorded by the worker), so a lag between acting and
+   learning is corrected by the same clipped ratio;
+   ``L_clip = E[max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))]``;
+   value loss ``0.5 * (V - R)^2`` (optionally clipped around the old value);
+   ``loss = L_clip - c_ent * entropy + c_v * L_value``; clip the gradient norm; step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from aiorl.algos.advantages import gae
+from aiorl.algos.batch import RolloutBatch
+from aiorl.distributions import ActionDistribution
+from aiorl.errors import ConfigError, LearnerError
+from aiorl.models import evaluate, flat_weights
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PPO:
+    """PPO hyperparameters. Every field is validated at construction."""
+
+    learning_rate: float = 1e-3
+    """Adam step size (at the start of a run when ``lr_schedule='linear'``)."""
+    lr_schedule: Literal["constant", "linear"] = "linear"
+    """``'linear'`` anneals the learning rate to 0 over each ``run()``'s ``total_steps``."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """Clipping range epsilon of the probability ratio."""
+    clip_value_loss: bool = True
+    """Clip the value prediction around the pre-update value, as in PPO2/CleanRL."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    update_epochs: int = 10
+    """Passes over each batch."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    normalize_advantages: bool = True
+    """Normalise advantages per minibatch to zero mean, unit std."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early once the approximate KL exceeds this."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        positive = {
+            "learning_rate": self.learning_rate,
+            "clip_coef": self.clip_coef,
+            "max_grad_norm": self.max_grad_norm,
+        }
+        for name, value in positive.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                problems.append(f"PPO.{name}={value!r} must be a finite number > 0")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                problems.append(f"PPO.{name}={value!r} must be in [0, 1]")
+        for name in ("ent_coef", "vf_coef"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                problems.append(f"PPO.{name}={value!r} must be a finite number >= 0")
+        for name in ("update_epochs", "num_minibatches"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                problems.append(f"PPO.{name}={value!r} must be an integer >= 1")
+        if self.lr_schedule not in ("constant", "linear"):
+            problems.append(f"PPO.lr_schedule={self.lr_schedule!r} must be 'constant' or 'linear'")
+        if self.target_kl is not None and not (self.target_kl > 0):
+            problems.append(f"PPO.target_kl={self.target_kl!r} must be > 0 or None")
+        if problems:
+            raise ConfigError(problems)
+
+    def make_learner(self, policy: nn.Module, dist: ActionDistribution, device: str) -> PPOLearner:
+        """Build the learner that trains ``policy`` (moved to ``device``)."""
+        return PPOLearner(self, policy, dist, device)
+
+
+class PPOLearner:
+    """Runs PPO updates on :class:`RolloutBatch` es. Pure torch; no asyncio here."""
+
+    def __init__(self, config: PPO, policy: nn.Module, dist: ActionDistribution, device: str) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.dist = dist
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+
+    def weights(self) -> np.ndarray:
+        """The policy's current weights as one flat float32 CPU array."""
+        return flat_weights(self.policy)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def update(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
+        """One PPO update on ``batch``; ``progress`` in [0, 1] drives the lr schedule.
+
+        Returns the losses and diagnostics of the update.
+
+        Raises:
+            LearnerError: a loss became NaN or infinite (the weights are left as
+                they were before the failing minibatch).
+        """
+        cfg = self.config
+        lr = cfg.learning_rate * (1.0 - progress if cfg.lr_schedule == "linear" else 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = max(lr, 0.0)
+
+        steps, envs = batch.rewards.shape
+        obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
+        with torch.no_grad():
+            values = evaluate(self.policy, obs)[1].reshape(steps, envs)
+            next_value = evaluate(self.policy, self._tensor(batch.next_obs))[1]
+        advantages, returns = gae(
+            batch.rewards,
+            values.cpu().numpy(),
+            next_value.cpu().numpy(),
+            batch.terminated,
+            batch.truncated,
+            batch.trunc_values,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+
+        b_actions = self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:])
+        b_logprobs = self._tensor(batch.logprobs).reshape(-1)
+        b_advantages = self._tensor(advantages).reshape(-1)
+        b_returns = self._tensor(returns).reshape(-1)
+        b_values = values.reshape(-1)
+
+        size = steps * envs
+        minibatch = max(size // cfg.num_minibatches, 1)
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        for _epoch in range(cfg.update_epochs):
+            order = torch.randperm(size, device=self.device)
+            for start in range(0, size, minibatch):
+                mb = order[start : start + minibatch]
+                dist_inputs, new_value = evaluate(self.policy, obs[mb])
+                new_logprob, entropy = self.dist.log_prob_entropy(dist_inputs, b_actions[mb])
+                log_ratio = new_logprob - b_logprobs[mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+
+                mb_adv = b_advantages[mb]
+                if cfg.normalize_advantages and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+
+                pg_loss = torch.max(
+                    -mb_adv * ratio,
+                    -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef),
+                ).mean()
+
+                if cfg.clip_value_loss:
+                    v_clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                    v_loss = 0.5 * torch.max(
+                        (new_value - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2
+                    ).mean()
+                else:
+                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                if not torch.isfinite(loss):
+                    raise LearnerError(
+                        f"non-finite PPO loss (policy {pg_loss.item()}, value {v_loss.item()}, "
+                        f"entropy {entropy_loss.item()}); the update was abandoned"
+                    )
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+
+                stats["policy_loss"].append(pg_loss.item())
+                stats["value_loss"].append(v_loss.item())
+                stats["entropy"].append(entropy_loss.item())
+                stats["approx_kl"].append(approx_kl.item())
+                stats["clipfrac"].append(clipfrac.item())
+            if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
+                break
+
+        var_returns = float(np.var(returns))
+        explained = float("nan") if var_returns == 0 else 1.0 - float(np.var(returns - values.cpu().numpy())) / var_returns
+        report = {name: float(np.mean(values_)) for name, values_ in stats.items()}
+        report.update(learning_rate=lr, explained_variance=explained)
+        return report

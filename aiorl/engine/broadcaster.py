@@ -1,0 +1,65 @@
+"""The broadcaster: publishes each new policy version once, for every worker.
+
+The consumer hands over new weights without waiting; the broadcaster writes
+the latest into the shared weight store (seqlock, version++). If several
+versions arrive before it runs, only the newest is written. Workers pull from
+the store at their next rollout boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from aiorl.shm import WeightStore
+
+
+class Broadcaster:
+    """Owns the writer side of the :class:`WeightStore`."""
+
+    def __init__(self, store: WeightStore) -> None:
+        self.store = store
+        self._latest: tuple[np.ndarray, int] | None = None
+        self._submitted = asyncio.Event()
+        self._published = asyncio.Condition()
+
+    @property
+    def published_version(self) -> int:
+        """The version workers can read now."""
+        return self.store.version
+
+    def submit(self, weights: np.ndarray, version: int) -> None:
+        """Hand over ``weights`` as ``version`` for publication; never blocks."""
+        self._latest = (weights, version)
+        self._submitted.set()
+
+    def publish_now(self, weights: np.ndarray, version: int) -> None:
+        """Write ``weights`` synchronously (initial weights, before workers start)."""
+        self.store.publish(weights, version)
+
+    def flush(self) -> None:
+        """Publish a submitted version that ``run`` has not written yet (end of a run)."""
+        if self._latest is not None:
+            weights, version = self._latest
+            self._latest = None
+            self._submitted.clear()
+            self.store.publish(weights, version)
+
+    async def run(self) -> None:
+        """Publish submitted weights until cancelled."""
+        while True:
+            await self._submitted.wait()
+            self._submitted.clear()
+            if self._latest is None:
+                continue
+            weights, version = self._latest
+            self._latest = None
+            self.store.publish(weights, version)
+            async with self._published:
+                self._published.notify_all()
+
+    async def wait_published(self, version: int) -> None:
+        """Return once ``version`` (or a newer one) is readable by workers."""
+        async with self._published:
+            await self._published.wait_for(lambda: self.store.version >= version)

@@ -1,0 +1,248 @@
+"""The consumer: turns ready rollouts into learner updates, off the event loop.
+
+It takes slot ids from the pool's ready queue, drops rollouts older than
+``max_policy_lag`` (counted as discarded), copies the rest into the batch and
+frees their slots at once, runs the learner update in an executor thread (an
+update inline would freeze the loop for the whole update), hands the new
+weights to the broadcaster and reports the update.
+
+With ``max_policy_lag=0`` (strict on-policy PPO) slots are freed only after the
+new weights are published, so every worker acts with the newest policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aiorl.algos.batch import BatchBuilder, RolloutBatch
+from aiorl.engine.broadcaster import Broadcaster
+from aiorl.engine.pool import ReadyRollout, WorkerPool
+from aiorl.engine.stats import TrainingStats
+from aiorl.errors import LearnerError
+from aiorl.shm import RolloutSlots
+
+log = logging.getLogger("aiorl")
+
+
+@dataclass(frozen=True, slots=True)
+class LagStats:
+    """Policy lag of the samples of an update: learner version minus acting version."""
+
+    min: int
+    mean: float
+    max: int
+
+    @classmethod
+    def of(cls, learner_version: int, behaviour_versions: np.ndarray) -> LagStats:
+        """Lag statistics of ``behaviour_versions`` against ``learner_version``."""
+        lag = learner_version - behaviour_versions
+        return cls(min=int(lag.min()), mean=float(lag.mean()), max=int(lag.max()))
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateReport:
+    """What one learner update did; passed to ``run(on_update=...)`` after each update.
+
+    Attributes:
+        version: the policy version the update produced.
+        env_steps: env steps trained on by the trainer so far (all runs).
+        batch_steps: env steps in this update's batch.
+        lag: policy lag of the batch's samples.
+        rollouts: ``(worker_id, pid, policy_version)`` of each rollout in the batch.
+        metrics: losses and diagnostics returned by the learner.
+        mean_return: mean return of the last ``return_window`` episodes.
+        update_s: seconds the learner took (in its executor thread).
+    """
+
+    version: int
+    env_steps: int
+    batch_steps: int
+    lag: LagStats
+    rollouts: tuple[tuple[int, int, int], ...]
+    metrics: dict[str, float]
+    mean_return: float
+    update_s: float
+
+
+UpdateCallback = Callable[[UpdateReport], Any]
+
+
+@dataclass(slots=True)
+class RunGoal:
+    """When the current ``run()`` stops."""
+
+    total_steps: int
+    target_return: float | None
+    trained_at_start: int
+    started: float = field(default_factory=time.monotonic)
+
+    def progress(self, stats: TrainingStats) -> float:
+        """Fraction of ``total_steps`` trained in this run, in [0, 1]."""
+        return min((stats.steps_trained - self.trained_at_start) / self.total_steps, 1.0)
+
+    def reached_target(self, stats: TrainingStats) -> bool:
+        """Whether a full window of episodes averages at least ``target_return``."""
+        return (
+            self.target_return is not None
+            and stats.window_full
+            and stats.mean_return >= self.target_return
+        )
+
+    def done(self, stats: TrainingStats) -> bool:
+        """Whether the run should stop now."""
+        return self.progress(stats) >= 1.0 or self.reached_target(stats)
+
+
+class Consumer:
+    """Feeds the learner. One instance lives as long as the trainer; ``run`` once per ``run()``."""
+
+    def __init__(
+        self,
+        *,
+        pool: WorkerPool,
+        slots: RolloutSlots,
+        learner: Any,
+        broadcaster: Broadcaster,
+        executor: Executor,
+        stats: TrainingStats,
+        rollouts_per_batch: int,
+        max_policy_lag: int | None,
+        log_interval_s: float,
+    ) -> None:
+        self.pool = pool
+        self.slots = slots
+        self.learner = learner
+        self.broadcaster = broadcaster
+        self.executor = executor
+        self.stats = stats
+        self.max_policy_lag = max_policy_lag
+        self.log_interval_s = log_interval_s
+        self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
+        self.in_batch: list[ReadyRollout] = []
+        self.version = 0
+        self.lag_min: int | None = None
+        self.lag_max: int | None = None
+        self._lag_sum = 0.0
+        self._lag_count = 0
+        self._last_log = time.monotonic()
+
+    @property
+    def strict(self) -> bool:
+        """Strict on-policy mode: slots are freed only after new weights are published."""
+        return self.max_policy_lag == 0
+
+    async def run(self, goal: RunGoal, on_update: UpdateCallback | None) -> None:
+        """Train until ``goal`` is met."""
+        while not goal.done(self.stats):
+            rollout = await self.pool.ready.get()
+            lag = self.version - rollout.policy_version
+            if self.max_policy_lag is not None and lag > self.max_policy_lag:
+                self.stats.discard(rollout.env_steps, "policy_lag")
+                self.pool.release(rollout)
+                continue
+            self.builder.add(self.slots[rollout.slot])
+            self.in_batch.append(rollout)
+            if not self.strict:
+                self.pool.release(rollout)
+            if self.builder.full:
+                await self._update(self.builder.take(), goal, on_update)
+
+    async def _update(self, batch: RolloutBatch, goal: RunGoal, on_update: UpdateCallback | None) -> None:
+        rollouts, self.in_batch = self.in_batch, []
+        progress = goal.progress(self.stats)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            metrics, weights = await loop.run_in_executor(self.executor, self._learn, batch, progress)
+        except asyncio.CancelledError:
+            # The run was cancelled mid-update: its result is abandoned (never published).
+            self.stats.discard(batch.env_steps, "shutdown")
+            if self.strict:
+                for rollout in rollouts:
+                    self.pool.release(rollout)
+            raise
+        except LearnerError:
+            self.stats.discard(batch.env_steps, "learner_error")
+            raise
+        except Exception as exc:
+            self.stats.discard(batch.env_steps, "learner_error")
+            raise LearnerError(f"the learner raised {type(exc).__name__}: {exc}") from exc
+        update_s = time.monotonic() - started
+        lag = LagStats.of(self.version, batch.versions)
+        self._record_lag(lag, batch)
+        self.version += 1
+        self.stats.steps_trained += batch.env_steps
+        self.stats.updates += 1
+        self.broadcaster.submit(weights, self.version)
+        if self.strict:
+            await self.broadcaster.wait_published(self.version)
+            for rollout in rollouts:
+                self.pool.release(rollout)
+        report = UpdateReport(
+            version=self.version,
+            env_steps=self.stats.steps_trained,
+            batch_steps=batch.env_steps,
+            lag=lag,
+            rollouts=tuple((r.worker_id, r.pid, r.policy_version) for r in rollouts),
+            metrics=metrics,
+            mean_return=self.stats.mean_return,
+            update_s=update_s,
+        )
+        self._log_progress(report, goal)
+        if on_update is not None:
+            on_update(report)
+
+    def _learn(self, batch: RolloutBatch, progress: float) -> tuple[dict[str, float], np.ndarray]:
+        """Runs in the executor thread: one update, then a copy of the new weights."""
+        metrics = self.learner.update(batch, progress)
+        return metrics, self.learner.weights()
+
+    def _record_lag(self, lag: LagStats, batch: RolloutBatch) -> None:
+        self.lag_min = lag.min if self.lag_min is None else min(self.lag_min, lag.min)
+        self.lag_max = lag.max if self.lag_max is None else max(self.lag_max, lag.max)
+        self._lag_sum += lag.mean * batch.env_steps
+        self._lag_count += batch.env_steps
+
+    def lag_summary(self) -> LagStats | None:
+        """Lag over every sample trained on so far (``None`` before the first update)."""
+        if self.lag_min is None or self.lag_max is None:
+            return None
+        return LagStats(self.lag_min, self._lag_sum / self._lag_count, self.lag_max)
+
+    def discard_pending(self, reason: str) -> None:
+        """Count rollouts held in the unfinished batch as discarded (at shutdown)."""
+        for rollout in self.in_batch:
+            self.stats.discard(rollout.env_steps, reason)
+        self.in_batch = []
+        self.builder.count = 0
+
+    def _log_progress(self, report: UpdateReport, goal: RunGoal) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self.log_interval_s:
+            return
+        self._last_log = now
+        elapsed = now - goal.started
+        run_steps = self.stats.steps_trained - goal.trained_at_start
+        log.info(
+            "update %d | steps %d | %.0f steps/s | return %.1f (%d episodes) | lag %d/%.2f/%d | "
+            "policy loss %.4f | value loss %.4f | entropy %.3f",
+            report.version,
+            report.env_steps,
+            run_steps / max(elapsed, 1e-9),
+            report.mean_return,
+            self.stats.episodes,
+            report.lag.min,
+            report.lag.mean,
+            report.lag.max,
+            report.metrics.get("policy_loss", float("nan")),
+            report.metrics.get("value_loss", float("nan")),
+            report.metrics.get("entropy", float("nan")),
+        )

@@ -1,0 +1,6 @@
+"""Environments: factories that travel to workers and adapters for their spaces."""
+
+from aiorl.envs.factory import EnvFactory, EnvSource, EnvSpaces
+from aiorl.envs.spaces import ObservationEncoder, check_action_space
+
+__all__ = ["EnvFactory", "EnvSource", "EnvSpaces", "ObservationEncoder", "check_action_space"]

@@ -1,0 +1,116 @@
+"""Env factories: how a worker builds its envs from what the user passed.
+
+``Trainer(env=...)`` takes a gymnasium id (plus ``env_kwargs``) or a picklable
+zero-argument callable returning a ``gymnasium.Env``. :class:`EnvFactory` wraps
+either, checks it in the main process (unknown id, unpicklable callable, wrong
+return type, unsupported spaces) and is what travels to worker processes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from aiorl.envs.spaces import ObservationEncoder, check_action_space
+from aiorl.errors import ConfigError
+
+EnvSource = str | Callable[[], gym.Env]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFactory:
+    """A picklable recipe for one environment.
+
+    Exactly one of ``env_id`` and ``make_fn`` is set.
+    """
+
+    env_id: str | None = None
+    make_fn: Callable[[], gym.Env] | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_user(cls, env: EnvSource, env_kwargs: Mapping[str, Any] | None = None) -> EnvFactory:
+        """Validate what the user passed as ``env`` and wrap it.
+
+        Raises:
+            ConfigError: unknown gymnasium id, a callable that cannot be pickled
+                (lambdas and closures cannot reach a worker process), kwargs given
+                with a callable, or anything else passed as ``env``.
+        """
+        if isinstance(env, str):
+            if env not in gym.registry:
+                close = difflib.get_close_matches(env, list(gym.registry), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ConfigError(f"env={env!r} is not a registered gymnasium id{hint}")
+            return cls(env_id=env, kwargs=dict(env_kwargs or {}))
+        if callable(env):
+            if env_kwargs:
+                raise ConfigError(
+                    f"env_kwargs={dict(env_kwargs)!r} only applies to a gymnasium id; "
+                    "bind arguments into the callable instead (functools.partial)"
+                )
+            try:
+                pickle.dumps(env)
+            except Exception as exc:  # noqa: BLE001 - any pickling failure means the same
+                raise ConfigError(
+                    f"env={env!r} cannot be pickled to reach worker processes ({exc}); "
+                    "use a module-level function, a class, or functools.partial"
+                ) from exc
+            return cls(make_fn=env)
+        raise ConfigError(
+            f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning "
+            "a gymnasium.Env"
+        )
+
+    def __call__(self) -> gym.Env:
+        """Make one fresh environment."""
+        if self.env_id is not None:
+            return gym.make(self.env_id, **self.kwargs)
+        assert self.make_fn is not None
+        return self.make_fn()
+
+    def describe(self) -> str:
+        """A short human-readable name for logs and errors."""
+        if self.env_id is not None:
+            return self.env_id
+        return getattr(self.make_fn, "__qualname__", repr(self.make_fn))
+
+
+@dataclass(frozen=True, slots=True)
+class EnvSpaces:
+    """The observation and action spaces of an environment, probed once."""
+
+    observation_space: gym.Space
+    action_space: gym.Space
+
+    @classmethod
+    def probe(cls, factory: EnvFactory) -> EnvSpaces:
+        """Make one env in this process, read its spaces, close it, and check them.
+
+        Raises:
+            ConfigError: the factory failed, did not return an env, or an env space
+                is unsupported.
+        """
+        try:
+            env = factory()
+        except Exception as exc:
+            raise ConfigError(
+                f"env={factory.describe()!r} could not be created: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
+                raise ConfigError(
+                    f"env={factory.describe()!r} returned {type(env).__name__}, "
+                    "which has no observation_space/action_space"
+                )
+            spaces = cls(env.observation_space, env.action_space)
+        finally:
+            env.close()
+        ObservationEncoder.for_space(spaces.observation_space)
+        check_action_space(spaces.action_space)
+        return spaces

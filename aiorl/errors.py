@@ -1,0 +1,101 @@
+"""One exception tree for everything aiorl raises on purpose.
+
+Every error derives from :class:`AiorlError`. Configuration problems are also
+``ValueError`` so that ``except ValueError`` in user code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class AiorlError(Exception):
+    """Base class of every error aiorl raises on purpose."""
+
+
+class ConfigError(AiorlError, ValueError):
+    """A configuration value is invalid.
+
+    Raised at construction time, before any process starts. The message names
+    every offending field and its value, one problem per line.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems: list[str] = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class EnvError(AiorlError):
+    """An environment raised inside a worker.
+
+    The remote traceback is kept as text in :attr:`remote_traceback` and as the
+    ``__cause__`` of this exception.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: int,
+        env_index: int | None = None,
+        step: int | None = None,
+        policy_version: int | None = None,
+        remote_traceback: str = "",
+    ) -> None:
+        self.worker_id = worker_id
+        self.env_index = env_index
+        self.step = step
+        self.policy_version = policy_version
+        self.remote_traceback = remote_traceback
+        where = f"worker {worker_id}"
+        if env_index is not None:
+            where += f", env {env_index}"
+        if step is not None:
+            where += f", step {step}"
+        if policy_version is not None:
+            where += f", policy version {policy_version}"
+        super().__init__(f"{where}: {message}")
+
+
+class RemoteTraceback(Exception):
+    """Carries a traceback formatted in another process (used as ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0])
+
+
+class WorkerCrashed(AiorlError):
+    """A worker process died: killed by a signal, a non-zero exit, or a broken pipe."""
+
+    def __init__(self, worker_id: int, pid: int | None, cause: str) -> None:
+        self.worker_id = worker_id
+        self.pid = pid
+        self.cause = cause
+        super().__init__(f"worker {worker_id} (pid {pid}) died: {cause}")
+
+
+class WorkerStartError(AiorlError):
+    """A worker did not say hello within the start deadline, or failed while starting."""
+
+
+class LearnerError(AiorlError):
+    """The learner raised, or produced a non-finite loss; the run stops."""
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Describe a process exit code the way a user wants to read it."""
+    import signal
+
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (possibly out of memory)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name} (signal {-exitcode}){hint}"
+    return f"exited with code {exitcode}"

@@ -1,0 +1,161 @@
+"""Policies: the default actor-critic MLP, the policy interface, and flat weights.
+
+The policy interface
+--------------------
+Any ``torch.nn.Module`` works as a policy if ``forward(obs)`` takes a float32
+batch of observations ``[B, *obs_shape]`` and returns ``(dist_inputs, value)``:
+
+- ``dist_inputs``: ``[B, num_inputs]``: logits for ``Discrete(n)`` (``n``), or
+  the mean then the log standard deviation for ``Box(d,)`` (``2 * d``);
+- ``value``: ``[B]`` (or ``[B, 1]``), the state-value estimate.
+
+All parameters and floating-point buffers must be float32. The policy is
+checked once on a dummy batch when the trainer is built; a mismatch raises
+``ConfigError`` naming the expected and actual shapes.
+
+Workers keep their parameters as views into one flat float32 tensor
+(:func:`tie_to_flat`), so installing new weights is a single ``copy_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from aiorl.distributions import ActionDistribution
+from aiorl.errors import ConfigError
+
+
+def _layer(inputs: int, outputs: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(inputs, outputs)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(inputs: int, hidden_sizes: Sequence[int], outputs: int, out_gain: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [_layer(inputs, size, np.sqrt(2.0)), nn.Tanh()]
+        inputs = size
+    layers.append(_layer(inputs, outputs, out_gain))
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs with tanh activations (as in CleanRL's PPO).
+
+    For Gaussian actions the log standard deviation is a learned, state-independent
+    parameter initialised to ``log_std_init``.
+
+    Args:
+        obs_shape: shape of one (encoded) observation; it is flattened.
+        dist: the action distribution, which fixes the actor's output width.
+        hidden_sizes: widths of the hidden layers of both networks.
+        log_std_init: initial log standard deviation for Gaussian actions.
+    """
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        dist: ActionDistribution,
+        hidden_sizes: Sequence[int] = (64, 64),
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        obs_dim = int(np.prod(obs_shape))
+        self.gaussian = dist.kind == "gaussian"
+        actor_outputs = dist.num_inputs // 2 if self.gaussian else dist.num_inputs
+        self.actor = _mlp(obs_dim, hidden_sizes, actor_outputs, out_gain=0.01)
+        self.critic = _mlp(obs_dim, hidden_sizes, 1, out_gain=1.0)
+        if self.gaussian:
+            self.log_std = nn.Parameter(torch.full((actor_outputs,), float(log_std_init)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(dist_inputs, value)`` for a batch of observations."""
+        x = obs.flatten(start_dim=1)
+        out = self.actor(x)
+        if self.gaussian:
+            out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
+        return out, self.critic(x).squeeze(-1)
+
+
+def weight_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors that make up a policy's weights, in a fixed order."""
+    return [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+
+
+def num_weights(module: nn.Module) -> int:
+    """How many float32 values :func:`flat_weights` returns for ``module``."""
+    return sum(t.numel() for t in weight_tensors(module))
+
+
+def flat_weights(module: nn.Module) -> np.ndarray:
+    """A fresh float32 CPU copy of all weights of ``module``, flattened."""
+    with torch.no_grad():
+        return torch.cat([t.detach().reshape(-1).cpu() for t in weight_tensors(module)]).numpy()
+
+
+def tie_to_flat(module: nn.Module) -> torch.Tensor:
+    """Re-point every weight tensor of ``module`` into one flat float32 tensor.
+
+    Returns that tensor; ``flat.copy_(new)`` then updates the whole module.
+    """
+    tensors = weight_tensors(module)
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).contiguous()
+        offset = 0
+        for tensor in tensors:
+            n = tensor.numel()
+            tensor.data = flat[offset : offset + n].view_as(tensor)
+            offset += n
+    return flat
+
+
+def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDistribution) -> None:
+    """Check ``policy`` against the interface on a dummy batch of two observations.
+
+    Raises:
+        ConfigError: not a module, non-float32 weights, forward failed, or output
+            shapes that do not match the action space.
+    """
+    if not isinstance(policy, nn.Module):
+        raise ConfigError(f"policy={policy!r} must be a torch.nn.Module")
+    bad = [tuple(t.shape) for t in weight_tensors(policy) if t.dtype != torch.float32]
+    if bad:
+        raise ConfigError(f"policy={type(policy).__name__} has non-float32 weights of shapes {bad}")
+    batch = 2
+    try:
+        with torch.no_grad():
+            out = policy(torch.zeros((batch, *obs_shape), dtype=torch.float32))
+    except Exception as exc:
+        raise ConfigError(
+            f"policy={type(policy).__name__} failed on a dummy observation batch of shape "
+            f"{(batch, *obs_shape)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ConfigError(
+            f"policy={type(policy).__name__} must return (dist_inputs, value), got {type(out).__name__}"
+        )
+    dist_inputs, value = out
+    expected = (batch, dist.num_inputs)
+    if tuple(dist_inputs.shape) != expected:
+        raise ConfigError(
+            f"policy={type(policy).__name__} returned dist_inputs of shape "
+            f"{tuple(dist_inputs.shape)}, expected {expected} for the action space "
+            f"({dist.kind}, {dist.num_inputs} inputs)"
+        )
+    if tuple(value.shape) not in ((batch,), (batch, 1)):
+        raise ConfigError(
+            f"policy={type(policy).__name__} returned value of shape {tuple(value.shape)}, "
+            f"expected {(batch,)}"
+        )
+
+
+def evaluate(policy: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``policy`` and normalise the value to shape ``[B]``."""
+    dist_inputs, value = policy(obs)
+    return dist_inputs, value.reshape(-1)

@@ -1,0 +1,109 @@
+"""The control plane: small framed messages over one socketpair per worker.
+
+Each frame is a 4-byte big-endian length followed by a pickled message. Bulk
+data never travels here: rollouts sit in shared-memory slots and frames carry
+only slot ids. Both ends read with asyncio streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass, field
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+# ---- worker -> trainer -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The worker is up: envs built, shared memory attached, ready for slots."""
+
+    worker_id: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent every ``heartbeat_interval_s``; ``env_steps`` is the worker's progress counter."""
+
+    env_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReady:
+    """A rollout is complete in ``slot``.
+
+    ``episode_returns``/``episode_lengths`` list the episodes that ended during it.
+    """
+
+    slot: int
+    policy_version: int
+    env_steps: int
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The worker is stopping; ``unfinished_steps`` of a partial rollout are abandoned."""
+
+    unfinished_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFailed:
+    """An env raised; the worker reports it and exits."""
+
+    env_index: int | None
+    step: int | None
+    policy_version: int | None
+    error_type: str
+    message: str
+    traceback: str
+
+
+# ---- trainer -> worker -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """``slot`` is free for the worker to fill."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish the current step, close the envs and exit cleanly."""
+
+
+Message = Hello | Heartbeat | SlotReady | Goodbye | EnvFailed | Grant | Stop
+
+
+def encode(message: Message) -> bytes:
+    """One frame for ``message``."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def send(writer: asyncio.StreamWriter, message: Message) -> None:
+    """Queue ``message`` on ``writer`` (frames are tiny; the transport buffers them)."""
+    writer.write(encode(message))
+
+
+async def receive(reader: asyncio.StreamReader) -> Message:
+    """Read the next message.
+
+    Raises:
+        EOFError: the other end closed the connection (or died).
+    """
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME_BYTES:
+            raise EOFError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        payload = await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise EOFError("connection closed") from exc
+    return pickle.loads(payload)

@@ -1,0 +1,33 @@
+"""``aiorl.run``: run a coroutine or a trainer from a script, on uvloop where available."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiorl.trainer import Trainer, TrainResult
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T] | Trainer, /, **run_kwargs: Any) -> T | TrainResult:
+    """Run ``main`` to completion in a new event loop and return its result.
+
+    ``main`` is a coroutine (``aiorl.run(my_main())``) or a :class:`Trainer`, in
+    which case ``trainer.run(**run_kwargs)`` is run and its result returned. Uses
+    ``uvloop.run`` where uvloop is installed (without installing a global loop
+    policy), else ``asyncio.run``. Ctrl-C cancels the main task, so the trainer
+    tears down its workers before ``KeyboardInterrupt`` propagates.
+    """
+    if isinstance(main, Trainer):
+        coro: Coroutine[Any, Any, Any] = main.run(**run_kwargs)
+    elif run_kwargs:
+        raise TypeError(f"keyword arguments {sorted(run_kwargs)} only apply when main is a Trainer")
+    else:
+        coro = main
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,7 @@
+"""Shared memory: rollout slots and the weight store, both created by the main process."""
+
+from aiorl.shm.segment import PREFIX, Segment
+from aiorl.shm.slots import RolloutLayout, RolloutSlots, SlotArrays
+from aiorl.shm.weights import WeightStore
+
+__all__ = ["PREFIX", "RolloutLayout", "RolloutSlots", "Segment", "SlotArrays", "WeightStore"]

@@ -1,0 +1,72 @@
+"""Named shared-memory segments, created and unlinked by the main process only.
+
+On Python < 3.13 the multiprocessing resource tracker may unlink a segment that
+another process still uses, so only the trainer's process creates and unlinks;
+workers attach by name and merely close their mapping. Every name starts with
+``aiorl_`` so leaks are easy to spot in ``/dev/shm``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from multiprocessing import shared_memory
+
+import numpy as np
+
+PREFIX = "aiorl_"
+ALIGN = 64
+
+
+def align(nbytes: int) -> int:
+    """Round ``nbytes`` up to a cache-line multiple."""
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+class Segment:
+    """One shared-memory segment and typed numpy views into it.
+
+    Create with :meth:`create` (main process) or :meth:`attach` (workers).
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
+        self._shm = shm
+        self.owner = owner
+        self.name: str = shm.name
+
+    @classmethod
+    def create(cls, nbytes: int, purpose: str) -> Segment:
+        """Create a new zero-filled segment named ``aiorl_<pid>_<random>_<purpose>``."""
+        name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}_{purpose}"
+        return cls(shared_memory.SharedMemory(name=name, create=True, size=max(nbytes, 1)), True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Map an existing segment by name (never unlinks it)."""
+        if sys.version_info >= (3, 13):
+            shm = shared_memory.SharedMemory(name=name, track=False)
+        else:  # registering twice with the shared tracker is a no-op (it keeps a set)
+            shm = shared_memory.SharedMemory(name=name)
+        return cls(shm, False)
+
+    def ndarray(self, offset: int, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """A numpy view of ``shape``/``dtype`` starting ``offset`` bytes into the segment."""
+        buf = self._shm.buf
+        assert buf is not None, "segment is closed"
+        return np.ndarray(shape, dtype=dtype, buffer=buf, offset=offset)
+
+    def close(self) -> None:
+        """Unmap (and, in the owning process, unlink) the segment. Idempotent."""
+        if self.owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+            self.owner = False
+        try:
+            self._shm.close()
+        except BufferError:
+            # numpy views are still alive somewhere; the mapping goes with them,
+            # and the name is already unlinked, so nothing outlives the process.
+            pass

@@ -1,0 +1,8 @@
+"""The child-process side: a worker's event loop, its envs and its policy copy.
+
+Nothing here imports the trainer or the engine.
+"""
+
+from aiorl.worker.spec import WorkerSpec
+
+__all__ = ["WorkerSpec"]

@@ -1,0 +1,169 @@
+"""The worker process: an event loop (uvloop where available) serving one trainer.
+
+Lifecycle: attach shared memory, build envs, say :class:`Hello`, then forever
+wait for a granted slot, pull newer weights if the store has them, fill the
+slot and report :class:`SlotReady`. Heartbeats go out on a timer. The worker
+stops on a :class:`Stop` frame, on EOF of its socket, or when its parent
+process dies (parent sentinel), so it never outlives the trainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import traceback
+
+import torch
+
+from aiorl import protocol
+from aiorl.models import tie_to_flat
+from aiorl.shm import RolloutSlots, WeightStore
+from aiorl.worker.sampler import EnvSampler, EnvStepError
+from aiorl.worker.spec import WorkerSpec
+
+EXIT_OK = 0
+EXIT_ENV_ERROR = 3
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed, else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
+    """Entry point of a worker process (the ``target`` of the multiprocessing Process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(Worker(spec, sock).serve())
+    finally:
+        loop.close()
+    sys.exit(code)
+
+
+class Worker:
+    """One worker's state: its envs, its policy copy, its slots and its socket."""
+
+    def __init__(self, spec: WorkerSpec, sock: socket.socket) -> None:
+        self.spec = spec
+        self.sock = sock
+        self.stopping = asyncio.Event()
+        self.granted: asyncio.Queue[int] = asyncio.Queue()
+        self.policy = spec.policy
+        self.flat = tie_to_flat(self.policy)
+        self.flat_np = self.flat.numpy()
+        self.version = -1
+        self.sampler: EnvSampler | None = None
+        self.exit_code = EXIT_OK
+
+    async def serve(self) -> int:
+        """Run until told to stop; return the process exit code."""
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        slots = RolloutSlots.attach(self.spec.slots_name, self.spec.layout, self.spec.num_slots)
+        weights = WeightStore.attach(self.spec.weights_name, self.spec.num_weights)
+        self._watch_parent()
+        try:
+            try:
+                self.sampler = EnvSampler(self.spec, self.policy)
+            except EnvStepError as error:
+                self._report_env_error(error)
+                return EXIT_ENV_ERROR
+            self.version = weights.read_into(self.flat_np)
+            protocol.send(self.writer, protocol.Hello(self.spec.worker_id, os.getpid()))
+            async with asyncio.TaskGroup() as tasks:
+                children = [
+                    tasks.create_task(self._read_control(reader)),
+                    tasks.create_task(self._send_heartbeats()),
+                    tasks.create_task(self._collect(slots, weights)),
+                ]
+                await self.stopping.wait()
+                for child in children:
+                    child.cancel()
+            if self.exit_code == EXIT_OK:
+                protocol.send(self.writer, protocol.Goodbye(self.sampler.unfinished_steps))
+            return self.exit_code
+        finally:
+            if self.sampler is not None:
+                self.sampler.close()
+            await self._close_writer()
+            slots.close()
+            weights.close()
+
+    async def _collect(self, slots: RolloutSlots, weights: WeightStore) -> None:
+        assert self.sampler is not None
+        try:
+            while True:
+                slot = await self.granted.get()
+                if weights.version != self.version:
+                    self.version = weights.read_into(self.flat_np)
+                summary = await self.sampler.collect(slots[slot], self.version)
+                protocol.send(
+                    self.writer,
+                    protocol.SlotReady(
+                        slot=slot,
+                        policy_version=self.version,
+                        env_steps=summary.env_steps,
+                        episode_returns=summary.episode_returns,
+                        episode_lengths=summary.episode_lengths,
+                    ),
+                )
+        except EnvStepError as error:
+            self._report_env_error(error)
+            self.exit_code = EXIT_ENV_ERROR
+            self.stopping.set()
+
+    async def _read_control(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                message = await protocol.receive(reader)
+            except EOFError:
+                break
+            if isinstance(message, protocol.Grant):
+                self.granted.put_nowait(message.slot)
+            elif isinstance(message, protocol.Stop):
+                break
+        self.stopping.set()
+
+    async def _send_heartbeats(self) -> None:
+        while True:
+            steps = self.sampler.total_steps if self.sampler else 0
+            protocol.send(self.writer, protocol.Heartbeat(env_steps=steps))
+            await self.writer.drain()
+            await asyncio.sleep(self.spec.heartbeat_interval_s)
+
+    def _watch_parent(self) -> None:
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.sentinel is not None:
+            asyncio.get_running_loop().add_reader(parent.sentinel, self.stopping.set)
+
+    def _report_env_error(self, error: EnvStepError) -> None:
+        original = error.original
+        protocol.send(
+            self.writer,
+            protocol.EnvFailed(
+                env_index=error.env_index,
+                step=error.step,
+                policy_version=self.version,
+                error_type=type(original).__name__,
+                message=str(original),
+                traceback="".join(traceback.format_exception(original)),
+            ),
+        )
+
+    async def _close_writer(self) -> None:
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout=1.0)
+        except (OSError, TimeoutError):
+            pass  # the trainer is gone or not reading: nothing left to tell it
+        self.writer.close()
