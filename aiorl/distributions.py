@@ -80,9 +80,7 @@ class ActionDistribution:
             return dist_inputs.argmax(dim=-1)
         return dist_inputs.chunk(2, dim=-1)[0]
 
-    def log_prob_entropy(
-        self, dist_inputs: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_prob_entropy(self, dist_inputs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of ``actions`` and the entropy, each of shape ``[B]``."""
         dist = self._torch_dist(dist_inputs)
         return self._sum(dist.log_prob(actions)), self._sum(dist.entropy())

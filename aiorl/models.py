@@ -137,9 +137,7 @@ def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDist
             f"{(batch, *obs_shape)}: {type(exc).__name__}: {exc}"
         ) from exc
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise ConfigError(
-            f"policy={type(policy).__name__} must return (dist_inputs, value), got {type(out).__name__}"
-        )
+        raise ConfigError(f"policy={type(policy).__name__} must return (dist_inputs, value), got {type(out).__name__}")
     dist_inputs, value = out
     expected = (batch, dist.num_inputs)
     if tuple(dist_inputs.shape) != expected:
@@ -150,8 +148,7 @@ def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDist
         )
     if tuple(value.shape) not in ((batch,), (batch, 1)):
         raise ConfigError(
-            f"policy={type(policy).__name__} returned value of shape {tuple(value.shape)}, "
-            f"expected {(batch,)}"
+            f"policy={type(policy).__name__} returned value of shape {tuple(value.shape)}, expected {(batch,)}"
         )
 
 

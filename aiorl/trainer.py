@@ -237,7 +237,9 @@ class Trainer:
         self._version = running.consumer.version
         await _close_stack(running.stack)
 
-    def _worker_spec(self, worker_id: int, layout: RolloutLayout, slots: RolloutSlots, store: WeightStore) -> WorkerSpec:
+    def _worker_spec(
+        self, worker_id: int, layout: RolloutLayout, slots: RolloutSlots, store: WeightStore
+    ) -> WorkerSpec:
         cfg = self.config
         return WorkerSpec(
             worker_id=worker_id,

@@ -24,8 +24,12 @@ def gae(
     """Return ``(advantages, returns)``, each ``[T, N]``.
 
     Args:
-        rewards, values, terminated, truncated, trunc_values: ``[T, N]``.
+        rewards: ``[T, N]`` rewards.
+        values: ``[T, N]`` V(s_t) of the observation each action was taken in.
         next_value: ``[N]``, V of the observation after the last step.
+        terminated: ``[T, N]`` bool, the step ended the episode in a terminal state.
+        truncated: ``[T, N]`` bool, the step cut the episode short.
+        trunc_values: ``[T, N]`` V(final observation) where ``truncated``.
         gamma: discount factor.
         gae_lambda: GAE's lambda (1 = Monte Carlo, 0 = one-step TD).
     """

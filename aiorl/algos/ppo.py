@@ -150,7 +150,8 @@ class PPOLearner:
 
         size = steps * envs
         minibatch = max(size // cfg.num_minibatches, 1)
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+        stats: dict[str, list[float]] = {name: [] for name in names}
         for _epoch in range(cfg.update_epochs):
             order = torch.randperm(size, device=self.device)
             for start in range(0, size, minibatch):
@@ -174,9 +175,7 @@ class PPOLearner:
 
                 if cfg.clip_value_loss:
                     v_clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max(
-                        (new_value - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2
-                    ).mean()
+                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
                 else:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
 
@@ -202,7 +201,8 @@ class PPOLearner:
                 break
 
         var_returns = float(np.var(returns))
-        explained = float("nan") if var_returns == 0 else 1.0 - float(np.var(returns - values.cpu().numpy())) / var_returns
+        residual = float(np.var(returns - values.cpu().numpy()))
+        explained = float("nan") if var_returns == 0 else 1.0 - residual / var_returns
         report = {name: float(np.mean(values_)) for name, values_ in stats.items()}
         report.update(learning_rate=lr, explained_variance=explained)
         return report

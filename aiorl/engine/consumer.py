@@ -90,11 +90,7 @@ class RunGoal:
 
     def reached_target(self, stats: TrainingStats) -> bool:
         """Whether a full window of episodes averages at least ``target_return``."""
-        return (
-            self.target_return is not None
-            and stats.window_full
-            and stats.mean_return >= self.target_return
-        )
+        return self.target_return is not None and stats.window_full and stats.mean_return >= self.target_return
 
     def done(self, stats: TrainingStats) -> bool:
         """Whether the run should stop now."""

@@ -123,9 +123,7 @@ class WorkerPool:
                 await asyncio.wait([done, self.failure], return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             silent = [w.worker_id for w in self.workers.values() if not w.hello.is_set()]
-            raise WorkerStartError(
-                f"workers {silent} did not start within start_timeout_s={timeout_s}"
-            ) from None
+            raise WorkerStartError(f"workers {silent} did not start within start_timeout_s={timeout_s}") from None
         finally:
             for waiter in hellos:
                 waiter.cancel()
@@ -274,4 +272,3 @@ def _env_error(worker_id: int, message: protocol.EnvFailed) -> EnvError:
     )
     error.__cause__ = RemoteTraceback(message.traceback)
     return error
-

@@ -56,15 +56,14 @@ class EnvFactory:
                 )
             try:
                 pickle.dumps(env)
-            except Exception as exc:  # noqa: BLE001 - any pickling failure means the same
+            except Exception as exc:
                 raise ConfigError(
                     f"env={env!r} cannot be pickled to reach worker processes ({exc}); "
                     "use a module-level function, a class, or functools.partial"
                 ) from exc
             return cls(make_fn=env)
         raise ConfigError(
-            f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning "
-            "a gymnasium.Env"
+            f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning a gymnasium.Env"
         )
 
     def __call__(self) -> gym.Env:
@@ -99,9 +98,7 @@ class EnvSpaces:
         try:
             env = factory()
         except Exception as exc:
-            raise ConfigError(
-                f"env={factory.describe()!r} could not be created: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ConfigError(f"env={factory.describe()!r} could not be created: {type(exc).__name__}: {exc}") from exc
         try:
             if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
                 raise ConfigError(

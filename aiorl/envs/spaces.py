@@ -36,8 +36,7 @@ class ObservationEncoder:
         if isinstance(space, gym.spaces.Discrete):
             return cls(shape=(int(space.n),), one_hot=int(space.n))
         raise ConfigError(
-            f"observation_space={space!r} is not supported; "
-            f"supported: {', '.join(SUPPORTED_OBSERVATION_SPACES)}"
+            f"observation_space={space!r} is not supported; supported: {', '.join(SUPPORTED_OBSERVATION_SPACES)}"
         )
 
     def encode_into(self, obs: object, out: np.ndarray) -> None:
@@ -55,11 +54,6 @@ def check_action_space(space: gym.Space) -> None:
         return
     if isinstance(space, gym.spaces.Box):
         if len(space.shape) != 1:
-            raise ConfigError(
-                f"action_space={space!r} is not supported: Box actions must be 1-D"
-            )
+            raise ConfigError(f"action_space={space!r} is not supported: Box actions must be 1-D")
         return
-    raise ConfigError(
-        f"action_space={space!r} is not supported; "
-        f"supported: {', '.join(SUPPORTED_ACTION_SPACES)}"
-    )
+    raise ConfigError(f"action_space={space!r} is not supported; supported: {', '.join(SUPPORTED_ACTION_SPACES)}")

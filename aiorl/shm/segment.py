@@ -8,6 +8,7 @@ workers attach by name and merely close their mapping. Every name starts with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -59,14 +60,10 @@ class Segment:
     def close(self) -> None:
         """Unmap (and, in the owning process, unlink) the segment. Idempotent."""
         if self.owner:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
-            except FileNotFoundError:
-                pass
             self.owner = False
-        try:
+        # BufferError: numpy views are still alive somewhere; the mapping goes with
+        # them, and the name is already unlinked, so nothing outlives the process.
+        with contextlib.suppress(BufferError):
             self._shm.close()
-        except BufferError:
-            # numpy views are still alive somewhere; the mapping goes with them,
-            # and the name is already unlinked, so nothing outlives the process.
-            pass

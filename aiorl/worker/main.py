@@ -10,6 +10,7 @@ process dies (parent sentinel), so it never outlives the trainer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -162,8 +163,7 @@ class Worker:
         )
 
     async def _close_writer(self) -> None:
-        try:
+        # OSError/TimeoutError: the trainer is gone or not reading; nothing left to tell it.
+        with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(self.writer.drain(), timeout=1.0)
-        except (OSError, TimeoutError):
-            pass  # the trainer is gone or not reading: nothing left to tell it
         self.writer.close()

@@ -8,6 +8,7 @@ heartbeats and control frames keep flowing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -119,8 +120,6 @@ class EnvSampler:
     def close(self) -> None:
         """Close every env, ignoring errors from envs that are already broken."""
         for env in self.envs:
-            try:
+            with contextlib.suppress(Exception):
                 env.close()
-            except Exception:  # noqa: BLE001 - closing is best effort on the way out
-                pass
         self.envs = []
