@@ -340,6 +340,27 @@ class Trainer:
             policy_lag=running.consumer.lag_summary(),
         )
 
+    async def sample(self, total_steps: int) -> float:
+        """Collect ``total_steps`` env steps without learning; return env steps per second.
+
+        Workers act with the current policy and their slots are freed as soon as a
+        rollout arrives; the steps are counted as discarded with reason ``sample_only``.
+        This measures the sampling side alone (``benchmarks/throughput.py`` uses it).
+        Requires a started trainer (``async with``).
+        """
+        if not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
+        if self._running is None:
+            raise RuntimeError("sample() needs a started trainer: use `async with trainer:`")
+        running = self._running
+        async with self._run_lock:
+            started = time.monotonic()
+            async with asyncio.TaskGroup() as tasks:
+                watching = tasks.create_task(_raise_failure(running.pool))
+                taken = await running.consumer.drain(total_steps)
+                watching.cancel()
+            return taken / (time.monotonic() - started)
+
 
 async def _raise_failure(pool: WorkerPool) -> None:
     raise await asyncio.shield(pool.failure)

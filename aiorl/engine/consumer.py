@@ -151,6 +151,20 @@ class Consumer:
             if self.builder.full:
                 await self._update(self.builder.take(), goal, on_update)
 
+    async def drain(self, total_steps: int) -> int:
+        """Take ready rollouts without learning until ``total_steps`` arrived; return the count.
+
+        Used to measure sampling throughput; the steps are counted as discarded
+        (reason ``sample_only``).
+        """
+        taken = 0
+        while taken < total_steps:
+            rollout = await self.pool.ready.get()
+            self.stats.discard(rollout.env_steps, "sample_only")
+            self.pool.release(rollout)
+            taken += rollout.env_steps
+        return taken
+
     async def _update(self, batch: RolloutBatch, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         rollouts, self.in_batch = self.in_batch, []
         progress = goal.progress(self.stats)

@@ -116,22 +116,29 @@ class WorkerPool:
         """
         for spec in self.specs:
             await self._launch(spec)
-        hellos = [asyncio.ensure_future(h.hello.wait()) for h in self.workers.values()]
+        greeted = asyncio.ensure_future(self._all_said_hello())
         try:
             async with asyncio.timeout(timeout_s):
-                done = asyncio.gather(*hellos)
-                await asyncio.wait([done, self.failure], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([greeted, self.failure], return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             silent = [w.worker_id for w in self.workers.values() if not w.hello.is_set()]
             raise WorkerStartError(f"workers {silent} did not start within start_timeout_s={timeout_s}") from None
         finally:
-            for waiter in hellos:
-                waiter.cancel()
+            greeted.cancel()
         if self.failure.done():
             error = self.failure.result()
             if isinstance(error, WorkerCrashed):
-                raise WorkerStartError(f"a worker died while starting: {error}") from error
+                raise WorkerStartError(
+                    f"a worker died while starting: {error}. Its traceback is on stderr; if it "
+                    "re-ran your script, guard the script's entry point with "
+                    "`if __name__ == '__main__':` (workers import __main__, as with any "
+                    "multiprocessing start method but fork)"
+                ) from error
             raise error
+
+    async def _all_said_hello(self) -> None:
+        for handle in self.workers.values():
+            await handle.hello.wait()
 
     async def _launch(self, spec: WorkerSpec) -> None:
         process, sock = start_worker(self.context, spec)

@@ -6,7 +6,8 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-DISCARD_REASONS = ("policy_lag", "worker_lost", "env_error", "learner_error", "shutdown")
+DISCARD_REASONS = ("policy_lag", "worker_lost", "env_error", "learner_error", "shutdown", "sample_only")
+"""Why collected steps were not trained on. ``sample_only``: collected by ``Trainer.sample``."""
 
 
 @dataclass(slots=True)
