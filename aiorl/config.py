@@ -100,6 +100,18 @@ class TrainerConfig:
         """Rollouts per learner update."""
         return self.rollouts_per_batch or self.num_workers
 
+    def slots_in_use(self) -> list[int]:
+        """Slots granted to each worker: all of them, or in strict on-policy mode one batch's worth.
+
+        With ``max_policy_lag=0`` only ``batch_rollouts`` slots circulate (spread over the
+        workers), each granted after the newest weights are published, so no rollout is
+        ever acted by an outdated policy and none is wasted.
+        """
+        if self.max_policy_lag != 0:
+            return [self.slots_per_worker] * self.num_workers
+        share, extra = divmod(self.batch_rollouts, self.num_workers)
+        return [share + (1 if i < extra else 0) for i in range(self.num_workers)]
+
     @property
     def batch_steps(self) -> int:
         """Env steps per learner update."""

@@ -192,7 +192,14 @@ class Trainer:
 
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             specs = [self._worker_spec(i, layout, slots, store) for i in range(cfg.num_workers)]
-            pool = WorkerPool(worker_context(cfg.start_method), specs, cfg.slots_per_worker, self.stats, tasks)
+            pool = WorkerPool(
+                worker_context(cfg.start_method),
+                specs,
+                cfg.slots_per_worker,
+                self.stats,
+                tasks,
+                slots_in_use=cfg.slots_in_use(),
+            )
             consumer = Consumer(
                 pool=pool,
                 slots=slots,
@@ -321,7 +328,8 @@ class Trainer:
                 broadcasting.cancel()
                 watching.cancel()
         except BaseExceptionGroup as group:
-            raise _single(group) from None
+            error = _single(group)
+            raise error from error.__cause__  # keeps a remote traceback as the cause
         finally:
             running.broadcaster.flush()
         return TrainResult(

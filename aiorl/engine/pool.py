@@ -83,6 +83,9 @@ class WorkerPool:
         context: the multiprocessing context to start workers from.
         specs: one :class:`WorkerSpec` per worker.
         slots_per_worker: slots each worker owns, ``spec.worker_id * slots_per_worker`` on.
+        slots_in_use: how many of its slots each worker is granted (``None``: all). Strict
+            on-policy mode keeps exactly one batch's worth of slots in circulation, so
+            no rollout is ever acted by an old policy.
         stats: where arriving rollouts are counted.
         tasks: the task group that owns the pool's supervising tasks.
     """
@@ -94,10 +97,12 @@ class WorkerPool:
         slots_per_worker: int,
         stats: TrainingStats,
         tasks: asyncio.TaskGroup,
+        slots_in_use: list[int] | None = None,
     ) -> None:
         self.context = context
         self.specs = specs
         self.slots_per_worker = slots_per_worker
+        self.slots_in_use = slots_in_use or [slots_per_worker] * len(specs)
         self.stats = stats
         self.tasks = tasks
         self.ready: asyncio.Queue[ReadyRollout] = asyncio.Queue()
@@ -146,7 +151,7 @@ class WorkerPool:
         first = spec.worker_id * self.slots_per_worker
         handle = WorkerHandle(
             worker_id=spec.worker_id,
-            slots=tuple(range(first, first + self.slots_per_worker)),
+            slots=tuple(range(first, first + self.slots_in_use[spec.worker_id])),
             process=process,
             pid=process.pid or -1,
             reader=reader,

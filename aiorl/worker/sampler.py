@@ -21,7 +21,11 @@ from aiorl.worker.spec import WorkerSpec
 
 
 class EnvStepError(Exception):
-    """An env raised in ``reset`` or ``step``; carries where it happened."""
+    """An env raised in ``reset`` or ``step``; carries where it happened.
+
+    ``step`` is the failing env's own step count (1 for its first ``step`` call; 0 for
+    its constructor or first ``reset``).
+    """
 
     def __init__(self, env_index: int | None, step: int, original: BaseException) -> None:
         super().__init__(f"{type(original).__name__}: {original}")
@@ -52,6 +56,7 @@ class EnvSampler:
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.episode_return = np.zeros(k, dtype=np.float64)
         self.episode_length = np.zeros(k, dtype=np.int64)
+        self.env_steps = np.zeros(k, dtype=np.int64)  # steps per env since it was built
         self.total_steps = 0
         self.unfinished_steps = 0
         for i in range(k):
@@ -87,10 +92,11 @@ class EnvSampler:
         rewards, terminated, truncated = arrays["rewards"][t], arrays["terminated"][t], arrays["truncated"][t]
         final_obs: list[tuple[int, object]] = []
         for i, env in enumerate(self.envs):
+            self.env_steps[i] += 1
             try:
                 obs, reward, term, trunc, _ = env.step(self.dist.to_env(actions_np[i]))
             except Exception as exc:
-                raise EnvStepError(i, self.total_steps, exc) from exc
+                raise EnvStepError(i, int(self.env_steps[i]), exc) from exc
             self.episode_return[i] += float(reward)
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
@@ -103,7 +109,7 @@ class EnvSampler:
                 try:
                     obs, _ = env.reset()
                 except Exception as exc:
-                    raise EnvStepError(i, self.total_steps, exc) from exc
+                    raise EnvStepError(i, int(self.env_steps[i]), exc) from exc
             self.encoder.encode_into(obs, self.obs[i])
         self.total_steps += len(self.envs)
         arrays["trunc_values"][t] = 0.0

@@ -1,0 +1,98 @@
+"""Shared fixtures: every test runs on both event loops and must leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import uvloop
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable]:
+    """Run every async test on asyncio's default loop and on uvloop (unless it picks one)."""
+    return LOOP_FACTORIES
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, read from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int) -> set[int]:
+    """Live (non-zombie) processes below ``root``."""
+    table = process_table()
+    found: set[int] = set()
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, state) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return {pid for pid in found if table[pid][1] != "Z"}
+
+
+def multiprocessing_services() -> set[int]:
+    """The forkserver and resource tracker: per-interpreter services that exit with it."""
+    pids = {
+        multiprocessing.forkserver._forkserver._forkserver_pid,
+        multiprocessing.resource_tracker._resource_tracker._pid,
+    }
+    return {pid for pid in pids if pid is not None}
+
+
+def leftover_workers() -> set[int]:
+    """Processes started under this test process that are not multiprocessing services."""
+    return descendants(os.getpid()) - multiprocessing_services()
+
+
+def our_segments(pid: int | None = None) -> list[str]:
+    """``aiorl_`` shared-memory segments created by process ``pid`` (default: this one)."""
+    prefix = f"aiorl_{pid or os.getpid()}_"
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; return its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: no worker process and no shared-memory segment of ours remains."""
+    before = leftover_workers()
+    yield
+    assert wait_until(lambda: not (leftover_workers() - before), 10.0), (
+        f"processes left behind: {sorted(leftover_workers() - before)}"
+    )
+    assert our_segments() == [], f"shared memory left behind: {our_segments()}"
+
+
+SMALL = {"num_workers": 2, "envs_per_worker": 4, "rollout_length": 16, "log_interval_s": 60.0}
+"""Trainer options for short behavioural tests."""

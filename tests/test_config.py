@@ -1,0 +1,115 @@
+"""Bad input raises a clear ValueError naming the field and value, before any process starts."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import leftover_workers, our_segments
+from torch import nn
+
+import aiorl
+from aiorl import PPO, ConfigError, Trainer
+
+
+@pytest.fixture(autouse=True)
+def starts_nothing():
+    before = leftover_workers()
+    yield
+    assert leftover_workers() == before
+    assert our_segments() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"num_workers": 0}, "num_workers=0"),
+        ({"envs_per_worker": -3}, "envs_per_worker=-3"),
+        ({"rollout_length": 2.5}, "rollout_length=2.5"),
+        ({"max_policy_lag": -1}, "max_policy_lag=-1"),
+        ({"start_method": "fork"}, "start_method='fork'"),
+        ({"heartbeat_interval_s": float("nan")}, "heartbeat_interval_s=nan"),
+        ({"device": "tpu:banana"}, "device='tpu:banana'"),
+        ({"num_wokers": 2}, "num_wokers=2 is not a Trainer option"),
+    ],
+)
+def test_bad_trainer_option_names_field_and_value(options, needle):
+    with pytest.raises(ValueError, match=None) as info:
+        Trainer("CartPole-v1", **options)
+    assert isinstance(info.value, ConfigError)
+    assert needle in str(info.value)
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as info:
+        Trainer("CartPole-v1", num_workers=0, envs_per_worker=0)
+    assert "num_workers=0" in str(info.value) and "envs_per_worker=0" in str(info.value)
+    assert len(info.value.problems) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("learning_rate", -0.001), ("gamma", 1.5), ("update_epochs", 0), ("clip_coef", 0.0), ("lr_schedule", "cosine")],
+)
+def test_bad_ppo_hyperparameter(field, value):
+    with pytest.raises(ValueError, match=rf"PPO\.{field}={value!r}"):
+        PPO(**{field: value})
+
+
+def test_unknown_env_id_suggests_close_names():
+    with pytest.raises(ValueError, match=r"env='CartPole-v2' is not a registered gymnasium id.*CartPole-v1"):
+        Trainer("CartPole-v2")
+
+
+def test_unpicklable_env_factory():
+    with pytest.raises(ValueError, match=r"cannot be pickled"):
+        Trainer(lambda: gym.make("CartPole-v1"))
+
+
+class TextActionEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Text(max_length=4)
+
+
+def test_unsupported_action_space():
+    with pytest.raises(ValueError, match=r"action_space=Text.* is not supported"):
+        Trainer(TextActionEnv)
+
+
+class WrongHeadPolicy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer(obs), obs.sum(-1)
+
+
+def test_policy_output_shape_must_match_action_space():
+    with pytest.raises(ValueError, match=r"dist_inputs of shape \(2, 3\), expected \(2, 2\)"):
+        Trainer("CartPole-v1", policy=WrongHeadPolicy())
+
+
+def test_algo_must_be_an_algorithm_config():
+    with pytest.raises(ValueError, match=r"algo="):
+        Trainer("CartPole-v1", algo={"learning_rate": 1e-3})
+
+
+def test_strict_on_policy_batch_must_fit_in_slots():
+    with pytest.raises(ValueError, match=r"rollouts_per_batch=5 exceeds the 4 slots"):
+        Trainer("CartPole-v1", max_policy_lag=0, rollouts_per_batch=5)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.parametrize("total_steps", [0, -5, 1.5])
+async def test_bad_total_steps(total_steps):
+    trainer = Trainer("CartPole-v1")
+    with pytest.raises(ValueError, match=rf"total_steps={total_steps!r}"):
+        await trainer.run(total_steps=total_steps)
+
+
+def test_defaults_build_a_ppo_trainer():
+    trainer = aiorl.Trainer("CartPole-v1")
+    assert isinstance(trainer.algo, PPO)
+    assert trainer.config.num_workers >= 1

@@ -1,0 +1,80 @@
+"""A worker's sampler fills a slot correctly: flags, bootstrap values, versions, episode stats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import torch
+
+from aiorl.distributions import ActionDistribution
+from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
+from aiorl.models import ActorCritic, evaluate
+from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.worker.sampler import EnvSampler
+from aiorl.worker.spec import WorkerSpec
+
+
+def make_sampler(max_episode_steps: int, steps: int, envs: int) -> tuple[EnvSampler, RolloutSlots]:
+    factory = EnvFactory.from_user("CartPole-v1", {"max_episode_steps": max_episode_steps})
+    spaces = EnvSpaces.probe(factory)
+    encoder = ObservationEncoder.for_space(spaces.observation_space)
+    dist = ActionDistribution.for_space(spaces.action_space)
+    layout = RolloutLayout(
+        rollout_length=steps,
+        num_envs=envs,
+        obs_shape=encoder.shape,
+        action_shape=dist.action_shape,
+        action_dtype=dist.action_dtype.str,
+    )
+    slots = RolloutSlots.create(layout, 1)
+    torch.manual_seed(0)
+    policy = ActorCritic(encoder.shape, dist)
+    spec = WorkerSpec(
+        worker_id=0,
+        env_factory=factory,
+        seed=0,
+        layout=layout,
+        slots_name=slots.segment.name,
+        num_slots=1,
+        weights_name="unused",
+        num_weights=0,
+        policy=policy,
+        dist=dist,
+        obs_encoder=encoder,
+        heartbeat_interval_s=1.0,
+    )
+    return EnvSampler(spec, policy), slots
+
+
+def test_truncated_steps_carry_the_value_of_the_final_observation():
+    sampler, slots = make_sampler(max_episode_steps=5, steps=12, envs=3)
+    try:
+        slot = slots[0]
+        summary = asyncio.run(sampler.collect(slot, policy_version=7))
+        truncated, terminated = slot["truncated"], slot["terminated"]
+        assert truncated[4].all() and truncated[9].all(), "time limit of 5 steps truncates steps 5 and 10"
+        assert not terminated.any()
+        assert (slot["trunc_values"][truncated] != 0).all()
+        assert (slot["trunc_values"][~truncated] == 0).all()
+        assert summary.episode_lengths == [5] * 6 and summary.episode_returns == [5.0] * 6
+        assert (slot["versions"] == 7).all()
+        assert summary.env_steps == 36 and sampler.total_steps == 36
+        with torch.no_grad():
+            values = evaluate(sampler.policy, torch.from_numpy(slot["obs"].reshape(-1, 4)))[1]
+        np.testing.assert_allclose(slot["values"].reshape(-1), values.numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        sampler.close()
+        slots.close()
+
+
+def test_next_obs_is_the_observation_after_the_last_step():
+    sampler, slots = make_sampler(max_episode_steps=500, steps=4, envs=2)
+    try:
+        slot = slots[0]
+        asyncio.run(sampler.collect(slot, policy_version=0))
+        np.testing.assert_array_equal(slot["next_obs"], sampler.obs)
+        assert not np.array_equal(slot["obs"][-1], slot["next_obs"])
+    finally:
+        sampler.close()
+        slots.close()

@@ -1,0 +1,140 @@
+"""No worker process and no shared-memory segment survives any exit path.
+
+The autouse ``no_leaks`` fixture (conftest.py) checks every test here after it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import SMALL, descendants, our_segments, wait_until
+
+from aiorl import PPO, EnvError, Trainer, WorkerCrashed
+from aiorl.testing import RaiseAtStep
+
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+
+
+@pytest.mark.asyncio
+async def test_run_outside_async_with_starts_and_stops_workers():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    result = await trainer.run(total_steps=500)
+    assert result.env_steps >= 500
+    assert trainer.worker_pids == {}
+
+
+@pytest.mark.asyncio
+async def test_exception_inside_async_with_tears_down():
+    with pytest.raises(KeyError):
+        async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+            assert len(trainer.worker_pids) == 2
+            await trainer.run(total_steps=300)
+            raise KeyError("user code failed")
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_task_running_run_tears_down():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    started = asyncio.Event()
+    task = asyncio.create_task(trainer.run(total_steps=10**9, on_update=lambda _: started.set()))
+    await asyncio.wait_for(started.wait(), timeout=60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trainer.worker_pids == {}
+    stats = trainer.stats
+    assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.asyncio
+async def test_a_killed_worker_fails_the_run_with_its_signal():
+    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+        victim = trainer.worker_pids[1]
+
+        def kill_once(report):
+            if report.version == 3:
+                os.kill(victim, signal.SIGKILL)
+
+        with pytest.raises(WorkerCrashed, match=r"worker 1 .*killed by SIGKILL") as info:
+            await asyncio.wait_for(trainer.run(total_steps=10**9, on_update=kill_once), timeout=60)
+    assert info.value.pid == victim
+
+
+@pytest.mark.asyncio
+async def test_an_env_exception_reaches_the_trainer_with_its_traceback():
+    env = functools.partial(RaiseAtStep, "CartPole-v1", at_step=50)
+    async with Trainer(env, QUICK_PPO, **SMALL) as trainer:
+        with pytest.raises(EnvError, match=r"worker \d, env 0, step 50, .*InjectedFault: injected fault at step 50") as info:
+            await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    assert 'testing/envs.py", line' in info.value.remote_traceback
+    assert "injected fault" in str(info.value.__cause__)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import aiorl
+
+    def announce(report):
+        if report.version == 2:
+            print("training", flush=True)
+
+    if __name__ == "__main__":
+        trainer = aiorl.Trainer("CartPole-v1", num_workers=2, envs_per_worker=4, rollout_length=16)
+        aiorl.run(trainer, total_steps=10**9, on_update=announce)
+    """
+)
+
+
+def start_script(tmp_path) -> subprocess.Popen:
+    script = tmp_path / "train_forever.py"
+    script.write_text(SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    line = process.stdout.readline()
+    assert line.strip() == "training", process.stderr.read() if process.poll() is not None else line
+    return process
+
+
+def test_ctrl_c_in_a_script_stops_workers_and_frees_memory(tmp_path):
+    process = start_script(tmp_path)
+    children = descendants(process.pid)
+    assert len(children) >= 2
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert "KeyboardInterrupt" in stderr
+    assert wait_until(lambda: not (descendants(process.pid) | (children & set(descendants(1)))), 10)
+    assert our_segments(process.pid) == []
+
+
+def test_parent_killed_workers_exit_on_their_own(tmp_path):
+    process = start_script(tmp_path)
+    children = descendants(process.pid)
+    assert len(children) >= 2
+    process.kill()
+    process.wait(timeout=10)
+
+    def all_gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in children)
+
+    assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if _alive(pid)]}"
+    assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
+    process.stdout.close()
+    process.stderr.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
