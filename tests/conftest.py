@@ -46,7 +46,7 @@ def descendants(root: int) -> set[int]:
     frontier = [root]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, state) in table.items():
+        for pid, (ppid, _state) in table.items():
             if ppid == parent and pid not in found:
                 found.add(pid)
                 frontier.append(pid)

@@ -72,7 +72,9 @@ async def test_a_killed_worker_fails_the_run_with_its_signal():
 async def test_an_env_exception_reaches_the_trainer_with_its_traceback():
     env = functools.partial(RaiseAtStep, "CartPole-v1", at_step=50)
     async with Trainer(env, QUICK_PPO, **SMALL) as trainer:
-        with pytest.raises(EnvError, match=r"worker \d, env 0, step 50, .*InjectedFault: injected fault at step 50") as info:
+        with pytest.raises(
+            EnvError, match=r"worker \d, env 0, step 50, .*InjectedFault: injected fault at step 50"
+        ) as info:
             await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert 'testing/envs.py", line' in info.value.remote_traceback
     assert "injected fault" in str(info.value.__cause__)
@@ -97,9 +99,7 @@ SCRIPT = textwrap.dedent(
 def start_script(tmp_path) -> subprocess.Popen:
     script = tmp_path / "train_forever.py"
     script.write_text(SCRIPT)
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.strip() == "training", process.stderr.read() if process.poll() is not None else line
     return process
