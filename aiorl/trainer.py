@@ -14,10 +14,11 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from aiorl.shm import RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
 
 log = logging.getLogger("aiorl")
+T = TypeVar("T")
 
 EXECUTOR_SHUTDOWN_S = 60.0
 
@@ -321,15 +323,7 @@ class Trainer:
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
         started = time.monotonic()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                broadcasting = tasks.create_task(running.broadcaster.run(), name="aiorl-broadcaster")
-                watching = tasks.create_task(_raise_failure(running.pool), name="aiorl-failure-watch")
-                await running.consumer.run(goal, on_update)
-                broadcasting.cancel()
-                watching.cancel()
-        except BaseExceptionGroup as group:
-            error = _single(group)
-            raise error from error.__cause__  # keeps a remote traceback as the cause
+            await _supervised(running, running.consumer.run(goal, on_update), broadcast=True)
         finally:
             running.broadcaster.flush()
         return TrainResult(
@@ -363,11 +357,28 @@ class Trainer:
         running = self._running
         async with self._run_lock:
             started = time.monotonic()
-            async with asyncio.TaskGroup() as tasks:
-                watching = tasks.create_task(_raise_failure(running.pool))
-                taken = await running.consumer.drain(total_steps)
-                watching.cancel()
+            taken = await _supervised(running, running.consumer.drain(total_steps), broadcast=False)
             return taken / (time.monotonic() - started)
+
+
+async def _supervised(running: _Running, work: Coroutine[Any, Any, T], *, broadcast: bool) -> T:
+    """Await ``work`` while watching the pool for failures (and broadcasting weights).
+
+    A worker's death or env error cancels ``work`` and is raised as itself, not
+    wrapped in an exception group; a remote traceback stays its ``__cause__``.
+    """
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            helpers = [tasks.create_task(_raise_failure(running.pool), name="aiorl-failure-watch")]
+            if broadcast:
+                helpers.append(tasks.create_task(running.broadcaster.run(), name="aiorl-broadcaster"))
+            result = await work
+            for helper in helpers:
+                helper.cancel()
+        return result
+    except BaseExceptionGroup as group:
+        error = _single(group)
+        raise error from error.__cause__
 
 
 async def _raise_failure(pool: WorkerPool) -> None:
