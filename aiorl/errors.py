@@ -77,8 +77,51 @@ class WorkerCrashed(AiorlError):
         super().__init__(f"worker {worker_id} (pid {pid}) died: {cause}")
 
 
+class WorkerHung(AiorlError):
+    """A worker sent no heartbeat for ``worker_timeout_s``; :attr:`stack` is where it hung."""
+
+    def __init__(self, worker_id: int, pid: int | None, silent_s: float, stack: str) -> None:
+        self.worker_id = worker_id
+        self.pid = pid
+        self.silent_s = silent_s
+        self.stack = stack
+        where = f"\nits Python stack when it was stopped:\n{stack}" if stack else ""
+        super().__init__(f"worker {worker_id} (pid {pid}) hung: no heartbeat for {silent_s:.1f} s{where}")
+
+
+class WorkerRestartError(AiorlError):
+    """Workers were lost more than ``max_restarts`` times within ``restart_window_s``.
+
+    :attr:`last_cause` (also the ``__cause__``) says how the last worker was lost;
+    :attr:`last_env_error` is the last env error any worker reported, if any.
+    """
+
+    def __init__(
+        self,
+        worker_id: int,
+        max_restarts: int,
+        window_s: float,
+        last_cause: AiorlError,
+        last_env_error: EnvError | None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.last_cause = last_cause
+        self.last_env_error = last_env_error
+        message = (
+            f"worker {worker_id} lost once more after {max_restarts} restarts within {window_s:g} s "
+            f"(max_restarts={max_restarts}, restart_window_s={window_s:g}); last cause: {last_cause}"
+        )
+        if last_env_error is not None:
+            message += f"; last env error: {last_env_error}"
+        super().__init__(message)
+
+
 class WorkerStartError(AiorlError):
     """A worker did not say hello within the start deadline, or failed while starting."""
+
+
+class TrainerClosed(AiorlError):
+    """The trainer was closed (``aclose``/``async with`` exit) while ``run()`` was in progress."""
 
 
 class LearnerError(AiorlError):

@@ -99,6 +99,16 @@ def flat_weights(module: nn.Module) -> np.ndarray:
         return torch.cat([t.detach().reshape(-1).cpu() for t in weight_tensors(module)]).numpy()
 
 
+def assign_flat(module: nn.Module, weights: np.ndarray) -> None:
+    """Copy a flat array from :func:`flat_weights` back into ``module``'s weights."""
+    offset = 0
+    with torch.no_grad():
+        for tensor in weight_tensors(module):
+            n = tensor.numel()
+            tensor.copy_(torch.from_numpy(weights[offset : offset + n]).view_as(tensor))
+            offset += n
+
+
 def tie_to_flat(module: nn.Module) -> torch.Tensor:
     """Re-point every weight tensor of ``module`` into one flat float32 tensor.
 

@@ -19,10 +19,14 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 # ---- worker -> trainer -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The worker is up: envs built, shared memory attached, ready for slots."""
+    """The worker is up: envs built, shared memory attached, ready for slots.
+
+    ``aiorl_file`` is where the worker imported aiorl from (it must match the trainer's).
+    """
 
     worker_id: int
     pid: int
+    aiorl_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,26 +40,38 @@ class Heartbeat:
 class SlotReady:
     """A rollout is complete in ``slot``.
 
-    ``episode_returns``/``episode_lengths`` list the episodes that ended during it.
+    ``env_steps`` steps are trainable; ``discarded_steps`` were masked out because an
+    env raised mid-episode. ``episode_returns``/``episode_lengths`` list the episodes
+    that ended during the rollout.
     """
 
     slot: int
     policy_version: int
     env_steps: int
+    discarded_steps: int = 0
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
-class Goodbye:
-    """The worker is stopping; ``unfinished_steps`` of a partial rollout are abandoned."""
+class EnvRecovered:
+    """An env raised; the worker re-created it and goes on.
 
-    unfinished_steps: int
+    ``discarded_steps`` of its broken episode were masked out of the current rollout.
+    """
+
+    env_index: int
+    step: int
+    policy_version: int
+    error_type: str
+    message: str
+    traceback: str
+    discarded_steps: int
 
 
 @dataclass(frozen=True, slots=True)
 class EnvFailed:
-    """An env raised; the worker reports it and exits."""
+    """An env failed for good (constructor, or too many failures in a row); the worker exits."""
 
     env_index: int | None
     step: int | None
@@ -78,7 +94,7 @@ class Stop:
     """Finish the current step, close the envs and exit cleanly."""
 
 
-Message = Hello | Heartbeat | SlotReady | Goodbye | EnvFailed | Grant | Stop
+Message = Hello | Heartbeat | SlotReady | EnvRecovered | EnvFailed | Grant | Stop
 
 
 def encode(message: Message) -> bytes:

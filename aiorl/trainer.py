@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -30,17 +32,19 @@ from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.process import worker_context
+from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
-from aiorl.errors import AiorlError, ConfigError
+from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.models import ActorCritic, num_weights, validate_policy
-from aiorl.shm import RolloutLayout, RolloutSlots, WeightStore
+from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
 
 log = logging.getLogger("aiorl")
 T = TypeVar("T")
 
 EXECUTOR_SHUTDOWN_S = 60.0
+RUN_STOP_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +193,34 @@ class Trainer:
             broadcaster = Broadcaster(store)
             broadcaster.publish_now(self._learner.weights(), self._version)
 
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(cfg.learner_threads or max(1, (os.cpu_count() or 1) - cfg.num_workers))
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-learner")
             stack.push_async_callback(_shutdown_executor, executor)
 
+            progress = ProgressBoard.create(cfg.num_workers)
+            stack.callback(progress.close)
+
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
-            specs = [self._worker_spec(i, layout, slots, store) for i in range(cfg.num_workers)]
+            in_use = cfg.slots_in_use()
             pool = WorkerPool(
-                worker_context(cfg.start_method),
-                specs,
-                cfg.slots_per_worker,
-                self.stats,
-                tasks,
-                slots_in_use=cfg.slots_in_use(),
+                context=worker_context(cfg.start_method),
+                make_spec=functools.partial(self._worker_spec, layout, slots, store, progress),
+                seat_slots=[
+                    tuple(range(w * cfg.slots_per_worker, w * cfg.slots_per_worker + in_use[w]))
+                    for w in range(cfg.num_workers)
+                ],
+                stats=self.stats,
+                progress=progress,
+                tasks=tasks,
+                budget=RestartBudget(
+                    max_restarts=cfg.max_restarts,
+                    window_s=cfg.restart_window_s,
+                    backoff_s=cfg.restart_backoff_s,
+                    backoff_max_s=cfg.restart_backoff_max_s,
+                ),
+                worker_timeout_s=cfg.worker_timeout_s,
+                start_timeout_s=cfg.start_timeout_s,
             )
             consumer = Consumer(
                 pool=pool,
@@ -215,7 +235,7 @@ class Trainer:
             )
             consumer.version = self._version
             stack.push_async_callback(self._close_pool, pool, consumer)
-            await pool.start(cfg.start_timeout_s)
+            await pool.start()
             self._running = _Running(stack, slots, store, pool, consumer, broadcaster)
         except BaseException:
             await _close_stack(stack)
@@ -239,19 +259,36 @@ class Trainer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Tear everything down (idempotent); ``async with`` calls this for you."""
-        running, self._running = self._running, None
+        """Tear everything down (idempotent); ``async with`` calls this for you.
+
+        A ``run()`` still in progress in another task ends with :class:`TrainerClosed`.
+        """
+        running = self._running
         if running is None:
             return
+        if self._run_lock.locked():
+            running.pool.fail(TrainerClosed("the trainer was closed while run() was in progress"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RUN_STOP_WAIT_S), self._run_lock:
+                    pass
+        self._running = None
         self._version = running.consumer.version
         await _close_stack(running.stack)
 
     def _worker_spec(
-        self, worker_id: int, layout: RolloutLayout, slots: RolloutSlots, store: WeightStore
+        self,
+        layout: RolloutLayout,
+        slots: RolloutSlots,
+        store: WeightStore,
+        progress: ProgressBoard,
+        worker_id: int,
+        incarnation: int,
+        stack_path: str,
     ) -> WorkerSpec:
         cfg = self.config
         return WorkerSpec(
             worker_id=worker_id,
+            incarnation=incarnation,
             env_factory=self.env_factory,
             seed=cfg.seed,
             layout=layout,
@@ -263,6 +300,10 @@ class Trainer:
             dist=self.dist,
             obs_encoder=self.obs_encoder,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
+            progress_name=progress.segment.name,
+            num_workers=cfg.num_workers,
+            stack_path=stack_path,
+            env_error_limit=cfg.env_error_limit,
         )
 
     async def _close_pool(self, pool: WorkerPool, consumer: Consumer) -> None:
@@ -321,6 +362,7 @@ class Trainer:
         stats = self.stats
         goal = RunGoal(total_steps=total_steps, target_return=target_return, trained_at_start=stats.steps_trained)
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
+        restarts_at_start = stats.worker_restarts
         started = time.monotonic()
         try:
             await _supervised(running, running.consumer.run(goal, on_update), broadcast=True)
@@ -331,7 +373,7 @@ class Trainer:
             episodes=stats.episodes - episodes_at_start,
             mean_return=stats.mean_return,
             wall_time=time.monotonic() - started,
-            worker_restarts=0,
+            worker_restarts=stats.worker_restarts - restarts_at_start,
             reached_target=goal.reached_target(stats),
             updates=stats.updates - updates_at_start,
             policy_version=running.consumer.version,

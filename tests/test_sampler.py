@@ -32,6 +32,7 @@ def make_sampler(max_episode_steps: int, steps: int, envs: int) -> tuple[EnvSamp
     policy = ActorCritic(encoder.shape, dist)
     spec = WorkerSpec(
         worker_id=0,
+        incarnation=0,
         env_factory=factory,
         seed=0,
         layout=layout,
@@ -43,6 +44,10 @@ def make_sampler(max_episode_steps: int, steps: int, envs: int) -> tuple[EnvSamp
         dist=dist,
         obs_encoder=encoder,
         heartbeat_interval_s=1.0,
+        progress_name="unused",
+        num_workers=1,
+        stack_path="unused",
+        env_error_limit=3,
     )
     return EnvSampler(spec, policy), slots
 

@@ -6,7 +6,6 @@ The autouse ``no_leaks`` fixture (conftest.py) checks every test here after it e
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import signal
 import subprocess
@@ -16,8 +15,7 @@ import textwrap
 import pytest
 from conftest import SMALL, descendants, our_segments, wait_until
 
-from aiorl import PPO, EnvError, Trainer, WorkerCrashed
-from aiorl.testing import RaiseAtStep
+from aiorl import PPO, Trainer
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
 
@@ -52,32 +50,6 @@ async def test_cancelling_the_task_running_run_tears_down():
     stats = trainer.stats
     assert stats.steps_pending == 0
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
-
-
-@pytest.mark.asyncio
-async def test_a_killed_worker_fails_the_run_with_its_signal():
-    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
-        victim = trainer.worker_pids[1]
-
-        def kill_once(report):
-            if report.version == 3:
-                os.kill(victim, signal.SIGKILL)
-
-        with pytest.raises(WorkerCrashed, match=r"worker 1 .*killed by SIGKILL") as info:
-            await asyncio.wait_for(trainer.run(total_steps=10**9, on_update=kill_once), timeout=60)
-    assert info.value.pid == victim
-
-
-@pytest.mark.asyncio
-async def test_an_env_exception_reaches_the_trainer_with_its_traceback():
-    env = functools.partial(RaiseAtStep, "CartPole-v1", at_step=50)
-    async with Trainer(env, QUICK_PPO, **SMALL) as trainer:
-        with pytest.raises(
-            EnvError, match=r"worker \d, env 0, step 50, .*InjectedFault: injected fault at step 50"
-        ) as info:
-            await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
-    assert 'testing/envs.py", line' in info.value.remote_traceback
-    assert "injected fault" in str(info.value.__cause__)
 
 
 SCRIPT = textwrap.dedent(

@@ -25,13 +25,14 @@ class RolloutBatch:
     terminated: np.ndarray
     truncated: np.ndarray
     trunc_values: np.ndarray
+    valid: np.ndarray
     versions: np.ndarray
     next_obs: np.ndarray
 
     @property
     def env_steps(self) -> int:
-        """Number of env steps in the batch (``T * N``)."""
-        return int(self.rewards.size)
+        """Env steps to train on: those not broken by an env error."""
+        return int(self.valid.sum())
 
 
 class BatchBuilder:

@@ -27,7 +27,7 @@ from aiorl.algos.advantages import gae
 from aiorl.algos.batch import RolloutBatch
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError, LearnerError
-from aiorl.models import evaluate, flat_weights
+from aiorl.models import assign_flat, evaluate, flat_weights
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,6 +109,10 @@ class PPOLearner:
         """The policy's current weights as one flat float32 CPU array."""
         return flat_weights(self.policy)
 
+    def load_weights(self, weights: np.ndarray) -> None:
+        """Overwrite the policy's weights with a flat array from :meth:`weights`."""
+        assign_flat(self.policy, weights)
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 
@@ -148,14 +152,16 @@ class PPOLearner:
         b_returns = self._tensor(returns).reshape(-1)
         b_values = values.reshape(-1)
 
-        size = steps * envs
-        minibatch = max(size // cfg.num_minibatches, 1)
+        # Steps of an episode broken by an env error are masked out of the loss.
+        trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
+        size = int(trainable.numel())
+        if size == 0:
+            return {"learning_rate": lr}
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
         stats: dict[str, list[float]] = {name: [] for name in names}
         for _epoch in range(cfg.update_epochs):
-            order = torch.randperm(size, device=self.device)
-            for start in range(0, size, minibatch):
-                mb = order[start : start + minibatch]
+            order = trainable[torch.randperm(size, device=self.device)]
+            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):
                 dist_inputs, new_value = evaluate(self.policy, obs[mb])
                 new_logprob, entropy = self.dist.log_prob_entropy(dist_inputs, b_actions[mb])
                 log_ratio = new_logprob - b_logprobs[mb]
@@ -182,9 +188,10 @@ class PPOLearner:
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
                 if not torch.isfinite(loss):
+                    source = "the observations" if not torch.isfinite(obs[mb]).all() else "the model"
                     raise LearnerError(
                         f"non-finite PPO loss (policy {pg_loss.item()}, value {v_loss.item()}, "
-                        f"entropy {entropy_loss.item()}); the update was abandoned"
+                        f"entropy {entropy_loss.item()}) coming from {source}; the update was abandoned"
                     )
 
                 self.optimizer.zero_grad(set_to_none=True)
@@ -200,8 +207,9 @@ class PPOLearner:
             if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
                 break
 
-        var_returns = float(np.var(returns))
-        residual = float(np.var(returns - values.cpu().numpy()))
+        valid = batch.valid
+        var_returns = float(np.var(returns[valid]))
+        residual = float(np.var(returns[valid] - values.cpu().numpy()[valid]))
         explained = float("nan") if var_returns == 0 else 1.0 - residual / var_returns
         report = {name: float(np.mean(values_)) for name, values_ in stats.items()}
         report.update(learning_rate=lr, explained_variance=explained)

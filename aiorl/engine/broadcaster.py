@@ -22,7 +22,6 @@ class Broadcaster:
         self.store = store
         self._latest: tuple[np.ndarray, int] | None = None
         self._submitted = asyncio.Event()
-        self._published = asyncio.Condition()
 
     @property
     def published_version(self) -> int:
@@ -39,27 +38,15 @@ class Broadcaster:
         self.store.publish(weights, version)
 
     def flush(self) -> None:
-        """Publish a submitted version that ``run`` has not written yet (end of a run)."""
+        """Publish the newest submitted version now, if any (end of a run; strict on-policy mode)."""
+        self._submitted.clear()
         if self._latest is not None:
             weights, version = self._latest
             self._latest = None
-            self._submitted.clear()
             self.store.publish(weights, version)
 
     async def run(self) -> None:
-        """Publish submitted weights until cancelled."""
+        """Publish submitted weights until cancelled; versions submitted meanwhile coalesce."""
         while True:
             await self._submitted.wait()
-            self._submitted.clear()
-            if self._latest is None:
-                continue
-            weights, version = self._latest
-            self._latest = None
-            self.store.publish(weights, version)
-            async with self._published:
-                self._published.notify_all()
-
-    async def wait_published(self, version: int) -> None:
-        """Return once ``version`` (or a newer one) is readable by workers."""
-        async with self._published:
-            await self._published.wait_for(lambda: self.store.version >= version)
+            self.flush()

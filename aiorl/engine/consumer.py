@@ -31,6 +31,9 @@ from aiorl.shm import RolloutSlots
 
 log = logging.getLogger("aiorl")
 
+CANCELLED_UPDATE_WAIT_S = 60.0
+"""How long a cancelled run waits for the update already running in the learner thread."""
+
 
 @dataclass(frozen=True, slots=True)
 class LagStats:
@@ -124,6 +127,7 @@ class Consumer:
         self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
         self.in_batch: list[ReadyRollout] = []
         self.version = 0
+        self.last_weights = learner.weights()
         self.lag_min: int | None = None
         self.lag_max: int | None = None
         self._lag_sum = 0.0
@@ -167,35 +171,32 @@ class Consumer:
 
     async def _update(self, batch: RolloutBatch, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         rollouts, self.in_batch = self.in_batch, []
-        progress = goal.progress(self.stats)
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
+        future = asyncio.get_running_loop().run_in_executor(
+            self.executor, self._learn, batch, goal.progress(self.stats)
+        )
         try:
-            metrics, weights = await loop.run_in_executor(self.executor, self._learn, batch, progress)
-        except asyncio.CancelledError:
-            # The run was cancelled mid-update: its result is abandoned (never published).
-            self.stats.discard(batch.env_steps, "shutdown")
-            if self.strict:
+            try:
+                metrics, weights = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The update goes on in its thread whatever happens here: let it finish
+                # (bounded) so the learner and the published version agree, then give in.
+                done, _ = await asyncio.wait({future}, timeout=CANCELLED_UPDATE_WAIT_S)
+                if future in done and not future.cancelled() and future.exception() is None:
+                    self._apply(batch, future.result()[1])
+                else:
+                    self.stats.discard(batch.env_steps, "shutdown")
+                raise
+            except Exception as exc:
+                error = self._learner_failed(batch, exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            lag = self._apply(batch, weights)
+        finally:
+            if self.strict:  # after the new weights are out (or the update failed): free the slots
                 for rollout in rollouts:
                     self.pool.release(rollout)
-            raise
-        except LearnerError:
-            self.stats.discard(batch.env_steps, "learner_error")
-            raise
-        except Exception as exc:
-            self.stats.discard(batch.env_steps, "learner_error")
-            raise LearnerError(f"the learner raised {type(exc).__name__}: {exc}") from exc
-        update_s = time.monotonic() - started
-        lag = LagStats.of(self.version, batch.versions)
-        self._record_lag(lag, batch)
-        self.version += 1
-        self.stats.steps_trained += batch.env_steps
-        self.stats.updates += 1
-        self.broadcaster.submit(weights, self.version)
-        if self.strict:
-            await self.broadcaster.wait_published(self.version)
-            for rollout in rollouts:
-                self.pool.release(rollout)
         report = UpdateReport(
             version=self.version,
             env_steps=self.stats.steps_trained,
@@ -204,11 +205,35 @@ class Consumer:
             rollouts=tuple((r.worker_id, r.pid, r.policy_version) for r in rollouts),
             metrics=metrics,
             mean_return=self.stats.mean_return,
-            update_s=update_s,
+            update_s=time.monotonic() - started,
         )
         self._log_progress(report, goal)
         if on_update is not None:
             on_update(report)
+
+    def _apply(self, batch: RolloutBatch, weights: np.ndarray) -> LagStats:
+        """Count a finished update and hand its weights to the broadcaster."""
+        lag = LagStats.of(self.version, batch.versions)
+        self._record_lag(lag, batch)
+        self.version += 1
+        self.stats.steps_trained += batch.env_steps
+        self.stats.updates += 1
+        self.last_weights = weights
+        self.broadcaster.submit(weights, self.version)
+        if self.strict:  # workers get their next slot only once these weights are readable
+            self.broadcaster.flush()
+        return lag
+
+    def _learner_failed(self, batch: RolloutBatch, exc: Exception) -> LearnerError:
+        """Count the batch as discarded, restore the last good weights, describe the failure."""
+        self.stats.discard(batch.env_steps, "learner_error")
+        self.learner.load_weights(self.last_weights)
+        if isinstance(exc, LearnerError):
+            return exc
+        return LearnerError(
+            f"the learner raised {type(exc).__name__}: {exc}; the policy was restored to "
+            f"version {self.version}, the last good one"
+        )
 
     def _learn(self, batch: RolloutBatch, progress: float) -> tuple[dict[str, float], np.ndarray]:
         """Runs in the executor thread: one update, then a copy of the new weights."""

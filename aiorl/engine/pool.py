@@ -1,13 +1,22 @@
 """The worker pool: persistent worker processes supervised from the trainer's loop.
 
-For each worker the pool owns one supervising task that reads its frames
-(hello, heartbeats, slot-ready, env errors), and a process-sentinel reader that
-notices its death within a millisecond, without polling. Ready rollouts go into
-:attr:`WorkerPool.ready`; a death or an env error becomes the pool's
-:attr:`failure`, which the running training loop raises. Slots are owned per
-worker; a slot goes back to its worker (a ``Grant`` frame) when the consumer is
-done with it, so a worker whose slots are all waiting blocks: that is the
-backpressure that bounds policy lag.
+Every worker id has a *seat* that outlives its processes. For the process in a
+seat the pool owns two tasks: a supervisor that reads its frames (hello,
+heartbeats, slot ready, env errors) and a watchdog that declares it hung when
+it goes silent for ``worker_timeout_s``. Its death is seen through the process
+sentinel within a millisecond, without polling.
+
+When a worker is lost (killed, crashed, hung) its granted slots are reclaimed,
+its unfinished rollout is counted as discarded (``worker_lost``; the progress
+board says how many steps it had taken), and a replacement starts in the same
+seat after a backoff, with the current weights. Completed rollouts it already
+reported stay queued: nothing handed to the trainer is lost. More losses than
+the restart budget allows, or an env that fails for good, become the pool's
+:attr:`WorkerPool.failure`, which the running training loop raises.
+
+Slots belong to seats; a slot goes back to its seat's worker (a ``Grant`` frame)
+when the consumer is done with it, so a worker whose slots all wait blocks:
+that backpressure bounds policy lag.
 
 Teardown (:meth:`WorkerPool.close`) never waits without a deadline:
 stop frame -> grace -> SIGTERM -> SIGKILL.
@@ -18,27 +27,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+import aiorl
 from aiorl import protocol
 from aiorl.engine.process import start_worker
+from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import (
     AiorlError,
     EnvError,
     RemoteTraceback,
     WorkerCrashed,
+    WorkerHung,
+    WorkerRestartError,
     WorkerStartError,
     describe_exit,
 )
+from aiorl.shm import ProgressBoard
 from aiorl.worker.spec import WorkerSpec
 
 log = logging.getLogger("aiorl")
 
 KILL_WAIT_S = 2.0
+"""Seconds to wait for a process to go after SIGTERM or SIGKILL."""
+STACK_DUMP_WAIT_S = 1.0
+"""Seconds to wait for a hung worker's stack dump."""
+
+SpecFactory = Callable[[int, int, str], WorkerSpec]
+"""``(worker_id, incarnation, stack_path) -> WorkerSpec``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,80 +78,115 @@ class ReadyRollout:
 
 @dataclass(slots=True)
 class WorkerHandle:
-    """The trainer's view of one worker process."""
+    """The trainer's view of one worker process (one incarnation of a seat)."""
 
     worker_id: int
-    slots: tuple[int, ...]
+    incarnation: int
     process: BaseProcess
     pid: int
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    exitcode: int | None = None
+    stack_path: str
     hello: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    last_heartbeat: float = field(default_factory=time.monotonic)
-    env_steps: int = 0
+    exitcode: int | None = None
+    last_frame: float = field(default_factory=time.monotonic)
+    reported_steps: int = 0
     env_error: EnvError | None = None
+    hang: WorkerHung | None = None
 
     def cause_of_death(self) -> AiorlError:
-        """The error to report for this worker's end: its env error, else how it died."""
+        """The error to report for this process's end: env error, hang, or how it died."""
         if self.env_error is not None:
             return self.env_error
+        if self.hang is not None:
+            return self.hang
         return WorkerCrashed(self.worker_id, self.pid, describe_exit(self.exitcode))
 
 
+@dataclass(slots=True)
+class Seat:
+    """A worker id, its slots, and the process currently holding it."""
+
+    worker_id: int
+    slots: tuple[int, ...]
+    free: set[int]
+    granted: set[int] = field(default_factory=set)
+    handle: WorkerHandle | None = None
+    incarnation: int = 0
+
+    def live(self) -> WorkerHandle | None:
+        """The current process if it has said hello and not exited."""
+        handle = self.handle
+        if handle is None or handle.exited.is_set() or not handle.hello.is_set():
+            return None
+        return handle
+
+
 class WorkerPool:
-    """Starts, supervises and stops ``len(specs)`` worker processes.
+    """Starts, supervises, replaces and stops the worker processes.
 
     Args:
         context: the multiprocessing context to start workers from.
-        specs: one :class:`WorkerSpec` per worker.
-        slots_per_worker: slots each worker owns, ``spec.worker_id * slots_per_worker`` on.
-        slots_in_use: how many of its slots each worker is granted (``None``: all). Strict
-            on-policy mode keeps exactly one batch's worth of slots in circulation, so
-            no rollout is ever acted by an old policy.
-        stats: where arriving rollouts are counted.
-        tasks: the task group that owns the pool's supervising tasks.
+        make_spec: builds the spec of a worker from its id, incarnation and stack file.
+        seat_slots: the slot ids of each seat (worker id = index).
+        stats: where arriving and discarded steps are counted.
+        progress: the shared board of steps taken per worker.
+        tasks: the task group that owns the pool's tasks.
+        budget: the restart budget.
+        worker_timeout_s: silence after which a worker is declared hung.
+        start_timeout_s: how long a worker may take to say hello.
     """
 
     def __init__(
         self,
+        *,
         context: BaseContext,
-        specs: list[WorkerSpec],
-        slots_per_worker: int,
+        make_spec: SpecFactory,
+        seat_slots: list[tuple[int, ...]],
         stats: TrainingStats,
+        progress: ProgressBoard,
         tasks: asyncio.TaskGroup,
-        slots_in_use: list[int] | None = None,
+        budget: RestartBudget,
+        worker_timeout_s: float,
+        start_timeout_s: float,
     ) -> None:
         self.context = context
-        self.specs = specs
-        self.slots_per_worker = slots_per_worker
-        self.slots_in_use = slots_in_use or [slots_per_worker] * len(specs)
+        self.make_spec = make_spec
         self.stats = stats
+        self.progress = progress
         self.tasks = tasks
+        self.budget = budget
+        self.worker_timeout_s = worker_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.seats = {wid: Seat(wid, slots, free=set(slots)) for wid, slots in enumerate(seat_slots)}
         self.ready: asyncio.Queue[ReadyRollout] = asyncio.Queue()
         self.failure: asyncio.Future[AiorlError] = asyncio.get_running_loop().create_future()
-        self.workers: dict[int, WorkerHandle] = {}
+        self.last_env_error: EnvError | None = None
+        self.started = False
         self.closing = False
-        self._supervisors: list[asyncio.Task[None]] = []
+        self._supervisors: set[asyncio.Task[None]] = set()
+        self._restarts: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------
-    async def start(self, timeout_s: float) -> None:
+    async def start(self) -> None:
         """Start every worker and wait until each has said hello.
 
         Raises:
             EnvError: a worker's env failed while it was being built.
-            WorkerStartError: a worker died or stayed silent past ``timeout_s``.
+            WorkerStartError: a worker died or stayed silent past ``start_timeout_s``.
         """
-        for spec in self.specs:
-            await self._launch(spec)
+        for seat in self.seats.values():
+            await self._launch(seat)
         greeted = asyncio.ensure_future(self._all_said_hello())
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self.start_timeout_s):
                 await asyncio.wait([greeted, self.failure], return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
-            silent = [w.worker_id for w in self.workers.values() if not w.hello.is_set()]
-            raise WorkerStartError(f"workers {silent} did not start within start_timeout_s={timeout_s}") from None
+            silent = [s.worker_id for s in self.seats.values() if s.handle and not s.handle.hello.is_set()]
+            raise WorkerStartError(
+                f"workers {silent} did not start within start_timeout_s={self.start_timeout_s}"
+            ) from None
         finally:
             greeted.cancel()
         if self.failure.done():
@@ -140,42 +199,56 @@ class WorkerPool:
                     "multiprocessing start method but fork)"
                 ) from error
             raise error
+        self.started = True
 
     async def _all_said_hello(self) -> None:
-        for handle in self.workers.values():
-            await handle.hello.wait()
+        for seat in self.seats.values():
+            assert seat.handle is not None
+            await seat.handle.hello.wait()
 
-    async def _launch(self, spec: WorkerSpec) -> None:
-        process, sock = start_worker(self.context, spec)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        first = spec.worker_id * self.slots_per_worker
+    async def _launch(self, seat: Seat) -> None:
+        fd, stack_path = tempfile.mkstemp(prefix=f"aiorl_{os.getpid()}_w{seat.worker_id}_", suffix=".stack")
+        os.close(fd)
+        self.progress.reset(seat.worker_id)
+        try:
+            process, sock = start_worker(self.context, self.make_spec(seat.worker_id, seat.incarnation, stack_path))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            os.unlink(stack_path)
+            raise
         handle = WorkerHandle(
-            worker_id=spec.worker_id,
-            slots=tuple(range(first, first + self.slots_in_use[spec.worker_id])),
+            worker_id=seat.worker_id,
+            incarnation=seat.incarnation,
             process=process,
             pid=process.pid or -1,
             reader=reader,
             writer=writer,
+            stack_path=stack_path,
         )
-        self.workers[spec.worker_id] = handle
+        seat.handle = handle
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, handle)
-        self.tasks.create_task(self._supervise(handle), name=f"aiorl-supervise-{spec.worker_id}")
+        name = f"aiorl-worker-{seat.worker_id}.{seat.incarnation}"
+        supervisor = self.tasks.create_task(self._supervise(seat, handle), name=f"{name}-supervisor")
+        self._supervisors.add(supervisor)
+        supervisor.add_done_callback(self._supervisors.discard)
+        self.tasks.create_task(self._watch(handle), name=f"{name}-watchdog")
 
-    async def _supervise(self, handle: WorkerHandle) -> None:
+    async def _supervise(self, seat: Seat, handle: WorkerHandle) -> None:
         try:
-            await self._read_frames(handle)
+            await self._read_frames(seat, handle)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KILL_WAIT_S):
                     await handle.exited.wait()
             if not handle.exited.is_set():  # EOF but still running: not ours to keep
-                handle.process.kill()
-                await handle.exited.wait()
+                await self._end_process(handle, grace_s=0.0)
         finally:
             handle.writer.close()
-        if not self.closing:
-            error = handle.cause_of_death()
-            log.error("%s", error)
-            self._fail(error)
+            with contextlib.suppress(OSError):
+                os.unlink(handle.stack_path)
+        self._account_lost_steps(seat, handle)
+        if self.closing:
+            return
+        self._after_loss(seat, handle)
 
     def _on_exit(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -187,81 +260,199 @@ class WorkerPool:
         # Backstop: the socket reports EOF at once on exit; make sure the reader ends anyway.
         loop.call_later(0.5, handle.reader.feed_eof)
 
-    async def _read_frames(self, handle: WorkerHandle) -> None:
+    async def _read_frames(self, seat: Seat, handle: WorkerHandle) -> None:
         while True:
             try:
                 message = await protocol.receive(handle.reader)
             except EOFError:
                 return
+            handle.last_frame = time.monotonic()
             if isinstance(message, protocol.SlotReady):
-                self.stats.collected(message.env_steps, message.episode_returns)
-                handle.env_steps += message.env_steps
-                self.ready.put_nowait(
-                    ReadyRollout(
-                        worker_id=handle.worker_id,
-                        pid=handle.pid,
-                        slot=message.slot,
-                        policy_version=message.policy_version,
-                        env_steps=message.env_steps,
-                    )
-                )
-            elif isinstance(message, protocol.Heartbeat):
-                handle.last_heartbeat = time.monotonic()
+                self._on_slot_ready(seat, handle, message)
             elif isinstance(message, protocol.Hello):
-                for slot in handle.slots:
-                    protocol.send(handle.writer, protocol.Grant(slot))
+                if message.aiorl_file != aiorl.__file__:
+                    self.fail(
+                        WorkerStartError(
+                            f"worker {handle.worker_id} imported aiorl from {message.aiorl_file}, "
+                            f"the trainer from {aiorl.__file__}: a forkserver started with another "
+                            "sys.path preloaded another copy; restart the interpreter"
+                        )
+                    )
+                for slot in sorted(seat.free):
+                    if self._send(handle, protocol.Grant(slot)):
+                        seat.granted.add(slot)
+                        seat.free.discard(slot)
                 handle.hello.set()
-            elif isinstance(message, protocol.Goodbye):
-                self.stats.collected(message.unfinished_steps, [])
-                self.stats.discard(message.unfinished_steps, "shutdown")
+            elif isinstance(message, protocol.EnvRecovered):
+                self._on_env_recovered(handle, message)
             elif isinstance(message, protocol.EnvFailed):
                 handle.env_error = _env_error(handle.worker_id, message)
+                self.last_env_error = handle.env_error
 
-    def _fail(self, error: AiorlError) -> None:
+    def _on_slot_ready(self, seat: Seat, handle: WorkerHandle, message: protocol.SlotReady) -> None:
+        steps = message.env_steps + message.discarded_steps
+        handle.reported_steps += steps
+        self.stats.collected(steps, message.episode_returns)
+        if message.discarded_steps:
+            self.stats.discard(message.discarded_steps, "env_error")
+        seat.granted.discard(message.slot)
+        self.ready.put_nowait(
+            ReadyRollout(
+                worker_id=handle.worker_id,
+                pid=handle.pid,
+                slot=message.slot,
+                policy_version=message.policy_version,
+                env_steps=message.env_steps,
+            )
+        )
+
+    def _on_env_recovered(self, handle: WorkerHandle, message: protocol.EnvRecovered) -> None:
+        error = _env_error(handle.worker_id, message)
+        self.last_env_error = error
+        self.stats.env_errors += 1
+        log.warning("%s (env re-created, %d steps discarded)\n%s", error, message.discarded_steps, message.traceback)
+
+    def _account_lost_steps(self, seat: Seat, handle: WorkerHandle) -> None:
+        """Count the steps the process took but never reported, and take back its slots."""
+        unfinished = self.progress.read(handle.worker_id) - handle.reported_steps
+        if unfinished > 0:
+            self.stats.collected(unfinished, [])
+            self.stats.discard(unfinished, "shutdown" if self.closing else "worker_lost")
+        seat.free |= seat.granted
+        seat.granted.clear()
+
+    def _after_loss(self, seat: Seat, handle: WorkerHandle) -> None:
+        cause = handle.cause_of_death()
+        if isinstance(cause, EnvError) or not (self.started or handle.hello.is_set()):
+            # An env that fails for good, or a first start that fails, would fail again: stop.
+            log.error("%s", cause)
+            self.fail(cause)
+            return
+        delay = self.budget.next_delay(seat.worker_id, time.monotonic())
+        if delay is None:
+            error = WorkerRestartError(
+                seat.worker_id,
+                self.budget.max_restarts,
+                self.budget.window_s,
+                cause,
+                self.last_env_error,
+            )
+            error.__cause__ = cause
+            log.error("%s", error)
+            self.fail(error)
+            return
+        log.warning("%s; replacing it in %.2f s", cause, delay)
+        restart = self.tasks.create_task(self._restart(seat, delay), name=f"aiorl-restart-{seat.worker_id}")
+        self._restarts.add(restart)
+        restart.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, seat: Seat, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self.closing:
+            return
+        seat.incarnation += 1
+        self.stats.worker_restarts += 1
+        await self._launch(seat)
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """The watchdog: declare the process hung when it stays silent too long."""
+        check_s = min(1.0, self.worker_timeout_s / 4)
+        while not handle.exited.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(check_s):
+                    await handle.exited.wait()
+            limit = self.worker_timeout_s if handle.hello.is_set() else self.start_timeout_s
+            silent = time.monotonic() - handle.last_frame
+            if handle.exited.is_set() or self.closing or silent <= limit:
+                continue
+            handle.hang = WorkerHung(handle.worker_id, handle.pid, silent, await self._dump_stack(handle))
+            log.error("%s", handle.hang)
+            await self._end_process(handle, grace_s=KILL_WAIT_S)
+            return
+
+    async def _dump_stack(self, handle: WorkerHandle) -> str:
+        """Ask a live worker for its Python stack (faulthandler on SIGUSR1); '' if it can't say."""
+        try:
+            os.kill(handle.pid, signal.SIGUSR1)
+        except OSError:
+            return ""
+        deadline = time.monotonic() + STACK_DUMP_WAIT_S
+        text, previous = "", None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            text = _read_small_file(handle.stack_path)
+            if text and text == previous:
+                break  # the dump stopped growing
+            previous = text
+        return text.strip()
+
+    async def _end_process(self, handle: WorkerHandle, grace_s: float) -> None:
+        """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded."""
+        for send, wait_s in ((handle.process.terminate, grace_s), (handle.process.kill, KILL_WAIT_S)):
+            if handle.exited.is_set():
+                return
+            with contextlib.suppress(OSError, ValueError):
+                send()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await handle.exited.wait()
+
+    def fail(self, error: AiorlError) -> None:
+        """End the current run with ``error`` (the first failure wins)."""
         if not self.failure.done():
             self.failure.set_result(error)
 
     # ---- slots ---------------------------------------------------------------------------
     def release(self, rollout: ReadyRollout) -> None:
-        """Give ``rollout``'s slot back to its worker (the consumer is done with it)."""
-        handle = self.workers.get(rollout.worker_id)
-        if handle is not None and not handle.exited.is_set() and not self.closing:
-            protocol.send(handle.writer, protocol.Grant(rollout.slot))
+        """Give ``rollout``'s slot back to its seat (the consumer is done with it)."""
+        seat = self.seats[rollout.worker_id]
+        handle = seat.live()
+        if handle is not None and not self.closing and self._send(handle, protocol.Grant(rollout.slot)):
+            seat.granted.add(rollout.slot)
+        else:
+            seat.free.add(rollout.slot)  # granted to the next process in this seat
+
+    @staticmethod
+    def _send(handle: WorkerHandle, message: protocol.Message) -> bool:
+        """Send ``message`` unless the connection is already gone (then the worker is too)."""
+        if handle.writer.is_closing():
+            return False
+        try:
+            protocol.send(handle.writer, message)
+        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed transport
+            return False
+        return True
 
     @property
     def pids(self) -> dict[int, int]:
-        """Worker id -> process id of the current processes."""
-        return {wid: h.pid for wid, h in self.workers.items()}
+        """Worker id -> process id of the live worker processes."""
+        return {h.worker_id: h.pid for h in self.alive()}
 
     def alive(self) -> list[WorkerHandle]:
-        """Workers whose process has not exited."""
-        return [h for h in self.workers.values() if not h.exited.is_set()]
+        """Current worker processes that have not exited."""
+        handles = (seat.handle for seat in self.seats.values())
+        return [h for h in handles if h is not None and not h.exited.is_set()]
 
     # ---- teardown --------------------------------------------------------------------------
     async def close(self, grace_s: float) -> None:
         """Stop every worker: stop frame, ``grace_s``, SIGTERM, then SIGKILL. Bounded."""
         self.closing = True
+        for restart in list(self._restarts):
+            restart.cancel()
         for handle in self.alive():
-            with contextlib.suppress(OSError, RuntimeError):
-                protocol.send(handle.writer, protocol.Stop())
-        for signal_step, wait_s in (("stop", grace_s), ("terminate", KILL_WAIT_S), ("kill", KILL_WAIT_S)):
-            if signal_step == "terminate":
-                for handle in self.alive():
-                    handle.process.terminate()
-            elif signal_step == "kill":
-                for handle in self.alive():
-                    handle.process.kill()
-            if await self._all_exited(wait_s):
-                break
+            self._send(handle, protocol.Stop())
+        if not await self._all_exited(grace_s):
+            await asyncio.gather(*(self._end_process(h, grace_s=KILL_WAIT_S) for h in self.alive()))
+        if self._supervisors:  # let them count the unfinished steps of the stopped workers
+            await asyncio.wait(list(self._supervisors), timeout=KILL_WAIT_S)
         self.kill_now()
 
     async def _all_exited(self, timeout_s: float) -> bool:
         waiting = [h.exited.wait() for h in self.alive()]
-        if not waiting:
-            return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*waiting)
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*waiting)
         return not self.alive()
 
     def kill_now(self) -> None:
@@ -273,7 +464,16 @@ class WorkerPool:
                 handle.process.join(KILL_WAIT_S)
 
 
-def _env_error(worker_id: int, message: protocol.EnvFailed) -> EnvError:
+def _read_small_file(path: str) -> str:
+    """A few kilobytes from a local file (too quick to need a thread); '' if unreadable."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _env_error(worker_id: int, message: protocol.EnvFailed | protocol.EnvRecovered) -> EnvError:
     error = EnvError(
         f"{message.error_type}: {message.message}",
         worker_id=worker_id,

@@ -26,6 +26,8 @@ class TrainingStats:
     discarded: Counter[str] = field(default_factory=Counter)
     episodes: int = 0
     updates: int = 0
+    worker_restarts: int = 0
+    env_errors: int = 0
     recent_returns: deque[float] = field(init=False)
 
     def __post_init__(self) -> None:

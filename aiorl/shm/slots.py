@@ -29,6 +29,7 @@ class RolloutLayout:
     terminated   [T, K]            episode ended in a terminal state (no bootstrap)
     truncated    [T, K]            episode was cut (time limit): bootstrap from trunc_values
     trunc_values [T, K]            V(final observation) where ``truncated``, else 0
+    valid        [T, K]            False for steps of an episode broken by an env error
     versions     [T]               policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
     ============ ================= ==================================================
@@ -53,6 +54,7 @@ class RolloutLayout:
             "terminated": ((t, k), np.dtype(np.bool_)),
             "truncated": ((t, k), np.dtype(np.bool_)),
             "trunc_values": ((t, k), f32),
+            "valid": ((t, k), np.dtype(np.bool_)),
             "versions": ((t,), np.dtype(np.int64)),
             "next_obs": ((k, *self.obs_shape), f32),
         }

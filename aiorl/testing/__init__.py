@@ -1,9 +1,27 @@
-"""Test helpers shipped with aiorl: envs that misbehave on a schedule.
+"""Test helpers shipped with aiorl: envs that misbehave on a schedule, and a counting env.
 
-Use them to check your own setup's error handling, e.g.
-``Trainer(env=functools.partial(RaiseAtStep, "CartPole-v1", at_step=100))``.
+Use them to check your own setup's fault handling, e.g.
+``Trainer(env=functools.partial(FaultyEnv, "CartPole-v1", "hang", at=100))``.
 """
 
-from aiorl.testing.envs import RaiseAtStep, RaiseOnCreate
+from aiorl.testing.envs import (
+    COUNTING_ENV_ID,
+    FAULTS,
+    CountingEnv,
+    FaultyEnv,
+    InjectedFault,
+    RaiseAtStep,
+    RaiseOnCreate,
+    worker_identity,
+)
 
-__all__ = ["RaiseAtStep", "RaiseOnCreate"]
+__all__ = [
+    "COUNTING_ENV_ID",
+    "FAULTS",
+    "CountingEnv",
+    "FaultyEnv",
+    "InjectedFault",
+    "RaiseAtStep",
+    "RaiseOnCreate",
+    "worker_identity",
+]

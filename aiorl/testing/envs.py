@@ -1,33 +1,121 @@
-"""Fault-injecting environments, picklable so they reach worker processes."""
+"""Fault-injecting and counting environments, picklable so they reach worker processes.
+
+Faults are injected by schedule, never by chance: a :class:`FaultyEnv` misbehaves
+on its ``at``-th call of ``step`` (or ``reset``) only in the chosen workers, env
+indices and worker incarnations (a worker's incarnation is how many processes
+held its id before: 0 for the first, 1 after one restart, ...). Workers expose
+these to envs as the environment variables ``AIORL_WORKER_ID``,
+``AIORL_WORKER_INCARNATION`` and ``AIORL_ENV_INDEX``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import signal
+import time
+from collections.abc import Collection
+from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
+
+Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan"]
+FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan")
 
 
 class InjectedFault(RuntimeError):
     """The exception the fault-injecting envs raise."""
 
 
-class RaiseAtStep(gym.Wrapper):
-    """Wraps ``gym.make(env_id)`` and raises :class:`InjectedFault` on its ``at_step``-th step.
+def worker_identity() -> tuple[int, int, int]:
+    """``(worker_id, incarnation, env_index)`` of the env being built (-1 outside workers)."""
+    return (
+        int(os.environ.get("AIORL_WORKER_ID", -1)),
+        int(os.environ.get("AIORL_WORKER_INCARNATION", -1)),
+        int(os.environ.get("AIORL_ENV_INDEX", -1)),
+    )
 
-    Steps are counted per env instance, across episodes, starting at 1.
+
+class FaultyEnv(gym.Wrapper):
+    """``gym.make(env_id)`` that misbehaves on schedule.
+
+    Args:
+        env_id: the wrapped gymnasium env.
+        fault: ``"raise"`` (:class:`InjectedFault`), ``"hang"`` (sleep forever),
+            ``"kill"`` (SIGKILL its own process), ``"segfault"`` (SIGSEGV),
+            ``"exit"`` (``os._exit(1)``), ``"nan"`` (return a NaN observation).
+        at: fault on this call (1-based) of ``method``, counted per env instance.
+        method: ``"step"``, ``"reset"``, or ``"init"`` (the constructor; ``at`` is ignored).
+        workers, env_indices, incarnations: where the fault happens (``None``: everywhere).
     """
 
-    def __init__(self, env_id: str, at_step: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        fault: Fault,
+        at: int,
+        method: Literal["step", "reset", "init"] = "step",
+        workers: Collection[int] | None = (0,),
+        env_indices: Collection[int] | None = (0,),
+        incarnations: Collection[int] | None = (0,),
+        **kwargs: Any,
+    ) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"fault={fault!r} must be one of {FAULTS}")
         super().__init__(gym.make(env_id, **kwargs))
-        self.at_step = at_step
-        self.steps = 0
+        worker, incarnation, env_index = worker_identity()
+        self.armed = (
+            (workers is None or worker in workers)
+            and (incarnations is None or incarnation in incarnations)
+            and (env_indices is None or env_index in env_indices)
+        )
+        self.fault, self.at, self.method = fault, at, method
+        self.calls = 0
+        if method == "init":
+            self.at = 1
+            self._maybe_fault("init")
+
+    def _maybe_fault(self, method: str) -> bool:
+        if method != self.method:
+            return False
+        self.calls += 1
+        if not (self.armed and self.calls == self.at):
+            return False
+        if self.fault == "raise":
+            raise InjectedFault(f"injected fault in {method} call {self.calls}")
+        if self.fault == "hang":
+            while True:
+                time.sleep(3600)
+        if self.fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.fault == "segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self.fault == "exit":
+            os._exit(1)
+        return self.fault == "nan"
 
     def step(self, action: Any) -> Any:
-        """Step the wrapped env, or raise on the scheduled step."""
-        self.steps += 1
-        if self.steps == self.at_step:
-            raise InjectedFault(f"injected fault at step {self.steps}")
-        return self.env.step(action)
+        """Step the wrapped env, or misbehave on schedule."""
+        nan = self._maybe_fault("step")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if nan:
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs: Any) -> Any:
+        """Reset the wrapped env, or misbehave on schedule."""
+        nan = self._maybe_fault("reset")
+        obs, info = self.env.reset(**kwargs)
+        if nan:
+            obs = np.full_like(obs, np.nan)
+        return obs, info
+
+
+class RaiseAtStep(FaultyEnv):
+    """Raises :class:`InjectedFault` on its ``at_step``-th step, in every worker and env."""
+
+    def __init__(self, env_id: str, at_step: int, **kwargs: Any) -> None:
+        super().__init__(env_id, "raise", at_step, workers=None, env_indices=None, incarnations=None, **kwargs)
 
 
 class RaiseOnCreate(gym.Env):
@@ -35,3 +123,45 @@ class RaiseOnCreate(gym.Env):
 
     def __init__(self) -> None:
         raise InjectedFault("injected fault in the env constructor")
+
+
+COUNTING_ENV_ID = "aiorl-testing/Counting-v0"
+
+
+class CountingEnv(gym.Env):
+    """Observation ``[who, env_index, counter]``: proves no step is duplicated or missing.
+
+    ``who = worker_id * 1000 + incarnation`` and ``env_index`` identify the instance;
+    ``counter`` counts its steps since it was built (0 in the first observation). Each
+    episode lasts ``episode_length`` steps (terminated); the reward is 1 per step.
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, episode_length: int = 20) -> None:
+        worker, incarnation, env_index = worker_identity()
+        self.who = worker * 1000 + incarnation
+        self.env_index = env_index
+        self.episode_length = episode_length
+        self.counter = 0
+        self.episode_step = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.who, self.env_index, self.counter], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        """Start an episode (the counter keeps counting)."""
+        super().reset(seed=seed)
+        self.episode_step = 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> Any:
+        """Advance the counter."""
+        self.counter += 1
+        self.episode_step += 1
+        return self._obs(), 1.0, self.episode_step >= self.episode_length, False, {}
+
+
+if COUNTING_ENV_ID not in gym.registry:
+    gym.register(COUNTING_ENV_ID, entry_point=CountingEnv)

@@ -2,15 +2,19 @@
 
 Lifecycle: attach shared memory, build envs, say :class:`Hello`, then forever
 wait for a granted slot, pull newer weights if the store has them, fill the
-slot and report :class:`SlotReady`. Heartbeats go out on a timer. The worker
-stops on a :class:`Stop` frame, on EOF of its socket, or when its parent
-process dies (parent sentinel), so it never outlives the trainer.
+slot and report :class:`SlotReady`. Heartbeats go out on a timer; every env
+step is also counted on the shared progress board. The worker stops on a
+:class:`Stop` frame, on EOF of its socket, or when its parent process dies
+(parent sentinel), so it never outlives the trainer. ``SIGUSR1`` dumps its
+Python stack into ``spec.stack_path`` (the trainer asks before killing a hung
+worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -20,14 +24,17 @@ import traceback
 
 import torch
 
+import aiorl
 from aiorl import protocol
 from aiorl.models import tie_to_flat
-from aiorl.shm import RolloutSlots, WeightStore
-from aiorl.worker.sampler import EnvSampler, EnvStepError
+from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
+from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
 EXIT_OK = 0
 EXIT_ENV_ERROR = 3
+WORKER_ID_VARIABLE = "AIORL_WORKER_ID"
+INCARNATION_VARIABLE = "AIORL_WORKER_INCARNATION"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -43,13 +50,18 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process (the ``target`` of the multiprocessing Process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ[WORKER_ID_VARIABLE] = str(spec.worker_id)
+    os.environ[INCARNATION_VARIABLE] = str(spec.incarnation)
     torch.set_num_threads(1)
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        code = loop.run_until_complete(Worker(spec, sock).serve())
-    finally:
-        loop.close()
+    torch.manual_seed(spec.torch_seed())
+    with open(spec.stack_path, "w") as stack_file:
+        faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            code = loop.run_until_complete(Worker(spec, sock).serve())
+        finally:
+            loop.close()
     sys.exit(code)
 
 
@@ -73,15 +85,16 @@ class Worker:
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
         slots = RolloutSlots.attach(self.spec.slots_name, self.spec.layout, self.spec.num_slots)
         weights = WeightStore.attach(self.spec.weights_name, self.spec.num_weights)
+        progress = ProgressBoard.attach(self.spec.progress_name, self.spec.num_workers)
         self._watch_parent()
         try:
             try:
-                self.sampler = EnvSampler(self.spec, self.policy)
+                self.sampler = EnvSampler(self.spec, self.policy, progress)
             except EnvStepError as error:
-                self._report_env_error(error)
+                self._report_fatal(error)
                 return EXIT_ENV_ERROR
             self.version = weights.read_into(self.flat_np)
-            protocol.send(self.writer, protocol.Hello(self.spec.worker_id, os.getpid()))
+            self._send(protocol.Hello(self.spec.worker_id, os.getpid(), aiorl.__file__))
             async with asyncio.TaskGroup() as tasks:
                 children = [
                     tasks.create_task(self._read_control(reader)),
@@ -91,8 +104,6 @@ class Worker:
                 await self.stopping.wait()
                 for child in children:
                     child.cancel()
-            if self.exit_code == EXIT_OK:
-                protocol.send(self.writer, protocol.Goodbye(self.sampler.unfinished_steps))
             return self.exit_code
         finally:
             if self.sampler is not None:
@@ -100,6 +111,7 @@ class Worker:
             await self._close_writer()
             slots.close()
             weights.close()
+            progress.close()
 
     async def _collect(self, slots: RolloutSlots, weights: WeightStore) -> None:
         assert self.sampler is not None
@@ -109,20 +121,35 @@ class Worker:
                 if weights.version != self.version:
                     self.version = weights.read_into(self.flat_np)
                 summary = await self.sampler.collect(slots[slot], self.version)
-                protocol.send(
-                    self.writer,
-                    protocol.SlotReady(
-                        slot=slot,
-                        policy_version=self.version,
-                        env_steps=summary.env_steps,
-                        episode_returns=summary.episode_returns,
-                        episode_lengths=summary.episode_lengths,
-                    ),
-                )
+                self._report(slot, summary)
         except EnvStepError as error:
-            self._report_env_error(error)
+            self._report_fatal(error)
             self.exit_code = EXIT_ENV_ERROR
             self.stopping.set()
+
+    def _report(self, slot: int, summary: RolloutSummary) -> None:
+        for info in summary.env_errors:
+            self._send(
+                protocol.EnvRecovered(
+                    env_index=info.env_index,
+                    step=info.step,
+                    policy_version=self.version,
+                    error_type=info.error_type,
+                    message=info.message,
+                    traceback=info.traceback,
+                    discarded_steps=info.discarded_steps,
+                ),
+            )
+        self._send(
+            protocol.SlotReady(
+                slot=slot,
+                policy_version=self.version,
+                env_steps=summary.env_steps,
+                discarded_steps=summary.discarded_steps,
+                episode_returns=summary.episode_returns,
+                episode_lengths=summary.episode_lengths,
+            ),
+        )
 
     async def _read_control(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -139,31 +166,41 @@ class Worker:
     async def _send_heartbeats(self) -> None:
         while True:
             steps = self.sampler.total_steps if self.sampler else 0
-            protocol.send(self.writer, protocol.Heartbeat(env_steps=steps))
-            await self.writer.drain()
+            self._send(protocol.Heartbeat(env_steps=steps))
+            try:
+                await self.writer.drain()
+            except (OSError, RuntimeError):
+                self.stopping.set()
+                return
             await asyncio.sleep(self.spec.heartbeat_interval_s)
+
+    def _send(self, message: protocol.Message) -> None:
+        """Send to the trainer; if it is gone (closed socket), stop quietly."""
+        try:
+            protocol.send(self.writer, message)
+        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed transport
+            self.stopping.set()
 
     def _watch_parent(self) -> None:
         parent = multiprocessing.parent_process()
         if parent is not None and parent.sentinel is not None:
             asyncio.get_running_loop().add_reader(parent.sentinel, self.stopping.set)
 
-    def _report_env_error(self, error: EnvStepError) -> None:
+    def _report_fatal(self, error: EnvStepError) -> None:
         original = error.original
-        protocol.send(
-            self.writer,
+        self._send(
             protocol.EnvFailed(
                 env_index=error.env_index,
                 step=error.step,
                 policy_version=self.version,
                 error_type=type(original).__name__,
-                message=str(original),
+                message=f"{original} ({error.reason})" if error.reason else str(original),
                 traceback="".join(traceback.format_exception(original)),
             ),
         )
 
     async def _close_writer(self) -> None:
         # OSError/TimeoutError: the trainer is gone or not reading; nothing left to tell it.
-        with contextlib.suppress(OSError, TimeoutError):
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             await asyncio.wait_for(self.writer.drain(), timeout=1.0)
         self.writer.close()

@@ -3,12 +3,19 @@
 The sampler is synchronous per step (one batched policy forward pass, then one
 ``env.step`` per env) and yields to the worker's event loop between steps so
 heartbeats and control frames keep flowing.
+
+An env that raises is closed and re-created; the steps of its broken episode
+that are still in the current rollout are masked out (``valid=False``) and
+reported as discarded. An env that fails ``env_error_limit`` times in a row
+without finishing an episode, or whose constructor raises, is fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import traceback
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -16,22 +23,37 @@ import numpy as np
 import torch
 
 from aiorl.models import evaluate
-from aiorl.shm import SlotArrays
+from aiorl.shm import ProgressBoard, SlotArrays
 from aiorl.worker.spec import WorkerSpec
+
+ENV_INDEX_VARIABLE = "AIORL_ENV_INDEX"
 
 
 class EnvStepError(Exception):
-    """An env raised in ``reset`` or ``step``; carries where it happened.
+    """An env failed for good; carries where it happened.
 
     ``step`` is the failing env's own step count (1 for its first ``step`` call; 0 for
     its constructor or first ``reset``).
     """
 
-    def __init__(self, env_index: int | None, step: int, original: BaseException) -> None:
+    def __init__(self, env_index: int | None, step: int, original: BaseException, reason: str = "") -> None:
         super().__init__(f"{type(original).__name__}: {original}")
         self.env_index = env_index
         self.step = step
         self.original = original
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class EnvErrorInfo:
+    """One env exception the worker recovered from (the env was re-created)."""
+
+    env_index: int
+    step: int
+    error_type: str
+    message: str
+    traceback: str
+    discarded_steps: int
 
 
 @dataclass(slots=True)
@@ -39,16 +61,19 @@ class RolloutSummary:
     """What the trainer needs to know about a rollout besides its arrays."""
 
     env_steps: int
+    discarded_steps: int = 0
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    env_errors: list[EnvErrorInfo] = field(default_factory=list)
 
 
 class EnvSampler:
     """Steps ``spec.layout.num_envs`` envs with ``policy`` and fills rollout slots."""
 
-    def __init__(self, spec: WorkerSpec, policy: torch.nn.Module) -> None:
+    def __init__(self, spec: WorkerSpec, policy: torch.nn.Module, progress: ProgressBoard | None = None) -> None:
         self.spec = spec
         self.policy = policy
+        self.progress = progress
         self.dist = spec.dist
         self.encoder = spec.obs_encoder
         k = spec.layout.num_envs
@@ -56,27 +81,38 @@ class EnvSampler:
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.episode_return = np.zeros(k, dtype=np.float64)
         self.episode_length = np.zeros(k, dtype=np.int64)
+        self.episode_start = np.zeros(k, dtype=np.int64)  # row of the current rollout it began at
         self.env_steps = np.zeros(k, dtype=np.int64)  # steps per env since it was built
+        self.failures = np.zeros(k, dtype=np.int64)  # consecutive failures without an episode end
         self.total_steps = 0
-        self.unfinished_steps = 0
         for i in range(k):
-            try:
-                env = spec.env_factory()
-                self.envs.append(env)
-                obs, _ = env.reset(seed=spec.seed + spec.worker_id * k + i)
-            except Exception as exc:
-                raise EnvStepError(i, 0, exc) from exc
+            env, obs = self._make_env(i, seed=spec.env_seed(i))
+            self.envs.append(env)
             self.encoder.encode_into(obs, self.obs[i])
+
+    def _make_env(self, index: int, seed: int | None) -> tuple[gym.Env, object]:
+        os.environ[ENV_INDEX_VARIABLE] = str(index)
+        try:
+            env = self.spec.env_factory()
+        except Exception as exc:
+            raise EnvStepError(index, 0, exc) from exc
+        try:
+            obs, _ = env.reset(seed=seed)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                env.close()
+            raise EnvStepError(index, 0, exc) from exc
+        return env, obs
 
     async def collect(self, arrays: SlotArrays, policy_version: int) -> RolloutSummary:
         """Fill ``arrays`` with one rollout acted by ``policy_version``."""
-        summary = RolloutSummary(env_steps=self.spec.layout.steps)
+        summary = RolloutSummary(env_steps=0)
+        self.episode_start[:] = 0
         for t in range(self.spec.layout.rollout_length):
             self._step(arrays, t, policy_version, summary)
-            self.unfinished_steps += len(self.envs)
             await asyncio.sleep(0)
         arrays["next_obs"][:] = self.obs
-        self.unfinished_steps = 0
+        summary.env_steps = self.spec.layout.steps - summary.discarded_steps
         return summary
 
     def _step(self, arrays: SlotArrays, t: int, policy_version: int, summary: RolloutSummary) -> None:
@@ -89,6 +125,8 @@ class EnvSampler:
         arrays["logprobs"][t] = logprobs.numpy()
         arrays["values"][t] = values.numpy()
         arrays["versions"][t] = policy_version
+        arrays["valid"][t] = True
+        arrays["trunc_values"][t] = 0.0
         rewards, terminated, truncated = arrays["rewards"][t], arrays["terminated"][t], arrays["truncated"][t]
         final_obs: list[tuple[int, object]] = []
         for i, env in enumerate(self.envs):
@@ -96,7 +134,12 @@ class EnvSampler:
             try:
                 obs, reward, term, trunc, _ = env.step(self.dist.to_env(actions_np[i]))
             except Exception as exc:
-                raise EnvStepError(i, int(self.env_steps[i]), exc) from exc
+                self._fail_step(i, exc, arrays, t, summary)
+                continue
+            if (term or trunc) and not np.isfinite(np.asarray(obs, dtype=np.float64)).all():
+                # The batch check below never sees a final observation: check it here.
+                self._fail_step(i, FloatingPointError(f"env {i} returned a non-finite observation"), arrays, t, summary)
+                continue
             self.episode_return[i] += float(reward)
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
@@ -104,17 +147,83 @@ class EnvSampler:
                 summary.episode_returns.append(float(self.episode_return[i]))
                 summary.episode_lengths.append(int(self.episode_length[i]))
                 self.episode_return[i], self.episode_length[i] = 0.0, 0
+                self.episode_start[i] = t + 1
+                self.failures[i] = 0
                 if trunc and not term:
                     final_obs.append((i, obs))
                 try:
                     obs, _ = env.reset()
                 except Exception as exc:
-                    raise EnvStepError(i, int(self.env_steps[i]), exc) from exc
+                    obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
             self.encoder.encode_into(obs, self.obs[i])
+        if not (np.isfinite(self.obs).all() and np.isfinite(rewards).all()):
+            self._recover_non_finite(arrays, t, summary)
         self.total_steps += len(self.envs)
-        arrays["trunc_values"][t] = 0.0
+        if self.progress is not None:  # counted once the step's row is fully written
+            self.progress.add(self.spec.worker_id, len(self.envs))
         if final_obs:
             arrays["trunc_values"][t, [i for i, _ in final_obs]] = self._values_of([o for _, o in final_obs])
+
+    def _recover(
+        self,
+        i: int,
+        exc: Exception,
+        arrays: SlotArrays,
+        t: int,
+        summary: RolloutSummary,
+        mask_from: int | None = None,
+    ) -> object:
+        """Mask env ``i``'s broken episode, re-create the env, and return its first observation."""
+        start = int(self.episode_start[i]) if mask_from is None else mask_from
+        discarded = max(t + 1 - start, 0)
+        arrays["valid"][start : t + 1, i] = False
+        summary.discarded_steps += discarded
+        summary.env_errors.append(
+            EnvErrorInfo(
+                env_index=i,
+                step=int(self.env_steps[i]),
+                error_type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                discarded_steps=discarded,
+            )
+        )
+        with contextlib.suppress(Exception):
+            self.envs[i].close()
+        while True:
+            self.failures[i] += 1
+            if self.failures[i] >= self.spec.env_error_limit:
+                reason = (
+                    f"failed {self.failures[i]} times in a row without finishing an episode "
+                    f"(env_error_limit={self.spec.env_error_limit})"
+                )
+                raise EnvStepError(i, int(self.env_steps[i]), exc, reason) from exc
+            try:
+                env, obs = self._make_env(i, seed=None)
+                break
+            except EnvStepError as error:
+                if isinstance(error.original, Exception):
+                    exc = error.original
+        self.envs[i] = env
+        self.env_steps[i] = 0
+        self.episode_return[i], self.episode_length[i] = 0.0, 0
+        self.episode_start[i] = t + 1
+        return obs
+
+    def _recover_non_finite(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
+        """Treat an env that produced a NaN/inf observation or reward like one that raised."""
+        rewards = arrays["rewards"][t]
+        bad_obs = ~np.isfinite(self.obs.reshape(len(self.envs), -1)).all(axis=1)
+        for i in np.flatnonzero(bad_obs | ~np.isfinite(rewards)):
+            what = "observation" if bad_obs[i] else "reward"
+            self._fail_step(int(i), FloatingPointError(f"env {i} returned a non-finite {what}"), arrays, t, summary)
+
+    def _fail_step(self, i: int, exc: Exception, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
+        """Env ``i`` broke during step ``t``: discard its episode and start a fresh env."""
+        obs = self._recover(i, exc, arrays, t, summary)
+        if not arrays["valid"][t, i]:  # the row is part of the broken episode: make it inert
+            arrays["rewards"][t, i], arrays["terminated"][t, i], arrays["truncated"][t, i] = 0.0, False, True
+        self.encoder.encode_into(obs, self.obs[i])
 
     def _values_of(self, raw_obs: list[object]) -> np.ndarray:
         batch = np.zeros((len(raw_obs), *self.spec.layout.obs_shape), dtype=np.float32)

@@ -17,9 +17,9 @@ class WorkerSpec:
 
     Attributes:
         worker_id: index of the worker in the pool (stable across restarts).
+        incarnation: how many processes held this ``worker_id`` before this one.
         env_factory: builds each of the worker's ``layout.num_envs`` envs.
-        seed: base seed; env ``i`` of worker ``w`` is first reset with
-            ``seed + w * num_envs + i``.
+        seed: base seed of the run (see :meth:`env_seed` and :meth:`torch_seed`).
         layout: shape of a rollout slot.
         slots_name, num_slots: the shared rollout segment and its slot count.
         weights_name, num_weights: the shared weight store.
@@ -27,9 +27,13 @@ class WorkerSpec:
         dist: the action distribution.
         obs_encoder: turns raw observations into float32 arrays.
         heartbeat_interval_s: seconds between heartbeat frames.
+        progress_name, num_workers: the shared progress board (steps per worker).
+        stack_path: file the worker's Python stack is dumped into on SIGUSR1.
+        env_error_limit: consecutive failures of one env that are fatal.
     """
 
     worker_id: int
+    incarnation: int
     env_factory: EnvFactory
     seed: int
     layout: RolloutLayout
@@ -41,3 +45,15 @@ class WorkerSpec:
     dist: ActionDistribution
     obs_encoder: ObservationEncoder
     heartbeat_interval_s: float
+    progress_name: str
+    num_workers: int
+    stack_path: str
+    env_error_limit: int
+
+    def env_seed(self, env_index: int) -> int:
+        """Seed of the first reset of env ``env_index``: distinct per env, worker and incarnation."""
+        return self.seed + (self.incarnation * self.num_workers + self.worker_id) * self.layout.num_envs + env_index
+
+    def torch_seed(self) -> int:
+        """Seed of this worker process's action sampling."""
+        return (self.seed * 1_000_003 + self.incarnation * 10_007 + self.worker_id + 1) % 2**63

@@ -1,0 +1,249 @@
+"""Fault injection with real processes: crashed, hung and failing workers are replaced, nothing is lost.
+
+Each test injects its fault on a schedule (at a given call, in given workers and
+incarnations) during one short run, then checks that the run finishes (or fails
+with the named error), that restarts are counted, and that every collected step
+is trained or discarded with a reason. The autouse ``no_leaks`` fixture checks
+for orphans and shared memory after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import SMALL
+
+from aiorl import PPO, EnvError, LearnerError, Trainer, TrainResult, WorkerCrashed
+from aiorl.errors import WorkerHung, WorkerRestartError
+from aiorl.models import flat_weights
+from aiorl.testing import COUNTING_ENV_ID, FaultyEnv
+
+FAST = {
+    **SMALL,
+    "heartbeat_interval_s": 0.2,
+    "worker_timeout_s": 2.0,
+    "restart_backoff_s": 0.05,
+    "shutdown_grace_s": 2.0,
+}
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+
+
+def assert_accounted(trainer: Trainer, result: TrainResult | None = None) -> None:
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded + stats.steps_pending
+    if result is not None:
+        pending = result.steps_pending
+        assert result.steps_collected == result.total_env_steps + sum(result.steps_discarded.values()) + pending
+
+
+async def run_until_restarts(trainer: Trainer, restarts: int, timeout_s: float = 60) -> None:
+    """Keep training in short runs until ``restarts`` workers have been replaced."""
+    async with asyncio.timeout(timeout_s):
+        while trainer.stats.worker_restarts < restarts:
+            await trainer.run(total_steps=1_000)
+
+
+def faulty(fault: str, at: int, **where) -> functools.partial:
+    return functools.partial(FaultyEnv, "CartPole-v1", fault, at, **where)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_worker_killed_from_outside_is_replaced():
+    async with Trainer("CartPole-v1", QUICK_PPO, **FAST) as trainer:
+        first_pids = dict(trainer.worker_pids)
+
+        def kill_once(report):
+            if report.version == 3:
+                os.kill(first_pids[1], signal.SIGKILL)
+
+        result = await trainer.run(total_steps=8_000, on_update=kill_once)
+        assert result.worker_restarts == 1
+        assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
+        assert_accounted(trainer, result)
+    assert trainer.stats.steps_pending == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.parametrize("fault", ["kill", "segfault", "exit"])
+async def test_a_worker_that_dies_is_replaced_each_time(fault, caplog):
+    env = faulty(fault, at=40, incarnations=(0, 1))  # worker 0 dies twice, then runs clean
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        await run_until_restarts(trainer, 2)
+        result = await trainer.run(total_steps=3_000)  # the third process runs clean
+        assert result.worker_restarts == 0 and trainer.stats.worker_restarts == 2
+        assert result.steps_discarded.get("worker_lost", 0) > 0, "its unfinished rollouts are counted"
+        assert_accounted(trainer, result)
+    cause = {"kill": "killed by SIGKILL", "segfault": "killed by SIGSEGV", "exit": "exited with code 1"}[fault]
+    assert caplog.text.count("worker 0 (pid") >= 2 and cause in caplog.text
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+@pytest.mark.parametrize("method", ["step", "reset"])
+async def test_a_hung_worker_is_dumped_killed_and_replaced(method, caplog):
+    env = faulty("hang", at=40 if method == "step" else 3, method=method)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        hung_pid = trainer.worker_pids[0]
+        await run_until_restarts(trainer, 1)
+        result = await trainer.run(total_steps=3_000)
+        assert trainer.stats.worker_restarts == 1
+        assert hung_pid not in trainer.worker_pids.values()
+        assert_accounted(trainer, result)
+    hung = [r for r in caplog.records if isinstance(r.args, tuple) and r.args and isinstance(r.args[0], WorkerHung)]
+    assert hung, caplog.text
+    stack = hung[0].args[0].stack
+    assert "_maybe_fault" in stack and f"in {method}" in stack, stack
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_env_that_raises_is_recreated_and_its_episode_discarded(caplog):
+    env = functools.partial(FaultyEnv, COUNTING_ENV_ID, "raise", 30, workers=None, incarnations=None)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        result = await trainer.run(total_steps=4_000)
+        assert result.worker_restarts == 0
+        assert trainer.stats.env_errors >= 4
+        assert result.steps_discarded.get("env_error", 0) > 0
+        assert_accounted(trainer, result)
+    assert "InjectedFault: injected fault in step call 30" in caplog.text
+    assert 'testing/envs.py", line' in caplog.text, "the remote traceback reaches the log"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_nan_observation_is_handled_like_an_env_error():
+    env = functools.partial(FaultyEnv, COUNTING_ENV_ID, "nan", 25, workers=None, incarnations=None)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        result = await trainer.run(total_steps=3_000)
+        assert trainer.stats.env_errors >= 2 and result.worker_restarts == 0
+        assert np.isfinite(flat_weights(trainer.policy)).all()
+        assert_accounted(trainer, result)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_env_constructor_that_raises_in_a_worker_fails_clearly_without_restarts():
+    env = faulty("raise", at=1, method="init", workers=(1,))
+    trainer = Trainer(env, QUICK_PPO, **FAST)
+    with pytest.raises(EnvError, match=r"worker 1, env 0, step 0, .*InjectedFault") as info:
+        await trainer.run(total_steps=1_000)
+    assert "InjectedFault" in str(info.value.__cause__)
+    assert trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_env_that_keeps_failing_ends_the_run_instead_of_looping():
+    env = faulty("raise", at=1, workers=None, incarnations=None)  # fails on every first step
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        with pytest.raises(EnvError, match=r"env 0, step 1, .*InjectedFault"):
+            await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+        assert trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_too_many_restarts_stop_the_run_with_the_cause():
+    env = faulty("kill", at=20, incarnations=None)  # worker 0 dies in every incarnation
+    async with Trainer(env, QUICK_PPO, max_restarts=2, **FAST) as trainer:
+        with pytest.raises(WorkerRestartError, match=r"worker 0 .*max_restarts=2.*killed by SIGKILL") as info:
+            await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+        assert isinstance(info.value.__cause__, WorkerCrashed)
+        assert trainer.stats.worker_restarts == 2
+        assert_accounted(trainer)
+
+
+class FlakyLearnerPPO(PPO):
+    """PPO whose learner raises on a chosen update (and records the weights before)."""
+
+    fail_at = 3
+
+    def make_learner(self, policy, dist, device):
+        learner = super().make_learner(policy, dist, device)
+        calls = {"n": 0}
+        update = learner.update
+        learner.good_weights = []
+
+        def flaky_update(batch, progress):
+            calls["n"] += 1
+            learner.good_weights.append(flat_weights(learner.policy))
+            if calls["n"] == self.fail_at:
+                update(batch, progress)  # change the weights, then fail
+                raise RuntimeError("learner blew up")
+            return update(batch, progress)
+
+        learner.update = flaky_update
+        return learner
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_learner_failure_stops_the_run_and_keeps_the_last_good_weights():
+    trainer = Trainer("CartPole-v1", FlakyLearnerPPO(update_epochs=1, num_minibatches=1), **FAST)
+    with pytest.raises(LearnerError, match=r"learner raised RuntimeError: learner blew up.*version 2"):
+        await trainer.run(total_steps=10**9)
+    learner = trainer._learner
+    np.testing.assert_array_equal(flat_weights(trainer.policy), learner.good_weights[-1])
+    assert trainer.stats.discarded["learner_error"] > 0
+    assert_accounted(trainer)
+    assert trainer.stats.steps_pending == 0
+
+
+class SlowLearnerPPO(PPO):
+    """PPO whose updates signal when they start and take a while."""
+
+    def make_learner(self, policy, dist, device):
+        learner = super().make_learner(policy, dist, device)
+        update = learner.update
+        learner.updating = threading.Event()
+
+        def slow_update(batch, progress):
+            learner.updating.set()
+            time.sleep(0.5)
+            return update(batch, progress)
+
+        learner.update = slow_update
+        return learner
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_cancelling_run_mid_update_tears_down_and_accounts():
+    trainer = Trainer("CartPole-v1", SlowLearnerPPO(update_epochs=1), **FAST)
+    task = asyncio.create_task(trainer.run(total_steps=10**9))
+    assert await asyncio.to_thread(trainer._learner.updating.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trainer.worker_pids == {}
+    assert trainer.stats.discarded["shutdown"] > 0
+    assert trainer.stats.steps_pending == 0
+    assert_accounted(trainer)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_no_fd_or_thread_growth_across_50_restarts():
+    async def replace_worker(trainer: Trainer) -> None:
+        victim = trainer.worker_pids[1]
+        restarts = trainer.stats.worker_restarts
+        os.kill(victim, signal.SIGKILL)
+        while trainer.stats.worker_restarts == restarts or victim in trainer.worker_pids.values():
+            await asyncio.sleep(0.01)
+        await trainer.run(total_steps=64)  # the replacement is up and collecting
+
+    async with Trainer(
+        "CartPole-v1",
+        QUICK_PPO,
+        **{**FAST, "max_restarts": 1000, "restart_backoff_s": 0.01, "restart_backoff_max_s": 0.05},
+    ) as trainer:
+        await replace_worker(trainer)
+        fds, threads = open_fds(), threading.active_count()
+        for _ in range(49):
+            await replace_worker(trainer)
+        assert trainer.stats.worker_restarts == 50
+        assert open_fds() == fds
+        assert threading.active_count() == threads
+        assert_accounted(trainer)
