@@ -57,6 +57,7 @@ class TrainResult:
         mean_return: mean return of the last ``return_window`` finished episodes.
         wall_time: seconds this run took.
         worker_restarts: workers replaced during this run.
+        env_errors: env exceptions recovered from during this run (env re-created).
         reached_target: whether the run stopped because ``target_return`` was reached.
         updates: learner updates during this run.
         policy_version: the policy version at the end of the run.
@@ -72,6 +73,7 @@ class TrainResult:
     mean_return: float
     wall_time: float
     worker_restarts: int
+    env_errors: int
     reached_target: bool
     updates: int
     policy_version: int
@@ -362,7 +364,7 @@ class Trainer:
         stats = self.stats
         goal = RunGoal(total_steps=total_steps, target_return=target_return, trained_at_start=stats.steps_trained)
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
-        restarts_at_start = stats.worker_restarts
+        restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = time.monotonic()
         try:
             await _supervised(running, running.consumer.run(goal, on_update), broadcast=True)
@@ -374,6 +376,7 @@ class Trainer:
             mean_return=stats.mean_return,
             wall_time=time.monotonic() - started,
             worker_restarts=stats.worker_restarts - restarts_at_start,
+            env_errors=stats.env_errors - env_errors_at_start,
             reached_target=goal.reached_target(stats),
             updates=stats.updates - updates_at_start,
             policy_version=running.consumer.version,

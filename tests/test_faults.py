@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import SMALL
 
-from aiorl import PPO, EnvError, LearnerError, Trainer, TrainResult, WorkerCrashed
+from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.errors import WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
 from aiorl.testing import COUNTING_ENV_ID, FaultyEnv
@@ -107,7 +107,7 @@ async def test_an_env_that_raises_is_recreated_and_its_episode_discarded(caplog)
     async with Trainer(env, QUICK_PPO, **FAST) as trainer:
         result = await trainer.run(total_steps=4_000)
         assert result.worker_restarts == 0
-        assert trainer.stats.env_errors >= 4
+        assert result.env_errors == trainer.stats.env_errors >= 4
         assert result.steps_discarded.get("env_error", 0) > 0
         assert_accounted(trainer, result)
     assert "InjectedFault: injected fault in step call 30" in caplog.text
@@ -247,3 +247,67 @@ async def test_no_fd_or_thread_growth_across_50_restarts():
         assert open_fds() == fds
         assert threading.active_count() == threads
         assert_accounted(trainer)
+
+
+class RecordingPPO(PPO):
+    """PPO whose learner keeps every observation it trained on."""
+
+    def make_learner(self, policy, dist, device):
+        learner = super().make_learner(policy, dist, device)
+        update = learner.update
+        learner.trained_obs = []
+
+        def recording_update(batch, progress):
+            learner.trained_obs.append(batch.obs[batch.valid].copy())
+            return update(batch, progress)
+
+        learner.update = recording_update
+        return learner
+
+
+def stream_counters(rows: np.ndarray) -> dict[tuple[int, int, int], np.ndarray]:
+    """Counters seen per env instance (who, env_index, instance), sorted."""
+    streams: dict[tuple[int, int, int], list[int]] = {}
+    for who, env_index, instance, counter in rows.astype(np.int64):
+        streams.setdefault((who, env_index, instance), []).append(counter)
+    return {key: np.sort(values) for key, values in streams.items()}
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+@pytest.mark.parametrize("fault", ["kill", "raise"])
+async def test_the_learner_sees_every_surviving_step_exactly_once(fault):
+    env = functools.partial(FaultyEnv, COUNTING_ENV_ID, fault, 30, workers=(0,), incarnations=(0,))
+    trainer = Trainer(env, RecordingPPO(update_epochs=1, num_minibatches=1), max_policy_lag=None, **FAST)
+    async with trainer:
+        if fault == "kill":
+            await run_until_restarts(trainer, 1)
+        await trainer.run(total_steps=4_000)
+    rows = np.concatenate(trainer._learner.trained_obs)
+    assert len(rows) == trainer.stats.steps_trained
+    assert len(np.unique(rows, axis=0)) == len(rows), "a step reached the learner twice"
+    # Lost or discarded steps are always the tail of an env's stream: no gaps inside.
+    for key, counters in stream_counters(rows).items():
+        assert np.array_equal(counters, np.arange(len(counters))), f"gap in the steps of env {key}"
+    stats = trainer.stats
+    lost = stats.discarded["worker_lost" if fault == "kill" else "env_error"]
+    assert lost > 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_closing_the_trainer_ends_a_run_in_another_task():
+    async with Trainer("CartPole-v1", QUICK_PPO, **FAST) as trainer:
+        running = asyncio.create_task(trainer.run(total_steps=10**9))
+        await asyncio.sleep(1.0)
+    with pytest.raises(TrainerClosed):
+        await asyncio.wait_for(running, timeout=30)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_strict_on_policy_training_resumes_after_a_learner_failure():
+    algo = FlakyLearnerPPO(update_epochs=1, num_minibatches=1)
+    async with Trainer("CartPole-v1", algo, max_policy_lag=0, **FAST) as trainer:
+        with pytest.raises(LearnerError):
+            await trainer.run(total_steps=10**9)
+        result = await asyncio.wait_for(trainer.run(total_steps=2_000), timeout=60)
+        assert result.updates >= 3

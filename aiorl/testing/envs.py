@@ -129,26 +129,30 @@ COUNTING_ENV_ID = "aiorl-testing/Counting-v0"
 
 
 class CountingEnv(gym.Env):
-    """Observation ``[who, env_index, counter]``: proves no step is duplicated or missing.
+    """Observation ``[who, env_index, instance, counter]``: proves no step is duplicated or missing.
 
-    ``who = worker_id * 1000 + incarnation`` and ``env_index`` identify the instance;
-    ``counter`` counts its steps since it was built (0 in the first observation). Each
-    episode lasts ``episode_length`` steps (terminated); the reward is 1 per step.
+    ``who = worker_id * 1000 + incarnation``, ``env_index`` and ``instance`` (how many
+    CountingEnvs this process built before this one) identify the env; ``counter``
+    counts its steps since it was built (0 in the first observation). Each episode
+    lasts ``episode_length`` steps (terminated); the reward is 1 per step.
     """
 
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
     action_space = gym.spaces.Discrete(2)
+    _built = 0
 
     def __init__(self, episode_length: int = 20) -> None:
         worker, incarnation, env_index = worker_identity()
         self.who = worker * 1000 + incarnation
         self.env_index = env_index
+        self.instance = CountingEnv._built
+        CountingEnv._built += 1
         self.episode_length = episode_length
         self.counter = 0
         self.episode_step = 0
 
     def _obs(self) -> np.ndarray:
-        return np.array([self.who, self.env_index, self.counter], dtype=np.float32)
+        return np.array([self.who, self.env_index, self.instance, self.counter], dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
         """Start an episode (the counter keeps counting)."""
