@@ -283,6 +283,8 @@ class WorkerPool:
                         seat.granted.add(slot)
                         seat.free.discard(slot)
                 handle.hello.set()
+                if handle.incarnation:
+                    log.info("worker %d is back (pid %d, restart %d)", handle.worker_id, handle.pid, handle.incarnation)
             elif isinstance(message, protocol.EnvRecovered):
                 self._on_env_recovered(handle, message)
             elif isinstance(message, protocol.EnvFailed):
