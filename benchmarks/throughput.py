@@ -15,7 +15,7 @@ Systems (all measured in one run, so the numbers are comparable):
   ``Trainer.sample``, which frees each rollout slot as soon as it arrives. Each
   worker runs its own forward pass with ``torch.set_num_threads(1)``.
 - ``SyncVectorEnv``: gymnasium's single-process vector env with 16 and 64 envs;
-  the policy runs in the same process.
+  the policy runs in the main process.
 - ``AsyncVectorEnv``: gymnasium's one-process-per-env vector env with 16 and 64
   envs (``context="forkserver"``, shared memory, default ``NEXT_STEP``
   autoreset); the policy runs in the main process.
@@ -25,14 +25,23 @@ its envs on one core anyway, and aiorl's workers use one thread each as well.
 The forkserver has torch and gymnasium preloaded, which only makes starting the
 ``AsyncVectorEnv`` processes quicker; it does not change what is timed.
 
-Each measurement starts with a warm-up, then times ``--repeats`` windows of
-``--seconds`` wall time each (or ``--steps`` env steps each) and reports the
-median. Startup and teardown are never timed. For aiorl a window is a number of
-env steps sized from the previous window's rate; ``Trainer.sample`` counts whole
-rollouts, and up to ``num_workers * slots_per_worker`` rollouts may already be
-waiting when a window starts (under 1% of a default window).
+How
+---
+All six systems are started first and stay up for the whole run; each gets a
+warm-up, then ``--repeats`` rounds time one window per system in turn
+(round-robin), so that drifting background load hits every system alike. A
+window is ``--seconds`` of wall time (or ``--steps`` env steps); the median
+window is reported. Startup and teardown are never timed. A system that is not
+being timed is idle: aiorl's workers block once their rollout slots are full
+(a short pause before each window lets them get there), and the vector envs wait
+for their next step. For aiorl a window is a number of env steps sized from its
+previous rate, and up to ``num_workers * slots_per_worker`` rollouts filled
+before the window may be counted in it (under 1% of a default window).
 
-Run it (about 2-3 minutes on 2 cores; ``--quick`` takes about 30 seconds)::
+The vector envs are stepped in a helper thread so the event loop, which owns
+the aiorl trainers, stays responsive; it is idle while they run.
+
+Run it (about 2-3 minutes on 2 cores; ``--quick`` takes about 20 seconds)::
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --quick
@@ -42,20 +51,30 @@ Run it (about 2-3 minutes on 2 cores; ``--quick`` takes about 30 seconds)::
 It prints a markdown table with each system's steps/s and the ratio of aiorl's
 steps/s (same total number of envs) to it, then the target ratios:
 aiorl(2x32) / SyncVectorEnv(64) >= 1.6 and aiorl(2x32) / AsyncVectorEnv(64) >= 5.
+Other processes busy on the machine distort the numbers (aiorl, which needs
+every core, more than ``SyncVectorEnv``, which needs one): on Linux the CPU that
+processes outside the benchmark used during each window is measured from
+``/proc`` and reported; a window during which they took more than 0.2 cores is
+timed again (up to ``--busy-retries`` times) and the report warns about any
+that stayed busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
+import math
 import multiprocessing
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
@@ -70,6 +89,10 @@ ENVS_PER_WORKER = (8, 32)
 ROLLOUT_LENGTH = 64
 SEED = 0
 AIORL_WARMUP_STEPS = 20_000
+SETTLE_S = 0.2
+OTHER_LOAD_WARN = 0.2
+"""Other processes' CPU use (cores) during a window above which the report warns."""
+"""Pause before each window, so that the previous system's leftover work is done."""
 FORKSERVER_PRELOAD = ["torch", "gymnasium"]
 
 
@@ -94,21 +117,25 @@ class Budget:
     steps: int | None
     """Env steps of one timed window; ``None`` times by ``seconds``."""
     repeats: int
-    """Timed windows per measurement; the median is reported."""
+    """Timed windows per system; the median is reported."""
     warmup_seconds: float
     """Untimed stepping before the first window (vector envs)."""
     aiorl_warmup_steps: int
     """Untimed env steps before the first window (aiorl)."""
+    busy_retries: int
+    """Times a window is redone when other processes took more than ``OTHER_LOAD_WARN`` cores."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Measurement:
     """The timed windows of one system at one total number of envs."""
 
     system: str
     label: str
     envs: int
-    rates: tuple[float, ...]
+    rates: list[float] = field(default_factory=list)
+    other_load: list[float] = field(default_factory=list)
+    """Per window: CPU cores used by processes outside this benchmark (empty where unknown)."""
 
     @property
     def median(self) -> float:
@@ -116,44 +143,112 @@ class Measurement:
         return statistics.median(self.rates)
 
 
+# ---- other load ------------------------------------------------------------------------------
+
+
+class OtherLoadMeter:
+    """CPU used by everything but this process tree while a window runs (Linux ``/proc`` only).
+
+    Other load = machine-wide busy CPU time (``/proc/stat``, steal included) minus the CPU
+    time of this process and its descendants (aiorl workers, the forkserver, env
+    processes), divided by the wall time: the cores other work took from the benchmark.
+    """
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = os.path.exists("/proc/stat")
+
+    def snapshot(self) -> tuple[float, float, float] | None:
+        """``(wall, machine busy CPU, our tree's CPU)`` in seconds, or ``None`` if unavailable."""
+        if not self.available:
+            return None
+        try:
+            return time.monotonic(), self._machine_busy(), self._tree_cpu(os.getpid())
+        except (OSError, ValueError, IndexError):
+            self.available = False
+            return None
+
+    def cores(self, start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
+        """Mean CPU cores used by other processes between two snapshots."""
+        if start is None or end is None or end[0] <= start[0]:
+            return None
+        other = (end[1] - start[1]) - (end[2] - start[2])
+        return max(0.0, other / (end[0] - start[0]))
+
+    def _machine_busy(self) -> float:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / self.tick
+
+    def _tree_cpu(self, root: int) -> float:
+        parents: dict[int, int] = {}
+        cpu: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    text = stat.read()
+            except OSError:  # the process exited meanwhile
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            parents[int(entry)] = int(fields[1])
+            cpu[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+        children: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            children.setdefault(parent, []).append(pid)
+        total, todo = 0, [root]
+        while todo:
+            pid = todo.pop()
+            total += cpu.get(pid, 0)
+            todo.extend(children.get(pid, ()))
+        return total / self.tick
+
+
 # ---- aiorl ---------------------------------------------------------------------------------
 
 
-async def _measure_aiorl(envs_per_worker: int, budget: Budget) -> list[float]:
-    """Env steps/s of ``Trainer.sample`` in each timed window."""
-    async with aiorl.Trainer(
-        ENV_ID,
-        num_workers=NUM_WORKERS,
-        envs_per_worker=envs_per_worker,
-        rollout_length=ROLLOUT_LENGTH,
-        seed=SEED,
-    ) as trainer:
-        rate = await trainer.sample(budget.aiorl_warmup_steps)
-        rates: list[float] = []
-        for _ in range(budget.repeats):
-            steps = budget.steps if budget.steps is not None else max(1, int(rate * budget.seconds))
-            rate = await trainer.sample(steps)
-            rates.append(rate)
-        return rates
+class AiorlSystem:
+    """An ``aiorl.Trainer`` with ``NUM_WORKERS`` workers x ``envs_per_worker`` envs, sampling only."""
 
+    system = "aiorl"
 
-def measure_aiorl(envs_per_worker: int, budget: Budget) -> Measurement:
-    """Measure aiorl with ``NUM_WORKERS`` workers x ``envs_per_worker`` envs."""
-    rates = aiorl.run(_measure_aiorl(envs_per_worker, budget))
-    assert isinstance(rates, list)
-    return Measurement(
-        system="aiorl",
-        label=f"aiorl {NUM_WORKERS} workers x {envs_per_worker} envs",
-        envs=NUM_WORKERS * envs_per_worker,
-        rates=tuple(rates),
-    )
+    def __init__(self, trainer: aiorl.Trainer, envs_per_worker: int) -> None:
+        self.trainer = trainer
+        self.envs = NUM_WORKERS * envs_per_worker
+        self.label = f"aiorl {NUM_WORKERS} workers x {envs_per_worker} envs"
+        self.rate = 0.0
+
+    @classmethod
+    async def start(cls, stack: contextlib.AsyncExitStack, envs_per_worker: int) -> AiorlSystem:
+        trainer = aiorl.Trainer(
+            ENV_ID,
+            num_workers=NUM_WORKERS,
+            envs_per_worker=envs_per_worker,
+            rollout_length=ROLLOUT_LENGTH,
+            seed=SEED,
+        )
+        return cls(await stack.enter_async_context(trainer), envs_per_worker)
+
+    async def warm_up(self, budget: Budget) -> None:
+        self.rate = await self.trainer.sample(budget.aiorl_warmup_steps)
+
+    async def window(self, budget: Budget) -> float:
+        steps = budget.steps if budget.steps is not None else max(1, int(self.rate * budget.seconds))
+        self.rate = await self.trainer.sample(steps)
+        return self.rate
 
 
 # ---- gymnasium vector envs -------------------------------------------------------------------
 
 
 class VectorSampler:
-    """Steps a gymnasium vector env with the same per-step policy work as an aiorl worker."""
+    """Steps a gymnasium vector env with the same per-step policy work as an aiorl worker.
+
+    Thread-safe to close while a window runs in another thread: :meth:`close` stops
+    the window after its current step and waits for it.
+    """
 
     def __init__(self, venv: gym.vector.VectorEnv) -> None:
         self.venv = venv
@@ -163,90 +258,164 @@ class VectorSampler:
         torch.manual_seed(SEED)
         self.policy = aiorl.ActorCritic(obs_shape, self.dist)
         self.obs, _ = venv.reset(seed=SEED)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def step(self) -> None:
         """One batched forward pass and sample, then one step of every env."""
         with torch.no_grad():
-            dist_inputs, _value = self.policy(torch.from_numpy(np.asarray(self.obs, dtype=np.float32)))
+            dist_inputs, _value = self.policy(torch.from_numpy(self.obs))
             actions, _logp = self.dist.sample(dist_inputs)
         self.obs, _rewards, _terminated, _truncated, _infos = self.venv.step(actions.numpy())
 
-    def run_for(self, seconds: float) -> float:
-        """Step for ``seconds`` of wall time; return env steps per second."""
-        iterations = 0
-        started = time.perf_counter()
-        deadline = started + seconds
-        while True:
-            self.step()
-            iterations += 1
-            now = time.perf_counter()
-            if now >= deadline:
-                return iterations * self.venv.num_envs / (now - started)
+    def run(self, seconds: float | None = None, env_steps: int | None = None) -> float:
+        """Step for ``seconds`` of wall time or ``env_steps`` env steps; return env steps per second."""
+        if seconds is None and env_steps is None:
+            raise ValueError("give seconds or env_steps")
+        num_envs = self.venv.num_envs
+        iterations = math.inf if env_steps is None else max(1, -(-env_steps // num_envs))
+        with self._lock:
+            done = 0
+            started = time.perf_counter()
+            deadline = math.inf if seconds is None else started + seconds
+            while done < iterations and not self._stop.is_set():
+                self.step()
+                done += 1
+                if time.perf_counter() >= deadline:
+                    break
+            return done * num_envs / (time.perf_counter() - started)
 
-    def run_steps(self, env_steps: int) -> float:
-        """Step until at least ``env_steps`` env steps are done; return env steps per second."""
-        iterations = max(1, -(-env_steps // self.venv.num_envs))
-        started = time.perf_counter()
-        for _ in range(iterations):
-            self.step()
-        return iterations * self.venv.num_envs / (time.perf_counter() - started)
-
-
-def make_vector_env(system: str, num_envs: int) -> gym.vector.VectorEnv:
-    """A ``SyncVectorEnv`` or ``AsyncVectorEnv`` of ``num_envs`` ``CartPole-v1`` envs."""
-    env_fns: list[Callable[[], gym.Env]] = [functools.partial(gym.make, ENV_ID) for _ in range(num_envs)]
-    if system == "SyncVectorEnv":
-        return gym.vector.SyncVectorEnv(env_fns)
-    if system == "AsyncVectorEnv":
-        # Never fork after torch is imported: each env process comes from the forkserver.
-        multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-        return gym.vector.AsyncVectorEnv(env_fns, context="forkserver")
-    raise ValueError(f"unknown vector env {system!r}")
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self.venv.close()
 
 
-def measure_vector(system: str, num_envs: int, budget: Budget) -> Measurement:
-    """Measure a gymnasium vector env with the policy in this process."""
-    venv = make_vector_env(system, num_envs)
-    try:
-        sampler = VectorSampler(venv)
-        sampler.run_for(budget.warmup_seconds)
-        rates = [
-            sampler.run_steps(budget.steps) if budget.steps is not None else sampler.run_for(budget.seconds)
-            for _ in range(budget.repeats)
-        ]
-    finally:
-        venv.close()
-    return Measurement(system=system, label=f"{system} ({num_envs} envs)", envs=num_envs, rates=tuple(rates))
+class VectorSystem:
+    """A ``SyncVectorEnv`` or ``AsyncVectorEnv`` of ``CartPole-v1`` with the policy in this process."""
+
+    def __init__(self, system: str, sampler: VectorSampler) -> None:
+        self.system = system
+        self.sampler = sampler
+        self.envs = sampler.venv.num_envs
+        self.label = f"{system} ({self.envs} envs)"
+
+    @classmethod
+    async def start(cls, stack: contextlib.AsyncExitStack, system: str, num_envs: int) -> VectorSystem:
+        sampler = await asyncio.to_thread(cls._make, system, num_envs)
+        stack.push_async_callback(asyncio.to_thread, sampler.close)
+        return cls(system, sampler)
+
+    @staticmethod
+    def _make(system: str, num_envs: int) -> VectorSampler:
+        env_fns: list[Callable[[], gym.Env]] = [functools.partial(gym.make, ENV_ID) for _ in range(num_envs)]
+        if system == "SyncVectorEnv":
+            venv: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(env_fns)
+        elif system == "AsyncVectorEnv":
+            # Never fork after torch is imported: each env process comes from the forkserver
+            # (already running, with aiorl's preload, when the aiorl trainers started first).
+            multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+            venv = gym.vector.AsyncVectorEnv(env_fns, context="forkserver")
+        else:
+            raise ValueError(f"unknown vector env {system!r}")
+        try:
+            return VectorSampler(venv)
+        except BaseException:
+            venv.close()
+            raise
+
+    async def warm_up(self, budget: Budget) -> None:
+        await asyncio.to_thread(self.sampler.run, seconds=budget.warmup_seconds)
+
+    async def window(self, budget: Budget) -> float:
+        if budget.steps is not None:
+            return await asyncio.to_thread(self.sampler.run, env_steps=budget.steps)
+        return await asyncio.to_thread(self.sampler.run, seconds=budget.seconds)
+
+
+System = AiorlSystem | VectorSystem
+
+
+async def measure_all(budget: Budget) -> list[Measurement]:
+    """Start every system, warm each up, then time ``budget.repeats`` round-robin rounds."""
+    async with contextlib.AsyncExitStack() as stack:
+        systems: list[System] = []
+        # The aiorl trainers first: they start the forkserver the AsyncVectorEnv processes reuse.
+        for envs_per_worker in ENVS_PER_WORKER:
+            systems.append(await AiorlSystem.start(stack, envs_per_worker))
+        for envs_per_worker in ENVS_PER_WORKER:
+            for name in ("SyncVectorEnv", "AsyncVectorEnv"):
+                systems.append(await VectorSystem.start(stack, name, NUM_WORKERS * envs_per_worker))
+        systems.sort(key=lambda s: s.envs)  # stable: aiorl, Sync, Async for each envs total
+        _progress(f"started {len(systems)} systems; warming up")
+        for system in systems:
+            await system.warm_up(budget)
+        results = [Measurement(system.system, system.label, system.envs) for system in systems]
+        meter = OtherLoadMeter()
+        for round_ in range(1, budget.repeats + 1):
+            for system, result in zip(systems, results, strict=True):
+                for attempt in range(budget.busy_retries + 1):
+                    await asyncio.sleep(SETTLE_S)
+                    before = meter.snapshot()
+                    rate = await system.window(budget)
+                    other = meter.cores(before, meter.snapshot())
+                    load = "" if other is None else f" (other load {other:.2f} cores)"
+                    _progress(f"round {round_}/{budget.repeats}: {system.label}: {rate:,.0f} steps/s{load}")
+                    if other is None or other <= OTHER_LOAD_WARN or attempt == budget.busy_retries:
+                        break
+                    _progress("  other processes were busy: timing this window again")
+                result.rates.append(rate)
+                if other is not None:
+                    result.other_load.append(other)
+        return results
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _aiorl_at(results: Sequence[Measurement], envs: int) -> Measurement | None:
-    return next((m for m in results if m.system == "aiorl" and m.envs == envs), None)
-
-
-def _baseline_at(results: Sequence[Measurement], system: str, envs: int) -> Measurement | None:
+def _find(results: Sequence[Measurement], system: str, envs: int) -> Measurement | None:
     return next((m for m in results if m.system == system and m.envs == envs), None)
 
 
-def _ratio(results: Sequence[Measurement], baseline: Measurement) -> float | None:
-    ours = _aiorl_at(results, baseline.envs)
+def _aiorl_ratio(results: Sequence[Measurement], baseline: Measurement) -> float | None:
+    ours = _find(results, "aiorl", baseline.envs)
     return None if ours is None else ours.median / baseline.median
+
+
+def _config(envs: int) -> str:
+    return f"{NUM_WORKERS}x{envs // NUM_WORKERS}"
 
 
 def render_table(results: Sequence[Measurement]) -> str:
     """The results as a markdown table; the ratio is aiorl's steps/s at the same envs total."""
     lines = [
-        "| system | envs total | steps/s (median) | min - max | aiorl ratio |",
-        "|---|---:|---:|---:|---:|",
+        "| system | envs total | steps/s (median) | min - max | aiorl ratio | other load (cores, max) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for m in results:
-        ratio = _ratio(results, m)
+        ratio = _aiorl_ratio(results, m)
         ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
         spread = f"{min(m.rates):,.0f} - {max(m.rates):,.0f}"
-        lines.append(f"| {m.label} | {m.envs} | {m.median:,.0f} | {spread} | {ratio_text} |")
+        other = f"{max(m.other_load):.2f}" if m.other_load else "n/a"
+        lines.append(f"| {m.label} | {m.envs} | {m.median:,.0f} | {spread} | {ratio_text} | {other} |")
     return "\n".join(lines)
+
+
+def render_warning(results: Sequence[Measurement]) -> str | None:
+    """A warning if other processes took noticeable CPU during any window."""
+    loads = [load for m in results for load in m.other_load]
+    if not loads or max(loads) <= OTHER_LOAD_WARN:
+        return None
+    busy = sum(load > OTHER_LOAD_WARN for load in loads)
+    return (
+        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
+        f"{len(loads)} windows; aiorl (which needs every core) loses more to that than SyncVectorEnv "
+        "(one core). Rerun on an idle machine for numbers to rely on."
+    )
 
 
 def render_ratios(results: Sequence[Measurement]) -> tuple[str, bool]:
@@ -254,43 +423,43 @@ def render_ratios(results: Sequence[Measurement]) -> tuple[str, bool]:
     lines: list[str] = []
     all_met = True
     for target in TARGETS:
-        ours, theirs = _aiorl_at(results, target.envs), _baseline_at(results, target.baseline, target.envs)
+        ours, theirs = _find(results, "aiorl", target.envs), _find(results, target.baseline, target.envs)
         if ours is None or theirs is None:
             continue
         ratio = ours.median / theirs.median
         met = ratio >= target.minimum
         all_met = all_met and met
         lines.append(
-            f"- target: aiorl({NUM_WORKERS}x{target.envs // NUM_WORKERS}) / {target.baseline}({target.envs}) "
+            f"- target: aiorl({_config(target.envs)}) / {target.baseline}({target.envs}) "
             f"= **{ratio:.2f}x** (target >= {target.minimum:g}): {'met' if met else 'MISSED'}"
         )
     targeted = {(t.baseline, t.envs) for t in TARGETS}
     for m in results:
-        if m.system == "aiorl" or (m.system, m.envs) in targeted:
+        ratio = _aiorl_ratio(results, m)
+        if m.system == "aiorl" or (m.system, m.envs) in targeted or ratio is None:
             continue
-        ours = _aiorl_at(results, m.envs)
-        if ours is not None:
-            lines.append(
-                f"- aiorl({NUM_WORKERS}x{m.envs // NUM_WORKERS}) / {m.system}({m.envs}) "
-                f"= {ours.median / m.median:.2f}x (no target)"
-            )
+        lines.append(f"- aiorl({_config(m.envs)}) / {m.system}({m.envs}) = {ratio:.2f}x (no target)")
     return "\n".join(lines), all_met
 
 
 def describe_setup(budget: Budget) -> str:
     """A few lines that say what produced the numbers."""
     window = f"{budget.steps:,} env steps" if budget.steps is not None else f"{budget.seconds:g} s"
+    versions = (
+        f"Python {platform.python_version()}, torch {torch.__version__}, gymnasium {gym.__version__}, "
+        f"numpy {np.__version__}, aiorl {aiorl.__version__}"
+    )
     return "\n".join(
         [
-            f"- env: {ENV_ID}; policy: aiorl.ActorCritic (actor + critic MLPs 64x64 tanh), "
-            "one batched forward pass + categorical sample + log-prob per step; sampling only, no learning",
-            f"- aiorl: {NUM_WORKERS} workers, rollout_length={ROLLOUT_LENGTH}, 1 torch thread per worker; "
-            "measured with Trainer.sample",
+            f"- env: {ENV_ID}; policy: aiorl.ActorCritic (actor + critic MLPs 64x64 tanh), one batched "
+            "forward pass + categorical sample + log-prob per step; sampling only, no learning",
+            f"- aiorl: {NUM_WORKERS} worker processes, rollout_length={ROLLOUT_LENGTH}, 1 torch thread per "
+            "worker; measured with Trainer.sample",
             "- SyncVectorEnv / AsyncVectorEnv: policy in the main process with torch.set_num_threads(1); "
-            "AsyncVectorEnv uses context='forkserver', one process per env",
-            f"- timing: {budget.repeats} window(s) of {window} after a warm-up; median reported",
-            f"- machine: {os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, gymnasium {gym.__version__}, numpy {np.__version__}, aiorl {aiorl.__version__}",
+            "AsyncVectorEnv: context='forkserver', one process per env",
+            f"- timing: warm-up, then {budget.repeats} round(s) of one {window} window per system "
+            "(round-robin); median reported",
+            f"- machine: {os.cpu_count()} CPUs ({platform.machine()}); {versions}",
         ]
     )
 
@@ -299,32 +468,44 @@ def describe_setup(budget: Budget) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=6.0, help="wall time of one timed window (default 6)")
+    parser = argparse.ArgumentParser(description="Sampling throughput of aiorl vs gymnasium vector envs.")
+    parser.add_argument("--seconds", type=float, default=6.0, help="wall time of one timed window (default: 6)")
+    parser.add_argument("--steps", type=int, help="env steps per timed window, for every system (instead of --seconds)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows per system (default: 3)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds for vector envs (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="a short run: 1 round of 1.5 s windows, short warm-ups")
     parser.add_argument(
-        "--steps", type=int, default=None, help="env steps per timed window instead of --seconds (same for all)"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (default 3)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds for vector envs (default 2)")
-    parser.add_argument(
-        "--quick", action="store_true", help="a short run: 1 window of 1.5 s, 0.5 s warm-up, 10,000 aiorl warm-up steps"
+        "--busy-retries",
+        type=int,
+        default=2,
+        help=f"redo a window up to this many times while other processes use > {OTHER_LOAD_WARN} cores (default: 2)",
     )
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target ratio is missed")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--seconds must be > 0, --warmup >= 0, --repeats >= 1 and --steps >= 1")
+    if args.seconds <= 0 or args.warmup < 0 or args.repeats < 1 or args.busy_retries < 0:
+        parser.error("--seconds must be > 0, --warmup >= 0, --repeats >= 1 and --busy-retries >= 0")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
     return args
 
 
 def budget_from(args: argparse.Namespace) -> Budget:
     if args.quick:
-        return Budget(seconds=1.5, steps=args.steps, repeats=1, warmup_seconds=0.5, aiorl_warmup_steps=10_000)
+        return Budget(
+            seconds=1.5,
+            steps=args.steps,
+            repeats=1,
+            warmup_seconds=0.5,
+            aiorl_warmup_steps=10_000,
+            busy_retries=args.busy_retries,
+        )
     return Budget(
         seconds=args.seconds,
         steps=args.steps,
         repeats=args.repeats,
         warmup_seconds=args.warmup,
         aiorl_warmup_steps=AIORL_WARMUP_STEPS,
+        busy_retries=args.busy_retries,
     )
 
 
@@ -333,32 +514,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = budget_from(args)
     torch.set_num_threads(1)
     started = time.monotonic()
-    results: list[Measurement] = []
-    for envs_per_worker in ENVS_PER_WORKER:
-        envs = NUM_WORKERS * envs_per_worker
-        steps: list[Callable[[], Measurement]] = [
-            functools.partial(measure_aiorl, envs_per_worker, budget),
-            functools.partial(measure_vector, "SyncVectorEnv", envs, budget),
-            functools.partial(measure_vector, "AsyncVectorEnv", envs, budget),
-        ]
-        for step in steps:
-            result = step()
-            results.append(result)
-            print(f"measured {result.label}: {result.median:,.0f} steps/s", file=sys.stderr, flush=True)
-
+    try:
+        results = aiorl.run(measure_all(budget))
+    except KeyboardInterrupt:
+        print("interrupted; every worker and env process was stopped", file=sys.stderr)
+        return 130
+    assert isinstance(results, list)
     ratios, all_met = render_ratios(results)
-    print()
     print(f"## Sampling throughput, {ENV_ID} (env steps/s, no learning)")
     print()
     print(describe_setup(budget))
     print()
     print(render_table(results))
     print()
-    print("aiorl ratio = aiorl steps/s with the same total number of envs / this row's steps/s.")
+    print(
+        "aiorl ratio = steps/s of aiorl with the same total number of envs / this row's steps/s. "
+        "other load = CPU cores used by processes outside this benchmark during the row's windows."
+    )
     print()
     print(ratios)
     print()
-    print(f"total wall time: {time.monotonic() - started:.0f} s")
+    warning = render_warning(results)
+    if warning is not None:
+        print(warning)
+        print()
+    print(f"total wall time {time.monotonic() - started:.0f} s")
     return 1 if args.check and not all_met else 0
 
 
