@@ -4,7 +4,11 @@ Forking after torch started its threads or after an event loop runs is unsafe,
 so workers start through a forkserver that has torch and gymnasium preloaded
 (measured per worker: 8 MiB private memory and 0.02 s to start, against
 146 MiB and 1.9 s with spawn); where forkserver is missing, spawn. The context
-is aiorl's own object: the process-wide default start method is left alone.
+is aiorl's own object: the process-wide default start method is left alone. CPython
+keeps one forkserver process per interpreter, though: if the application started
+it before aiorl did, aiorl's preload list is not applied (workers then import torch
+themselves, slower but correct), and a worker that imported aiorl from another
+path than the trainer is refused at hello.
 
 Why not ``aiomultiprocess.Process``: it always uses aiomultiprocess's module-global
 context (changing it changes it for the whole application) and its constructor
