@@ -35,8 +35,8 @@ window is reported. Startup and teardown are never timed. A system that is not
 being timed is idle: aiorl's workers block once their rollout slots are full
 (a short pause before each window lets them get there), and the vector envs wait
 for their next step. For aiorl a window is a number of env steps sized from its
-previous rate, and up to ``num_workers * slots_per_worker`` rollouts filled
-before the window may be counted in it (under 1% of a default window).
+previous rate; the rollouts its idle workers filled before the window are taken
+(untimed) first, so that the window counts only what was produced during it.
 
 The vector envs are stepped in a helper thread so the event loop, which owns
 the aiorl trainers, stays responsive; it is idle while they run.
@@ -90,9 +90,9 @@ ROLLOUT_LENGTH = 64
 SEED = 0
 AIORL_WARMUP_STEPS = 20_000
 SETTLE_S = 0.2
-OTHER_LOAD_WARN = 0.2
-"""Other processes' CPU use (cores) during a window above which the report warns."""
 """Pause before each window, so that the previous system's leftover work is done."""
+OTHER_LOAD_WARN = 0.2
+"""Other processes' CPU use (cores) during a window above which it is redone and reported."""
 FORKSERVER_PRELOAD = ["torch", "gymnasium"]
 
 
@@ -235,6 +235,10 @@ class AiorlSystem:
         self.rate = await self.trainer.sample(budget.aiorl_warmup_steps)
 
     async def window(self, budget: Budget) -> float:
+        # Idle workers have filled every slot: take those rollouts untimed first, or the
+        # window would count up to num_workers * slots_per_worker rollouts it did not wait for.
+        cfg = self.trainer.config
+        await self.trainer.sample(cfg.num_workers * cfg.slots_per_worker * cfg.envs_per_worker * cfg.rollout_length)
         steps = budget.steps if budget.steps is not None else max(1, int(self.rate * budget.seconds))
         self.rate = await self.trainer.sample(steps)
         return self.rate
@@ -286,6 +290,7 @@ class VectorSampler:
             return done * num_envs / (time.perf_counter() - started)
 
     def close(self) -> None:
+        """Stop a running window after its current step, then close the vector env."""
         self._stop.set()
         with self._lock:
             self.venv.close()
@@ -354,20 +359,29 @@ async def measure_all(budget: Budget) -> list[Measurement]:
         meter = OtherLoadMeter()
         for round_ in range(1, budget.repeats + 1):
             for system, result in zip(systems, results, strict=True):
-                for attempt in range(budget.busy_retries + 1):
-                    await asyncio.sleep(SETTLE_S)
-                    before = meter.snapshot()
-                    rate = await system.window(budget)
-                    other = meter.cores(before, meter.snapshot())
-                    load = "" if other is None else f" (other load {other:.2f} cores)"
-                    _progress(f"round {round_}/{budget.repeats}: {system.label}: {rate:,.0f} steps/s{load}")
-                    if other is None or other <= OTHER_LOAD_WARN or attempt == budget.busy_retries:
-                        break
-                    _progress("  other processes were busy: timing this window again")
+                rate, other = await _timed_window(system, budget, meter, f"round {round_}/{budget.repeats}")
                 result.rates.append(rate)
                 if other is not None:
                     result.other_load.append(other)
         return results
+
+
+async def _timed_window(
+    system: System, budget: Budget, meter: OtherLoadMeter, where: str
+) -> tuple[float, float | None]:
+    """Time one window of ``system``, again while other processes were busy; return (steps/s, other load)."""
+    attempt = 0
+    while True:
+        await asyncio.sleep(SETTLE_S)
+        before = meter.snapshot()
+        rate = await system.window(budget)
+        other = meter.cores(before, meter.snapshot())
+        load = "" if other is None else f" (other load {other:.2f} cores)"
+        _progress(f"{where}: {system.label}: {rate:,.0f} steps/s{load}")
+        if other is None or other <= OTHER_LOAD_WARN or attempt >= budget.busy_retries:
+            return rate, other
+        attempt += 1
+        _progress("  other processes were busy: timing this window again")
 
 
 def _progress(message: str) -> None:
