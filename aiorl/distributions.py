@@ -63,13 +63,17 @@ class ActionDistribution:
 
     def _torch_dist(self, dist_inputs: torch.Tensor) -> torch.distributions.Distribution:
         if self.kind == "categorical":
-            return Categorical(logits=dist_inputs)
+            return Categorical(logits=dist_inputs, validate_args=False)
         mean, log_std = dist_inputs.chunk(2, dim=-1)
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        return Normal(mean, std)
+        return Normal(mean, std, validate_args=False)
 
     def sample(self, dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample actions; return ``(actions, log_probs)``."""
+        if self.kind == "categorical":  # the same as Categorical, without its overhead (hot path)
+            log_probs = torch.log_softmax(dist_inputs, dim=-1)
+            actions = torch.multinomial(log_probs.exp(), 1)
+            return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
         dist = self._torch_dist(dist_inputs)
         actions = dist.sample()
         return actions, self._sum(dist.log_prob(actions))
@@ -91,5 +95,5 @@ class ActionDistribution:
     def to_env(self, action: np.ndarray) -> object:
         """Convert one stored action into what ``env.step`` expects."""
         if self.kind == "categorical":
-            return int(action)
+            return action  # a numpy integer: gymnasium's fast path for Discrete.contains
         return np.clip(action, self.low, self.high)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from aiorl.shm import ProgressBoard, SlotArrays
 from aiorl.worker.spec import WorkerSpec
 
 ENV_INDEX_VARIABLE = "AIORL_ENV_INDEX"
+YIELD_INTERVAL_S = 0.005
+"""The sampler yields to the worker's event loop at least this often (and after each rollout)."""
 
 
 class EnvStepError(Exception):
@@ -79,11 +82,12 @@ class EnvSampler:
         k = spec.layout.num_envs
         self.envs: list[gym.Env] = []
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
-        self.episode_return = np.zeros(k, dtype=np.float64)
-        self.episode_length = np.zeros(k, dtype=np.int64)
-        self.episode_start = np.zeros(k, dtype=np.int64)  # row of the current rollout it began at
-        self.env_steps = np.zeros(k, dtype=np.int64)  # steps per env since it was built
-        self.failures = np.zeros(k, dtype=np.int64)  # consecutive failures without an episode end
+        # Per-env state as plain lists: the hot loop touches them once per env and step.
+        self.episode_return = [0.0] * k
+        self.episode_length = [0] * k
+        self.episode_start = [0] * k  # row of the current rollout the episode began at
+        self.env_steps = [0] * k  # steps per env since it was built
+        self.failures = [0] * k  # consecutive failures without an episode end
         self.total_steps = 0
         for i in range(k):
             env, obs = self._make_env(i, seed=spec.env_seed(i))
@@ -107,15 +111,20 @@ class EnvSampler:
     async def collect(self, arrays: SlotArrays, policy_version: int) -> RolloutSummary:
         """Fill ``arrays`` with one rollout acted by ``policy_version``."""
         summary = RolloutSummary(env_steps=0)
-        self.episode_start[:] = 0
+        self.episode_start = [0] * len(self.envs)
+        yielded = time.monotonic()
         for t in range(self.spec.layout.rollout_length):
             self._step(arrays, t, policy_version, summary)
-            await asyncio.sleep(0)
+            if time.monotonic() - yielded > YIELD_INTERVAL_S:
+                await asyncio.sleep(0)  # let heartbeats and control frames through
+                yielded = time.monotonic()
         arrays["next_obs"][:] = self.obs
         summary.env_steps = self.spec.layout.steps - summary.discarded_steps
         return summary
 
     def _step(self, arrays: SlotArrays, t: int, policy_version: int, summary: RolloutSummary) -> None:
+        # This is the hot loop: per env only the env call and list updates; arrays are
+        # written once per step.
         arrays["obs"][t] = self.obs
         with torch.no_grad():
             dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs))
@@ -127,25 +136,28 @@ class EnvSampler:
         arrays["versions"][t] = policy_version
         arrays["valid"][t] = True
         arrays["trunc_values"][t] = 0.0
-        rewards, terminated, truncated = arrays["rewards"][t], arrays["terminated"][t], arrays["truncated"][t]
+        k = len(self.envs)
+        rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         final_obs: list[tuple[int, object]] = []
+        to_env, encode = self.dist.to_env, self.encoder.encode_into
         for i, env in enumerate(self.envs):
             self.env_steps[i] += 1
             try:
-                obs, reward, term, trunc, _ = env.step(self.dist.to_env(actions_np[i]))
+                obs, reward, term, trunc, _ = env.step(to_env(actions_np[i]))
+                if (term or trunc) and not np.isfinite(np.asarray(obs, dtype=np.float64)).all():
+                    # The batch check below never sees a final observation: check it here.
+                    raise FloatingPointError(f"env {i} returned a non-finite observation")
             except Exception as exc:
-                self._fail_step(i, exc, arrays, t, summary)
+                obs = self._recover(i, exc, arrays, t, summary)
+                truncated[i] = True  # an inert, masked row: no reward, no bootstrap
+                encode(obs, self.obs[i])
                 continue
-            if (term or trunc) and not np.isfinite(np.asarray(obs, dtype=np.float64)).all():
-                # The batch check below never sees a final observation: check it here.
-                self._fail_step(i, FloatingPointError(f"env {i} returned a non-finite observation"), arrays, t, summary)
-                continue
-            self.episode_return[i] += float(reward)
+            self.episode_return[i] += reward
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
             if term or trunc:
                 summary.episode_returns.append(float(self.episode_return[i]))
-                summary.episode_lengths.append(int(self.episode_length[i]))
+                summary.episode_lengths.append(self.episode_length[i])
                 self.episode_return[i], self.episode_length[i] = 0.0, 0
                 self.episode_start[i] = t + 1
                 self.failures[i] = 0
@@ -155,12 +167,15 @@ class EnvSampler:
                     obs, _ = env.reset()
                 except Exception as exc:
                     obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
-            self.encoder.encode_into(obs, self.obs[i])
-        if not (np.isfinite(self.obs).all() and np.isfinite(rewards).all()):
+            encode(obs, self.obs[i])
+        arrays["rewards"][t] = rewards
+        arrays["terminated"][t] = terminated
+        arrays["truncated"][t] = truncated
+        if not (np.isfinite(self.obs).all() and np.isfinite(arrays["rewards"][t]).all()):
             self._recover_non_finite(arrays, t, summary)
-        self.total_steps += len(self.envs)
+        self.total_steps += k
         if self.progress is not None:  # counted once the step's row is fully written
-            self.progress.add(self.spec.worker_id, len(self.envs))
+            self.progress.add(self.spec.worker_id, k)
         if final_obs:
             arrays["trunc_values"][t, [i for i, _ in final_obs]] = self._values_of([o for _, o in final_obs])
 
@@ -174,14 +189,14 @@ class EnvSampler:
         mask_from: int | None = None,
     ) -> object:
         """Mask env ``i``'s broken episode, re-create the env, and return its first observation."""
-        start = int(self.episode_start[i]) if mask_from is None else mask_from
+        start = self.episode_start[i] if mask_from is None else mask_from
         discarded = max(t + 1 - start, 0)
         arrays["valid"][start : t + 1, i] = False
         summary.discarded_steps += discarded
         summary.env_errors.append(
             EnvErrorInfo(
                 env_index=i,
-                step=int(self.env_steps[i]),
+                step=self.env_steps[i],
                 error_type=type(exc).__name__,
                 message=str(exc),
                 traceback="".join(traceback.format_exception(exc)),
@@ -197,7 +212,7 @@ class EnvSampler:
                     f"failed {self.failures[i]} times in a row without finishing an episode "
                     f"(env_error_limit={self.spec.env_error_limit})"
                 )
-                raise EnvStepError(i, int(self.env_steps[i]), exc, reason) from exc
+                raise EnvStepError(i, self.env_steps[i], exc, reason) from exc
             try:
                 env, obs = self._make_env(i, seed=None)
                 break
@@ -219,7 +234,7 @@ class EnvSampler:
             self._fail_step(int(i), FloatingPointError(f"env {i} returned a non-finite {what}"), arrays, t, summary)
 
     def _fail_step(self, i: int, exc: Exception, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
-        """Env ``i`` broke during step ``t``: discard its episode and start a fresh env."""
+        """Env ``i`` broke during step ``t`` (seen after the row was written): start it afresh."""
         obs = self._recover(i, exc, arrays, t, summary)
         if not arrays["valid"][t, i]:  # the row is part of the broken episode: make it inert
             arrays["rewards"][t, i], arrays["terminated"][t, i], arrays["truncated"][t, i] = 0.0, False, True
