@@ -107,7 +107,7 @@ async def test_an_env_that_raises_is_recreated_and_its_episode_discarded(caplog)
     async with Trainer(env, QUICK_PPO, **FAST) as trainer:
         result = await trainer.run(total_steps=4_000)
         assert result.worker_restarts == 0
-        assert result.env_errors == trainer.stats.env_errors >= 4
+        assert result.env_errors >= 4  # workers keep collecting after run() returns: more may come
         assert result.steps_discarded.get("env_error", 0) > 0
         assert_accounted(trainer, result)
     assert "InjectedFault: injected fault in step call 30" in caplog.text

@@ -128,18 +128,8 @@ class Worker:
             self.stopping.set()
 
     def _report(self, slot: int, summary: RolloutSummary) -> None:
-        for info in summary.env_errors:
-            self._send(
-                protocol.EnvRecovered(
-                    env_index=info.env_index,
-                    step=info.step,
-                    policy_version=self.version,
-                    error_type=info.error_type,
-                    message=info.message,
-                    traceback=info.traceback,
-                    discarded_steps=info.discarded_steps,
-                ),
-            )
+        for env_error in summary.env_errors:
+            self._send(env_error)
         self._send(
             protocol.SlotReady(
                 slot=slot,

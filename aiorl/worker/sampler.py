@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from aiorl import protocol
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, SlotArrays
 from aiorl.worker.spec import WorkerSpec
@@ -47,18 +48,6 @@ class EnvStepError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class EnvErrorInfo:
-    """One env exception the worker recovered from (the env was re-created)."""
-
-    env_index: int
-    step: int
-    error_type: str
-    message: str
-    traceback: str
-    discarded_steps: int
-
-
 @dataclass(slots=True)
 class RolloutSummary:
     """What the trainer needs to know about a rollout besides its arrays."""
@@ -67,7 +56,7 @@ class RolloutSummary:
     discarded_steps: int = 0
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
-    env_errors: list[EnvErrorInfo] = field(default_factory=list)
+    env_errors: list[protocol.EnvRecovered] = field(default_factory=list)
 
 
 class EnvSampler:
@@ -89,6 +78,7 @@ class EnvSampler:
         self.env_steps = [0] * k  # steps per env since it was built
         self.failures = [0] * k  # consecutive failures without an episode end
         self.total_steps = 0
+        self.policy_version = -1  # the version acting in the rollout being collected
         for i in range(k):
             env, obs = self._make_env(i, seed=spec.env_seed(i))
             self.envs.append(env)
@@ -111,6 +101,7 @@ class EnvSampler:
     async def collect(self, arrays: SlotArrays, policy_version: int) -> RolloutSummary:
         """Fill ``arrays`` with one rollout acted by ``policy_version``."""
         summary = RolloutSummary(env_steps=0)
+        self.policy_version = policy_version
         self.episode_start = [0] * len(self.envs)
         yielded = time.monotonic()
         for t in range(self.spec.layout.rollout_length):
@@ -194,8 +185,9 @@ class EnvSampler:
         arrays["valid"][start : t + 1, i] = False
         summary.discarded_steps += discarded
         summary.env_errors.append(
-            EnvErrorInfo(
+            protocol.EnvRecovered(
                 env_index=i,
+                policy_version=self.policy_version,
                 step=self.env_steps[i],
                 error_type=type(exc).__name__,
                 message=str(exc),
