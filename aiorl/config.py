@@ -146,17 +146,20 @@ class TrainerConfig:
         """Rollouts per learner update."""
         return self.rollouts_per_batch or self.num_workers
 
-    def slots_in_use(self) -> list[int]:
-        """Slots granted to each worker: all of them, or in strict on-policy mode one batch's worth.
+    def seat_slots(self) -> list[tuple[int, ...]]:
+        """The slot ids each worker is granted: all of its own, or in strict mode one batch's worth.
 
-        With ``max_policy_lag=0`` only ``batch_rollouts`` slots circulate (spread over the
-        workers), each granted after the newest weights are published, so no rollout is
-        ever acted by an outdated policy and none is wasted.
+        Worker ``w`` owns slots ``w * slots_per_worker`` onwards. With ``max_policy_lag=0``
+        only ``batch_rollouts`` slots circulate (spread over the workers), each granted
+        after the newest weights are published, so no rollout is ever acted by an
+        outdated policy and none is wasted.
         """
-        if self.max_policy_lag != 0:
-            return [self.slots_per_worker] * self.num_workers
-        share, extra = divmod(self.batch_rollouts, self.num_workers)
-        return [share + (1 if i < extra else 0) for i in range(self.num_workers)]
+        if self.max_policy_lag == 0:
+            share, extra = divmod(self.batch_rollouts, self.num_workers)
+            counts = [share + (1 if w < extra else 0) for w in range(self.num_workers)]
+        else:
+            counts = [self.slots_per_worker] * self.num_workers
+        return [tuple(range(w * self.slots_per_worker, w * self.slots_per_worker + n)) for w, n in enumerate(counts)]
 
     @property
     def batch_steps(self) -> int:

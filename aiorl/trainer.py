@@ -204,14 +204,10 @@ class Trainer:
             stack.callback(progress.close)
 
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
-            in_use = cfg.slots_in_use()
             pool = WorkerPool(
                 context=worker_context(cfg.start_method),
                 make_spec=functools.partial(self._worker_spec, layout, slots, store, progress),
-                seat_slots=[
-                    tuple(range(w * cfg.slots_per_worker, w * cfg.slots_per_worker + in_use[w]))
-                    for w in range(cfg.num_workers)
-                ],
+                seat_slots=cfg.seat_slots(),
                 stats=self.stats,
                 progress=progress,
                 tasks=tasks,
@@ -240,7 +236,7 @@ class Trainer:
             await pool.start()
             self._running = _Running(stack, slots, store, pool, consumer, broadcaster)
         except BaseException:
-            await _close_stack(stack)
+            await stack.aclose()
             raise
         log.info(
             "started %d workers x %d envs of %s (pids %s)",
@@ -275,7 +271,7 @@ class Trainer:
                     pass
         self._running = None
         self._version = running.consumer.version
-        await _close_stack(running.stack)
+        await running.stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
 
     def _worker_spec(
         self,
@@ -454,12 +450,3 @@ async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(EXECUTOR_SHUTDOWN_S):
             await asyncio.to_thread(executor.shutdown, wait=True)
-
-
-async def _close_stack(stack: contextlib.AsyncExitStack) -> None:
-    """Close ``stack``; every callback runs even if one is interrupted by a cancellation.
-
-    Each step is bounded (see ``WorkerPool.close``) and the pool's last step is a
-    synchronous SIGKILL, so no path leaves a worker or a segment behind.
-    """
-    await stack.aclose()
