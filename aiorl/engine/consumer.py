@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aiorl.algos.batch import BatchBuilder, RolloutBatch
+from aiorl.algos.learner import Learner
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
@@ -101,14 +102,14 @@ class RunGoal:
 
 
 class Consumer:
-    """Feeds the learner. One instance lives as long as the trainer; ``run`` once per ``run()``."""
+    """Feeds the learner. One instance per started trainer (``async with``); ``run`` once per ``run()``."""
 
     def __init__(
         self,
         *,
         pool: WorkerPool,
         slots: RolloutSlots,
-        learner: Any,
+        learner: Learner,
         broadcaster: Broadcaster,
         executor: Executor,
         stats: TrainingStats,

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import aiorl
 from aiorl import protocol
@@ -179,9 +180,10 @@ class WorkerPool:
         for seat in self.seats.values():
             await self._launch(seat)
         greeted = asyncio.ensure_future(self._all_said_hello())
+        outcomes: list[asyncio.Future[Any]] = [greeted, self.failure]
         try:
             async with asyncio.timeout(self.start_timeout_s):
-                await asyncio.wait([greeted, self.failure], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(outcomes, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             silent = [s.worker_id for s in self.seats.values() if s.handle and not s.handle.hello.is_set()]
             raise WorkerStartError(

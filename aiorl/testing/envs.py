@@ -168,4 +168,4 @@ class CountingEnv(gym.Env):
 
 
 if COUNTING_ENV_ID not in gym.registry:
-    gym.register(COUNTING_ENV_ID, entry_point=CountingEnv)
+    gym.register(COUNTING_ENV_ID, entry_point="aiorl.testing.envs:CountingEnv")

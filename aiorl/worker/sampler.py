@@ -143,6 +143,7 @@ class EnvSampler:
                 truncated[i] = True  # an inert, masked row: no reward, no bootstrap
                 encode(obs, self.obs[i])
                 continue
+            reward = float(reward)
             self.episode_return[i] += reward
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
@@ -220,7 +221,7 @@ class EnvSampler:
     def _recover_non_finite(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
         """Treat an env that produced a NaN/inf observation or reward like one that raised."""
         rewards = arrays["rewards"][t]
-        bad_obs = ~np.isfinite(self.obs.reshape(len(self.envs), -1)).all(axis=1)
+        bad_obs = np.asarray(~np.isfinite(self.obs.reshape(len(self.envs), -1)).all(axis=1))
         for i in np.flatnonzero(bad_obs | ~np.isfinite(rewards)):
             what = "observation" if bad_obs[i] else "reward"
             self._fail_step(int(i), FloatingPointError(f"env {i} returned a non-finite {what}"), arrays, t, summary)

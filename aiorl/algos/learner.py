@@ -1,0 +1,32 @@
+"""The learner interface the engine drives (pure torch; no asyncio)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from torch import nn
+
+from aiorl.algos.batch import RolloutBatch
+
+
+class Learner(Protocol):
+    """What an algorithm's ``make_learner`` returns.
+
+    The engine calls :meth:`update` and :meth:`weights` in its learner thread, one call
+    at a time, and :meth:`load_weights` on the event loop only while no update runs.
+    """
+
+    policy: nn.Module
+
+    def update(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
+        """Learn from ``batch``; ``progress`` in [0, 1] is the fraction of the run done."""
+        ...
+
+    def weights(self) -> np.ndarray:
+        """The current weights as one flat float32 CPU array."""
+        ...
+
+    def load_weights(self, weights: np.ndarray) -> None:
+        """Overwrite the weights with a flat array from :meth:`weights`."""
+        ...
