@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from aiorl.algos import PPO
+from aiorl.algos import PPO, Algorithm
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
@@ -128,7 +128,7 @@ class Trainer:
     def __init__(
         self,
         env: EnvSource,
-        algo: PPO | None = None,
+        algo: Algorithm | None = None,
         *,
         env_kwargs: dict[str, Any] | None = None,
         policy: nn.Module | None = None,
@@ -138,8 +138,8 @@ class Trainer:
         if unknown:
             raise ConfigError([f"{name}={options[name]!r} is not a Trainer option" for name in unknown])
         self.config = TrainerConfig(**options)
-        self.algo = PPO() if algo is None else algo
-        if not isinstance(self.algo, PPO):
+        self.algo: Algorithm = PPO() if algo is None else algo
+        if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
         self.env_factory = EnvFactory.from_user(env, env_kwargs)
         self.spaces = EnvSpaces.probe(self.env_factory)

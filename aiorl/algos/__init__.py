@@ -2,7 +2,7 @@
 
 from aiorl.algos.advantages import gae
 from aiorl.algos.batch import BatchBuilder, RolloutBatch
-from aiorl.algos.learner import Learner
+from aiorl.algos.learner import Algorithm, Learner
 from aiorl.algos.ppo import PPO, PPOLearner
 
-__all__ = ["PPO", "BatchBuilder", "Learner", "PPOLearner", "RolloutBatch", "gae"]
+__all__ = ["PPO", "Algorithm", "BatchBuilder", "Learner", "PPOLearner", "RolloutBatch", "gae"]

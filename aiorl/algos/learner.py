@@ -8,6 +8,7 @@ import numpy as np
 from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
+from aiorl.distributions import ActionDistribution
 
 
 class Learner(Protocol):
@@ -29,4 +30,12 @@ class Learner(Protocol):
 
     def load_weights(self, weights: np.ndarray) -> None:
         """Overwrite the weights with a flat array from :meth:`weights`."""
+        ...
+
+
+class Algorithm(Protocol):
+    """An algorithm config (``aiorl.PPO()``, ...): it builds the learner for a policy."""
+
+    def make_learner(self, policy: nn.Module, dist: ActionDistribution, device: str) -> Learner:
+        """Build the learner that trains ``policy`` on ``device``."""
         ...
