@@ -3,10 +3,13 @@
 A policy outputs ``dist_inputs`` of shape ``[B, num_inputs]``; the distribution
 turns them into sampled actions, log-probabilities and entropies:
 
-- ``Discrete(n)``: ``num_inputs = n`` logits, categorical distribution.
-- ``Box(d,)``: ``num_inputs = 2 * d``, the mean then the log standard deviation of
-  a diagonal Gaussian. Sampled actions are stored unclipped (their log-prob is
+- ``Discrete(n)``: ``n`` logits, categorical.
+- ``Box(d,)``: ``2 * d`` inputs, the mean then the log standard deviation of a
+  diagonal Gaussian. Sampled actions are stored unclipped (their log-prob is
   exact) and **clipped to the space's bounds only when handed to the env**.
+- ``MultiDiscrete(nvec)``: ``sum(nvec)`` logits, one independent categorical per
+  component (log-probs and entropies add up).
+- ``MultiBinary(n)``: ``n`` logits, one independent Bernoulli per component.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from torch.distributions import Categorical, Normal
+from torch.distributions import Bernoulli, Categorical, Normal
 
 from aiorl.envs.spaces import check_action_space
 
@@ -28,10 +31,12 @@ class ActionDistribution:
     """The distribution family for one action space.
 
     Attributes:
-        kind: ``"categorical"`` or ``"gaussian"``.
+        kind: ``"categorical"``, ``"gaussian"``, ``"multi_categorical"`` or ``"bernoulli"``.
         num_inputs: width of the policy's ``dist_inputs`` output.
         action_shape: shape of one stored action (``()`` for categorical).
-        low, high: bounds for clipping Gaussian actions (``None`` for categorical).
+        low, high: bounds for clipping Gaussian actions.
+        nvec: component sizes of a MultiDiscrete space.
+        start: what action 0 means to the env (``Discrete.start``, ``MultiDiscrete.start``).
     """
 
     kind: str
@@ -39,13 +44,27 @@ class ActionDistribution:
     action_shape: tuple[int, ...]
     low: np.ndarray | None = None
     high: np.ndarray | None = None
+    nvec: tuple[int, ...] = ()
+    start: np.ndarray | int = 0
 
     @classmethod
     def for_space(cls, space: gym.Space) -> ActionDistribution:
         """The distribution for ``space`` (raises ``ConfigError`` if unsupported)."""
         check_action_space(space)
         if isinstance(space, gym.spaces.Discrete):
-            return cls(kind="categorical", num_inputs=int(space.n), action_shape=())
+            return cls(kind="categorical", num_inputs=int(space.n), action_shape=(), start=int(space.start))
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            nvec = tuple(int(n) for n in space.nvec)
+            return cls(
+                kind="multi_categorical",
+                num_inputs=sum(nvec),
+                action_shape=(len(nvec),),
+                nvec=nvec,
+                start=np.asarray(space.start, dtype=np.int64),
+            )
+        if isinstance(space, gym.spaces.MultiBinary):
+            n = int(np.prod(space.shape))
+            return cls(kind="bernoulli", num_inputs=n, action_shape=(n,))
         assert isinstance(space, gym.spaces.Box)
         dim = int(space.shape[0])
         return cls(
@@ -59,11 +78,16 @@ class ActionDistribution:
     @property
     def action_dtype(self) -> np.dtype:
         """The numpy dtype actions are stored with."""
-        return np.dtype(np.int64) if self.kind == "categorical" else np.dtype(np.float32)
+        return np.dtype(np.float32) if self.kind == "gaussian" else np.dtype(np.int64)
+
+    def _components(self, dist_inputs: torch.Tensor) -> list[Categorical]:
+        return [Categorical(logits=part, validate_args=False) for part in dist_inputs.split(self.nvec, dim=-1)]
 
     def _torch_dist(self, dist_inputs: torch.Tensor) -> torch.distributions.Distribution:
         if self.kind == "categorical":
             return Categorical(logits=dist_inputs, validate_args=False)
+        if self.kind == "bernoulli":
+            return Bernoulli(logits=dist_inputs, validate_args=False)
         mean, log_std = dist_inputs.chunk(2, dim=-1)
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
         return Normal(mean, std, validate_args=False)
@@ -74,19 +98,35 @@ class ActionDistribution:
             log_probs = torch.log_softmax(dist_inputs, dim=-1)
             actions = torch.multinomial(log_probs.exp(), 1)
             return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
+        if self.kind == "multi_categorical":
+            parts = self._components(dist_inputs)
+            actions = torch.stack([part.sample() for part in parts], dim=-1)
+            return actions, self.log_prob_entropy(dist_inputs, actions)[0]
         dist = self._torch_dist(dist_inputs)
         actions = dist.sample()
-        return actions, self._sum(dist.log_prob(actions))
+        log_probs = self._sum(dist.log_prob(actions))
+        return (actions.long() if self.kind == "bernoulli" else actions), log_probs
 
     def mode(self, dist_inputs: torch.Tensor) -> torch.Tensor:
         """The most likely action (for deterministic evaluation)."""
         if self.kind == "categorical":
             return dist_inputs.argmax(dim=-1)
+        if self.kind == "multi_categorical":
+            return torch.stack([part.argmax(dim=-1) for part in dist_inputs.split(self.nvec, dim=-1)], dim=-1)
+        if self.kind == "bernoulli":
+            return (dist_inputs > 0).long()
         return dist_inputs.chunk(2, dim=-1)[0]
 
     def log_prob_entropy(self, dist_inputs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of ``actions`` and the entropy, each of shape ``[B]``."""
+        if self.kind == "multi_categorical":
+            parts = self._components(dist_inputs)
+            log_prob = sum(part.log_prob(actions[..., i]) for i, part in enumerate(parts))
+            entropy = sum(part.entropy() for part in parts)
+            return log_prob, entropy  # type: ignore[return-value]
         dist = self._torch_dist(dist_inputs)
+        if self.kind == "bernoulli":
+            actions = actions.to(dist_inputs.dtype)
         return self._sum(dist.log_prob(actions)), self._sum(dist.entropy())
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -94,6 +134,10 @@ class ActionDistribution:
 
     def to_env(self, action: np.ndarray) -> object:
         """Convert one stored action into what ``env.step`` expects."""
-        if self.kind == "categorical":
-            return action  # a numpy integer: gymnasium's fast path for Discrete.contains
+        if self.kind == "categorical":  # a numpy integer: gymnasium's fast path for Discrete.contains
+            return action + self.start if self.start else action
+        if self.kind == "multi_categorical":
+            return action + self.start
+        if self.kind == "bernoulli":
+            return action.astype(np.int8)
         return np.clip(action, self.low, self.high)

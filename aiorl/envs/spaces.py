@@ -1,8 +1,18 @@
 """Turn gymnasium spaces into what the policy sees and what the env receives.
 
-Observations become float32 arrays of a fixed shape (``ObservationEncoder``);
-the action space decides the action distribution (see :mod:`aiorl.distributions`).
-Unsupported spaces are rejected here, before any worker starts.
+Observations become float32 arrays of a fixed shape (:class:`ObservationEncoder`):
+
+- ``Box``: its own shape (so image observations keep their layout for a CNN);
+- ``Discrete(n)``: a one-hot vector of ``n``;
+- ``MultiDiscrete``: the one-hot vectors of its components, concatenated;
+- ``MultiBinary(n)``: ``n`` zeros and ones;
+- ``Dict`` and ``Tuple`` of these: flattened and concatenated (``gymnasium.spaces.flatten``
+  order: Dict keys sorted), a 1-D vector. A custom policy that wants the structure can
+  unflatten with ``gymnasium.spaces.unflatten``.
+
+The action space decides the action distribution (see :mod:`aiorl.distributions`).
+Unsupported spaces (``Text``, ``Graph``, ``Sequence``, ...) are rejected here, before
+any worker starts.
 """
 
 from __future__ import annotations
@@ -14,46 +24,78 @@ import numpy as np
 
 from aiorl.errors import ConfigError
 
-SUPPORTED_OBSERVATION_SPACES = ("Box", "Discrete")
-SUPPORTED_ACTION_SPACES = ("Box", "Discrete")
+OBSERVATION_SPACES = (
+    gym.spaces.Box,
+    gym.spaces.Discrete,
+    gym.spaces.MultiDiscrete,
+    gym.spaces.MultiBinary,
+    gym.spaces.Dict,
+    gym.spaces.Tuple,
+)
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.Box, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return ", ".join(kind.__name__ for kind in kinds)
+
+
+def _check_observation_space(space: gym.Space, path: str = "observation_space") -> None:
+    if isinstance(space, gym.spaces.Dict):
+        for key, sub in space.spaces.items():
+            _check_observation_space(sub, f"{path}[{key!r}]")
+    elif isinstance(space, gym.spaces.Tuple):
+        for index, sub in enumerate(space.spaces):
+            _check_observation_space(sub, f"{path}[{index}]")
+    elif not isinstance(space, OBSERVATION_SPACES):
+        raise ConfigError(f"{path}={space!r} is not supported; supported: {_names(OBSERVATION_SPACES)}")
+    elif isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim != 1:
+        raise ConfigError(f"{path}={space!r} is not supported: MultiDiscrete must be 1-D")
 
 
 @dataclass(frozen=True, slots=True)
 class ObservationEncoder:
-    """Encodes one raw observation into a float32 array of ``shape``.
+    """Encodes one raw observation into a float32 array of :attr:`shape`.
 
-    ``Box`` observations keep their shape; ``Discrete(n)`` becomes a one-hot vector of ``n``.
+    Attributes:
+        shape: the encoded shape.
+        space: the raw observation space.
+        kind: ``"box"`` (copy), ``"one_hot"`` (Discrete) or ``"flatten"`` (everything
+            else, through ``gymnasium.spaces.flatten``).
     """
 
     shape: tuple[int, ...]
-    one_hot: int | None = None
+    space: gym.Space
+    kind: str
 
     @classmethod
     def for_space(cls, space: gym.Space) -> ObservationEncoder:
         """Build the encoder for ``space`` or raise :class:`ConfigError` naming it."""
+        _check_observation_space(space)
         if isinstance(space, gym.spaces.Box):
-            return cls(shape=tuple(int(d) for d in space.shape))
+            return cls(shape=tuple(int(d) for d in space.shape), space=space, kind="box")
         if isinstance(space, gym.spaces.Discrete):
-            return cls(shape=(int(space.n),), one_hot=int(space.n))
-        raise ConfigError(
-            f"observation_space={space!r} is not supported; supported: {', '.join(SUPPORTED_OBSERVATION_SPACES)}"
-        )
+            return cls(shape=(int(space.n),), space=space, kind="one_hot")
+        size = int(gym.spaces.flatdim(space))
+        return cls(shape=(size,), space=space, kind="flatten")
 
     def encode_into(self, obs: object, out: np.ndarray) -> None:
-        """Write ``obs`` into ``out`` (a float32 array of :attr:`shape`) without allocating."""
-        if self.one_hot is not None:
-            out[:] = 0.0
-            out[int(obs)] = 1.0  # type: ignore[call-overload]
-        else:
+        """Write ``obs`` into ``out`` (a float32 array of :attr:`shape`) in place."""
+        if self.kind == "box":
             out[...] = obs
+        elif self.kind == "one_hot":
+            out[:] = 0.0
+            out[int(obs) - int(self.space.start)] = 1.0  # type: ignore[attr-defined, call-overload]
+        else:
+            out[:] = gym.spaces.flatten(self.space, obs)
 
 
 def check_action_space(space: gym.Space) -> None:
     """Raise :class:`ConfigError` unless aiorl has a distribution for ``space``."""
-    if isinstance(space, gym.spaces.Discrete):
-        return
-    if isinstance(space, gym.spaces.Box):
-        if len(space.shape) != 1:
-            raise ConfigError(f"action_space={space!r} is not supported: Box actions must be 1-D")
-        return
-    raise ConfigError(f"action_space={space!r} is not supported; supported: {', '.join(SUPPORTED_ACTION_SPACES)}")
+    if not isinstance(space, ACTION_SPACES):
+        raise ConfigError(f"action_space={space!r} is not supported; supported: {_names(ACTION_SPACES)}")
+    if isinstance(space, gym.spaces.Box) and len(space.shape) != 1:
+        raise ConfigError(f"action_space={space!r} is not supported: Box actions must be 1-D")
+    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim != 1:
+        raise ConfigError(f"action_space={space!r} is not supported: MultiDiscrete must be 1-D")
+    if isinstance(space, gym.spaces.MultiBinary) and np.ndim(space.n) != 0:
+        raise ConfigError(f"action_space={space!r} is not supported: MultiBinary must be 1-D")

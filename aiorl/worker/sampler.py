@@ -71,6 +71,7 @@ class EnvSampler:
         k = spec.layout.num_envs
         self.envs: list[gym.Env] = []
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
+        self.final_obs = np.zeros_like(self.obs)  # encoded final observations of truncated episodes
         # Per-env state as plain lists: the hot loop touches them once per env and step.
         self.episode_return = [0.0] * k
         self.episode_length = [0] * k
@@ -129,15 +130,17 @@ class EnvSampler:
         arrays["trunc_values"][t] = 0.0
         k = len(self.envs)
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
-        final_obs: list[tuple[int, object]] = []
+        final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         for i, env in enumerate(self.envs):
             self.env_steps[i] += 1
             try:
                 obs, reward, term, trunc, _ = env.step(to_env(actions_np[i]))
-                if (term or trunc) and not np.isfinite(np.asarray(obs, dtype=np.float64)).all():
-                    # The batch check below never sees a final observation: check it here.
-                    raise FloatingPointError(f"env {i} returned a non-finite observation")
+                if trunc and not term:  # bootstrap from V(final observation), checked here
+                    final = self.final_obs[len(final_rows)]
+                    encode(obs, final)
+                    if not np.isfinite(final).all():
+                        raise FloatingPointError(f"env {i} returned a non-finite observation")
             except Exception as exc:
                 obs = self._recover(i, exc, arrays, t, summary)
                 truncated[i] = True  # an inert, masked row: no reward, no bootstrap
@@ -154,7 +157,7 @@ class EnvSampler:
                 self.episode_start[i] = t + 1
                 self.failures[i] = 0
                 if trunc and not term:
-                    final_obs.append((i, obs))
+                    final_rows.append(i)
                 try:
                     obs, _ = env.reset()
                 except Exception as exc:
@@ -168,8 +171,10 @@ class EnvSampler:
         self.total_steps += k
         if self.progress is not None:  # counted once the step's row is fully written
             self.progress.add(self.spec.worker_id, k)
-        if final_obs:
-            arrays["trunc_values"][t, [i for i, _ in final_obs]] = self._values_of([o for _, o in final_obs])
+        if final_rows:
+            with torch.no_grad():
+                final_values = evaluate(self.policy, torch.from_numpy(self.final_obs[: len(final_rows)]))[1]
+            arrays["trunc_values"][t, final_rows] = final_values.numpy()
 
     def _recover(
         self,
@@ -232,13 +237,6 @@ class EnvSampler:
         if not arrays["valid"][t, i]:  # the row is part of the broken episode: make it inert
             arrays["rewards"][t, i], arrays["terminated"][t, i], arrays["truncated"][t, i] = 0.0, False, True
         self.encoder.encode_into(obs, self.obs[i])
-
-    def _values_of(self, raw_obs: list[object]) -> np.ndarray:
-        batch = np.zeros((len(raw_obs), *self.spec.layout.obs_shape), dtype=np.float32)
-        for row, obs in enumerate(raw_obs):
-            self.encoder.encode_into(obs, batch[row])
-        with torch.no_grad():
-            return evaluate(self.policy, torch.from_numpy(batch))[1].numpy()
 
     def close(self) -> None:
         """Close every env, ignoring errors from envs that are already broken."""
