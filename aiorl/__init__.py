@@ -22,6 +22,7 @@ from aiorl.errors import (
     WorkerRestartError,
     WorkerStartError,
 )
+from aiorl.evaluation import EvalResult
 from aiorl.models import ActorCritic
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
@@ -34,6 +35,7 @@ __all__ = [
     "AiorlError",
     "ConfigError",
     "EnvError",
+    "EvalResult",
     "LagStats",
     "LearnerError",
     "TrainResult",

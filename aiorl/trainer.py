@@ -36,7 +36,8 @@ from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
-from aiorl.models import ActorCritic, num_weights, validate_policy
+from aiorl.evaluation import EvalResult, play_episodes
+from aiorl.models import ActorCritic, assign_flat, num_weights, validate_policy
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
 
@@ -45,6 +46,7 @@ T = TypeVar("T")
 
 EXECUTOR_SHUTDOWN_S = 60.0
 RUN_STOP_WAIT_S = 60.0
+EVAL_SEED_OFFSET = 1_000_000_007
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +402,35 @@ class Trainer:
             started = time.monotonic()
             taken = await _supervised(running, running.consumer.drain(total_steps), broadcast=False)
             return taken / (time.monotonic() - started)
+
+    async def evaluate(self, episodes: int = 10, *, deterministic: bool = True, seed: int | None = None) -> EvalResult:
+        """Play ``episodes`` episodes with the newest published policy, on separate envs.
+
+        Runs in a thread of this process, with a snapshot of the policy, so collection and
+        learning go on meanwhile (it may be called while ``run()`` is in progress, from
+        another task). ``deterministic`` plays the most likely action; otherwise actions are
+        sampled. Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus
+        a large offset, apart from the training envs).
+        """
+        if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
+            raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
+        if self._running is not None:  # the learner may be mid-update: use the published weights
+            weights, version = self._running.consumer.last_weights, self._running.consumer.version
+        else:
+            weights, version = self._learner.weights(), self._version
+        policy = copy.deepcopy(self._policy_template)
+        assign_flat(policy, weights)
+        return await asyncio.to_thread(
+            play_episodes,
+            self.env_factory,
+            self.obs_encoder,
+            self.dist,
+            policy,
+            episodes=episodes,
+            deterministic=deterministic,
+            seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
+            policy_version=version,
+        )
 
 
 async def _supervised(running: _Running, work: Coroutine[Any, Any, T], *, broadcast: bool) -> T:
