@@ -38,6 +38,7 @@ from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.models import ActorCritic, assign_flat, num_weights, validate_policy
+from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
 
@@ -157,6 +158,16 @@ class Trainer:
         self._version = 0
         self._running: _Running | None = None
         self._run_lock = asyncio.Lock()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Trainer:
+        """A trainer with the tuned settings of :data:`aiorl.presets.PRESETS` ``[name]``.
+
+        ``overrides`` replace trainer options (``seed=1``) or the algorithm (``algo=...``).
+        """
+        preset = get_preset(name)
+        algo = overrides.pop("algo", preset.algo)
+        return cls(preset.env, algo, **{**preset.options, **overrides})
 
     # ---- public state --------------------------------------------------------------------
     @property

@@ -24,3 +24,24 @@ async def test_strict_on_policy_ppo_also_learns_cartpole():
     result = await trainer.run(total_steps=400_000, target_return=475)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
     assert result.policy_lag is not None and result.policy_lag.max == 0
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_pendulum_preset_reaches_minus_300():
+    trainer = Trainer.from_preset("Pendulum-v1", seed=0)
+    result = await trainer.run(total_steps=600_000, target_return=-300)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_acrobot_preset_reaches_minus_100():
+    trainer = Trainer.from_preset("Acrobot-v1", seed=0)
+    result = await trainer.run(total_steps=400_000, target_return=-100)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"preset='Pong' is unknown; known presets: Acrobot-v1, CartPole-v1"):
+        Trainer.from_preset("Pong")

@@ -1,0 +1,61 @@
+"""Named, tuned settings for well-known tasks: ``Trainer.from_preset("Pendulum-v1")``.
+
+Each preset is an algorithm config plus trainer options, tuned on a 2-core machine
+(see the README's learning table). Any option can be overridden by keyword.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiorl.algos import PPO, Algorithm
+from aiorl.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """An environment id with the algorithm and trainer options that solve it well.
+
+    Attributes:
+        env: the gymnasium id.
+        algo: the algorithm config.
+        options: :class:`~aiorl.config.TrainerConfig` fields.
+        target_return: the mean return regarded as solved.
+    """
+
+    env: str
+    algo: Algorithm
+    options: dict[str, Any] = field(default_factory=dict)
+    target_return: float | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    "CartPole-v1": Preset(
+        env="CartPole-v1",
+        algo=PPO(),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
+        target_return=475.0,
+    ),
+    "Acrobot-v1": Preset(
+        env="Acrobot-v1",
+        algo=PPO(),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
+        target_return=-100.0,
+    ),
+    "Pendulum-v1": Preset(
+        env="Pendulum-v1",
+        algo=PPO(gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, update_epochs=10, num_minibatches=16),
+        options={"num_workers": 2, "envs_per_worker": 8, "rollout_length": 128},
+        target_return=-250.0,
+    ),
+}
+"""Preset name -> preset. Names are the gymnasium ids they solve."""
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (raises :class:`ConfigError` listing the known names)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"preset={name!r} is unknown; known presets: {', '.join(sorted(PRESETS))}") from None
