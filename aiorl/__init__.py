@@ -23,7 +23,7 @@ from aiorl.errors import (
     WorkerStartError,
 )
 from aiorl.evaluation import EvalResult
-from aiorl.models import ActorCritic
+from aiorl.models import ActorCritic, CNNActorCritic
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
 
@@ -33,6 +33,7 @@ __all__ = [
     "PPO",
     "ActorCritic",
     "AiorlError",
+    "CNNActorCritic",
     "ConfigError",
     "EnvError",
     "EvalResult",

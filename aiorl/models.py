@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -81,6 +82,66 @@ class ActorCritic(nn.Module):
         if self.gaussian:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
         return out, self.critic(x).squeeze(-1)
+
+
+class CNNActorCritic(nn.Module):
+    """A small convolutional actor-critic for image observations (default for 3-D ``Box``).
+
+    Two strided 3x3 convolutions and a 256-unit layer, shared by the actor and critic
+    heads. Images may be channel-last (``H, W, C`` with ``C <= 4``, as gymnasium's Atari
+    and most renderers give them) or channel-first; ``uint8`` images are scaled to [0, 1].
+
+    Args:
+        obs_shape: shape of one image observation.
+        dist: the action distribution, which fixes the actor's output width.
+        scale: factor applied to observations (``1/255`` for ``uint8`` images).
+        log_std_init: initial log standard deviation for Gaussian actions.
+    """
+
+    def __init__(
+        self, obs_shape: Sequence[int], dist: ActionDistribution, scale: float = 1.0, log_std_init: float = 0.0
+    ) -> None:
+        super().__init__()
+        if len(obs_shape) != 3:
+            raise ConfigError(f"CNNActorCritic needs 3-D image observations, got obs_shape={tuple(obs_shape)}")
+        self.channel_last = obs_shape[-1] <= 4 < obs_shape[0]
+        channels = obs_shape[-1] if self.channel_last else obs_shape[0]
+        self.scale = scale
+        self.trunk = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.trunk(self._to_nchw(torch.zeros(1, *obs_shape))).shape[1]
+        self.body = nn.Sequential(_layer(flat, 256, np.sqrt(2.0)), nn.ReLU())
+        self.gaussian = dist.kind == "gaussian"
+        actor_outputs = dist.num_inputs // 2 if self.gaussian else dist.num_inputs
+        self.actor = _layer(256, actor_outputs, 0.01)
+        self.critic = _layer(256, 1, 1.0)
+        if self.gaussian:
+            self.log_std = nn.Parameter(torch.full((actor_outputs,), float(log_std_init)))
+
+    def _to_nchw(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.permute(0, 3, 1, 2) if self.channel_last else obs
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(dist_inputs, value)`` for a batch of images."""
+        hidden = self.body(self.trunk(self._to_nchw(obs * self.scale)))
+        out = self.actor(hidden)
+        if self.gaussian:
+            out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
+        return out, self.critic(hidden).squeeze(-1)
+
+
+def default_policy(obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution) -> nn.Module:
+    """The policy aiorl builds when none is given: a CNN for images, else an MLP."""
+    if isinstance(obs_space, gym.spaces.Box) and len(obs_shape) == 3:
+        scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+        return CNNActorCritic(obs_shape, dist, scale=scale)
+    return ActorCritic(obs_shape, dist)
 
 
 def weight_tensors(module: nn.Module) -> list[torch.Tensor]:

@@ -37,7 +37,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
-from aiorl.models import ActorCritic, assign_flat, num_weights, validate_policy
+from aiorl.models import assign_flat, default_policy, num_weights, validate_policy
 from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
@@ -150,7 +150,7 @@ class Trainer:
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
         if policy is None:
             torch.manual_seed(self.config.seed)
-            policy = ActorCritic(self.obs_encoder.shape, self.dist)
+            policy = default_policy(self.spaces.observation_space, self.obs_encoder.shape, self.dist)
         validate_policy(policy, self.obs_encoder.shape, self.dist)
         self.stats = TrainingStats(return_window=self.config.return_window)
         self._policy_template = copy.deepcopy(policy).cpu()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from aiorl import PPO, Trainer
+from aiorl import PPO, CNNActorCritic, Trainer
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import ObservationEncoder
 
@@ -128,4 +128,33 @@ class ParityEnv(gym.Env):
 async def test_structured_spaces_learn(env, target):
     trainer = Trainer(env, PPO(gamma=0.9), num_workers=2, envs_per_worker=8, rollout_length=32, seed=0)
     result = await trainer.run(total_steps=150_000, target_return=target)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+class SideEnv(gym.Env):
+    """A 12x12 uint8 image with one bright pixel; the action must name its half (1-step episodes)."""
+
+    observation_space = gym.spaces.Box(0, 255, (12, 12, 1), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        self.side = int(self.np_random.integers(2))
+        image = np.zeros((12, 12, 1), dtype=np.uint8)
+        image[self.np_random.integers(12), self.side * 6 + self.np_random.integers(6), 0] = 255
+        return image
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(action == self.side)
+        return self._obs(), reward, True, False, {}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_image_observations_get_a_cnn_that_learns():
+    trainer = Trainer(SideEnv, PPO(), num_workers=2, envs_per_worker=8, rollout_length=16, return_window=100, seed=0)
+    assert isinstance(trainer.policy, CNNActorCritic)
+    result = await trainer.run(total_steps=60_000, target_return=0.9)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
