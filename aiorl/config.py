@@ -39,6 +39,9 @@ class TrainerConfig:
     max_policy_lag: int | None = 4
     """Drop (and count) rollouts acted by a policy more than this many versions old;
     ``0`` is strict on-policy (workers wait for the newest weights); ``None`` keeps all."""
+    normalize_observations: bool = False
+    """Normalise observations by a running mean/std, kept with the policy's weights
+    (:class:`~aiorl.models.ObservationNormalizer`)."""
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None

@@ -136,6 +136,45 @@ class CNNActorCritic(nn.Module):
         return out, self.critic(hidden).squeeze(-1)
 
 
+class ObservationNormalizer(nn.Module):
+    """Wraps a policy: observations are normalised by a running mean and variance.
+
+    The statistics are float32 buffers, so they travel to the workers with the weights
+    and are saved in the policy's ``state_dict``. The learner calls :meth:`observe` with
+    each batch's observations before it trains on them. Normalised values are clipped to
+    ``[-clip, clip]``.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, policy: nn.Module, obs_shape: Sequence[int], clip: float = 10.0) -> None:
+        super().__init__()
+        self.policy = policy
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(tuple(obs_shape)))
+        self.register_buffer("var", torch.ones(tuple(obs_shape)))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    @torch.no_grad()
+    def observe(self, obs: torch.Tensor) -> None:
+        """Fold a batch ``[B, *obs_shape]`` into the running statistics (Chan et al.'s update)."""
+        batch_mean, batch_var, batch_count = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean += delta * batch_count / total
+        self.var.copy_(
+            (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
+        )
+        self.count.copy_(total)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise ``obs`` and run the wrapped policy."""
+        normalised = ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
+        return self.policy(normalised)
+
+
 def default_policy(obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution) -> nn.Module:
     """The policy aiorl builds when none is given: a CNN for images, else an MLP."""
     if isinstance(obs_space, gym.spaces.Box) and len(obs_shape) == 3:

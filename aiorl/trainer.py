@@ -37,7 +37,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
-from aiorl.models import assign_flat, default_policy, num_weights, validate_policy
+from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
 from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
 from aiorl.worker import WorkerSpec
@@ -152,6 +152,8 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             policy = default_policy(self.spaces.observation_space, self.obs_encoder.shape, self.dist)
         validate_policy(policy, self.obs_encoder.shape, self.dist)
+        if self.config.normalize_observations:
+            policy = ObservationNormalizer(policy, self.obs_encoder.shape)
         self.stats = TrainingStats(return_window=self.config.return_window)
         self._policy_template = copy.deepcopy(policy).cpu()
         self._learner = self.algo.make_learner(copy.deepcopy(policy), self.dist, self.config.device)

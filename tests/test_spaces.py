@@ -10,6 +10,7 @@ import torch
 from aiorl import PPO, CNNActorCritic, Trainer
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import ObservationEncoder
+from aiorl.models import ObservationNormalizer
 
 
 @pytest.mark.parametrize(
@@ -158,3 +159,23 @@ async def test_image_observations_get_a_cnn_that_learns():
     assert isinstance(trainer.policy, CNNActorCritic)
     result = await trainer.run(total_steps=60_000, target_return=0.9)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+def test_observation_normalizer_tracks_running_mean_and_variance():
+    normalizer = ObservationNormalizer(torch.nn.Identity(), (2,))
+    data = torch.randn(1000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([10.0, -2.0])
+    for chunk in data.split(100):
+        normalizer.observe(chunk)
+    torch.testing.assert_close(normalizer.mean, data.mean(0), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(normalizer.var, data.var(0, unbiased=False), atol=1e-2, rtol=1e-3)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_normalized_observations_reach_workers_with_the_weights():
+    trainer = Trainer("Pendulum-v1", normalize_observations=True, num_workers=2, envs_per_worker=4, rollout_length=32)
+    assert isinstance(trainer.policy, ObservationNormalizer)
+    async with trainer:
+        await trainer.run(total_steps=2_000)
+        evaluation = await trainer.evaluate(episodes=1)
+    assert float(trainer.policy.count) > 2_000 and float(trainer.policy.var[2]) > 1.0  # angular velocity
+    assert np.isfinite(evaluation.mean_return)
