@@ -126,6 +126,20 @@ async def test_a_nan_observation_is_handled_like_an_env_error():
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.parametrize(
+    ("fault", "at", "method"),
+    [("nan_reward", 40, "step"), ("nan", 30, "step"), ("nan", 2, "reset")],  # step 40 ends an episode
+)
+async def test_non_finite_rewards_and_observations_anywhere_are_env_errors(fault, at, method):
+    env = functools.partial(FaultyEnv, COUNTING_ENV_ID, fault, at, method=method, workers=None, incarnations=None)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        result = await trainer.run(total_steps=3_000)
+        assert trainer.stats.env_errors >= 2 and result.worker_restarts == 0
+        assert np.isfinite(result.mean_return)
+        assert_accounted(trainer, result)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_an_env_constructor_that_raises_in_a_worker_fails_clearly_without_restarts():
     env = faulty("raise", at=1, method="init", workers=(1,))
     trainer = Trainer(env, QUICK_PPO, **FAST)

@@ -6,10 +6,12 @@ The autouse ``no_leaks`` fixture (conftest.py) checks every test here after it e
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -100,6 +102,7 @@ def test_parent_killed_workers_exit_on_their_own(tmp_path):
 
     assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if _alive(pid)]}"
     assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
+    assert glob.glob(f"{tempfile.gettempdir()}/aiorl_{process.pid}_*") == [], "stack files left behind"
     process.stdout.close()
     process.stderr.close()
 

@@ -127,6 +127,7 @@ class Consumer:
         self.log_interval_s = log_interval_s
         self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
         self.in_batch: list[ReadyRollout] = []
+        self.in_flight = 0  # env steps of the batch the learner thread is working on
         self.version = 0
         self.last_weights = learner.weights()
         self.lag_min: int | None = None
@@ -176,23 +177,30 @@ class Consumer:
         future = asyncio.get_running_loop().run_in_executor(
             self.executor, self._learn, batch, goal.progress(self.stats)
         )
+        self.in_flight = batch.env_steps
         try:
             try:
                 metrics, weights = await asyncio.shield(future)
             except asyncio.CancelledError:
                 # The update goes on in its thread whatever happens here: let it finish
                 # (bounded) so the learner and the published version agree, then give in.
+                # A second cancellation skips this; close() then counts the batch as discarded.
                 done, _ = await asyncio.wait({future}, timeout=CANCELLED_UPDATE_WAIT_S)
+                self.in_flight = 0
                 if future in done and not future.cancelled() and future.exception() is None:
                     self._apply(batch, future.result()[1])
                 else:
                     self.stats.discard(batch.env_steps, "shutdown")
+                    if future in done:  # it failed: undo whatever it changed
+                        self.learner.load_weights(self.last_weights)
                 raise
             except Exception as exc:
+                self.in_flight = 0
                 error = self._learner_failed(batch, exc)
                 if error is exc:
                     raise
                 raise error from exc
+            self.in_flight = 0
             lag = self._apply(batch, weights)
         finally:
             if self.strict:  # after the new weights are out (or the update failed): free the slots
@@ -254,7 +262,10 @@ class Consumer:
         return LagStats(self.lag_min, self._lag_sum / self._lag_count, self.lag_max)
 
     def discard_pending(self, reason: str) -> None:
-        """Count rollouts held in the unfinished batch as discarded (at shutdown)."""
+        """Count the unfinished batch (and an abandoned update's batch) as discarded (at shutdown)."""
+        if self.in_flight:
+            self.stats.discard(self.in_flight, reason)
+            self.in_flight = 0
         for rollout in self.in_batch:
             self.stats.discard(rollout.env_steps, reason)
         self.in_batch = []

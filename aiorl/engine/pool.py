@@ -59,6 +59,8 @@ log = logging.getLogger("aiorl")
 
 KILL_WAIT_S = 2.0
 """Seconds to wait for a process to go after SIGTERM or SIGKILL."""
+REAP_WAIT_S = 1.0
+"""Longest wait for an exited process to become reapable (spawn's sentinel fires a moment early)."""
 STACK_DUMP_WAIT_S = 1.0
 """Seconds to wait for a hung worker's stack dump."""
 
@@ -212,11 +214,17 @@ class WorkerPool:
         fd, stack_path = tempfile.mkstemp(prefix=f"aiorl_{os.getpid()}_w{seat.worker_id}_", suffix=".stack")
         os.close(fd)
         self.progress.reset(seat.worker_id)
+        process = None
         try:
             process, sock = start_worker(self.context, self.make_spec(seat.worker_id, seat.incarnation, stack_path))
             reader, writer = await asyncio.open_connection(sock=sock)
         except BaseException:
-            os.unlink(stack_path)
+            if process is not None:  # started, but we can't talk to it: it must not live on
+                sock.close()
+                process.kill()
+                process.join(KILL_WAIT_S)
+            with contextlib.suppress(OSError):
+                os.unlink(stack_path)
             raise
         handle = WorkerHandle(
             worker_id=seat.worker_id,
@@ -255,12 +263,17 @@ class WorkerPool:
     def _on_exit(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(handle.process.sentinel)
-        handle.process.join(0)  # reap it and read the exit code
-        handle.exitcode = handle.process.exitcode
-        handle.process.close()  # releases the sentinel fd: no fd growth across restarts
-        handle.exited.set()
-        # Backstop: the socket reports EOF at once on exit; make sure the reader ends anyway.
-        loop.call_later(0.5, handle.reader.feed_eof)
+        try:
+            handle.process.join(0)  # reap it and read the exit code
+            if handle.process.exitcode is None:  # spawn: the pipe closes just before it is reapable
+                handle.process.join(REAP_WAIT_S)
+            handle.exitcode = handle.process.exitcode
+            if handle.exitcode is not None:
+                handle.process.close()  # releases the sentinel fd: no fd growth across restarts
+        finally:
+            handle.exited.set()
+            # Backstop: the socket reports EOF at once on exit; make sure the reader ends anyway.
+            loop.call_later(0.5, handle.reader.feed_eof)
 
     async def _read_frames(self, seat: Seat, handle: WorkerHandle) -> None:
         while True:
@@ -356,7 +369,13 @@ class WorkerPool:
             return
         seat.incarnation += 1
         self.stats.worker_restarts += 1
-        await self._launch(seat)
+        try:
+            await self._launch(seat)
+        except Exception as exc:  # e.g. EMFILE, fork failure: end the run with a named error
+            error = WorkerStartError(f"worker {seat.worker_id} could not be restarted: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            log.error("%s", error)
+            self.fail(error)
 
     async def _watch(self, handle: WorkerHandle) -> None:
         """The watchdog: declare the process hung when it stays silent too long."""
@@ -365,9 +384,11 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check_s):
                     await handle.exited.wait()
+            if self.closing:
+                return  # close() ends every process itself
             limit = self.worker_timeout_s if handle.hello.is_set() else self.start_timeout_s
             silent = time.monotonic() - handle.last_frame
-            if handle.exited.is_set() or self.closing or silent <= limit:
+            if handle.exited.is_set() or silent <= limit:
                 continue
             handle.hang = WorkerHung(handle.worker_id, handle.pid, silent, await self._dump_stack(handle))
             log.error("%s", handle.hang)

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
-Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan"]
-FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan")
+Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward"]
+FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward")
 
 
 class InjectedFault(RuntimeError):
@@ -43,7 +43,8 @@ class FaultyEnv(gym.Wrapper):
         env_id: the wrapped gymnasium env.
         fault: ``"raise"`` (:class:`InjectedFault`), ``"hang"`` (sleep forever),
             ``"kill"`` (SIGKILL its own process), ``"segfault"`` (SIGSEGV),
-            ``"exit"`` (``os._exit(1)``), ``"nan"`` (return a NaN observation).
+            ``"exit"`` (``os._exit(1)``), ``"nan"`` (return a NaN observation),
+            ``"nan_reward"`` (return a NaN reward; ``step`` only).
         at: fault on this call (1-based) of ``method``, counted per env instance.
         method: ``"step"``, ``"reset"``, or ``"init"`` (the constructor; ``at`` is ignored).
         workers, env_indices, incarnations: where the fault happens (``None``: everywhere).
@@ -92,21 +93,23 @@ class FaultyEnv(gym.Wrapper):
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.fault == "exit":
             os._exit(1)
-        return self.fault == "nan"
+        return True  # "nan" or "nan_reward": the caller corrupts its result
 
     def step(self, action: Any) -> Any:
         """Step the wrapped env, or misbehave on schedule."""
-        nan = self._maybe_fault("step")
+        corrupt = self._maybe_fault("step")
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if nan:
+        if corrupt and self.fault == "nan":
             obs = np.full_like(obs, np.nan)
+        if corrupt and self.fault == "nan_reward":
+            reward = float("nan")
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs: Any) -> Any:
         """Reset the wrapped env, or misbehave on schedule."""
-        nan = self._maybe_fault("reset")
+        corrupt = self._maybe_fault("reset")
         obs, info = self.env.reset(**kwargs)
-        if nan:
+        if corrupt and self.fault == "nan":
             obs = np.full_like(obs, np.nan)
         return obs, info
 

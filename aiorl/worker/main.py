@@ -54,14 +54,18 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     os.environ[INCARNATION_VARIABLE] = str(spec.incarnation)
     torch.set_num_threads(1)
     torch.manual_seed(spec.torch_seed())
-    with open(spec.stack_path, "w") as stack_file:
-        faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            code = loop.run_until_complete(Worker(spec, sock).serve())
-        finally:
-            loop.close()
+    try:
+        with open(spec.stack_path, "w") as stack_file:
+            faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
+            loop = new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                code = loop.run_until_complete(Worker(spec, sock).serve())
+            finally:
+                loop.close()
+    finally:  # the trainer removes it too, unless it was killed
+        with contextlib.suppress(OSError):
+            os.unlink(spec.stack_path)
     sys.exit(code)
 
 

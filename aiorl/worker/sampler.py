@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 import traceback
@@ -72,6 +73,7 @@ class EnvSampler:
         self.envs: list[gym.Env] = []
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.final_obs = np.zeros_like(self.obs)  # encoded final observations of truncated episodes
+        self.probe = np.zeros(spec.layout.obs_shape, dtype=np.float32)  # checks a fresh env's first obs
         # Per-env state as plain lists: the hot loop touches them once per env and step.
         self.episode_return = [0.0] * k
         self.episode_length = [0] * k
@@ -93,6 +95,9 @@ class EnvSampler:
             raise EnvStepError(index, 0, exc) from exc
         try:
             obs, _ = env.reset(seed=seed)
+            self.encoder.encode_into(obs, self.probe)
+            if not np.isfinite(self.probe).all():
+                raise FloatingPointError(f"env {index} returned a non-finite observation from reset")
         except Exception as exc:
             with contextlib.suppress(Exception):
                 env.close()
@@ -136,6 +141,9 @@ class EnvSampler:
             self.env_steps[i] += 1
             try:
                 obs, reward, term, trunc, _ = env.step(to_env(actions_np[i]))
+                reward = float(reward)
+                if not math.isfinite(reward):
+                    raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
                 if trunc and not term:  # bootstrap from V(final observation), checked here
                     final = self.final_obs[len(final_rows)]
                     encode(obs, final)
@@ -146,7 +154,6 @@ class EnvSampler:
                 truncated[i] = True  # an inert, masked row: no reward, no bootstrap
                 encode(obs, self.obs[i])
                 continue
-            reward = float(reward)
             self.episode_return[i] += reward
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
@@ -166,7 +173,7 @@ class EnvSampler:
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
-        if not (np.isfinite(self.obs).all() and np.isfinite(arrays["rewards"][t]).all()):
+        if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
             self._recover_non_finite(arrays, t, summary)
         self.total_steps += k
         if self.progress is not None:  # counted once the step's row is fully written
@@ -224,12 +231,11 @@ class EnvSampler:
         return obs
 
     def _recover_non_finite(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
-        """Treat an env that produced a NaN/inf observation or reward like one that raised."""
-        rewards = arrays["rewards"][t]
-        bad_obs = np.asarray(~np.isfinite(self.obs.reshape(len(self.envs), -1)).all(axis=1))
-        for i in np.flatnonzero(bad_obs | ~np.isfinite(rewards)):
-            what = "observation" if bad_obs[i] else "reward"
-            self._fail_step(int(i), FloatingPointError(f"env {i} returned a non-finite {what}"), arrays, t, summary)
+        """Treat an env whose next observation is NaN/inf like one that raised."""
+        bad = ~np.isfinite(self.obs.reshape(len(self.envs), -1)).all(axis=1)
+        for i in np.flatnonzero(bad):
+            error = FloatingPointError(f"env {i} returned a non-finite observation")
+            self._fail_step(int(i), error, arrays, t, summary)
 
     def _fail_step(self, i: int, exc: Exception, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
         """Env ``i`` broke during step ``t`` (seen after the row was written): start it afresh."""
