@@ -113,3 +113,13 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_spawn_start_method_trains_replaces_and_closes():
+    async with Trainer("CartPole-v1", QUICK_PPO, start_method="spawn", restart_backoff_s=0.05, **SMALL) as trainer:
+        await trainer.run(total_steps=500)
+        os.kill(trainer.worker_pids[0], signal.SIGKILL)
+        while trainer.stats.worker_restarts == 0:
+            await trainer.run(total_steps=200)
+    assert trainer.worker_pids == {}
