@@ -8,7 +8,7 @@ Quick start::
     print(result.mean_return)
 """
 
-from aiorl.algos import PPO
+from aiorl.algos import APPO, PPO
 from aiorl.config import TrainerConfig
 from aiorl.engine.consumer import LagStats, UpdateReport
 from aiorl.errors import (
@@ -30,6 +30,7 @@ from aiorl.trainer import Trainer, TrainResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "APPO",
     "PPO",
     "ActorCritic",
     "AiorlError",

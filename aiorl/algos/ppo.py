@@ -133,7 +133,7 @@ class PPOLearner:
         steps, envs = batch.rewards.shape
         obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
         observe = getattr(self.policy, "observe", None)
-        if observe is not None:  # running observation statistics (ObservationNormalizer)
+        if observe is not None and batch.valid.any():  # running statistics (ObservationNormalizer)
             observe(obs[self._tensor(batch.valid.reshape(-1))])
         with torch.no_grad():
             values = evaluate(self.policy, obs)[1].reshape(steps, envs)
