@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.surrogate import Targets, explained_variance, optimise_clipped_surrogate, set_learning_rate
 from aiorl.algos.vtrace import vtrace
 from aiorl.distributions import ActionDistribution
-from aiorl.errors import ConfigError, LearnerError
+from aiorl.errors import ConfigError
 from aiorl.models import assign_flat, evaluate, flat_weights
 
 
@@ -140,9 +141,7 @@ class APPOLearner:
                 they were before the failing minibatch).
         """
         cfg = self.config
-        lr = cfg.learning_rate * (1.0 - progress if cfg.lr_schedule == "linear" else 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = max(lr, 0.0)
+        lr = set_learning_rate(self.optimizer, cfg, progress)
 
         # Steps of an episode broken by an env error are masked out of the loss.
         trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
@@ -178,67 +177,22 @@ class APPOLearner:
             cfg.rho_bar,
             cfg.c_bar,
         )
-        b_logprobs = self._tensor(batch.logprobs).reshape(-1)
-        b_advantages = self._tensor(pg_advantages).reshape(-1)
-        b_vs = self._tensor(vs).reshape(-1)
-
-        # 2. PPO's epochs, on the valid steps only.
-        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
-        stats: dict[str, list[float]] = {name: [] for name in names}
-        for _epoch in range(cfg.update_epochs):
-            order = trainable[torch.randperm(size, device=self.device)]
-            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):
-                dist_inputs, new_value = evaluate(self.policy, obs[mb])
-                new_logprob, entropy = self.dist.log_prob_entropy(dist_inputs, b_actions[mb])
-                log_ratio = new_logprob - b_logprobs[mb]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-
-                mb_adv = b_advantages[mb]
-                if cfg.normalize_advantages and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-
-                pg_loss = torch.max(
-                    -mb_adv * ratio,
-                    -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef),
-                ).mean()
-
-                if cfg.clip_value_loss:
-                    v_clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - b_vs[mb]) ** 2, (v_clipped - b_vs[mb]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - b_vs[mb]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
-                if not torch.isfinite(loss):
-                    source = "the observations" if not torch.isfinite(obs[mb]).all() else "the model"
-                    raise LearnerError(
-                        f"non-finite APPO loss (policy {pg_loss.item()}, value {v_loss.item()}, "
-                        f"entropy {entropy_loss.item()}) coming from {source}; the update was abandoned"
-                    )
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-
-                stats["policy_loss"].append(pg_loss.item())
-                stats["value_loss"].append(v_loss.item())
-                stats["entropy"].append(entropy_loss.item())
-                stats["approx_kl"].append(approx_kl.item())
-                stats["clipfrac"].append(clipfrac.item())
-
+        # 2. PPO's clipped surrogate against the behaviour policy, on V-trace's advantages.
+        targets = Targets(
+            obs=obs,
+            actions=b_actions,
+            behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),
+            old_values=b_values,
+            advantages=self._tensor(pg_advantages).reshape(-1),
+            returns=self._tensor(vs).reshape(-1),
+            trainable=trainable,
+        )
+        report = optimise_clipped_surrogate(self.policy, self.optimizer, self.dist, cfg, targets, name="APPO")
         valid = batch.valid
         log_ratios = target_logprobs[valid] - batch.logprobs[valid]
-        var_vs = float(np.var(vs[valid]))
-        residual = float(np.var(vs[valid] - values[valid]))
-        report = {name: float(np.mean(values_)) for name, values_ in stats.items()}
         report.update(
             learning_rate=lr,
-            explained_variance=float("nan") if var_vs == 0 else 1.0 - residual / var_vs,
+            explained_variance=explained_variance(vs, values, valid),
             rho_mean=float(np.mean(np.exp(np.minimum(log_ratios, math.log(cfg.rho_bar))))),
         )
         return report

@@ -11,6 +11,7 @@ Read it against the paper (and CleanRL's ``ppo.py``):
    ``L_clip = E[max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))]``;
    value loss ``0.5 * (V - R)^2`` (optionally clipped around the old value);
    ``loss = L_clip - c_ent * entropy + c_v * L_value``; clip the gradient norm; step.
+   (Step 2 lives in :mod:`aiorl.algos.surrogate`, shared with APPO.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch import nn
 
 from aiorl.algos.advantages import gae
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.surrogate import Targets, explained_variance, optimise_clipped_surrogate, set_learning_rate
 from aiorl.distributions import ActionDistribution
-from aiorl.errors import ConfigError, LearnerError
+from aiorl.errors import ConfigError
 from aiorl.models import assign_flat, evaluate, flat_weights
 
 
@@ -126,21 +128,25 @@ class PPOLearner:
                 they were before the failing minibatch).
         """
         cfg = self.config
-        lr = cfg.learning_rate * (1.0 - progress if cfg.lr_schedule == "linear" else 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = max(lr, 0.0)
+        lr = set_learning_rate(self.optimizer, cfg, progress)
+        # Steps of an episode broken by an env error are masked out of the loss.
+        trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
+        if trainable.numel() == 0:
+            return {"learning_rate": lr}
 
+        # 1. GAE with the critic as it is now (the data may be a few versions old).
         steps, envs = batch.rewards.shape
         obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
         observe = getattr(self.policy, "observe", None)
-        if observe is not None and batch.valid.any():  # running statistics (ObservationNormalizer)
-            observe(obs[self._tensor(batch.valid.reshape(-1))])
+        if observe is not None:  # running observation statistics (ObservationNormalizer)
+            observe(obs[trainable])
         with torch.no_grad():
             values = evaluate(self.policy, obs)[1].reshape(steps, envs)
             next_value = evaluate(self.policy, self._tensor(batch.next_obs))[1]
+        values_np = values.cpu().numpy()
         advantages, returns = gae(
             batch.rewards,
-            values.cpu().numpy(),
+            values_np,
             next_value.cpu().numpy(),
             batch.terminated,
             batch.truncated,
@@ -149,71 +155,16 @@ class PPOLearner:
             cfg.gae_lambda,
         )
 
-        b_actions = self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:])
-        b_logprobs = self._tensor(batch.logprobs).reshape(-1)
-        b_advantages = self._tensor(advantages).reshape(-1)
-        b_returns = self._tensor(returns).reshape(-1)
-        b_values = values.reshape(-1)
-
-        # Steps of an episode broken by an env error are masked out of the loss.
-        trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
-        size = int(trainable.numel())
-        if size == 0:
-            return {"learning_rate": lr}
-        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
-        stats: dict[str, list[float]] = {name: [] for name in names}
-        for _epoch in range(cfg.update_epochs):
-            order = trainable[torch.randperm(size, device=self.device)]
-            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):
-                dist_inputs, new_value = evaluate(self.policy, obs[mb])
-                new_logprob, entropy = self.dist.log_prob_entropy(dist_inputs, b_actions[mb])
-                log_ratio = new_logprob - b_logprobs[mb]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-
-                mb_adv = b_advantages[mb]
-                if cfg.normalize_advantages and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-
-                pg_loss = torch.max(
-                    -mb_adv * ratio,
-                    -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef),
-                ).mean()
-
-                if cfg.clip_value_loss:
-                    v_clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
-                if not torch.isfinite(loss):
-                    source = "the observations" if not torch.isfinite(obs[mb]).all() else "the model"
-                    raise LearnerError(
-                        f"non-finite PPO loss (policy {pg_loss.item()}, value {v_loss.item()}, "
-                        f"entropy {entropy_loss.item()}) coming from {source}; the update was abandoned"
-                    )
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-
-                stats["policy_loss"].append(pg_loss.item())
-                stats["value_loss"].append(v_loss.item())
-                stats["entropy"].append(entropy_loss.item())
-                stats["approx_kl"].append(approx_kl.item())
-                stats["clipfrac"].append(clipfrac.item())
-            if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
-                break
-
-        valid = batch.valid
-        var_returns = float(np.var(returns[valid]))
-        residual = float(np.var(returns[valid] - values.cpu().numpy()[valid]))
-        explained = float("nan") if var_returns == 0 else 1.0 - residual / var_returns
-        report = {name: float(np.mean(values_)) for name, values_ in stats.items()}
-        report.update(learning_rate=lr, explained_variance=explained)
+        # 2. The clipped surrogate against the behaviour policy's recorded log-probs.
+        targets = Targets(
+            obs=obs,
+            actions=self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:]),
+            behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),
+            old_values=values.reshape(-1),
+            advantages=self._tensor(advantages).reshape(-1),
+            returns=self._tensor(returns).reshape(-1),
+            trainable=trainable,
+        )
+        report = optimise_clipped_surrogate(self.policy, self.optimizer, self.dist, cfg, targets, cfg.target_kl)
+        report.update(learning_rate=lr, explained_variance=explained_variance(returns, values_np, batch.valid))
         return report
