@@ -26,10 +26,16 @@ from torch import nn
 
 from aiorl.algos.advantages import gae
 from aiorl.algos.batch import RolloutBatch
-from aiorl.algos.surrogate import Targets, explained_variance, optimise_clipped_surrogate, set_learning_rate
+from aiorl.algos.surrogate import (
+    SurrogateLearner,
+    Targets,
+    explained_variance,
+    optimise_clipped_surrogate,
+    set_learning_rate,
+)
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
-from aiorl.models import assign_flat, evaluate, flat_weights
+from aiorl.models import evaluate
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,26 +103,12 @@ class PPO:
         return PPOLearner(self, policy, dist, device)
 
 
-class PPOLearner:
+class PPOLearner(SurrogateLearner):
     """Runs PPO updates on :class:`RolloutBatch` es. Pure torch; no asyncio here."""
 
     def __init__(self, config: PPO, policy: nn.Module, dist: ActionDistribution, device: str) -> None:
+        super().__init__(config, policy, dist, device)
         self.config = config
-        self.device = torch.device(device)
-        self.policy = policy.to(self.device)
-        self.dist = dist
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
-
-    def weights(self) -> np.ndarray:
-        """The policy's current weights as one flat float32 CPU array."""
-        return flat_weights(self.policy)
-
-    def load_weights(self, weights: np.ndarray) -> None:
-        """Overwrite the policy's weights with a flat array from :meth:`weights`."""
-        assign_flat(self.policy, weights)
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, device=self.device)
 
     def update(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
         """One PPO update on ``batch``; ``progress`` in [0, 1] drives the lr schedule.

@@ -22,7 +22,7 @@ from torch import nn
 
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import LearnerError
-from aiorl.models import evaluate
+from aiorl.models import assign_flat, evaluate, flat_weights
 
 
 class SurrogateConfig(Protocol):
@@ -156,3 +156,24 @@ def optimise_clipped_surrogate(
         if target_kl is not None and stats["approx_kl"][-1] > target_kl:
             break
     return {key: float(np.mean(values)) for key, values in stats.items()}
+
+
+class SurrogateLearner:
+    """What PPO's and APPO's learners share: the policy on its device, Adam, flat weights."""
+
+    def __init__(self, config: SurrogateConfig, policy: nn.Module, dist: ActionDistribution, device: str) -> None:
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.dist = dist
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+
+    def weights(self) -> np.ndarray:
+        """The policy's current weights as one flat float32 CPU array."""
+        return flat_weights(self.policy)
+
+    def load_weights(self, weights: np.ndarray) -> None:
+        """Overwrite the policy's weights with a flat array from :meth:`weights`."""
+        assign_flat(self.policy, weights)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
