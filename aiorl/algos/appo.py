@@ -34,6 +34,7 @@ from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
+    config_problems,
     explained_variance,
     optimise_clipped_surrogate,
     set_learning_rate,
@@ -81,39 +82,13 @@ class APPO:
     """Normalise advantages per minibatch to zero mean, unit std."""
 
     def __post_init__(self) -> None:
-        problems = []
-        positive = {
-            "learning_rate": self.learning_rate,
-            "rho_bar": self.rho_bar,
-            "c_bar": self.c_bar,
-            "clip_coef": self.clip_coef,
-            "max_grad_norm": self.max_grad_norm,
-        }
-        for name, value in positive.items():
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
-                problems.append(f"APPO.{name}={value!r} must be a finite number > 0")
-        if not (_is_number(self.gamma) and 0.0 <= self.gamma <= 1.0):
-            problems.append(f"APPO.gamma={self.gamma!r} must be in [0, 1]")
-        for name in ("ent_coef", "vf_coef"):
-            value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
-                problems.append(f"APPO.{name}={value!r} must be a finite number >= 0")
-        for name in ("update_epochs", "num_minibatches"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                problems.append(f"APPO.{name}={value!r} must be an integer >= 1")
-        if self.lr_schedule not in ("constant", "linear"):
-            problems.append(f"APPO.lr_schedule={self.lr_schedule!r} must be 'constant' or 'linear'")
+        problems = config_problems(self, positive=("rho_bar", "c_bar"), unit=("gamma",))
         if problems:
             raise ConfigError(problems)
 
     def make_learner(self, policy: nn.Module, dist: ActionDistribution, device: str) -> APPOLearner:
         """Build the learner that trains ``policy`` (moved to ``device``)."""
         return APPOLearner(self, policy, dist, device)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class APPOLearner(SurrogateLearner):

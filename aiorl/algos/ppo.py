@@ -16,7 +16,6 @@ Read it against the paper (and CleanRL's ``ppo.py``):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +28,7 @@ from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
+    config_problems,
     explained_variance,
     optimise_clipped_surrogate,
     set_learning_rate,
@@ -70,29 +70,7 @@ class PPO:
     """Stop the epochs of an update early once the approximate KL exceeds this."""
 
     def __post_init__(self) -> None:
-        problems = []
-        positive = {
-            "learning_rate": self.learning_rate,
-            "clip_coef": self.clip_coef,
-            "max_grad_norm": self.max_grad_norm,
-        }
-        for name, value in positive.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                problems.append(f"PPO.{name}={value!r} must be a finite number > 0")
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-                problems.append(f"PPO.{name}={value!r} must be in [0, 1]")
-        for name in ("ent_coef", "vf_coef"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                problems.append(f"PPO.{name}={value!r} must be a finite number >= 0")
-        for name in ("update_epochs", "num_minibatches"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                problems.append(f"PPO.{name}={value!r} must be an integer >= 1")
-        if self.lr_schedule not in ("constant", "linear"):
-            problems.append(f"PPO.lr_schedule={self.lr_schedule!r} must be 'constant' or 'linear'")
+        problems = config_problems(self, positive=(), unit=("gamma", "gae_lambda"))
         if self.target_kl is not None and not (self.target_kl > 0):
             problems.append(f"PPO.target_kl={self.target_kl!r} must be > 0 or None")
         if problems:

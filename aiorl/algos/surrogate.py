@@ -13,6 +13,7 @@ epochs over shuffled minibatches of the valid samples:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +75,40 @@ class Targets:
     advantages: torch.Tensor
     returns: torch.Tensor
     trainable: torch.Tensor
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def config_problems(cfg: object, *, positive: tuple[str, ...], unit: tuple[str, ...]) -> list[str]:
+    """Check an algorithm config's fields; return one message per bad field, naming it and its value.
+
+    ``positive`` fields must be finite numbers > 0, ``unit`` fields numbers in [0, 1];
+    the surrogate's own fields (coefficients, epochs, minibatches, schedule) are always checked.
+    """
+    kind = type(cfg).__name__
+    problems = []
+    for name in ("learning_rate", "clip_coef", "max_grad_norm", *positive):
+        value = getattr(cfg, name)
+        if not (_number(value) and value > 0):
+            problems.append(f"{kind}.{name}={value!r} must be a finite number > 0")
+    for name in unit:
+        value = getattr(cfg, name)
+        if not (_number(value) and 0.0 <= value <= 1.0):
+            problems.append(f"{kind}.{name}={value!r} must be in [0, 1]")
+    for name in ("ent_coef", "vf_coef"):
+        value = getattr(cfg, name)
+        if not (_number(value) and value >= 0):
+            problems.append(f"{kind}.{name}={value!r} must be a finite number >= 0")
+    for name in ("update_epochs", "num_minibatches"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            problems.append(f"{kind}.{name}={value!r} must be an integer >= 1")
+    schedule = getattr(cfg, "lr_schedule")  # noqa: B009 - any config object
+    if schedule not in ("constant", "linear"):
+        problems.append(f"{kind}.lr_schedule={schedule!r} must be 'constant' or 'linear'")
+    return problems
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: SurrogateConfig, progress: float) -> float:
