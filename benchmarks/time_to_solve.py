@@ -1,0 +1,634 @@
+"""Wall-clock time to solve a task: aiorl's presets against Stable-Baselines3 PPO with rl-zoo3's tuned settings.
+
+What is measured
+----------------
+Seconds of wall time until the mean return of the last 20 finished training
+episodes first reaches the task's target, and the env steps collected by then:
+
+- ``CartPole-v1``, target 475;
+- ``Pendulum-v1``, target -250.
+
+Per task the median over ``--seeds`` seeds (default 3) is reported for each
+system, with the ratio aiorl / SB3 of the medians (the goal is <= 0.5).
+
+Systems
+-------
+- ``aiorl``: ``aiorl.Trainer.from_preset(task, seed=seed)`` (the settings in
+  ``aiorl/presets.py``), then ``trainer.run(total_steps=1_000_000,
+  target_return=target)``. Episodes are counted by the trainer (its
+  ``return_window`` is 20). Note that aiorl's linear learning-rate schedule is
+  spread over the ``total_steps`` given to ``run()``.
+- ``SB3``: ``stable_baselines3.PPO`` with the hyperparameters of rl-zoo3's
+  ``hyperparams/ppo.yml`` (copied below in ``TASKS``; checked against the
+  rl-zoo3 2.9.2 wheel), on ``make_vec_env(task, n_envs, seed=seed)``, i.e. a
+  ``DummyVecEnv`` of ``Monitor``-wrapped envs as the zoo builds it. ``lin_X``
+  values are the zoo's ``linear_schedule(X)`` (``progress_remaining * X``). A
+  callback reads the ``Monitor`` episode returns after every env step and stops
+  ``learn()`` (returns ``False``) as soon as the last 20 average the target.
+  Everything else is left at SB3's defaults, torch's intra-op thread count
+  included (``--sb3-threads N`` sets it instead: with other load on the machine
+  SB3's default of one thread per core can be several times slower).
+  Budget: for tasks with linear schedules the zoo's ``n_timesteps`` (the
+  schedules reach 0 there, so nothing more could be learned); otherwise
+  ``--sb3-budget`` (default 3) times ``n_timesteps``.
+
+How
+---
+Everything runs in one process tree on the same machine, interleaved: for each
+seed, each task runs aiorl then SB3 (odd seed indices: SB3 then aiorl), so that
+drifting background load hits both systems alike. Two wall times are taken per
+run with ``time.perf_counter``:
+
+- ``time to solve`` (the headline, and the one the ratio uses): from before the
+  trainer / model is built until training stops. For aiorl this includes
+  building the trainer, starting the worker processes (``async with trainer``)
+  and training; for SB3 building the vector env and the model, and ``learn()``.
+  Shutdown after the target is reached is not counted (aiorl's is reported).
+- ``training``: aiorl's ``TrainResult.wall_time`` (inside ``run()``, workers
+  already up) and the wall time of SB3's ``learn()`` alone.
+
+The learner's share of training time is reported too: for aiorl the sum of the
+``update_s`` of every ``on_update`` report (updates run in a thread while the
+workers keep sampling), for SB3 the time spent outside rollout collection
+(``learn()`` minus the time between ``on_rollout_start`` and ``on_rollout_end``).
+
+Other processes busy on the machine distort the numbers. On Linux the CPU that
+processes outside this benchmark used during each run is measured from
+``/proc`` and reported as "other load"; before each run the script waits (up to
+``--quiet-wait`` seconds) for the machine to be idle.
+
+Run it (about 15-25 minutes on 2 cores; ``--quick`` runs one seed)::
+
+    python benchmarks/time_to_solve.py
+    python benchmarks/time_to_solve.py --quick
+    python benchmarks/time_to_solve.py --seeds 5 --tasks CartPole-v1
+
+It needs ``stable-baselines3`` (``pip install stable-baselines3``). It prints a
+markdown summary table, per-seed rows and the setup to stdout; progress goes to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import aiorl
+
+try:
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.exit("this benchmark needs stable-baselines3: pip install stable-baselines3")
+
+RETURN_WINDOW = 20
+"""Finished episodes averaged for the 'solved' test, for both systems."""
+AIORL_TOTAL_STEPS = 1_000_000
+"""aiorl's budget (``trainer.run(total_steps=...)``)."""
+QUIET_LOAD = 0.3
+"""Other processes' CPU use (cores) below which the machine counts as idle."""
+TARGET_RATIO = 0.5
+"""Goal: aiorl's median time to solve / SB3's <= this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task, its target and rl-zoo3's PPO hyperparameters for it (``hyperparams/ppo.yml``)."""
+
+    env: str
+    target: float
+    zoo: dict[str, Any]
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a zoo hyperparameter is a linear schedule (``lin_X``)."""
+        return any(isinstance(v, str) and v.startswith("lin_") for v in self.zoo.values())
+
+
+TASKS: dict[str, Task] = {
+    # rl-zoo3 2.9.2, hyperparams/ppo.yml
+    "CartPole-v1": Task(
+        env="CartPole-v1",
+        target=475.0,
+        zoo={
+            "n_envs": 8,
+            "n_timesteps": 100_000,
+            "policy": "MlpPolicy",
+            "n_steps": 32,
+            "batch_size": 256,
+            "gae_lambda": 0.8,
+            "gamma": 0.98,
+            "n_epochs": 20,
+            "ent_coef": 0.0,
+            "learning_rate": "lin_0.001",
+            "clip_range": "lin_0.2",
+        },
+    ),
+    "Pendulum-v1": Task(
+        env="Pendulum-v1",
+        target=-250.0,
+        zoo={
+            "n_envs": 4,
+            "n_timesteps": 100_000,
+            "policy": "MlpPolicy",
+            "n_steps": 1024,
+            "gae_lambda": 0.95,
+            "gamma": 0.9,
+            "n_epochs": 10,
+            "ent_coef": 0.0,
+            "learning_rate": 1e-3,
+            "clip_range": 0.2,
+            "use_sde": True,
+            "sde_sample_freq": 4,
+        },
+    ),
+}
+
+
+@dataclass(slots=True)
+class Run:
+    """One training run of one system on one task and seed."""
+
+    system: str
+    task: str
+    seed: int
+    solved: bool = False
+    solve_s: float = math.nan
+    """Wall time from before the trainer/model is built until training stopped."""
+    train_s: float = math.nan
+    """Wall time of training alone (aiorl: ``TrainResult.wall_time``; SB3: ``learn()``)."""
+    steps: int = 0
+    """Env steps collected."""
+    steps_trained: int | None = None
+    learner_s: float = math.nan
+    """Seconds in learner updates (see the module docstring)."""
+    updates: int = 0
+    start_s: float | None = None
+    """aiorl only: building the trainer and starting its workers."""
+    stop_s: float | None = None
+    """aiorl only: stopping the workers after training."""
+    final_return: float = math.nan
+    other_load: float | None = None
+    torch_threads: int = 0
+    error: str | None = None
+
+    @property
+    def time_or_inf(self) -> float:
+        return self.solve_s if self.solved else math.inf
+
+    @property
+    def learner_share(self) -> float:
+        return self.learner_s / self.train_s if self.train_s > 0 else math.nan
+
+
+# ---- other load ------------------------------------------------------------------------------
+
+
+class OtherLoadMeter:
+    """CPU used by everything but this process tree (Linux ``/proc`` only).
+
+    Other load = machine-wide busy CPU time minus the CPU time of this process and
+    its descendants (reaped children included, so aiorl's workers count even after
+    they exit), divided by the wall time.
+    """
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = os.path.exists("/proc/stat")
+
+    def snapshot(self) -> tuple[float, float, float] | None:
+        if not self.available:
+            return None
+        try:
+            return time.monotonic(), self._machine_busy(), self._tree_cpu(os.getpid())
+        except (OSError, ValueError, IndexError):
+            self.available = False
+            return None
+
+    @staticmethod
+    def cores(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
+        if start is None or end is None or end[0] <= start[0]:
+            return None
+        other = (end[1] - start[1]) - (end[2] - start[2])
+        return max(0.0, other / (end[0] - start[0]))
+
+    def _machine_busy(self) -> float:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / self.tick
+
+    def _tree_cpu(self, root: int) -> float:
+        parents: dict[int, int] = {}
+        cpu: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    text = stat.read()
+            except OSError:  # the process exited meanwhile
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            parents[int(entry)] = int(fields[1])
+            # utime + stime + cutime + cstime: reaped children's CPU moves to their parent.
+            cpu[int(entry)] = sum(int(x) for x in fields[11:15])
+        children: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            children.setdefault(parent, []).append(pid)
+        total, todo = 0, [root]
+        while todo:
+            pid = todo.pop()
+            total += cpu.get(pid, 0)
+            todo.extend(children.get(pid, ()))
+        return total / self.tick
+
+
+def wait_for_quiet(meter: OtherLoadMeter, max_wait_s: float) -> None:
+    """Wait (up to ``max_wait_s``) until other processes use less than ``QUIET_LOAD`` cores."""
+    deadline = time.monotonic() + max_wait_s
+    warned = False
+    while True:
+        start = meter.snapshot()
+        time.sleep(1.0)
+        load = meter.cores(start, meter.snapshot())
+        if load is None or load < QUIET_LOAD:
+            return
+        if time.monotonic() >= deadline:
+            _progress(f"  machine still busy ({load:.2f} cores used by other processes); running anyway")
+            return
+        if not warned:
+            _progress(f"  waiting for other processes to calm down ({load:.2f} cores busy)")
+            warned = True
+
+
+# ---- aiorl -----------------------------------------------------------------------------------
+
+
+async def aiorl_solve(task: Task, seed: int) -> Run:
+    """Train ``aiorl.Trainer.from_preset(task.env)`` until the target; time it."""
+    run = Run("aiorl", task.env, seed)
+    update_s: list[float] = []
+    t0 = time.perf_counter()
+    trainer = aiorl.Trainer.from_preset(task.env, seed=seed)
+    async with trainer:
+        t_started = time.perf_counter()
+        run.torch_threads = torch.get_num_threads()
+        result = await trainer.run(
+            total_steps=AIORL_TOTAL_STEPS,
+            target_return=task.target,
+            on_update=lambda report: update_s.append(report.update_s),
+        )
+        t_done = time.perf_counter()
+    run.stop_s = time.perf_counter() - t_done
+    run.start_s = t_started - t0
+    run.solved = result.reached_target
+    run.solve_s = t_done - t0
+    run.train_s = result.wall_time
+    run.steps = result.steps_collected
+    run.steps_trained = result.env_steps
+    run.learner_s = sum(update_s)
+    run.updates = result.updates
+    run.final_return = result.mean_return
+    return run
+
+
+# ---- Stable-Baselines3 -----------------------------------------------------------------------
+
+
+def linear_schedule(initial: float) -> Callable[[float], float]:
+    """rl-zoo3's ``linear_schedule``: ``progress_remaining * initial`` (1 at the start, 0 at the end)."""
+
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * initial
+
+    return schedule
+
+
+def zoo_kwargs(zoo: dict[str, Any]) -> dict[str, Any]:
+    """``stable_baselines3.PPO`` keyword arguments from zoo hyperparameters (``lin_X`` -> schedule)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in zoo.items():
+        if key in ("n_envs", "n_timesteps", "policy"):
+            continue
+        if isinstance(value, str) and value.startswith("lin_"):
+            value = linear_schedule(float(value.removeprefix("lin_")))
+        kwargs[key] = value
+    return kwargs
+
+
+class SolveCallback(BaseCallback):
+    """Stops ``learn()`` once the last ``RETURN_WINDOW`` Monitor episodes average ``target``; times rollouts."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+        self.returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
+        self.solved = False
+        self.rollout_s = 0.0
+        self.rollouts = 0
+        self._rollout_start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._rollout_start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.rollout_s += time.perf_counter() - self._rollout_start
+        self.rollouts += 1
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self.returns.append(float(episode["r"]))
+        if len(self.returns) == RETURN_WINDOW and statistics.fmean(self.returns) >= self.target:
+            self.solved = True
+            self.rollout_s += time.perf_counter() - self._rollout_start  # the rollout stops here
+            return False
+        return True
+
+
+def sb3_budget(task: Task, factor: float) -> int:
+    """SB3's ``total_timesteps``: the zoo's for scheduled tasks, else ``factor`` times it."""
+    n_timesteps = int(task.zoo["n_timesteps"])
+    return n_timesteps if task.scheduled else int(factor * n_timesteps)
+
+
+def sb3_solve(task: Task, seed: int, budget: int, threads: int | None = None) -> Run:
+    """Train SB3 PPO with the zoo's hyperparameters until the target or ``budget`` steps; time it.
+
+    ``threads``: torch intra-op threads for this run (``None``: leave torch's default).
+    """
+    if threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return sb3_solve(task, seed, budget)
+        finally:
+            torch.set_num_threads(previous)
+    run = Run("SB3", task.env, seed)
+    t0 = time.perf_counter()
+    env = make_vec_env(task.env, n_envs=task.zoo["n_envs"], seed=seed)  # DummyVecEnv + Monitor
+    try:
+        model = sb3.PPO(task.zoo["policy"], env, seed=seed, verbose=0, **zoo_kwargs(task.zoo))
+        model.set_logger(Logger(folder=None, output_formats=[]))  # as verbose=0, minus an empty /tmp/SB3-* dir
+        callback = SolveCallback(task.target)
+        run.torch_threads = torch.get_num_threads()
+        t_learn = time.perf_counter()
+        model.learn(total_timesteps=budget, callback=callback)
+        t_done = time.perf_counter()
+    finally:
+        env.close()
+    run.solved = callback.solved
+    run.solve_s = t_done - t0
+    run.train_s = t_done - t_learn
+    run.steps = model.num_timesteps
+    run.learner_s = run.train_s - callback.rollout_s
+    run.updates = callback.rollouts  # every completed rollout is followed by an update
+    run.final_return = statistics.fmean(callback.returns) if callback.returns else math.nan
+    return run
+
+
+# ---- driver ----------------------------------------------------------------------------------
+
+
+def timed(meter: OtherLoadMeter, system: str, task: Task, seed: int, work: Callable[[], Run]) -> Run:
+    """Run ``work``, recording other processes' load; a failure becomes an unsolved run."""
+    start = meter.snapshot()
+    try:
+        run = work()
+    except Exception as exc:
+        run = Run(system, task.env, seed, error=f"{type(exc).__name__}: {exc}")
+    run.other_load = meter.cores(start, meter.snapshot())
+    return run
+
+
+def run_all(args: argparse.Namespace) -> list[Run]:
+    meter = OtherLoadMeter()
+    runs: list[Run] = []
+    for index in range(args.seeds):
+        seed = args.first_seed + index
+        for name in args.tasks:
+            task = TASKS[name]
+            systems: list[tuple[str, Callable[[], Run]]] = [
+                ("aiorl", lambda task=task, seed=seed: aiorl.run(aiorl_solve(task, seed))),
+                (
+                    "SB3",
+                    lambda task=task, seed=seed: sb3_solve(
+                        task, seed, sb3_budget(task, args.sb3_budget), args.sb3_threads
+                    ),
+                ),
+            ]
+            if index % 2:
+                systems.reverse()
+            for system, work in systems:
+                wait_for_quiet(meter, args.quiet_wait)
+                _progress(f"seed {seed} {name} {system} ...")
+                run = timed(meter, system, task, seed, work)
+                runs.append(run)
+                _progress("  " + describe_run(run))
+    return runs
+
+
+def describe_run(run: Run) -> str:
+    if run.error is not None:
+        return f"failed: {run.error}"
+    state = "solved" if run.solved else "NOT solved"
+    load = "" if run.other_load is None else f", other load {run.other_load:.2f} cores"
+    return (
+        f"{state} in {run.solve_s:.1f} s ({run.steps:,} steps, training {run.train_s:.1f} s, "
+        f"learner {run.learner_share:.0%}, mean return {run.final_return:.1f}{load})"
+    )
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _seconds(value: float) -> str:
+    return "not solved" if math.isinf(value) else f"{value:.1f}"
+
+
+def _cell(runs: Sequence[Run]) -> str:
+    solved = sum(r.solved for r in runs)
+    median_s = _median([r.time_or_inf for r in runs])
+    median_steps = _median([r.steps for r in runs])
+    suffix = "" if solved == len(runs) else f", solved {solved}/{len(runs)}"
+    return f"{_seconds(median_s)} ({median_steps:,.0f}{suffix})"
+
+
+def render_summary(runs: Sequence[Run], tasks: Sequence[str]) -> str:
+    lines = [
+        "| task | target | aiorl median s (steps) | SB3 median s (steps) | ratio aiorl/SB3 (target <= 0.5) "
+        "| training-only ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in tasks:
+        ours = [r for r in runs if r.task == name and r.system == "aiorl"]
+        theirs = [r for r in runs if r.task == name and r.system == "SB3"]
+        a, b = _median([r.time_or_inf for r in ours]), _median([r.time_or_inf for r in theirs])
+        a_train = _median([r.train_s if r.solved else math.inf for r in ours])
+        b_train = _median([r.train_s if r.solved else math.inf for r in theirs])
+        lines.append(
+            f"| {name} | {TASKS[name].target:g} | {_cell(ours)} | {_cell(theirs)} | {_ratio(a, b, mark=True)} "
+            f"| {_ratio(a_train, b_train, mark=False)} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(ours: float, theirs: float, *, mark: bool) -> str:
+    if math.isinf(ours) or math.isinf(theirs) or math.isnan(ours) or math.isnan(theirs):
+        return "n/a"
+    ratio = ours / theirs
+    if not mark:
+        return f"{ratio:.2f}"
+    return f"**{ratio:.2f}** ({'met' if ratio <= TARGET_RATIO else 'missed'})"
+
+
+def render_runs(runs: Sequence[Run]) -> str:
+    lines = [
+        "| task | seed | system | solved | time to solve s | training s | start / stop s | env steps "
+        "| updates | learner share | final mean return | torch threads | other load (cores) |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(runs, key=lambda r: (r.task, r.seed, r.system)):
+        if r.error is not None:
+            lines.append(f"| {r.task} | {r.seed} | {r.system} | error: {r.error} |||||||||")
+            continue
+        start_stop = "-" if r.start_s is None else f"{r.start_s:.1f} / {r.stop_s:.1f}"
+        steps = f"{r.steps:,}" + ("" if r.steps_trained is None else f" ({r.steps_trained:,} trained)")
+        load = "n/a" if r.other_load is None else f"{r.other_load:.2f}"
+        lines.append(
+            f"| {r.task} | {r.seed} | {r.system} | {'yes' if r.solved else 'NO'} | {r.solve_s:.1f} "
+            f"| {r.train_s:.1f} | {start_stop} | {steps} | {r.updates} | {r.learner_share:.0%} "
+            f"| {r.final_return:.1f} | {r.torch_threads} | {load} |"
+        )
+    return "\n".join(lines)
+
+
+def describe_setup(args: argparse.Namespace) -> str:
+    versions = (
+        f"Python {platform.python_version()}, torch {torch.__version__}, gymnasium {gym.__version__}, "
+        f"numpy {np.__version__}, aiorl {aiorl.__version__}, stable-baselines3 {sb3.__version__}"
+    )
+    threads = "torch's default (left alone)" if args.sb3_threads is None else f"{args.sb3_threads} (--sb3-threads)"
+    budgets = ", ".join(f"{name} {sb3_budget(TASKS[name], args.sb3_budget):,}" for name in args.tasks)
+    return "\n".join(
+        [
+            f"- solved: mean return of the last {RETURN_WINDOW} finished training episodes >= target",
+            f"- aiorl: Trainer.from_preset(task, seed=seed).run(total_steps={AIORL_TOTAL_STEPS:,}, "
+            "target_return=target); time to solve includes building the trainer and starting its workers",
+            "- SB3: PPO with rl-zoo3 2.9.2 hyperparams/ppo.yml, make_vec_env (DummyVecEnv + Monitor), SB3 defaults "
+            f"otherwise; time to solve includes building the env and model; budget (env steps): {budgets}; "
+            f"torch threads: {threads}",
+            f"- seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, interleaved per seed and task "
+            "(aiorl first on even seed indices, SB3 first on odd); medians over seeds, unsolved runs count as infinite",
+            f"- machine: {os.cpu_count()} CPUs ({platform.machine()}); {versions}",
+        ]
+    )
+
+
+def render_warning(runs: Sequence[Run]) -> str | None:
+    loads = [r.other_load for r in runs if r.other_load is not None]
+    if not loads or max(loads) <= QUIET_LOAD:
+        return None
+    busy = sum(load > QUIET_LOAD for load in loads)
+    return (
+        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
+        f"{len(loads)} runs; rerun on an idle machine for numbers to rely on."
+    )
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Wall time to solve CartPole-v1 / Pendulum-v1: aiorl presets vs SB3 PPO (rl-zoo3 settings)."
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per task and system (default: 3)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="tasks to run (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="one seed per task and system")
+    parser.add_argument(
+        "--sb3-budget",
+        type=float,
+        default=3.0,
+        help="SB3's env-step budget as a multiple of the zoo's n_timesteps, for tasks without schedules (default: 3)",
+    )
+    parser.add_argument(
+        "--sb3-threads",
+        type=int,
+        help="torch intra-op threads for SB3 (default: leave torch's default, what SB3 users get)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait before each run for other processes to go idle (default: 60; 0: never wait)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = 1
+    if args.seeds < 1 or args.sb3_budget <= 0 or args.quiet_wait < 0 or (args.sb3_threads or 1) < 1:
+        parser.error("--seeds must be >= 1, --sb3-budget > 0, --quiet-wait >= 0 and --sb3-threads >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        runs = run_all(args)
+    except KeyboardInterrupt:
+        print("interrupted; every worker process was stopped", file=sys.stderr)
+        return 130
+    print("## Time to solve: aiorl presets vs Stable-Baselines3 PPO (rl-zoo3 hyperparameters)")
+    print()
+    print(describe_setup(args))
+    print()
+    print(render_summary(runs, args.tasks))
+    print()
+    print(render_runs(runs))
+    print()
+    print(
+        "time to solve = wall time from building the trainer/model to the target (the ratio uses it); "
+        "training = aiorl TrainResult.wall_time / SB3 learn(); start / stop = aiorl's worker start-up (with "
+        "building the trainer) and shutdown; learner share = aiorl: sum of on_update update_s (runs while "
+        "workers sample) / training, SB3: learn() time outside rollout collection / training."
+    )
+    warning = render_warning(runs)
+    if warning is not None:
+        print()
+        print(warning)
+    print()
+    print(f"total wall time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
