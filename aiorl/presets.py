@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiorl.algos import PPO, Algorithm
+from aiorl.algos import APPO, PPO, Algorithm
 from aiorl.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "CartPole-v1": Preset(
         env="CartPole-v1",
-        algo=PPO(),
+        algo=APPO(),
         options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
         target_return=475.0,
     ),
