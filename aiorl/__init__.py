@@ -11,6 +11,7 @@ Quick start::
 from aiorl.algos import APPO, PPO
 from aiorl.config import TrainerConfig
 from aiorl.engine.consumer import LagStats, UpdateReport
+from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.errors import (
     AiorlError,
     ConfigError,
@@ -34,12 +35,14 @@ __all__ = [
     "PPO",
     "ActorCritic",
     "AiorlError",
+    "AsyncEnv",
     "CNNActorCritic",
     "ConfigError",
     "EnvError",
     "EvalResult",
     "LagStats",
     "LearnerError",
+    "ThreadedEnv",
     "TrainResult",
     "TrainerClosed",
     "Trainer",

@@ -67,6 +67,21 @@ class TrainerConfig:
     env_error_limit: int = 3
     """An env that raises this many times in a row without finishing an episode ends the run
     (instead of being re-created forever)."""
+    env_threads: bool = False
+    """Step each gymnasium env in a thread of its own (:class:`~aiorl.envs.ThreadedEnv`), so one
+    worker overlaps many envs whose ``step`` blocks on I/O. Leave it off for CPU-bound envs
+    (stepped inline, which is faster); :class:`~aiorl.AsyncEnv` envs never need it."""
+    env_timeout_s: float = 60.0
+    """Async envs (an :class:`~aiorl.AsyncEnv` or ``env_threads=True``): a ``step`` or ``reset``
+    that takes longer is cancelled and handled like an env error (the unfinished episode is
+    discarded and counted, the env re-created). Blocking envs are covered by
+    ``worker_timeout_s`` instead."""
+    act_batch: int | None = None
+    """Async envs: act as soon as this many envs wait for an action (one batched forward
+    pass); ``None`` means all of the worker's envs."""
+    act_wait_s: float = 0.0
+    """Async envs: the longest a ready env waits for others to join its forward pass;
+    ``0`` acts on the envs that became ready in the same turn of the worker's event loop."""
     start_timeout_s: float = 120.0
     """Seconds a worker may take to build its envs and say hello."""
     shutdown_grace_s: float = 5.0
@@ -100,6 +115,17 @@ class TrainerConfig:
             problems.append(f"learner_threads={self.learner_threads!r} must be an integer >= 1 or None")
         if self.max_policy_lag is not None and not (_is_int(self.max_policy_lag) and self.max_policy_lag >= 0):
             problems.append(f"max_policy_lag={self.max_policy_lag!r} must be an integer >= 0 or None")
+        if self.act_batch is not None and not (_is_int(self.act_batch) and self.act_batch >= 1):
+            problems.append(f"act_batch={self.act_batch!r} must be an integer >= 1 or None")
+        elif self.act_batch is not None and _is_int(self.envs_per_worker) and self.act_batch > self.envs_per_worker:
+            problems.append(
+                f"act_batch={self.act_batch!r} exceeds envs_per_worker={self.envs_per_worker!r}: "
+                "no worker ever has that many envs waiting"
+            )
+        if not (isinstance(self.act_wait_s, int | float) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
+            problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
+        if not isinstance(self.env_threads, bool):
+            problems.append(f"env_threads={self.env_threads!r} must be True or False")
         if not (_is_int(self.max_restarts) and self.max_restarts >= 0):
             problems.append(f"max_restarts={self.max_restarts!r} must be an integer >= 0")
         durations = (
@@ -109,6 +135,7 @@ class TrainerConfig:
             "restart_backoff_s",
             "restart_backoff_max_s",
             "start_timeout_s",
+            "env_timeout_s",
             "shutdown_grace_s",
             "log_interval_s",
         )

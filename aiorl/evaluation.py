@@ -1,20 +1,25 @@
 """Evaluation: play whole episodes with a snapshot of the policy, apart from the workers.
 
 Evaluation builds its own envs (seeded apart from the training envs) and runs in a
-thread of the trainer's process, so collection and learning carry on undisturbed.
+thread of the trainer's process (async envs on a private event loop of that thread),
+so collection and learning carry on undisturbed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, ObservationEncoder
+from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
+from aiorl.envs.async_env import StepResult
 from aiorl.models import evaluate
 
 
@@ -59,25 +64,62 @@ def play_episodes(
     seed: int,
     policy_version: int,
 ) -> EvalResult:
-    """Play ``episodes`` episodes, one env at a time, and return what they scored (blocking)."""
+    """Play ``episodes`` episodes, one env at a time, and return what they scored (blocking).
+
+    An :class:`~aiorl.AsyncEnv` is played on a private event loop of the calling thread.
+    """
+    env = env_factory()
+    play = _play(env, encoder, dist, policy, episodes=episodes, deterministic=deterministic, seed=seed)
+    returns, lengths = asyncio.run(play)
+    return EvalResult(policy_version, tuple(returns), tuple(lengths))
+
+
+async def _play(
+    env: gym.Env | AsyncEnv,
+    encoder: ObservationEncoder,
+    dist: ActionDistribution,
+    policy: nn.Module,
+    *,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+) -> tuple[list[float], list[int]]:
     returns, lengths = [], []
     obs_buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
-    env = env_factory()
+    playing = env if isinstance(env, AsyncEnv) else _Inline(env)
     try:
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
+            obs, _ = await playing.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
                 encoder.encode_into(obs, obs_buffer[0])
                 with torch.no_grad():
                     dist_inputs, _ = evaluate(policy, torch.from_numpy(obs_buffer))
                     action = dist.mode(dist_inputs) if deterministic else dist.sample(dist_inputs)[0]
-                obs, reward, terminated, truncated, _ = env.step(dist.to_env(action.numpy()[0]))
+                obs, reward, terminated, truncated, _ = await playing.step(dist.to_env(action.numpy()[0]))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
             returns.append(total)
             lengths.append(length)
     finally:
-        env.close()
-    return EvalResult(policy_version, tuple(returns), tuple(lengths))
+        await playing.close()
+    return returns, lengths
+
+
+class _Inline(AsyncEnv[Any, Any]):
+    """A gymnasium env behind the async interface, called inline (evaluation only)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env = env
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+
+    async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        return self.env.reset(seed=seed, options=options)
+
+    async def step(self, action: Any) -> StepResult:
+        return self.env.step(action)
+
+    async def close(self) -> None:
+        self.env.close()

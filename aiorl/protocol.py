@@ -42,7 +42,9 @@ class SlotReady:
 
     ``env_steps`` steps are trainable; ``discarded_steps`` were masked out because an
     env raised mid-episode. ``episode_returns``/``episode_lengths`` list the episodes
-    that ended during the rollout.
+    that ended during the rollout. ``policy_version`` is the newest version that acted
+    in it (with async envs its columns may span several; the slot's ``versions`` array
+    has each step's).
     """
 
     slot: int

@@ -40,7 +40,7 @@ from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
 from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
-from aiorl.worker import WorkerSpec
+from aiorl.worker import AsyncActing, WorkerSpec
 
 log = logging.getLogger("aiorl")
 T = TypeVar("T")
@@ -146,6 +146,11 @@ class Trainer:
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
         self.env_factory = EnvFactory.from_user(env, env_kwargs)
         self.spaces = EnvSpaces.probe(self.env_factory)
+        if self.spaces.is_async and self.config.env_threads:
+            raise ConfigError(
+                f"env_threads=True runs blocking gymnasium envs in threads, but env={self.env_factory.describe()!r} "
+                "returns an aiorl.AsyncEnv already"
+            )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
         if policy is None:
@@ -317,6 +322,20 @@ class Trainer:
             num_workers=cfg.num_workers,
             stack_path=stack_path,
             env_error_limit=cfg.env_error_limit,
+            acting=self._acting(),
+        )
+
+    def _acting(self) -> AsyncActing | None:
+        """How workers step async envs, or ``None`` to step gymnasium envs inline."""
+        cfg = self.config
+        if not (self.spaces.is_async or cfg.env_threads):
+            return None
+        return AsyncActing(
+            env_threads=cfg.env_threads,
+            env_timeout_s=cfg.env_timeout_s,
+            act_batch=cfg.act_batch or cfg.envs_per_worker,
+            act_wait_s=cfg.act_wait_s,
+            claim_early=cfg.max_policy_lag == 0,
         )
 
     async def _close_pool(self, pool: WorkerPool, consumer: Consumer) -> None:

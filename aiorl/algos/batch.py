@@ -13,8 +13,8 @@ from aiorl.shm import RolloutLayout, SlotArrays
 class RolloutBatch:
     """Arrays shaped ``[T, N, ...]`` (``T`` steps, ``N`` env trajectories).
 
-    Field meanings are those of :class:`aiorl.shm.RolloutLayout`; ``versions``
-    is broadcast to ``[T, N]`` and ``next_obs`` is ``[N, *obs]``.
+    Field meanings are those of :class:`aiorl.shm.RolloutLayout`; ``next_obs`` is
+    ``[N, *obs]``.
     """
 
     obs: np.ndarray
@@ -52,9 +52,7 @@ class BatchBuilder:
         t, n = self.layout.rollout_length, self.layout.num_envs * self.rollouts
         arrays = {}
         for name, (shape, dtype) in self.layout.fields().items():
-            if name == "versions":
-                arrays[name] = np.zeros((t, n), dtype=dtype)
-            elif name == "next_obs":
+            if name == "next_obs":
                 arrays[name] = np.zeros((n, *shape[1:]), dtype=dtype)
             else:
                 arrays[name] = np.zeros((t, n, *shape[2:]), dtype=dtype)
@@ -65,18 +63,25 @@ class BatchBuilder:
         """Whether the batch holds ``rollouts`` rollouts."""
         return self.count == self.rollouts
 
-    def add(self, slot: SlotArrays) -> None:
-        """Copy one slot into the next free columns of the batch."""
+    def add(self, slot: SlotArrays) -> slice:
+        """Copy one slot into the next free columns of the batch; return those columns."""
         k = self.layout.num_envs
         cols = slice(self.count * k, (self.count + 1) * k)
         for name, array in self._arrays.items():
-            if name == "versions":
-                array[:, cols] = slot[name][:, None]
-            elif name == "next_obs":
+            if name == "next_obs":
                 array[cols] = slot[name]
             else:
                 array[:, cols] = slot[name]
         self.count += 1
+        return cols
+
+    def mask_older_than(self, cols: slice, oldest_version: int) -> int:
+        """Mask the steps in ``cols`` acted by a version before ``oldest_version``; return how many were valid."""
+        stale = self._arrays["versions"][:, cols] < oldest_version
+        valid = self._arrays["valid"][:, cols]
+        dropped = int((stale & valid).sum())
+        valid[stale] = False
+        return dropped
 
     def take(self) -> RolloutBatch:
         """Hand out the full batch and start a fresh one."""

@@ -1,7 +1,8 @@
 """The consumer: turns ready rollouts into learner updates, off the event loop.
 
 It takes slot ids from the pool's ready queue, drops rollouts older than
-``max_policy_lag`` (counted as discarded), copies the rest into the batch and
+``max_policy_lag`` (counted as discarded; with async envs, whose columns may span
+several versions, the steps older than that), copies the rest into the batch and
 frees their slots at once, runs the learner update in an executor thread (an
 update inline would freeze the loop for the whole update), hands the new
 weights to the broadcaster and reports the update.
@@ -13,6 +14,7 @@ new weights are published, so every worker acts with the newest policy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -150,7 +152,12 @@ class Consumer:
                 self.stats.discard(rollout.env_steps, "policy_lag")
                 self.pool.release(rollout)
                 continue
-            self.builder.add(self.slots[rollout.slot])
+            columns = self.builder.add(self.slots[rollout.slot])
+            if self.max_policy_lag is not None:  # async envs: a slot's columns may span versions
+                stale = self.builder.mask_older_than(columns, self.version - self.max_policy_lag)
+                if stale:
+                    self.stats.discard(stale, "policy_lag")
+                    rollout = dataclasses.replace(rollout, env_steps=rollout.env_steps - stale)
             self.in_batch.append(rollout)
             if not self.strict:
                 self.pool.release(rollout)

@@ -1,6 +1,15 @@
 """Environments: factories that travel to workers and adapters for their spaces."""
 
+from aiorl.envs.async_env import AsyncEnv, ThreadedEnv
 from aiorl.envs.factory import EnvFactory, EnvSource, EnvSpaces
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 
-__all__ = ["EnvFactory", "EnvSource", "EnvSpaces", "ObservationEncoder", "check_action_space"]
+__all__ = [
+    "AsyncEnv",
+    "ThreadedEnv",
+    "EnvFactory",
+    "EnvSource",
+    "EnvSpaces",
+    "ObservationEncoder",
+    "check_action_space",
+]

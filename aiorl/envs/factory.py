@@ -1,9 +1,10 @@
 """Env factories: how a worker builds its envs from what the user passed.
 
 ``Trainer(env=...)`` takes a gymnasium id (plus ``env_kwargs``) or a picklable
-zero-argument callable returning a ``gymnasium.Env``. :class:`EnvFactory` wraps
-either, checks it in the main process (unknown id, unpicklable callable, wrong
-return type, unsupported spaces) and is what travels to worker processes.
+zero-argument callable returning a ``gymnasium.Env`` or an :class:`~aiorl.AsyncEnv`.
+:class:`EnvFactory` wraps either, checks it in the main process (unknown id,
+unpicklable callable, wrong return type, unsupported spaces) and is what travels to
+worker processes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 import gymnasium as gym
 
+from aiorl.envs.async_env import AsyncEnv, close_in_thread
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.errors import ConfigError
 
-EnvSource = str | Callable[[], gym.Env]
+EnvSource = str | Callable[[], gym.Env | AsyncEnv]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class EnvFactory:
     """
 
     env_id: str | None = None
-    make_fn: Callable[[], gym.Env] | None = None
+    make_fn: Callable[[], gym.Env | AsyncEnv] | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -63,10 +65,11 @@ class EnvFactory:
                 ) from exc
             return cls(make_fn=env)
         raise ConfigError(
-            f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning a gymnasium.Env"
+            f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning "
+            "a gymnasium.Env or an aiorl.AsyncEnv"
         )
 
-    def __call__(self) -> gym.Env:
+    def __call__(self) -> gym.Env | AsyncEnv:
         """Make one fresh environment."""
         if self.env_id is not None:
             return gym.make(self.env_id, **self.kwargs)
@@ -82,10 +85,14 @@ class EnvFactory:
 
 @dataclass(frozen=True, slots=True)
 class EnvSpaces:
-    """The observation and action spaces of an environment, probed once."""
+    """The observation and action spaces of an environment, probed once.
+
+    ``is_async`` tells whether the factory returns an :class:`~aiorl.AsyncEnv`.
+    """
 
     observation_space: gym.Space
     action_space: gym.Space
+    is_async: bool = False
 
     @classmethod
     def probe(cls, factory: EnvFactory) -> EnvSpaces:
@@ -105,9 +112,12 @@ class EnvSpaces:
                     f"env={factory.describe()!r} returned {type(env).__name__}, "
                     "which has no observation_space/action_space"
                 )
-            spaces = cls(env.observation_space, env.action_space)
+            spaces = cls(env.observation_space, env.action_space, isinstance(env, AsyncEnv))
         finally:
-            env.close()
+            if isinstance(env, AsyncEnv):
+                close_in_thread(env)
+            else:
+                env.close()
         ObservationEncoder.for_space(spaces.observation_space)
         check_action_space(spaces.action_space)
         return spaces

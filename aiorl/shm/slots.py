@@ -30,7 +30,7 @@ class RolloutLayout:
     truncated    [T, K]            episode was cut (time limit): bootstrap from trunc_values
     trunc_values [T, K]            V(final observation) where ``truncated``, else 0
     valid        [T, K]            False for steps of an episode broken by an env error
-    versions     [T]               policy version that acted at each step
+    versions     [T, K]            policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
     ============ ================= ==================================================
     """
@@ -55,7 +55,7 @@ class RolloutLayout:
             "truncated": ((t, k), np.dtype(np.bool_)),
             "trunc_values": ((t, k), f32),
             "valid": ((t, k), np.dtype(np.bool_)),
-            "versions": ((t,), np.dtype(np.int64)),
+            "versions": ((t, k), np.dtype(np.int64)),
             "next_obs": ((k, *self.obs_shape), f32),
         }
 

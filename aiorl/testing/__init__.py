@@ -4,6 +4,7 @@ Use them to check your own setup's fault handling, e.g.
 ``Trainer(env=functools.partial(FaultyEnv, "CartPole-v1", "hang", at=100))``.
 """
 
+from aiorl.testing.async_envs import AsyncCountingEnv
 from aiorl.testing.envs import (
     COUNTING_ENV_ID,
     FAULTS,
@@ -17,6 +18,7 @@ from aiorl.testing.envs import (
 
 __all__ = [
     "COUNTING_ENV_ID",
+    "AsyncCountingEnv",
     "FAULTS",
     "CountingEnv",
     "FaultyEnv",

@@ -3,6 +3,6 @@
 Nothing here imports the trainer or the engine.
 """
 
-from aiorl.worker.spec import WorkerSpec
+from aiorl.worker.spec import AsyncActing, WorkerSpec
 
-__all__ = ["WorkerSpec"]
+__all__ = ["AsyncActing", "WorkerSpec"]

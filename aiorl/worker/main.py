@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 
 import torch
 
@@ -28,6 +29,7 @@ import aiorl
 from aiorl import protocol
 from aiorl.models import tie_to_flat
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
+from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
@@ -81,7 +83,7 @@ class Worker:
         self.flat = tie_to_flat(self.policy)
         self.flat_np = self.flat.numpy()
         self.version = -1
-        self.sampler: EnvSampler | None = None
+        self.sampler: EnvSampler | AsyncEnvSampler | None = None
         self.exit_code = EXIT_OK
 
     async def serve(self) -> int:
@@ -92,12 +94,17 @@ class Worker:
         progress = ProgressBoard.attach(self.spec.progress_name, self.spec.num_workers)
         self._watch_parent()
         try:
+            self.version = weights.read_into(self.flat_np)
             try:
-                self.sampler = EnvSampler(self.spec, self.policy, progress)
+                if self.spec.acting is None:
+                    self.sampler = EnvSampler(self.spec, self.policy, progress)
+                else:
+                    sampler = AsyncEnvSampler(self.spec, self.policy, self.spec.acting, self._pull(weights), progress)
+                    await sampler.start()
+                    self.sampler = sampler
             except EnvStepError as error:
                 self._report_fatal(error)
                 return EXIT_ENV_ERROR
-            self.version = weights.read_into(self.flat_np)
             self._send(protocol.Hello(self.spec.worker_id, os.getpid(), aiorl.__file__))
             async with asyncio.TaskGroup() as tasks:
                 children = [
@@ -110,34 +117,54 @@ class Worker:
                     child.cancel()
             return self.exit_code
         finally:
-            if self.sampler is not None:
+            if isinstance(self.sampler, AsyncEnvSampler):
+                await self.sampler.aclose()
+            elif self.sampler is not None:
                 self.sampler.close()
             await self._close_writer()
             slots.close()
             weights.close()
             progress.close()
 
+    def _pull(self, weights: WeightStore) -> Callable[[], int]:
+        """A function that copies newer weights into the policy, if any, and returns the version."""
+
+        def pull() -> int:
+            if weights.version != self.version:
+                self.version = weights.read_into(self.flat_np)
+            return self.version
+
+        return pull
+
     async def _collect(self, slots: RolloutSlots, weights: WeightStore) -> None:
-        assert self.sampler is not None
+        sampler = self.sampler
         try:
+            if isinstance(sampler, AsyncEnvSampler):  # lanes pull weights before every forward pass
+                await sampler.run(slots, self.granted, self._report, self._send)
+                return
+            assert sampler is not None
+            pull = self._pull(weights)
             while True:
                 slot = await self.granted.get()
-                if weights.version != self.version:
-                    self.version = weights.read_into(self.flat_np)
-                summary = await self.sampler.collect(slots[slot], self.version)
-                self._report(slot, summary)
-        except EnvStepError as error:
-            self._report_fatal(error)
+                version = pull()
+                summary = await sampler.collect(slots[slot], version)
+                self._report(slot, summary, version)
+        except* EnvStepError as errors:
+            first = errors.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            assert isinstance(first, EnvStepError)
+            self._report_fatal(first)
             self.exit_code = EXIT_ENV_ERROR
             self.stopping.set()
 
-    def _report(self, slot: int, summary: RolloutSummary) -> None:
+    def _report(self, slot: int, summary: RolloutSummary, version: int) -> None:
         for env_error in summary.env_errors:
             self._send(env_error)
         self._send(
             protocol.SlotReady(
                 slot=slot,
-                policy_version=self.version,
+                policy_version=version,
                 env_steps=summary.env_steps,
                 discarded_steps=summary.discarded_steps,
                 episode_returns=summary.episode_returns,

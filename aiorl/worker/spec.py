@@ -12,6 +12,19 @@ from aiorl.shm import RolloutLayout
 
 
 @dataclass(frozen=True, slots=True)
+class AsyncActing:
+    """How a worker steps async envs (the ``env_*`` and ``act_*`` trainer options)."""
+
+    env_threads: bool
+    """Wrap each gymnasium env in a :class:`~aiorl.envs.ThreadedEnv`."""
+    env_timeout_s: float
+    act_batch: int
+    act_wait_s: float
+    claim_early: bool
+    """Strict on-policy mode: a lane claims its rollout column before stepping."""
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """Everything a worker is started with.
 
@@ -30,6 +43,8 @@ class WorkerSpec:
         progress_name, num_workers: the shared progress board (steps per worker).
         stack_path: file the worker's Python stack is dumped into on SIGUSR1.
         env_error_limit: consecutive failures of one env that are fatal.
+        acting: how to step async envs (an :class:`~aiorl.AsyncEnv` factory or
+            ``env_threads=True``); ``None`` steps gymnasium envs inline, in lockstep.
     """
 
     worker_id: int
@@ -49,6 +64,7 @@ class WorkerSpec:
     num_workers: int
     stack_path: str
     env_error_limit: int
+    acting: AsyncActing | None = None
 
     def env_seed(self, env_index: int) -> int:
         """Seed of the first reset of env ``env_index``: distinct per env, worker and incarnation."""

@@ -1,0 +1,404 @@
+"""Stepping async envs independently: each env on its own lane, actions batched across lanes.
+
+Used for :class:`~aiorl.AsyncEnv` envs and for blocking gymnasium envs run in threads
+(``env_threads=True``). Every env runs in a *lane*, a task of the worker's event loop
+that loops: wait for an action, ``await env.step(action)``, record the step. Envs
+never wait for each other:
+
+- **Acting.** A lane that needs an action joins the :class:`ActionBatcher`. One policy
+  forward pass serves every waiting env, as soon as ``act_batch`` envs wait, or
+  ``act_wait_s`` after the first one (``0``: at the end of the current turn of the
+  event loop, which batches all the envs whose steps completed together).
+- **Rollouts.** Each lane fills a trajectory segment of its own, ``rollout_length``
+  consecutive steps of its env. A full segment becomes one *column* of the worker's
+  current rollout slot, whichever column is free next; the slot is reported when all
+  of its ``envs_per_worker`` columns are in. A slow env therefore contributes fewer
+  columns instead of holding back a slot, and each column is still a contiguous
+  trajectory with its own bootstrap observation (``next_obs``). Rows record the
+  policy version that acted them; the consumer drops rows older than
+  ``max_policy_lag``.
+- **Strict on-policy** (``max_policy_lag=0``): a lane claims its column *before* it
+  takes the segment's first step, so no step is acted before the slot is granted
+  (which happens only once the newest weights are out).
+- **Faults.** A step or reset that raises, returns non-finite values or takes longer
+  than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler:
+  the unfinished episode's rows in the current segment are masked and counted as
+  discarded, and the env is closed and re-created; ``env_error_limit`` failures in a
+  row end the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from aiorl import protocol
+from aiorl.envs import AsyncEnv, ThreadedEnv
+from aiorl.models import evaluate
+from aiorl.shm import ProgressBoard, RolloutSlots
+from aiorl.worker.sampler import ENV_INDEX_VARIABLE, EnvStepError, RolloutSummary
+from aiorl.worker.spec import AsyncActing, WorkerSpec
+
+T = TypeVar("T")
+
+CLOSE_TIMEOUT_S = 5.0
+"""Longest wait for a failed or finished env's ``close``."""
+
+SlotReport = Callable[[int, RolloutSummary, int], None]
+"""``(slot, summary, newest policy version in the slot) -> None``."""
+EnvErrorReport = Callable[[protocol.EnvRecovered], None]
+
+
+class ActionBatcher:
+    """Collects the envs waiting for an action and serves them with one forward pass."""
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        spec: WorkerSpec,
+        obs: np.ndarray,
+        pull_weights: Callable[[], int],
+        acting: AsyncActing,
+    ) -> None:
+        self.policy = policy
+        self.dist = spec.dist
+        self.obs = obs  # [K, *obs]: each lane keeps its env's current observation in its row
+        self.pull_weights = pull_weights
+        self.act_batch = acting.act_batch
+        self.act_wait_s = acting.act_wait_s
+        k = spec.layout.num_envs
+        self.actions = np.zeros((k, *spec.layout.action_shape), dtype=spec.layout.action_dtype)
+        self.logprobs = np.zeros(k, dtype=np.float32)
+        self.values = np.zeros(k, dtype=np.float32)
+        self.version = -1
+        self.forward_passes = 0
+        self._waiting: list[int] = []
+        self._served: asyncio.Future[int] | None = None
+        self._timer: asyncio.Handle | None = None
+
+    async def act(self, i: int) -> int:
+        """Wait until env ``i`` has an action (in ``self.actions[i]`` etc.); return the acting version."""
+        loop = asyncio.get_running_loop()
+        self._waiting.append(i)
+        if self._served is None:
+            self._served = loop.create_future()
+        served = self._served
+        if len(self._waiting) >= self.act_batch:
+            self.flush()
+        elif self._timer is None:
+            if self.act_wait_s > 0:
+                self._timer = loop.call_later(self.act_wait_s, self.flush)
+            else:
+                self._timer = loop.call_soon(self.flush)
+        return await served
+
+    def flush(self) -> None:
+        """Act for every waiting env now (one forward pass with the newest weights)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, served = self._waiting, self._served
+        self._waiting, self._served = [], None
+        if not waiting or served is None:
+            return
+        self.version = self.pull_weights()
+        rows = np.asarray(waiting)
+        with torch.no_grad():
+            dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
+            actions, logprobs = self.dist.sample(dist_inputs)
+        self.actions[rows] = actions.numpy()
+        self.logprobs[rows] = logprobs.numpy()
+        self.values[rows] = values.numpy()
+        self.forward_passes += 1
+        if not served.done():
+            served.set_result(self.version)
+
+    def value(self, obs: np.ndarray) -> float:
+        """V(obs) of one encoded observation (a truncated episode's final observation)."""
+        with torch.no_grad():
+            return float(evaluate(self.policy, torch.from_numpy(obs[None]))[1][0])
+
+
+class Trajectory:
+    """One env's segment of ``rollout_length`` consecutive steps, filled row by row."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        fields = spec.layout.fields()
+        self.arrays = {
+            name: np.zeros((shape[0], *shape[2:]), dtype=dtype)
+            for name, (shape, dtype) in fields.items()
+            if name != "next_obs"
+        }
+        self.length = spec.layout.rollout_length
+        self.rows = 0
+        self.episode_start = 0  # row of this segment the current episode began at
+        self.column: tuple[int, int] | None = None  # (slot, column), claimed early in strict mode
+
+    @property
+    def full(self) -> bool:
+        """Whether all ``rollout_length`` rows are filled."""
+        return self.rows == self.length
+
+
+class ColumnAllocator:
+    """Hands out the columns of granted slots and reports each slot once all columns are in."""
+
+    def __init__(self, slots: RolloutSlots, granted: asyncio.Queue[int], report: Callable[[int], None]) -> None:
+        self.slots = slots
+        self.granted = granted
+        self.report = report
+        self.num_columns = slots.layout.num_envs
+        self._lock = asyncio.Lock()
+        self._slot: int | None = None
+        self._next = 0
+        self._filled: dict[int, int] = {}
+
+    async def claim(self) -> tuple[int, int]:
+        """The next free ``(slot, column)``; waits for a granted slot when none is free."""
+        async with self._lock:  # one lane waits for the next grant, the others queue here
+            if self._slot is None or self._next == self.num_columns:
+                self._slot = await self.granted.get()
+                self._next = 0
+                self._filled[self._slot] = 0
+            column = self._next
+            self._next += 1
+            return self._slot, column
+
+    def fill(self, slot: int, column: int, trajectory: Trajectory, next_obs: np.ndarray) -> None:
+        """Copy a full trajectory into its column; report the slot when it is complete."""
+        arrays = self.slots[slot]
+        for name, rows in trajectory.arrays.items():
+            arrays[name][:, column] = rows
+        arrays["next_obs"][column] = next_obs
+        self._filled[slot] += 1
+        if self._filled[slot] == self.num_columns:
+            del self._filled[slot]
+            self.report(slot)
+
+
+class AsyncEnvSampler:
+    """Steps ``spec.layout.num_envs`` async envs independently and fills rollout slots."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        policy: torch.nn.Module,
+        acting: AsyncActing,
+        pull_weights: Callable[[], int],
+        progress: ProgressBoard | None = None,
+    ) -> None:
+        self.spec = spec
+        self.acting = acting
+        self.progress = progress
+        self.encoder = spec.obs_encoder
+        self.to_env = spec.dist.to_env
+        k = spec.layout.num_envs
+        self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
+        self.batcher = ActionBatcher(policy, spec, self.obs, pull_weights, acting)
+        self.envs: list[AsyncEnv | None] = [None] * k
+        self.trajectories = [Trajectory(spec) for _ in range(k)]
+        self.episode_return = [0.0] * k
+        self.episode_length = [0] * k
+        self.env_steps = [0] * k  # steps per env since it was built
+        self.failures = [0] * k  # consecutive failures without an episode end
+        self.total_steps = 0
+        self._final = np.zeros(spec.layout.obs_shape, dtype=np.float32)
+        self._returns: list[float] = []  # episodes finished since the last report
+        self._lengths: list[int] = []
+
+    async def start(self) -> None:
+        """Build and reset every env (concurrently); a failure here is fatal (:class:`EnvStepError`)."""
+        seeds = [self.spec.env_seed(i) for i in range(len(self.envs))]
+        results = await asyncio.gather(
+            *(self._make_env(i, seed) for i, seed in enumerate(seeds)), return_exceptions=True
+        )
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                await self.aclose()
+                raise result
+            self.envs[i], obs = result
+            self.encoder.encode_into(obs, self.obs[i])
+
+    async def _make_env(self, index: int, seed: int | None) -> tuple[AsyncEnv, object]:
+        os.environ[ENV_INDEX_VARIABLE] = str(index)  # read by the env's constructor, which runs now
+        try:
+            made = self.spec.env_factory()
+            env = made if isinstance(made, AsyncEnv) else ThreadedEnv(made)
+        except Exception as exc:
+            raise EnvStepError(index, 0, exc) from exc
+        try:
+            obs, _ = await self._timed(env.reset(seed=seed), "reset")
+            probe = np.zeros(self.spec.layout.obs_shape, dtype=np.float32)
+            self.encoder.encode_into(obs, probe)
+            if not np.isfinite(probe).all():
+                raise FloatingPointError(f"env {index} returned a non-finite observation from reset")
+        except Exception as exc:
+            await _close(env)
+            raise EnvStepError(index, 0, exc) from exc
+        return env, obs
+
+    async def _timed(self, call: Awaitable[T], what: str) -> T:
+        try:
+            async with asyncio.timeout(self.acting.env_timeout_s):
+                return await call
+        except TimeoutError:
+            raise TimeoutError(f"env {what} did not return within env_timeout_s={self.acting.env_timeout_s}") from None
+
+    async def run(
+        self, slots: RolloutSlots, granted: asyncio.Queue[int], report: SlotReport, on_env_error: EnvErrorReport
+    ) -> None:
+        """Step every env until cancelled, reporting each filled slot; raises :class:`EnvStepError`."""
+        self._on_env_error = on_env_error
+        self.columns = ColumnAllocator(slots, granted, lambda slot: self._report(slots, slot, report))
+        async with asyncio.TaskGroup() as lanes:
+            for i in range(len(self.envs)):
+                lanes.create_task(self._lane(i), name=f"aiorl-env-{i}")
+
+    def _report(self, slots: RolloutSlots, slot: int, report: SlotReport) -> None:
+        arrays = slots[slot]
+        valid = int(arrays["valid"].sum())
+        summary = RolloutSummary(
+            env_steps=valid,
+            discarded_steps=self.spec.layout.steps - valid,
+            episode_returns=self._returns,
+            episode_lengths=self._lengths,
+        )
+        self._returns, self._lengths = [], []
+        report(slot, summary, int(arrays["versions"].max()))
+
+    async def _lane(self, i: int) -> None:
+        trajectory = self.trajectories[i]
+        rows = trajectory.arrays
+        batcher = self.batcher
+        claim_early = self.acting.claim_early
+        while True:
+            if claim_early and trajectory.rows == 0:
+                trajectory.column = await self.columns.claim()
+            version = await batcher.act(i)
+            t = trajectory.rows
+            rows["obs"][t] = self.obs[i]
+            rows["actions"][t] = batcher.actions[i]
+            rows["logprobs"][t] = batcher.logprobs[i]
+            rows["values"][t] = batcher.values[i]
+            rows["versions"][t] = version
+            rows["valid"][t] = True
+            rows["trunc_values"][t] = 0.0
+            obs = await self._step(i, t)
+            self.encoder.encode_into(obs, self.obs[i])
+            if not np.isfinite(self.obs[i]).all():  # e.g. a reset that returned NaN
+                error = FloatingPointError(f"env {i} returned a non-finite observation")
+                obs = await self._recover(i, error, t)
+                if not rows["valid"][t]:  # the row belongs to the broken episode
+                    self._make_inert(trajectory, t)
+                self.encoder.encode_into(obs, self.obs[i])
+            trajectory.rows += 1
+            self.total_steps += 1
+            if self.progress is not None:  # counted once the row is fully written
+                self.progress.add(self.spec.worker_id, 1)
+            if trajectory.full:
+                slot, column = trajectory.column or await self.columns.claim()
+                self.columns.fill(slot, column, trajectory, self.obs[i])
+                trajectory.rows, trajectory.episode_start, trajectory.column = 0, 0, None
+
+    async def _step(self, i: int, t: int) -> object:
+        """Step env ``i`` with its action, record row ``t``, reset on episode end; return the next obs."""
+        trajectory = self.trajectories[i]
+        rows = trajectory.arrays
+        env = self.envs[i]
+        assert env is not None
+        self.env_steps[i] += 1
+        try:
+            obs, reward, term, trunc, _ = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
+            reward = float(reward)
+            if not math.isfinite(reward):
+                raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
+            if trunc and not term:  # bootstrap from V(final observation)
+                self.encoder.encode_into(obs, self._final)
+                if not np.isfinite(self._final).all():
+                    raise FloatingPointError(f"env {i} returned a non-finite observation")
+                rows["trunc_values"][t] = self.batcher.value(self._final)
+        except Exception as exc:
+            obs = await self._recover(i, exc, t)
+            self._make_inert(trajectory, t)
+            return obs
+        rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = reward, bool(term), bool(trunc)
+        self.episode_return[i] += reward
+        self.episode_length[i] += 1
+        if term or trunc:
+            self._returns.append(self.episode_return[i])
+            self._lengths.append(self.episode_length[i])
+            self.episode_return[i], self.episode_length[i] = 0.0, 0
+            trajectory.episode_start = t + 1
+            self.failures[i] = 0
+            try:
+                obs, _ = await self._timed(env.reset(), "reset")
+            except Exception as exc:
+                obs = await self._recover(i, exc, t, mask_from=t + 1)
+        return obs
+
+    @staticmethod
+    def _make_inert(trajectory: Trajectory, t: int) -> None:
+        """Row ``t`` belongs to a broken episode: no reward, no bootstrap (it is masked anyway)."""
+        rows = trajectory.arrays
+        rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = 0.0, False, True
+        rows["trunc_values"][t] = 0.0
+
+    async def _recover(self, i: int, exc: Exception, t: int, mask_from: int | None = None) -> object:
+        """Mask env ``i``'s broken episode in its segment, re-create the env, return its first observation."""
+        trajectory = self.trajectories[i]
+        start = trajectory.episode_start if mask_from is None else mask_from
+        discarded = max(t + 1 - start, 0)
+        trajectory.arrays["valid"][start : t + 1] = False
+        self._on_env_error(
+            protocol.EnvRecovered(
+                env_index=i,
+                policy_version=self.batcher.version,
+                step=self.env_steps[i],
+                error_type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                discarded_steps=discarded,
+            )
+        )
+        broken, self.envs[i] = self.envs[i], None
+        if broken is not None:
+            await _close(broken)
+        while True:
+            self.failures[i] += 1
+            if self.failures[i] >= self.spec.env_error_limit:
+                reason = (
+                    f"failed {self.failures[i]} times in a row without finishing an episode "
+                    f"(env_error_limit={self.spec.env_error_limit})"
+                )
+                raise EnvStepError(i, self.env_steps[i], exc, reason) from exc
+            try:
+                env, obs = await self._make_env(i, seed=None)
+                break
+            except EnvStepError as error:
+                if isinstance(error.original, Exception):
+                    exc = error.original
+        self.envs[i] = env
+        self.env_steps[i] = 0
+        self.episode_return[i], self.episode_length[i] = 0.0, 0
+        trajectory.episode_start = t + 1
+        return obs
+
+    async def aclose(self) -> None:
+        """Close every env concurrently, ignoring errors and envs that do not close in time."""
+        envs = [env for env in self.envs if env is not None]
+        self.envs = [None] * len(self.envs)
+        await asyncio.gather(*(_close(env) for env in envs))
+
+
+async def _close(env: AsyncEnv) -> None:
+    with contextlib.suppress(Exception, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await env.close()
