@@ -335,7 +335,6 @@ class Trainer:
             env_timeout_s=cfg.env_timeout_s,
             act_batch=cfg.act_batch or cfg.envs_per_worker,
             act_wait_s=cfg.act_wait_s,
-            claim_early=cfg.max_policy_lag == 0,
         )
 
     async def _close_pool(self, pool: WorkerPool, consumer: Consumer) -> None:

@@ -130,6 +130,10 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
         finally:
             self._calls.put(None)
 
+    def abandon(self) -> None:
+        """Give up on an env whose call never returned: its thread ends if the call ever does."""
+        self._calls.put(None)
+
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     """Complete ``future`` from another thread (its loop may be closed: then nobody waits)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -33,13 +33,16 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
         fault: ``"raise"`` (:class:`~aiorl.testing.InjectedFault`), ``"hang"`` (await
             forever), ``"nan"`` (a NaN observation) or ``"block"`` (block the thread
             for ``block_s``, as a blocking call in a coroutine would), on the
-            ``fault_at``-th step of the envs in ``fault_envs`` of the first worker
-            incarnation.
+            ``fault_at``-th step of the envs in ``fault_envs`` of the workers in
+            ``fault_workers`` (``None``: all), first incarnation only, in the first
+            ``fault_times`` envs built at each of those indices (a re-created env is
+            a new one).
     """
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
     action_space = gym.spaces.Discrete(2)
     _built = 0
+    _built_at: ClassVar[dict[int, int]] = {}  # envs built per env index in this process
 
     def __init__(
         self,
@@ -52,7 +55,9 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
         fault: AsyncFault | None = None,
         fault_at: int = 1,
         fault_envs: Collection[int] = (0,),
+        fault_workers: Collection[int] | None = (0,),
         block_s: float = 0.0,
+        fault_times: int = 1,
     ) -> None:
         worker, incarnation, env_index = worker_identity()
         self.who = worker * 1000 + incarnation
@@ -62,7 +67,11 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
         self.episode_length = episode_length
         self.truncate = truncate
         self.latency_s = slow_latency_s if env_index in slow_envs else latency_s
-        self.fault = fault if (env_index in fault_envs and incarnation == 0) else None
+        built_here = AsyncCountingEnv._built_at.get(env_index, 0)
+        AsyncCountingEnv._built_at[env_index] = built_here + 1
+        in_worker = fault_workers is None or worker in fault_workers
+        armed = in_worker and env_index in fault_envs and incarnation == 0 and built_here < fault_times
+        self.fault = fault if armed else None
         self.fault_at = fault_at
         self.block_s = block_s
         self.counter = 0

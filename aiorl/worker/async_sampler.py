@@ -11,15 +11,16 @@ never wait for each other:
   event loop, which batches all the envs whose steps completed together).
 - **Rollouts.** Each lane fills a trajectory segment of its own, ``rollout_length``
   consecutive steps of its env. A full segment becomes one *column* of the worker's
-  current rollout slot, whichever column is free next; the slot is reported when all
-  of its ``envs_per_worker`` columns are in. A slow env therefore contributes fewer
-  columns instead of holding back a slot, and each column is still a contiguous
-  trajectory with its own bootstrap observation (``next_obs``). Rows record the
-  policy version that acted them; the consumer drops rows older than
-  ``max_policy_lag``.
-- **Strict on-policy** (``max_policy_lag=0``): a lane claims its column *before* it
-  takes the segment's first step, so no step is acted before the slot is granted
-  (which happens only once the newest weights are out).
+  oldest open rollout slot, whichever column is free next; the slot is reported when
+  all of its ``envs_per_worker`` columns are in. A slow env therefore contributes
+  fewer columns instead of holding back a slot, and each column is still a contiguous
+  trajectory with its own bootstrap observation (``next_obs``).
+- **Backpressure and lag.** A lane starts a segment only when the granted slots have
+  a free column for it (:class:`ColumnAllocator`), so, as with the synchronous
+  sampler, no step is acted before there is room for it, and in strict on-policy
+  mode (``max_policy_lag=0``, slots granted only once the newest weights are out)
+  every step is acted by the newest policy. Rows record the version that acted
+  them; the consumer drops rows older than ``max_policy_lag``.
 - **Faults.** A step or reset that raises, returns non-finite values or takes longer
   than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler:
   the unfinished episode's rows in the current segment are masked and counted as
@@ -30,6 +31,7 @@ never wait for each other:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import os
@@ -80,6 +82,7 @@ class ActionBatcher:
         self.values = np.zeros(k, dtype=np.float32)
         self.version = -1
         self.forward_passes = 0
+        self.actions_taken = 0
         self._waiting: list[int] = []
         self._served: asyncio.Future[int] | None = None
         self._timer: asyncio.Handle | None = None
@@ -118,6 +121,7 @@ class ActionBatcher:
         self.logprobs[rows] = logprobs.numpy()
         self.values[rows] = values.numpy()
         self.forward_passes += 1
+        self.actions_taken += len(waiting)
         if not served.done():
             served.set_result(self.version)
 
@@ -140,7 +144,6 @@ class Trajectory:
         self.length = spec.layout.rollout_length
         self.rows = 0
         self.episode_start = 0  # row of this segment the current episode began at
-        self.column: tuple[int, int] | None = None  # (slot, column), claimed early in strict mode
 
     @property
     def full(self) -> bool:
@@ -149,37 +152,43 @@ class Trajectory:
 
 
 class ColumnAllocator:
-    """Hands out the columns of granted slots and reports each slot once all columns are in."""
+    """Admits trajectories while granted slots have room, and reports each slot once all columns are in.
 
-    def __init__(self, slots: RolloutSlots, granted: asyncio.Queue[int], report: Callable[[int], None]) -> None:
+    Every granted slot adds ``envs_per_worker`` units of capacity. A lane takes a unit
+    before its trajectory's first step (so no step is acted before there is room for
+    it: the acting policy is as fresh as the synchronous sampler's) and its full
+    trajectory goes into the next free column of the oldest open slot. A slow env
+    holds one unit, never a particular slot, so it cannot hold back the others.
+    """
+
+    def __init__(self, slots: RolloutSlots, report: Callable[[int], None]) -> None:
         self.slots = slots
-        self.granted = granted
         self.report = report
         self.num_columns = slots.layout.num_envs
-        self._lock = asyncio.Lock()
-        self._slot: int | None = None
-        self._next = 0
+        self.capacity = asyncio.Semaphore(0)
+        self._open: collections.deque[int] = collections.deque()  # granted slots with free columns
         self._filled: dict[int, int] = {}
 
-    async def claim(self) -> tuple[int, int]:
-        """The next free ``(slot, column)``; waits for a granted slot when none is free."""
-        async with self._lock:  # one lane waits for the next grant, the others queue here
-            if self._slot is None or self._next == self.num_columns:
-                self._slot = await self.granted.get()
-                self._next = 0
-                self._filled[self._slot] = 0
-            column = self._next
-            self._next += 1
-            return self._slot, column
+    async def admit_grants(self, granted: asyncio.Queue[int]) -> None:
+        """Open every slot the trainer grants (runs until cancelled)."""
+        while True:
+            slot = await granted.get()
+            self._open.append(slot)
+            self._filled[slot] = 0
+            for _ in range(self.num_columns):
+                self.capacity.release()
 
-    def fill(self, slot: int, column: int, trajectory: Trajectory, next_obs: np.ndarray) -> None:
-        """Copy a full trajectory into its column; report the slot when it is complete."""
+    def fill(self, trajectory: Trajectory, next_obs: np.ndarray) -> None:
+        """Copy a full trajectory (admitted through ``capacity``) into the next free column."""
+        slot = self._open[0]
+        column = self._filled[slot]
         arrays = self.slots[slot]
         for name, rows in trajectory.arrays.items():
             arrays[name][:, column] = rows
         arrays["next_obs"][column] = next_obs
-        self._filled[slot] += 1
-        if self._filled[slot] == self.num_columns:
+        self._filled[slot] = column + 1
+        if column + 1 == self.num_columns:
+            self._open.popleft()
             del self._filled[slot]
             self.report(slot)
 
@@ -257,8 +266,9 @@ class AsyncEnvSampler:
     ) -> None:
         """Step every env until cancelled, reporting each filled slot; raises :class:`EnvStepError`."""
         self._on_env_error = on_env_error
-        self.columns = ColumnAllocator(slots, granted, lambda slot: self._report(slots, slot, report))
+        self.columns = ColumnAllocator(slots, lambda slot: self._report(slots, slot, report))
         async with asyncio.TaskGroup() as lanes:
+            lanes.create_task(self.columns.admit_grants(granted), name="aiorl-grants")
             for i in range(len(self.envs)):
                 lanes.create_task(self._lane(i), name=f"aiorl-env-{i}")
 
@@ -278,10 +288,9 @@ class AsyncEnvSampler:
         trajectory = self.trajectories[i]
         rows = trajectory.arrays
         batcher = self.batcher
-        claim_early = self.acting.claim_early
         while True:
-            if claim_early and trajectory.rows == 0:
-                trajectory.column = await self.columns.claim()
+            if trajectory.rows == 0:
+                await self.columns.capacity.acquire()
             version = await batcher.act(i)
             t = trajectory.rows
             rows["obs"][t] = self.obs[i]
@@ -304,9 +313,8 @@ class AsyncEnvSampler:
             if self.progress is not None:  # counted once the row is fully written
                 self.progress.add(self.spec.worker_id, 1)
             if trajectory.full:
-                slot, column = trajectory.column or await self.columns.claim()
-                self.columns.fill(slot, column, trajectory, self.obs[i])
-                trajectory.rows, trajectory.episode_start, trajectory.column = 0, 0, None
+                self.columns.fill(trajectory, self.obs[i])
+                trajectory.rows, trajectory.episode_start = 0, 0
 
     async def _step(self, i: int, t: int) -> object:
         """Step env ``i`` with its action, record row ``t``, reset on episode end; return the next obs."""
@@ -369,7 +377,9 @@ class AsyncEnvSampler:
             )
         )
         broken, self.envs[i] = self.envs[i], None
-        if broken is not None:
+        if isinstance(broken, ThreadedEnv) and isinstance(exc, TimeoutError):
+            broken.abandon()  # its thread is stuck in the call: a close would queue behind it
+        elif broken is not None:
             await _close(broken)
         while True:
             self.failures[i] += 1

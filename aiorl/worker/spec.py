@@ -20,8 +20,6 @@ class AsyncActing:
     env_timeout_s: float
     act_batch: int
     act_wait_s: float
-    claim_early: bool
-    """Strict on-policy mode: a lane claims its rollout column before stepping."""
 
 
 @dataclass(frozen=True, slots=True)

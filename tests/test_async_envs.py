@@ -1,0 +1,293 @@
+"""Async envs: each env progresses on its own lane, rollouts stay per-env correct, faults are contained.
+
+The sampler tests run the worker's :class:`AsyncEnvSampler` in the test's own loop
+(real envs, real policy, real shared-memory slots); the trainer tests run real
+worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL
+
+from aiorl import APPO, PPO, AsyncEnv, ConfigError, EnvError, Trainer
+from aiorl.distributions import ActionDistribution
+from aiorl.engine.stats import TrainingStats
+from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
+from aiorl.models import ActorCritic, evaluate
+from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.testing import AsyncCountingEnv, FaultyEnv
+from aiorl.worker import AsyncActing, WorkerSpec
+from aiorl.worker.async_sampler import AsyncEnvSampler
+from aiorl.worker.sampler import RolloutSummary
+
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+FAST = {**SMALL, "heartbeat_interval_s": 0.2, "worker_timeout_s": 5.0, "restart_backoff_s": 0.05}
+
+
+def make_sampler(
+    env: Callable[[], Any], *, envs: int, steps: int, num_slots: int = 2, act_batch: int | None = None, **acting: Any
+) -> tuple[AsyncEnvSampler, RolloutSlots]:
+    factory = EnvFactory.from_user(env)
+    spaces = EnvSpaces.probe(factory)
+    encoder = ObservationEncoder.for_space(spaces.observation_space)
+    dist = ActionDistribution.for_space(spaces.action_space)
+    layout = RolloutLayout(steps, envs, encoder.shape, dist.action_shape, dist.action_dtype.str)
+    slots = RolloutSlots.create(layout, num_slots)
+    torch.manual_seed(0)
+    policy = ActorCritic(encoder.shape, dist)
+    spec = WorkerSpec(
+        worker_id=0,
+        incarnation=0,
+        env_factory=factory,
+        seed=0,
+        layout=layout,
+        slots_name=slots.segment.name,
+        num_slots=num_slots,
+        weights_name="unused",
+        num_weights=0,
+        policy=policy,
+        dist=dist,
+        obs_encoder=encoder,
+        heartbeat_interval_s=1.0,
+        progress_name="unused",
+        num_workers=1,
+        stack_path="unused",
+        env_error_limit=3,
+    )
+    options = {"env_threads": False, "env_timeout_s": 10.0, "act_wait_s": 0.0, **acting}
+    sampler = AsyncEnvSampler(spec, policy, AsyncActing(act_batch=act_batch or envs, **options), lambda: 0)
+    return sampler, slots
+
+
+async def collect(sampler: AsyncEnvSampler, slots: RolloutSlots, count: int) -> list[tuple[RolloutSummary, dict]]:
+    """Run the sampler until ``count`` slots are reported (each granted again at once); copies of them."""
+    granted: asyncio.Queue[int] = asyncio.Queue()
+    for slot in range(slots.num_slots):
+        granted.put_nowait(slot)
+    reported: asyncio.Queue[tuple[int, RolloutSummary]] = asyncio.Queue()
+    await sampler.start()
+    running = asyncio.create_task(
+        sampler.run(slots, granted, lambda slot, summary, _version: reported.put_nowait((slot, summary)), print)
+    )
+    out = []
+    try:
+        async with asyncio.timeout(60):
+            while len(out) < count:
+                slot, summary = await reported.get()
+                out.append((summary, {name: array.copy() for name, array in slots[slot].items()}))
+                granted.put_nowait(slot)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await sampler.aclose()
+        slots.close()
+    return out
+
+
+async def run_until(trainer: Trainer, done: Callable[[TrainingStats], bool], timeout_s: float = 60) -> None:
+    """Train in short runs until ``done(trainer.stats)``."""
+    async with asyncio.timeout(timeout_s):
+        while not done(trainer.stats):
+            await trainer.run(total_steps=1_000)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_every_column_is_one_envs_contiguous_trajectory_and_segments_chain_without_gaps():
+    env = functools.partial(AsyncCountingEnv, episode_length=5, latency_s=0.001)
+    sampler, slots = make_sampler(env, envs=4, steps=8)
+    rollouts = await collect(sampler, slots, count=6)
+    starts: dict[int, list[int]] = {}
+    for _summary, slot in rollouts:
+        obs, next_obs = slot["obs"], slot["next_obs"]
+        for column in range(4):
+            ids, counter = obs[:, column, :3], obs[:, column, 3]
+            assert (ids == ids[0]).all(), "one env per column"
+            assert (np.diff(counter) == 1).all(), "consecutive steps"
+            assert next_obs[column, 3] == counter[-1] + 1
+            np.testing.assert_array_equal(slot["terminated"][:, column], (counter + 1) % 5 == 0)
+            starts.setdefault(int(ids[0, 1]), []).append(int(counter[0]))
+    for env_index, firsts in starts.items():
+        assert sorted(firsts) == list(range(0, 8 * len(firsts), 8)), f"env {env_index} lost or repeated a segment"
+    assert all(summary.env_steps == 32 and summary.discarded_steps == 0 for summary, _ in rollouts)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_truncated_steps_bootstrap_from_the_value_of_the_final_observation():
+    env = functools.partial(AsyncCountingEnv, episode_length=3, truncate=True)
+    sampler, slots = make_sampler(env, envs=2, steps=6)
+    policy = sampler.batcher.policy
+    [(summary, slot)] = await collect(sampler, slots, count=1)
+    truncated = slot["truncated"]
+    assert truncated[[2, 5]].all() and not slot["terminated"].any()
+    final = slot["obs"][[2, 5]].copy()
+    final[..., 3] += 1  # the final observation is the one after the truncated step
+    with torch.no_grad():
+        expected = evaluate(policy, torch.from_numpy(final.reshape(-1, 4)))[1].numpy()
+    np.testing.assert_allclose(slot["trunc_values"][[2, 5]].reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    assert (slot["trunc_values"][~truncated] == 0).all()
+    assert summary.episode_lengths == [3] * 4
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_slow_env_does_not_hold_back_the_others():
+    env = functools.partial(AsyncCountingEnv, latency_s=0.001, slow_envs=(0,), slow_latency_s=0.5)
+    sampler, slots = make_sampler(env, envs=4, steps=8)
+    rollouts = await collect(sampler, slots, count=4)  # env 0 needs 4 s for one segment
+    columns_by_env = [int(slot["obs"][0, column, 1]) for _, slot in rollouts for column in range(4)]
+    assert 0 not in columns_by_env and len(columns_by_env) == 16
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_one_forward_pass_serves_act_batch_waiting_envs():
+    env = functools.partial(AsyncCountingEnv, latency_s=0.001)
+    sampler, slots = make_sampler(env, envs=4, steps=8, act_batch=2, act_wait_s=30.0)
+    await collect(sampler, slots, count=2)
+    assert sampler.batcher.forward_passes > 0
+    assert sampler.batcher.actions_taken == 2 * sampler.batcher.forward_passes
+
+
+class BlockingEnv(gym.Env):
+    """A gymnasium env whose step blocks the thread (like a socket call); counts concurrent steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    lock = threading.Lock()
+    running = 0
+    most = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> Any:
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        with BlockingEnv.lock:
+            BlockingEnv.running += 1
+            BlockingEnv.most = max(BlockingEnv.most, BlockingEnv.running)
+        time.sleep(0.05)
+        with BlockingEnv.lock:
+            BlockingEnv.running -= 1
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_env_threads_overlap_blocking_gymnasium_envs():
+    sampler, slots = make_sampler(BlockingEnv, envs=4, steps=2, env_threads=True)
+    await collect(sampler, slots, count=1)
+    assert BlockingEnv.most == 4, "each env steps in its own thread"
+
+
+@pytest.mark.asyncio
+async def test_async_env_trains_with_its_steps_accounted():
+    trainer = Trainer(functools.partial(AsyncCountingEnv, latency_s=0.001), QUICK_PPO, **SMALL)
+    result = await trainer.run(total_steps=2_000)
+    stats = trainer.stats
+    assert result.env_steps >= 2_000 and result.episodes > 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+    assert set(stats.discarded) <= {"shutdown", "policy_lag"}
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_strict_on_policy_mode_trains_only_on_the_newest_policy():
+    lags = []
+    trainer = Trainer(functools.partial(AsyncCountingEnv, latency_s=0.001), QUICK_PPO, max_policy_lag=0, **SMALL)
+    await trainer.run(total_steps=2_000, on_update=lambda report: lags.append(report.lag.max))
+    assert lags and set(lags) == {0}
+    assert trainer.stats.discarded["policy_lag"] == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_env_step_that_raises_is_recreated_and_its_episode_discarded():
+    env = functools.partial(AsyncCountingEnv, episode_length=50, fault="raise", fault_at=10)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
+    assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+    assert trainer.stats.discarded["env_error"] == 10, "the broken episode's 10 steps"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_hung_env_step_is_cancelled_after_env_timeout_without_stopping_the_worker():
+    env = functools.partial(AsyncCountingEnv, episode_length=50, fault="hang", fault_at=10)
+    async with Trainer(env, QUICK_PPO, env_timeout_s=0.5, **FAST) as trainer:
+        await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)  # the others go on meanwhile
+    assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+    assert trainer.stats.discarded["env_error"] == 10
+
+
+class HangsOnce(FaultyEnv):
+    """CartPole whose first instance in worker 0, env 0 blocks its thread forever in step 5."""
+
+    hung = False
+
+    def __init__(self) -> None:
+        super().__init__("CartPole-v1", "hang", at=5)
+        self.armed = self.armed and not HangsOnce.hung
+        HangsOnce.hung = HangsOnce.hung or self.armed
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_blocking_env_that_hangs_in_its_thread_is_abandoned_after_env_timeout():
+    async with Trainer(HangsOnce, QUICK_PPO, env_threads=True, env_timeout_s=0.5, **FAST) as trainer:
+        await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
+    assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_env_that_keeps_failing_ends_the_run_with_env_error():
+    env = functools.partial(AsyncCountingEnv, episode_length=50, fault="raise", fault_at=3, fault_times=10)
+    with pytest.raises(EnvError, match="env_error_limit=3"):
+        await Trainer(env, QUICK_PPO, **FAST).run(total_steps=10_000)
+
+
+class AsyncCartPole(AsyncEnv):
+    """CartPole-v1 behind the async interface."""
+
+    def __init__(self) -> None:
+        self.env = gym.make("CartPole-v1")
+        self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+
+    async def reset(self, *, seed: int | None = None, options: dict | None = None) -> Any:
+        return self.env.reset(seed=seed, options=options)
+
+    async def step(self, action: Any) -> Any:
+        await asyncio.sleep(0)
+        return self.env.step(action)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_cartpole_as_an_async_env_learns_to_475_with_appo():
+    trainer = Trainer(AsyncCartPole, APPO(), num_workers=2, envs_per_worker=16, rollout_length=32, seed=0)
+    result = await trainer.run(total_steps=300_000, target_return=475)
+    assert result.reached_target, result
+    evaluation = await trainer.evaluate(episodes=3)
+    assert evaluation.mean_return > 200
+
+
+def test_env_threads_with_an_async_env_is_a_config_error():
+    with pytest.raises(ConfigError, match="env_threads=True"):
+        Trainer(AsyncCountingEnv, env_threads=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"act_batch": 0}, "act_batch=0"),
+        ({"act_batch": 17, "envs_per_worker": 16}, "act_batch=17"),
+        ({"act_wait_s": -1.0}, "act_wait_s=-1.0"),
+        ({"env_timeout_s": 0}, "env_timeout_s=0"),
+        ({"env_threads": "yes"}, "env_threads='yes'"),
+    ],
+)
+def test_bad_async_options_name_the_field(options, field):
+    with pytest.raises(ConfigError, match=field):
+        Trainer(AsyncCountingEnv, **options)
