@@ -95,6 +95,7 @@ SETTLE_S = 0.2
 OTHER_LOAD_WARN = 0.2
 """Other processes' CPU use (cores) during a window above which it is redone and reported."""
 FORKSERVER_PRELOAD = ["torch", "gymnasium"]
+MAKE_DEFAULT_ENV = functools.partial(gym.make, ENV_ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +163,18 @@ class AiorlSystem:
         self.rate = 0.0
 
     @classmethod
-    async def start(cls, stack: contextlib.AsyncExitStack, envs_per_worker: int) -> AiorlSystem:
+    async def start(
+        cls,
+        stack: contextlib.AsyncExitStack,
+        envs_per_worker: int,
+        env: aiorl.envs.EnvSource = ENV_ID,
+        rollout_length: int = ROLLOUT_LENGTH,
+    ) -> AiorlSystem:
         trainer = aiorl.Trainer(
-            ENV_ID,
+            env,
             num_workers=NUM_WORKERS,
             envs_per_worker=envs_per_worker,
-            rollout_length=ROLLOUT_LENGTH,
+            rollout_length=rollout_length,
             seed=SEED,
         )
         return cls(await stack.enter_async_context(trainer), envs_per_worker)
@@ -247,14 +254,20 @@ class VectorSystem:
         self.label = f"{system} ({self.envs} envs)"
 
     @classmethod
-    async def start(cls, stack: contextlib.AsyncExitStack, system: str, num_envs: int) -> VectorSystem:
-        sampler = await asyncio.to_thread(cls._make, system, num_envs)
+    async def start(
+        cls,
+        stack: contextlib.AsyncExitStack,
+        system: str,
+        num_envs: int,
+        make_env: Callable[[], gym.Env] = MAKE_DEFAULT_ENV,
+    ) -> VectorSystem:
+        sampler = await asyncio.to_thread(cls._make, system, num_envs, make_env)
         stack.push_async_callback(asyncio.to_thread, sampler.close)
         return cls(system, sampler)
 
     @staticmethod
-    def _make(system: str, num_envs: int) -> VectorSampler:
-        env_fns: list[Callable[[], gym.Env]] = [functools.partial(gym.make, ENV_ID) for _ in range(num_envs)]
+    def _make(system: str, num_envs: int, make_env: Callable[[], gym.Env]) -> VectorSampler:
+        env_fns: list[Callable[[], gym.Env]] = [make_env for _ in range(num_envs)]
         if system == "SyncVectorEnv":
             venv: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(env_fns)
         elif system == "AsyncVectorEnv":
