@@ -20,3 +20,16 @@ def test_cartpole_example_trains_and_prints_progress():
     lines = completed.stdout.strip().splitlines()
     assert lines[0].startswith("update    1  steps"), completed.stdout
     assert "mean return of 475" in lines[-1] and "steps/s" in lines[-1]
+
+
+def test_async_env_example_overlaps_service_latency_and_trains():
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "async_env.py"), "--steps", "8192", "--envs-per-worker", "32"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert lines[0].startswith("update    1  steps"), completed.stdout
+    assert "mean return of 475" in lines[-1] and "discarded steps by reason" in lines[-1]
