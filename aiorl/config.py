@@ -42,6 +42,10 @@ class TrainerConfig:
     normalize_observations: bool = False
     """Normalise observations by a running mean/std, kept with the policy's weights
     (:class:`~aiorl.models.ObservationNormalizer`)."""
+    normalize_rewards: bool = False
+    """Divide rewards by a running standard deviation of the discounted return before each update
+    (gymnasium's ``NormalizeReward``; :class:`~aiorl.algos.reward_scaling.RewardNormalizer`). Returns
+    reported to you stay unscaled."""
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None
@@ -124,8 +128,9 @@ class TrainerConfig:
             )
         if not (isinstance(self.act_wait_s, int | float) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
             problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
-        if not isinstance(self.env_threads, bool):
-            problems.append(f"env_threads={self.env_threads!r} must be True or False")
+        for name in ("env_threads", "normalize_observations", "normalize_rewards"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be True or False")
         if not (_is_int(self.max_restarts) and self.max_restarts >= 0):
             problems.append(f"max_restarts={self.max_restarts!r} must be an integer >= 0")
         durations = (

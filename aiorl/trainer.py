@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from aiorl.algos import PPO, Algorithm
+from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
@@ -144,6 +145,10 @@ class Trainer:
         self.algo: Algorithm = PPO() if algo is None else algo
         if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
+        if self.config.normalize_rewards and not isinstance(getattr(self.algo, "gamma", None), float):
+            raise ConfigError(
+                f"normalize_rewards=True needs the algorithm's discount, but algo={self.algo!r} has no float `gamma`"
+            )
         self.env_factory = EnvFactory.from_user(env, env_kwargs)
         self.spaces = EnvSpaces.probe(self.env_factory)
         if self.spaces.is_async and self.config.env_threads:
@@ -162,6 +167,8 @@ class Trainer:
         self.stats = TrainingStats(return_window=self.config.return_window)
         self._policy_template = copy.deepcopy(policy).cpu()
         self._learner = self.algo.make_learner(copy.deepcopy(policy), self.dist, self.config.device)
+        self.reward_normalizer = RewardNormalizer() if self.config.normalize_rewards else None
+        """Running statistics of the reward scaling (``normalize_rewards=True``), else ``None``."""
         self._version = 0
         self._running: _Running | None = None
         self._run_lock = asyncio.Lock()
@@ -250,6 +257,7 @@ class Trainer:
                 rollouts_per_batch=cfg.batch_rollouts,
                 max_policy_lag=cfg.max_policy_lag,
                 log_interval_s=cfg.log_interval_s,
+                reward_normalizer=self.reward_normalizer,
             )
             consumer.version = self._version
             stack.push_async_callback(self._close_pool, pool, consumer)
@@ -322,6 +330,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             stack_path=stack_path,
             env_error_limit=cfg.env_error_limit,
+            reward_gamma=getattr(self.algo, "gamma", None) if cfg.normalize_rewards else None,
             acting=self._acting(),
         )
 

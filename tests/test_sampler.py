@@ -11,12 +11,15 @@ from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
 from aiorl.models import ActorCritic, evaluate
 from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.testing import COUNTING_ENV_ID
 from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import WorkerSpec
 
 
-def make_sampler(max_episode_steps: int, steps: int, envs: int) -> tuple[EnvSampler, RolloutSlots]:
-    factory = EnvFactory.from_user("CartPole-v1", {"max_episode_steps": max_episode_steps})
+def make_sampler(
+    max_episode_steps: int, steps: int, envs: int, reward_gamma: float | None = None, env: str = "CartPole-v1"
+) -> tuple[EnvSampler, RolloutSlots]:
+    factory = EnvFactory.from_user(env, {"max_episode_steps": max_episode_steps})
     spaces = EnvSpaces.probe(factory)
     encoder = ObservationEncoder.for_space(spaces.observation_space)
     dist = ActionDistribution.for_space(spaces.action_space)
@@ -48,6 +51,7 @@ def make_sampler(max_episode_steps: int, steps: int, envs: int) -> tuple[EnvSamp
         num_workers=1,
         stack_path="unused",
         env_error_limit=3,
+        reward_gamma=reward_gamma,
     )
     return EnvSampler(spec, policy), slots
 
@@ -80,6 +84,19 @@ def test_next_obs_is_the_observation_after_the_last_step():
         asyncio.run(sampler.collect(slot, policy_version=0))
         np.testing.assert_array_equal(slot["next_obs"], sampler.obs)
         assert not np.array_equal(slot["obs"][-1], slot["next_obs"])
+    finally:
+        sampler.close()
+        slots.close()
+
+
+def test_discounted_returns_are_recorded_per_episode_for_reward_normalisation():
+    sampler, slots = make_sampler(max_episode_steps=3, steps=6, envs=2, reward_gamma=0.5, env=COUNTING_ENV_ID)
+    try:
+        slot = slots[0]
+        asyncio.run(sampler.collect(slot, policy_version=0))
+        assert (slot["rewards"] == 1).all()
+        expected = np.array([1.0, 1.5, 1.75, 1.0, 1.5, 1.75])[:, None].repeat(2, axis=1)
+        np.testing.assert_allclose(slot["disc_returns"], expected)
     finally:
         sampler.close()
         slots.close()

@@ -26,6 +26,7 @@ class RolloutBatch:
     truncated: np.ndarray
     trunc_values: np.ndarray
     valid: np.ndarray
+    disc_returns: np.ndarray
     versions: np.ndarray
     next_obs: np.ndarray
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from aiorl.algos.batch import BatchBuilder, RolloutBatch
 from aiorl.algos.learner import Learner
+from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
@@ -118,6 +119,7 @@ class Consumer:
         rollouts_per_batch: int,
         max_policy_lag: int | None,
         log_interval_s: float,
+        reward_normalizer: RewardNormalizer | None = None,
     ) -> None:
         self.pool = pool
         self.slots = slots
@@ -127,6 +129,7 @@ class Consumer:
         self.stats = stats
         self.max_policy_lag = max_policy_lag
         self.log_interval_s = log_interval_s
+        self.reward_normalizer = reward_normalizer
         self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
         self.in_batch: list[ReadyRollout] = []
         self.in_flight = 0  # env steps of the batch the learner thread is working on
@@ -253,7 +256,10 @@ class Consumer:
 
     def _learn(self, batch: RolloutBatch, progress: float) -> tuple[dict[str, float], np.ndarray]:
         """Runs in the executor thread: one update, then a copy of the new weights."""
+        scale = None if self.reward_normalizer is None else self.reward_normalizer.normalize(batch)
         metrics = self.learner.update(batch, progress)
+        if scale is not None:
+            metrics["reward_scale"] = scale
         return metrics, self.learner.weights()
 
     def _record_lag(self, lag: LagStats, batch: RolloutBatch) -> None:

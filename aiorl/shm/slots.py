@@ -30,6 +30,8 @@ class RolloutLayout:
     truncated    [T, K]            episode was cut (time limit): bootstrap from trunc_values
     trunc_values [T, K]            V(final observation) where ``truncated``, else 0
     valid        [T, K]            False for steps of an episode broken by an env error
+    disc_returns [T, K]            discounted sum of the episode's rewards up to the step
+                                   (for reward normalisation; 0 when it is off)
     versions     [T, K]            policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
     ============ ================= ==================================================
@@ -55,6 +57,7 @@ class RolloutLayout:
             "truncated": ((t, k), np.dtype(np.bool_)),
             "trunc_values": ((t, k), f32),
             "valid": ((t, k), np.dtype(np.bool_)),
+            "disc_returns": ((t, k), f32),
             "versions": ((t, k), np.dtype(np.int64)),
             "next_obs": ((k, *self.obs_shape), f32),
         }

@@ -218,6 +218,8 @@ class AsyncEnvSampler:
         self.episode_length = [0] * k
         self.env_steps = [0] * k  # steps per env since it was built
         self.failures = [0] * k  # consecutive failures without an episode end
+        self.gamma = spec.reward_gamma
+        self.disc_return = [0.0] * k  # running discounted return of each env's episode
         self.total_steps = 0
         self._final = np.zeros(spec.layout.obs_shape, dtype=np.float32)
         self._returns: list[float] = []  # episodes finished since the last report
@@ -340,7 +342,10 @@ class AsyncEnvSampler:
         rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = reward, bool(term), bool(trunc)
         self.episode_return[i] += reward
         self.episode_length[i] += 1
+        if self.gamma is not None:
+            rows["disc_returns"][t] = self.disc_return[i] = self.disc_return[i] * self.gamma + reward
         if term or trunc:
+            self.disc_return[i] = 0.0
             self._returns.append(self.episode_return[i])
             self._lengths.append(self.episode_length[i])
             self.episode_return[i], self.episode_length[i] = 0.0, 0
@@ -357,7 +362,7 @@ class AsyncEnvSampler:
         """Row ``t`` belongs to a broken episode: no reward, no bootstrap (it is masked anyway)."""
         rows = trajectory.arrays
         rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = 0.0, False, True
-        rows["trunc_values"][t] = 0.0
+        rows["trunc_values"][t] = rows["disc_returns"][t] = 0.0
 
     async def _recover(self, i: int, exc: Exception, t: int, mask_from: int | None = None) -> object:
         """Mask env ``i``'s broken episode in its segment, re-create the env, return its first observation."""
@@ -397,7 +402,7 @@ class AsyncEnvSampler:
                     exc = error.original
         self.envs[i] = env
         self.env_steps[i] = 0
-        self.episode_return[i], self.episode_length[i] = 0.0, 0
+        self.episode_return[i], self.episode_length[i], self.disc_return[i] = 0.0, 0, 0.0
         trajectory.episode_start = t + 1
         return obs
 

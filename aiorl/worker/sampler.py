@@ -80,6 +80,8 @@ class EnvSampler:
         self.episode_start = [0] * k  # row of the current rollout the episode began at
         self.env_steps = [0] * k  # steps per env since it was built
         self.failures = [0] * k  # consecutive failures without an episode end
+        self.gamma = spec.reward_gamma
+        self.disc_return = [0.0] * k  # running discounted return of each env's episode
         self.total_steps = 0
         self.policy_version = -1  # the version acting in the rollout being collected
         for i in range(k):
@@ -134,7 +136,8 @@ class EnvSampler:
         arrays["valid"][t] = True
         arrays["trunc_values"][t] = 0.0
         k = len(self.envs)
-        rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
+        rewards, terminated, truncated, disc_returns = [0.0] * k, [False] * k, [False] * k, [0.0] * k
+        gamma = self.gamma
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         for i, env in enumerate(self.envs):
@@ -157,7 +160,10 @@ class EnvSampler:
             self.episode_return[i] += reward
             self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
+            if gamma is not None:
+                disc_returns[i] = self.disc_return[i] = self.disc_return[i] * gamma + reward
             if term or trunc:
+                self.disc_return[i] = 0.0
                 summary.episode_returns.append(float(self.episode_return[i]))
                 summary.episode_lengths.append(self.episode_length[i])
                 self.episode_return[i], self.episode_length[i] = 0.0, 0
@@ -173,6 +179,7 @@ class EnvSampler:
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
+        arrays["disc_returns"][t] = disc_returns
         if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
             self._recover_non_finite(arrays, t, summary)
         self.total_steps += k
@@ -226,7 +233,7 @@ class EnvSampler:
                     exc = error.original
         self.envs[i] = env
         self.env_steps[i] = 0
-        self.episode_return[i], self.episode_length[i] = 0.0, 0
+        self.episode_return[i], self.episode_length[i], self.disc_return[i] = 0.0, 0, 0.0
         self.episode_start[i] = t + 1
         return obs
 

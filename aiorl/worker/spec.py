@@ -41,6 +41,8 @@ class WorkerSpec:
         progress_name, num_workers: the shared progress board (steps per worker).
         stack_path: file the worker's Python stack is dumped into on SIGUSR1.
         env_error_limit: consecutive failures of one env that are fatal.
+        reward_gamma: discount of the running returns recorded for reward normalisation
+            (``None``: normalisation is off, nothing is recorded).
         acting: how to step async envs (an :class:`~aiorl.AsyncEnv` factory or
             ``env_threads=True``); ``None`` steps gymnasium envs inline, in lockstep.
     """
@@ -62,6 +64,7 @@ class WorkerSpec:
     num_workers: int
     stack_path: str
     env_error_limit: int
+    reward_gamma: float | None = None
     acting: AsyncActing | None = None
 
     def env_seed(self, env_index: int) -> int:
