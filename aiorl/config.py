@@ -94,6 +94,12 @@ class TrainerConfig:
     """``'forkserver'`` (default where available) or ``'spawn'``; never fork."""
     log_interval_s: float = 5.0
     """Seconds between progress lines on the ``aiorl`` logger."""
+    eval_interval_steps: int | None = None
+    """During ``run()``, evaluate the policy every this many trained env steps (``None``: never),
+    on separate envs and without pausing training; results go to ``TrainResult.evaluations``
+    and the log."""
+    eval_episodes: int = 10
+    """Episodes per periodic evaluation (deterministic actions)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -104,6 +110,7 @@ class TrainerConfig:
             "slots_per_worker",
             "return_window",
             "env_error_limit",
+            "eval_episodes",
         )
         for name in positive_ints:
             value = getattr(self, name)
@@ -115,6 +122,10 @@ class TrainerConfig:
             _is_int(self.rollouts_per_batch) and self.rollouts_per_batch >= 1
         ):
             problems.append(f"rollouts_per_batch={self.rollouts_per_batch!r} must be an integer >= 1 or None")
+        if self.eval_interval_steps is not None and not (
+            _is_int(self.eval_interval_steps) and self.eval_interval_steps >= 1
+        ):
+            problems.append(f"eval_interval_steps={self.eval_interval_steps!r} must be an integer >= 1 or None")
         if self.learner_threads is not None and not (_is_int(self.learner_threads) and self.learner_threads >= 1):
             problems.append(f"learner_threads={self.learner_threads!r} must be an integer >= 1 or None")
         if self.max_policy_lag is not None and not (_is_int(self.max_policy_lag) and self.max_policy_lag >= 0):

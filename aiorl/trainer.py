@@ -30,7 +30,7 @@ from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
-from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback
+from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback, UpdateReport
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.process import worker_context
 from aiorl.engine.restarts import RestartBudget
@@ -70,6 +70,7 @@ class TrainResult:
         steps_discarded: discarded env steps over the trainer's life, by reason.
         steps_pending: collected steps not yet trained or discarded (kept for the next run).
         policy_lag: lag of the samples trained on over the trainer's life.
+        evaluations: the periodic evaluations of this run (``eval_interval_steps``), oldest first.
     """
 
     env_steps: int
@@ -86,6 +87,7 @@ class TrainResult:
     steps_discarded: dict[str, int] = field(default_factory=dict)
     steps_pending: int = 0
     policy_lag: LagStats | None = None
+    evaluations: tuple[EvalResult, ...] = ()
 
     @property
     def steps_per_second(self) -> float:
@@ -404,8 +406,11 @@ class Trainer:
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = time.monotonic()
+        evaluations: list[EvalResult] = []
         try:
-            await _supervised(running, running.consumer.run(goal, on_update), broadcast=True)
+            async with asyncio.TaskGroup() as evaluating:
+                hook = self._evaluate_periodically(evaluating, evaluations, on_update)
+                await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
         finally:
             running.broadcaster.flush()
         return TrainResult(
@@ -423,7 +428,42 @@ class Trainer:
             steps_discarded=dict(stats.discarded),
             steps_pending=stats.steps_pending,
             policy_lag=running.consumer.lag_summary(),
+            evaluations=tuple(evaluations),
         )
+
+    def _evaluate_periodically(
+        self, tasks: asyncio.TaskGroup, evaluations: list[EvalResult], on_update: UpdateCallback | None
+    ) -> UpdateCallback | None:
+        """Wrap ``on_update`` so that an evaluation starts every ``eval_interval_steps`` trained steps.
+
+        One evaluation at a time, in a task of ``tasks`` (the run waits for the last one).
+        """
+        interval = self.config.eval_interval_steps
+        if interval is None:
+            return on_update
+        next_at = self.stats.steps_trained + interval
+        running: asyncio.Task[None] | None = None
+
+        async def evaluate_once() -> None:
+            result = await self.evaluate(self.config.eval_episodes)
+            evaluations.append(result)
+            log.info(
+                "evaluation of version %d: mean return %.1f +- %.1f over %d episodes",
+                result.policy_version,
+                result.mean_return,
+                result.std_return,
+                result.episodes,
+            )
+
+        def hook(report: UpdateReport) -> None:
+            nonlocal next_at, running
+            if on_update is not None:
+                on_update(report)
+            if self.stats.steps_trained >= next_at and (running is None or running.done()):
+                next_at = self.stats.steps_trained + interval
+                running = tasks.create_task(evaluate_once(), name="aiorl-evaluation")
+
+        return hook
 
     async def sample(self, total_steps: int) -> float:
         """Collect ``total_steps`` env steps without learning; return env steps per second.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 
 import pytest
 from conftest import SMALL
 
 from aiorl import PPO, Trainer
+from aiorl.testing import AsyncCountingEnv
 
 QUICK_PPO = PPO(update_epochs=2, num_minibatches=2)
 
@@ -48,3 +50,20 @@ def test_bad_episode_count_is_rejected():
     trainer = Trainer("CartPole-v1")
     with pytest.raises(ValueError, match=r"episodes=0"):
         asyncio.run(trainer.evaluate(episodes=0))
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_run_evaluates_every_eval_interval_steps_without_pausing_training():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, eval_interval_steps=1_000, eval_episodes=2, **SMALL)
+    result = await trainer.run(total_steps=4_000)
+    assert 1 <= len(result.evaluations) <= 4, "at most one per 1,000 trained steps, one at a time"
+    assert all(evaluation.episodes == 2 for evaluation in result.evaluations)
+    versions = [evaluation.policy_version for evaluation in result.evaluations]
+    assert versions == sorted(versions) and versions[-1] <= result.policy_version
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_is_evaluated_on_its_own_loop():
+    trainer = Trainer(functools.partial(AsyncCountingEnv, episode_length=7), QUICK_PPO, **SMALL)
+    result = await trainer.evaluate(episodes=2)
+    assert result.returns == (7.0, 7.0) and result.lengths == (7, 7)
