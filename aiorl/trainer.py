@@ -407,11 +407,15 @@ class Trainer:
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = time.monotonic()
         evaluations: list[EvalResult] = []
+        evaluating: set[asyncio.Task[None]] = set()  # at most one periodic evaluation at a time
         try:
-            async with asyncio.TaskGroup() as evaluating:
-                hook = self._evaluate_periodically(evaluating, evaluations, on_update)
-                await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
+            hook = self._evaluate_periodically(evaluating, evaluations, on_update)
+            await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
+            await asyncio.gather(*evaluating)  # the run's results include its last evaluation
         finally:
+            for task in evaluating:
+                task.cancel()
+            await asyncio.gather(*evaluating, return_exceptions=True)
             running.broadcaster.flush()
         return TrainResult(
             env_steps=stats.steps_trained - goal.trained_at_start,
@@ -432,11 +436,11 @@ class Trainer:
         )
 
     def _evaluate_periodically(
-        self, tasks: asyncio.TaskGroup, evaluations: list[EvalResult], on_update: UpdateCallback | None
+        self, tasks: set[asyncio.Task[None]], evaluations: list[EvalResult], on_update: UpdateCallback | None
     ) -> UpdateCallback | None:
         """Wrap ``on_update`` so that an evaluation starts every ``eval_interval_steps`` trained steps.
 
-        One evaluation at a time, in a task of ``tasks`` (the run waits for the last one).
+        One evaluation at a time, its task kept in ``tasks`` (owned by the run, which waits for it).
         """
         interval = self.config.eval_interval_steps
         if interval is None:
@@ -461,7 +465,8 @@ class Trainer:
                 on_update(report)
             if self.stats.steps_trained >= next_at and (running is None or running.done()):
                 next_at = self.stats.steps_trained + interval
-                running = tasks.create_task(evaluate_once(), name="aiorl-evaluation")
+                running = asyncio.get_running_loop().create_task(evaluate_once(), name="aiorl-evaluation")
+                tasks.add(running)
 
         return hook
 

@@ -47,6 +47,7 @@ def bandit_batch(learner: APPOLearner, seed: int = 0, steps: int = 16, envs: int
         truncated=np.zeros((steps, envs), dtype=bool),
         trunc_values=np.zeros((steps, envs), dtype=np.float32),
         valid=np.ones((steps, envs), dtype=bool),
+        disc_returns=np.zeros((steps, envs), dtype=np.float32),
         versions=np.zeros((steps, envs), dtype=np.int64),
         next_obs=rng.normal(size=(envs, OBS_DIM)).astype(np.float32),
     )
