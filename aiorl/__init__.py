@@ -23,6 +23,16 @@ from aiorl.errors import (
     WorkerStartError,
 )
 from aiorl.evaluation import EvalResult
+from aiorl.events import (
+    CheckpointSaved,
+    EpisodeFinished,
+    EvaluationFinished,
+    Event,
+    EventsDropped,
+    EventStream,
+    TrainingUpdate,
+    WorkerRestarted,
+)
 from aiorl.models import ActorCritic, CNNActorCritic
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
@@ -35,12 +45,19 @@ __all__ = [
     "ActorCritic",
     "AiorlError",
     "CNNActorCritic",
+    "CheckpointSaved",
     "ConfigError",
     "EnvError",
+    "EpisodeFinished",
     "EvalResult",
+    "EvaluationFinished",
+    "Event",
+    "EventStream",
+    "EventsDropped",
     "LagStats",
     "LearnerError",
     "TrainResult",
+    "TrainingUpdate",
     "TrainerClosed",
     "Trainer",
     "TrainerConfig",
@@ -48,6 +65,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerHung",
     "WorkerRestartError",
+    "WorkerRestarted",
     "WorkerStartError",
     "__version__",
     "run",
