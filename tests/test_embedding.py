@@ -68,6 +68,8 @@ async def test_stop_while_waiting_for_rollouts_returns_at_once():
             await asyncio.sleep(0.05)
         assert not run.done()
         trainer.stop()
+        await asyncio.sleep(0)  # the wait for a rollout is being interrupted: a second stop() is harmless
+        trainer.stop()
         result = await asyncio.wait_for(run, timeout=30)
     assert result.stopped and result.updates == 3
 

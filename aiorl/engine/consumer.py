@@ -168,7 +168,7 @@ class Consumer:
         """End :meth:`run` gracefully: after the update in progress, or at once if it waits for rollouts."""
         if self._goal is not None:
             self._goal.stop_requested = True
-        if self._waiting is not None:
+        if self._waiting is not None and not self._waiting.expired():
             self._waiting.reschedule(asyncio.get_running_loop().time())
 
     async def _next_rollout(self, goal: RunGoal) -> ReadyRollout | None:
