@@ -24,6 +24,16 @@ from aiorl.errors import (
     WorkerStartError,
 )
 from aiorl.evaluation import EvalResult
+from aiorl.events import (
+    CheckpointSaved,
+    EpisodeFinished,
+    EvaluationFinished,
+    Event,
+    EventsDropped,
+    EventStream,
+    TrainingUpdate,
+    WorkerRestarted,
+)
 from aiorl.models import ActorCritic, CNNActorCritic
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
@@ -37,13 +47,20 @@ __all__ = [
     "AiorlError",
     "AsyncEnv",
     "CNNActorCritic",
+    "CheckpointSaved",
     "ConfigError",
     "EnvError",
+    "EpisodeFinished",
     "EvalResult",
+    "EvaluationFinished",
+    "Event",
+    "EventStream",
+    "EventsDropped",
     "LagStats",
     "LearnerError",
     "ThreadedEnv",
     "TrainResult",
+    "TrainingUpdate",
     "TrainerClosed",
     "Trainer",
     "TrainerConfig",
@@ -51,6 +68,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerHung",
     "WorkerRestartError",
+    "WorkerRestarted",
     "WorkerStartError",
     "__version__",
     "run",

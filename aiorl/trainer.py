@@ -38,6 +38,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
+from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream, TrainingUpdate
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
 from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
@@ -71,6 +72,7 @@ class TrainResult:
         steps_pending: collected steps not yet trained or discarded (kept for the next run).
         policy_lag: lag of the samples trained on over the trainer's life.
         evaluations: the periodic evaluations of this run (``eval_interval_steps``), oldest first.
+        stopped: whether the run ended because ``trainer.stop()`` was called.
     """
 
     env_steps: int
@@ -88,6 +90,7 @@ class TrainResult:
     steps_pending: int = 0
     policy_lag: LagStats | None = None
     evaluations: tuple[EvalResult, ...] = ()
+    stopped: bool = False
 
     @property
     def steps_per_second(self) -> float:
@@ -174,6 +177,8 @@ class Trainer:
         self._version = 0
         self._running: _Running | None = None
         self._run_lock = asyncio.Lock()
+        self._events = EventHub()
+        self._stop_requested = False
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Trainer:
@@ -249,6 +254,7 @@ class Trainer:
                 worker_timeout_s=cfg.worker_timeout_s,
                 start_timeout_s=cfg.start_timeout_s,
             )
+            pool.on_event = self._events.publish
             consumer = Consumer(
                 pool=pool,
                 slots=slots,
@@ -266,7 +272,10 @@ class Trainer:
             await pool.start()
             self._running = _Running(stack, slots, store, pool, consumer, broadcaster)
         except BaseException:
-            await stack.aclose()
+            try:
+                await stack.aclose()
+            finally:
+                self._events.end_streams()
             raise
         log.info(
             "started %d workers x %d envs of %s (pids %s)",
@@ -301,7 +310,10 @@ class Trainer:
                     pass
         self._running = None
         self._version = running.consumer.version
-        await running.stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
+        try:
+            await running.stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
+        finally:
+            self._events.end_streams()
 
     def _worker_spec(
         self,
@@ -376,6 +388,10 @@ class Trainer:
                 ``return_window`` finished episodes is at least this.
             on_update: called on the loop after every learner update with an
                 :class:`~aiorl.engine.consumer.UpdateReport`; keep it quick.
+                (:meth:`events` streams the same news to any number of consumers.)
+
+        :meth:`stop` ends it early and gracefully (the result says ``stopped``);
+        cancelling the task running it tears everything it started down at once.
 
         Raises:
             ConfigError: invalid ``total_steps`` or ``target_return``.
@@ -402,14 +418,20 @@ class Trainer:
         self, running: _Running, total_steps: int, target_return: float | None, on_update: UpdateCallback | None
     ) -> TrainResult:
         stats = self.stats
-        goal = RunGoal(total_steps=total_steps, target_return=target_return, trained_at_start=stats.steps_trained)
+        goal = RunGoal(
+            total_steps=total_steps,
+            target_return=target_return,
+            trained_at_start=stats.steps_trained,
+            stop_requested=self._stop_requested,
+        )
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = time.monotonic()
         evaluations: list[EvalResult] = []
         evaluating: set[asyncio.Task[None]] = set()  # at most one periodic evaluation at a time
+        report = functools.partial(self._report_update, goal, on_update)
         try:
-            hook = self._evaluate_periodically(evaluating, evaluations, on_update)
+            hook = self._evaluate_periodically(evaluating, evaluations, report)
             await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
             await asyncio.gather(*evaluating)  # the run's results include its last evaluation
         finally:
@@ -417,6 +439,7 @@ class Trainer:
                 task.cancel()
             await asyncio.gather(*evaluating, return_exceptions=True)
             running.broadcaster.flush()
+            self._stop_requested = False
         return TrainResult(
             env_steps=stats.steps_trained - goal.trained_at_start,
             episodes=stats.episodes - episodes_at_start,
@@ -433,6 +456,7 @@ class Trainer:
             steps_pending=stats.steps_pending,
             policy_lag=running.consumer.lag_summary(),
             evaluations=tuple(evaluations),
+            stopped=goal.stop_requested,
         )
 
     def _evaluate_periodically(
@@ -470,6 +494,56 @@ class Trainer:
 
         return hook
 
+    def _report_update(self, goal: RunGoal, on_update: UpdateCallback | None, report: UpdateReport) -> None:
+        """After each update: publish a :class:`~aiorl.events.TrainingUpdate`, then call ``on_update``."""
+        if self._events.subscribed:
+            elapsed = time.monotonic() - goal.started
+            self._events.publish(
+                TrainingUpdate(
+                    policy_version=report.version,
+                    env_steps=report.env_steps,
+                    batch_steps=report.batch_steps,
+                    losses=report.metrics,
+                    lag=report.lag,
+                    steps_per_s=(report.env_steps - goal.trained_at_start) / elapsed if elapsed > 0 else 0.0,
+                    mean_return=report.mean_return,
+                    update_s=report.update_s,
+                )
+            )
+        if on_update is not None:
+            on_update(report)
+
+    # ---- embedding -------------------------------------------------------------------------
+    def events(self, maxsize: int = DEFAULT_BUFFER) -> EventStream:
+        """Subscribe to the trainer's events: ``async for event in trainer.events(): ...``.
+
+        The stream receives every event published from this call on (subscribe before
+        or during ``run()``): :class:`~aiorl.events.TrainingUpdate`,
+        :class:`~aiorl.events.EpisodeFinished`, :class:`~aiorl.events.WorkerRestarted`,
+        :class:`~aiorl.events.EvaluationFinished`, :class:`~aiorl.events.CheckpointSaved`.
+        It ends once the trainer closes (the end of ``async with``, or of a ``run()``
+        called outside one), after the events already buffered.
+
+        Any number of streams may be open; none slows training down. A stream holds at
+        most ``maxsize`` events: when its consumer falls behind, the oldest are dropped,
+        counted in ``stream.dropped``, and an :class:`~aiorl.events.EventsDropped` marks
+        the gap. Iterate on the trainer's event loop.
+        """
+        return self._events.subscribe(maxsize)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to end gracefully: it finishes the update in progress and returns its result.
+
+        The result has ``stopped=True``; rollouts already collected stay for the next run
+        (or are counted as discarded at close). If no ``run()`` is in progress, the next one
+        returns at once: a stop that races with the start of a run is not lost. Call it on
+        the trainer's event loop (from another thread: ``loop.call_soon_threadsafe(trainer.stop)``).
+        To tear down at once instead, cancel the task running ``run()``.
+        """
+        self._stop_requested = True
+        if self._running is not None:
+            self._running.consumer.stop()
+
     async def sample(self, total_steps: int) -> float:
         """Collect ``total_steps`` env steps without learning; return env steps per second.
 
@@ -505,7 +579,7 @@ class Trainer:
             weights, version = self._learner.weights(), self._version
         policy = copy.deepcopy(self._policy_template)
         assign_flat(policy, weights)
-        return await asyncio.to_thread(
+        result = await asyncio.to_thread(
             play_episodes,
             self.env_factory,
             self.obs_encoder,
@@ -516,6 +590,8 @@ class Trainer:
             seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
             policy_version=version,
         )
+        self._events.publish(EvaluationFinished(result))
+        return result
 
 
 async def _supervised(running: _Running, work: Coroutine[Any, Any, T], *, broadcast: bool) -> T:

@@ -90,6 +90,8 @@ class RunGoal:
     target_return: float | None
     trained_at_start: int
     started: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
+    """Set by ``trainer.stop()``: end after the update in progress."""
 
     def progress(self, stats: TrainingStats) -> float:
         """Fraction of ``total_steps`` trained in this run, in [0, 1]."""
@@ -101,7 +103,7 @@ class RunGoal:
 
     def done(self, stats: TrainingStats) -> bool:
         """Whether the run should stop now."""
-        return self.progress(stats) >= 1.0 or self.reached_target(stats)
+        return self.stop_requested or self.progress(stats) >= 1.0 or self.reached_target(stats)
 
 
 class Consumer:
@@ -140,6 +142,8 @@ class Consumer:
         self._lag_sum = 0.0
         self._lag_count = 0
         self._last_log = time.monotonic()
+        self._goal: RunGoal | None = None
+        self._waiting: asyncio.Timeout | None = None  # expires to interrupt the wait for a rollout
 
     @property
     def strict(self) -> bool:
@@ -147,9 +151,12 @@ class Consumer:
         return self.max_policy_lag == 0
 
     async def run(self, goal: RunGoal, on_update: UpdateCallback | None) -> None:
-        """Train until ``goal`` is met."""
+        """Train until ``goal`` is met or :meth:`stop` is called."""
+        self._goal = goal
         while not goal.done(self.stats):
-            rollout = await self.pool.ready.get()
+            rollout = await self._next_rollout(goal)
+            if rollout is None:
+                return
             lag = self.version - rollout.policy_version
             if self.max_policy_lag is not None and lag > self.max_policy_lag:
                 self.stats.discard(rollout.env_steps, "policy_lag")
@@ -166,6 +173,27 @@ class Consumer:
                 self.pool.release(rollout)
             if self.builder.full:
                 await self._update(self.builder.take(), goal, on_update)
+
+    def stop(self) -> None:
+        """End :meth:`run` gracefully: after the update in progress, or at once if it waits for rollouts."""
+        if self._goal is not None:
+            self._goal.stop_requested = True
+        if self._waiting is not None and not self._waiting.expired():
+            self._waiting.reschedule(asyncio.get_running_loop().time())
+
+    async def _next_rollout(self, goal: RunGoal) -> ReadyRollout | None:
+        """The next ready rollout, or ``None`` once :meth:`stop` is called (the rollout stays queued)."""
+        try:
+            async with asyncio.timeout(None) as self._waiting:
+                rollout = await self.pool.ready.get()
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting = None
+        if goal.stop_requested:  # stop() and the rollout's arrival raced: leave it for the next run
+            self.pool.ready.put_nowait(rollout)
+            return None
+        return rollout
 
     async def drain(self, total_steps: int) -> int:
         """Take ready rollouts without learning until ``total_steps`` arrived; return the count.

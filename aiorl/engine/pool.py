@@ -52,6 +52,7 @@ from aiorl.errors import (
     WorkerStartError,
     describe_exit,
 )
+from aiorl.events import EpisodeFinished, Event, WorkerRestarted
 from aiorl.shm import ProgressBoard
 from aiorl.worker.spec import WorkerSpec
 
@@ -170,6 +171,8 @@ class WorkerPool:
         self.closing = False
         self._supervisors: set[asyncio.Task[None]] = set()
         self._restarts: set[asyncio.Task[None]] = set()
+        self.on_event: Callable[[Event], None] | None = None
+        """Receives an event for each finished episode and each restart (the trainer's event hub)."""
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -313,6 +316,9 @@ class WorkerPool:
         if message.discarded_steps:
             self.stats.discard(message.discarded_steps, "env_error")
         seat.granted.discard(message.slot)
+        if self.on_event is not None:
+            for ret, length in zip(message.episode_returns, message.episode_lengths, strict=False):
+                self.on_event(EpisodeFinished(handle.worker_id, ret, length, message.policy_version))
         self.ready.put_nowait(
             ReadyRollout(
                 worker_id=handle.worker_id,
@@ -359,16 +365,18 @@ class WorkerPool:
             self.fail(error)
             return
         log.warning("%s; replacing it in %.2f s", cause, delay)
-        restart = self.tasks.create_task(self._restart(seat, delay), name=f"aiorl-restart-{seat.worker_id}")
+        restart = self.tasks.create_task(self._restart(seat, delay, cause), name=f"aiorl-restart-{seat.worker_id}")
         self._restarts.add(restart)
         restart.add_done_callback(self._restarts.discard)
 
-    async def _restart(self, seat: Seat, delay_s: float) -> None:
+    async def _restart(self, seat: Seat, delay_s: float, cause: AiorlError) -> None:
         await asyncio.sleep(delay_s)
         if self.closing:
             return
         seat.incarnation += 1
         self.stats.worker_restarts += 1
+        if self.on_event is not None:
+            self.on_event(WorkerRestarted(seat.worker_id, cause, seat.incarnation))
         try:
             await self._launch(seat)
         except Exception as exc:  # e.g. EMFILE, fork failure: end the run with a named error

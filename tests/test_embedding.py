@@ -1,0 +1,130 @@
+"""Embedding the trainer in an application's event loop: stop(), cancellation, no global side effects.
+
+Every async test runs on asyncio's default loop and on uvloop (conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import threading
+
+import pytest
+from conftest import SMALL
+
+from aiorl import PPO, Trainer, TrainingUpdate
+from aiorl.testing import FaultyEnv
+
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+
+
+class GatedPPO:
+    """PPO whose updates wait at a gate: lets a test act while an update is in progress."""
+
+    def __init__(self) -> None:
+        self.update_started = threading.Event()
+        self.gate = threading.Event()
+
+    def make_learner(self, policy, dist, device):
+        learner = QUICK_PPO.make_learner(policy, dist, device)
+        update = learner.update
+
+        def gated_update(batch, progress):
+            self.update_started.set()
+            self.gate.wait(timeout=60)
+            return update(batch, progress)
+
+        learner.update = gated_update
+        return learner
+
+
+@pytest.mark.asyncio
+async def test_stop_finishes_the_update_in_progress_and_returns_the_result():
+    algo = GatedPPO()
+    async with Trainer("CartPole-v1", algo, **SMALL) as trainer:
+        stream = trainer.events()
+        run = asyncio.create_task(trainer.run(total_steps=10**9))
+        await asyncio.to_thread(algo.update_started.wait, 60)  # the first update is in the learner thread
+        trainer.stop()
+        algo.gate.set()
+        result = await asyncio.wait_for(run, timeout=60)
+        assert result.stopped and not result.reached_target
+        assert result.updates == 1 and result.policy_version == trainer.policy_version == 1
+        assert len(trainer.worker_pids) == 2  # stopping a run keeps the workers for the next
+    updates = [e async for e in stream if isinstance(e, TrainingUpdate)]
+    assert [u.policy_version for u in updates] == [1]  # the update in progress was finished and reported
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.asyncio
+async def test_stop_while_waiting_for_rollouts_returns_at_once():
+    # Every worker's env 0 hangs at its 50th step, so after 3 rollouts per worker no more come.
+    hangs = functools.partial(FaultyEnv, "CartPole-v1", "hang", 50, workers=None)
+    async with Trainer(hangs, QUICK_PPO, worker_timeout_s=120, shutdown_grace_s=0.5, **SMALL) as trainer:
+        run = asyncio.create_task(trainer.run(total_steps=10**9))
+        while trainer.stats.updates < 3:  # 6 rollouts in batches of 2: all trained, the queue empty
+            await asyncio.sleep(0.05)
+        assert not run.done()
+        trainer.stop()
+        await asyncio.sleep(0)  # the wait for a rollout is being interrupted: a second stop() is harmless
+        trainer.stop()
+        result = await asyncio.wait_for(run, timeout=30)
+    assert result.stopped and result.updates == 3
+
+
+@pytest.mark.asyncio
+async def test_stop_before_run_starts_ends_that_run_only():
+    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+        trainer.stop()
+        stopped = await trainer.run(total_steps=10**9)
+        assert stopped.stopped and stopped.updates == 0
+        normal = await trainer.run(total_steps=300)
+        assert not normal.stopped and normal.env_steps >= 300
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_task_that_owns_the_trainer_kills_its_workers_before_it_ends():
+    pids: list[int] = []
+    first_update = asyncio.Event()
+
+    async def app() -> None:
+        async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+            pids.extend(trainer.worker_pids.values())
+            await trainer.run(total_steps=10**9, on_update=lambda _: first_update.set())
+
+    task = asyncio.create_task(app())
+    await asyncio.wait_for(first_update.wait(), timeout=60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(pids) == 2
+    assert not [pid for pid in pids if _running(pid)]  # gone when the task ends, not eventually
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_handlers() -> dict[signal.Signals, object]:
+    return {sig: signal.getsignal(sig) for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP)}
+
+
+@pytest.mark.asyncio
+async def test_run_leaves_the_loop_policy_and_signal_handlers_alone():
+    policy, handlers = asyncio.get_event_loop_policy(), _signal_handlers()
+    seen_during_run: list[tuple[object, dict]] = []
+
+    def on_update(report) -> None:
+        if not seen_during_run:
+            seen_during_run.append((asyncio.get_event_loop_policy(), _signal_handlers()))
+
+    await Trainer("CartPole-v1", QUICK_PPO, **SMALL).run(total_steps=300, on_update=on_update)
+    assert seen_during_run == [(policy, handlers)]
+    assert asyncio.get_event_loop_policy() is policy
+    assert _signal_handlers() == handlers
