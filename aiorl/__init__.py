@@ -13,6 +13,7 @@ from aiorl.config import TrainerConfig
 from aiorl.engine.consumer import LagStats, UpdateReport
 from aiorl.errors import (
     AiorlError,
+    CheckpointError,
     ConfigError,
     EnvError,
     LearnerError,
@@ -24,6 +25,7 @@ from aiorl.errors import (
 )
 from aiorl.evaluation import EvalResult
 from aiorl.models import ActorCritic, CNNActorCritic
+from aiorl.policy import Policy
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
 
@@ -35,11 +37,13 @@ __all__ = [
     "ActorCritic",
     "AiorlError",
     "CNNActorCritic",
+    "CheckpointError",
     "ConfigError",
     "EnvError",
     "EvalResult",
     "LagStats",
     "LearnerError",
+    "Policy",
     "TrainResult",
     "TrainerClosed",
     "Trainer",
