@@ -129,21 +129,26 @@ class Policy:
         *,
         seed: int = 0,
         deterministic: bool = True,
-        render_mode: str | None = None,
         on_frame: FrameSink | None = None,
+        env: gym.Env | None = None,
     ) -> EvalResult:
-        """Play ``episodes`` whole episodes in a fresh env (episode ``i`` reset with ``seed + i``).
+        """Play ``episodes`` whole episodes (episode ``i`` reset with ``seed + i``).
 
-        With ``render_mode`` (e.g. ``"rgb_array"``) each frame of the *first* episode is
-        passed to ``on_frame``.
+        Args:
+            episodes: how many episodes.
+            seed: the reset seed of the first episode.
+            deterministic: act with the most likely action, else sample.
+            on_frame: receives ``env.render()`` after the reset and after every step of
+                the *first* episode (make the env with ``render_mode="rgb_array"``).
+            env: play in this env (closed at the end); default: :meth:`make_env`.
         """
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
-        env = self.make_env(render_mode)
+        env = self.make_env() if env is None else env
         returns, lengths = [], []
         try:
             for episode in range(episodes):
-                sink = on_frame if episode == 0 and render_mode is not None else None
+                sink = on_frame if episode == 0 else None
                 obs, _ = env.reset(seed=seed + episode)
                 if sink is not None:
                     sink(env.render())  # type: ignore[arg-type]
