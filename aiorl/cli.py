@@ -166,10 +166,11 @@ def resume(logdir: Path, steps: int | None, progress: str) -> None:
         return
     done = trainer.stats.steps_trained
     click.echo(f"aiorl: resuming {logdir} at update {trainer.policy_version}, {done:,} steps", err=True)
-    if steps is None and plan is not None:
-        total, start, target = plan.total_steps, plan.trained_at_start, plan.target_return
-    else:
+    if steps is not None:
         total, start, target = steps, done, experiment.run.target_return
+    else:
+        assert plan is not None
+        total, start, target = plan.total_steps, plan.trained_at_start, plan.target_return
     result = _session(
         trainer,
         logdir,

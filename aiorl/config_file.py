@@ -173,10 +173,16 @@ def build_experiment(
         raise ConfigError(problems)
     run = RunConfig(**run_values)
     preset = get_preset(run.preset) if run.preset is not None else None
-    algo_cls = ALGORITHMS[run.algo] if run.algo else type(preset.algo) if preset else PPO
-    if algo_cls not in ALGORITHMS.values():  # pragma: no cover - presets only use PPO and APPO
+    algo_cls: type[PPO] | type[APPO] = PPO
+    if run.algo:
+        algo_cls = ALGORITHMS[run.algo]
+    elif preset is not None and isinstance(preset.algo, PPO | APPO):
+        algo_cls = type(preset.algo)
+    elif preset is not None:  # pragma: no cover - presets only use PPO and APPO
         raise ConfigError(f"run.preset={run.preset!r} uses an algorithm the config file cannot describe")
-    base_algo = preset.algo if preset is not None and isinstance(preset.algo, algo_cls) else algo_cls()
+    base_algo: PPO | APPO = algo_cls()
+    if preset is not None and isinstance(preset.algo, algo_cls):  # the preset's tuned values
+        base_algo = preset.algo
     algo_values = _checked("algo", algo_cls, merged["algo"], problems, label=algo_cls.__name__)
     trainer_values = _checked("trainer", TrainerConfig, merged["trainer"], problems)
     if problems:

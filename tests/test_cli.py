@@ -128,7 +128,7 @@ def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, t
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
-    total = 48 * 256  # whole updates of 256 steps
+    total = 32 * 256  # whole updates of 256 steps
     flags = ["--steps", str(total), "--checkpoint-interval", "0.2", *SMALL_FLAGS, "--logdir", "run"]
     child = subprocess.Popen(
         [sys.executable, "-m", "aiorl", "train", "CartPole-v1", *flags],
