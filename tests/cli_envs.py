@@ -31,3 +31,10 @@ class DrawnCartPole(gym.Wrapper):
 def plain_cartpole() -> gym.Env:
     """CartPole-v1 made without a render mode (its factory takes no ``render_mode``)."""
     return gym.make("CartPole-v1")
+
+
+def cartpole_killed_at_step_300() -> gym.Env:
+    """CartPole-v1 whose first env in worker 0 SIGKILLs its process at step 300 (first incarnation)."""
+    from aiorl.testing import FaultyEnv
+
+    return FaultyEnv("CartPole-v1", "kill", 300)

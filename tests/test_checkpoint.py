@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 import torch
 from conftest import SMALL, wait_until
 
-from aiorl import PPO, CheckpointError, Trainer
+from aiorl import PPO, CheckpointError, Trainer, WorkerRestartError
 from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
+from aiorl.testing import FaultyEnv
 
 
 def assert_same_tensors(left: object, right: object) -> None:
@@ -185,3 +187,18 @@ def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
     torch.save({"weight": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match="is not an aiorl checkpoint"):
         read_checkpoint(foreign)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_failed_run_leaves_a_checkpoint_of_its_last_update(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    killed_at_step_300 = functools.partial(FaultyEnv, "CartPole-v1", "kill", 300)
+    trainer = Trainer(killed_at_step_300, PPO(), **{**SMALL, "max_restarts": 0})
+    versions = []
+
+    with pytest.raises(WorkerRestartError):
+        await trainer.run(total_steps=100_000, on_update=lambda r: versions.append(r.version), checkpoint_path=path)
+
+    loaded = Trainer.load(path)
+    assert loaded.policy_version == versions[-1] >= 1
+    assert loaded.unfinished_run == RunPlan(total_steps=100_000, target_return=None, trained_at_start=0)

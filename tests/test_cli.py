@@ -187,3 +187,14 @@ def test_the_console_script_and_the_config_template(tmp_path):
         {"run": {"env": "Acrobot-v1", "algo": "appo"}}
     )
     assert json.loads(json.dumps(done.stdout))  # plain text, nothing else on stdout
+
+
+def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
+    (tmp_path / "fragile.toml").write_text("[trainer]\nmax_restarts = 0\n")
+    flags = ["--config", "fragile.toml", "--steps", "100000", *SMALL_FLAGS, "--logdir", "run"]
+    done = aiorl("train", "cli_envs:cartpole_killed_at_step_300", *flags, cwd=tmp_path)
+
+    assert done.returncode == 1, done.stderr
+    assert "training failed: WorkerRestartError: worker 0 lost once more after 0 restarts" in done.stderr
+    assert "checkpoint: run/checkpoint.pt" in done.stderr
+    assert read_checkpoint(tmp_path / "run")["policy_version"] == read_metrics(tmp_path / "run")[-1]["update"]
