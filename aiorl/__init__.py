@@ -14,6 +14,7 @@ from aiorl.engine.consumer import LagStats, UpdateReport
 from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.errors import (
     AiorlError,
+    CheckpointError,
     ConfigError,
     EnvError,
     LearnerError,
@@ -35,6 +36,7 @@ from aiorl.events import (
     WorkerRestarted,
 )
 from aiorl.models import ActorCritic, CNNActorCritic
+from aiorl.policy import Policy
 from aiorl.runner import run
 from aiorl.trainer import Trainer, TrainResult
 
@@ -48,6 +50,7 @@ __all__ = [
     "AsyncEnv",
     "CNNActorCritic",
     "CheckpointSaved",
+    "CheckpointError",
     "ConfigError",
     "EnvError",
     "EpisodeFinished",
@@ -59,6 +62,7 @@ __all__ = [
     "LagStats",
     "LearnerError",
     "ThreadedEnv",
+    "Policy",
     "TrainResult",
     "TrainingUpdate",
     "TrainerClosed",

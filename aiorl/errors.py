@@ -128,6 +128,10 @@ class LearnerError(AiorlError):
     """The learner raised, or produced a non-finite loss; the run stops."""
 
 
+class CheckpointError(AiorlError):
+    """A checkpoint file is missing, unreadable, or not an aiorl checkpoint (the message says which)."""
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Describe a process exit code the way a user wants to read it."""
     import signal

@@ -15,18 +15,23 @@ import functools
 import logging
 import math
 import os
+import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
+import aiorl
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
+from aiorl.checkpoint import FORMAT, FORMAT_VERSION, Checkpointer, RunPlan, read_checkpoint, write_checkpoint
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
@@ -38,7 +43,14 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
-from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream, TrainingUpdate
+from aiorl.events import (
+    DEFAULT_BUFFER,
+    CheckpointSaved,
+    EvaluationFinished,
+    EventHub,
+    EventStream,
+    TrainingUpdate,
+)
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
 from aiorl.presets import get_preset
 from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
@@ -50,6 +62,9 @@ T = TypeVar("T")
 EXECUTOR_SHUTDOWN_S = 60.0
 RUN_STOP_WAIT_S = 60.0
 EVAL_SEED_OFFSET = 1_000_000_007
+LAUNCH_SEED_STRIDE = 10_000_019
+"""Worker seeds move by this much each time the trainer starts its workers again (and on
+resume from a checkpoint), so a restarted trainer never replays the same env episodes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +194,12 @@ class Trainer:
         self._run_lock = asyncio.Lock()
         self._events = EventHub()
         self._stop_requested = False
+        self._launches = 0  # times the workers were started and stopped (moves their seeds)
+        self._train_time_s = 0.0  # seconds spent in finished run() calls (and before a resume)
+        self._run_started: float | None = None
+        self._resume_plan: RunPlan | None = None
+        self.unfinished_run: RunPlan | None = None
+        """The run a loaded checkpoint was taken in, if it had not finished (see :meth:`resume`)."""
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Trainer:
@@ -190,6 +211,35 @@ class Trainer:
         algo = overrides.pop("algo", preset.algo)
         return cls(preset.env, algo, **{**preset.options, **overrides})
 
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options: Any) -> Trainer:
+        """A trainer restored from a checkpoint file (or a log directory holding ``checkpoint.pt``).
+
+        The policy, the optimiser, the counters (steps, episodes, updates, the policy
+        version), the recent returns, the seconds trained and the random-number generator
+        states of this process are restored, so training continues with the same step
+        counters; :meth:`resume` continues an interrupted run with its learning-rate
+        schedule. ``options`` override saved trainer options (``num_workers=4``,
+        ``device="cpu"``). Checkpoints are pickles: load only files you trust.
+
+        Raises:
+            CheckpointError: the file is missing, unreadable or not an aiorl checkpoint.
+            ConfigError: an override is invalid.
+        """
+        state = read_checkpoint(path)
+        factory = state["env"]
+        env: EnvSource = factory.env_id if factory.env_id is not None else factory.make_fn
+        saved = {k: v for k, v in state["config"].items() if k in TrainerConfig.__dataclass_fields__}
+        trainer = cls(
+            env,
+            state["algo"],
+            env_kwargs=dict(factory.kwargs) or None,
+            policy=state["policy_module"],
+            **{**saved, **options},
+        )
+        trainer.load_state_dict(state)
+        return trainer
+
     # ---- public state --------------------------------------------------------------------
     @property
     def policy(self) -> nn.Module:
@@ -200,6 +250,12 @@ class Trainer:
     def policy_version(self) -> int:
         """Updates applied so far (the version workers act with, once published)."""
         return self._running.consumer.version if self._running else self._version
+
+    @property
+    def train_time_s(self) -> float:
+        """Seconds spent in ``run()`` over the trainer's life (carried over by checkpoints)."""
+        running = 0.0 if self._run_started is None else time.monotonic() - self._run_started
+        return self._train_time_s + running
 
     @property
     def worker_pids(self) -> dict[int, int]:
@@ -310,6 +366,7 @@ class Trainer:
                     pass
         self._running = None
         self._version = running.consumer.version
+        self._launches += 1
         try:
             await running.stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
         finally:
@@ -330,7 +387,7 @@ class Trainer:
             worker_id=worker_id,
             incarnation=incarnation,
             env_factory=self.env_factory,
-            seed=cfg.seed,
+            seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
             layout=layout,
             slots_name=slots.segment.name,
             num_slots=slots.num_slots,
@@ -376,6 +433,8 @@ class Trainer:
         target_return: float | None = None,
         *,
         on_update: UpdateCallback | None = None,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_interval_s: float = 60.0,
     ) -> TrainResult:
         """Train until ``total_steps`` more env steps are trained on, or ``target_return`` is reached.
 
@@ -392,6 +451,11 @@ class Trainer:
 
         :meth:`stop` ends it early and gracefully (the result says ``stopped``);
         cancelling the task running it tears everything it started down at once.
+            checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
+                every ``checkpoint_interval_s`` and when the run ends, normally, cancelled
+                (Ctrl-C) or failed; each write is atomic. After a learner failure the file
+                holds the state after the last good update.
+            checkpoint_interval_s: seconds between periodic checkpoints.
 
         Raises:
             ConfigError: invalid ``total_steps`` or ``target_return``.
@@ -404,42 +468,67 @@ class Trainer:
             problems.append(f"total_steps={total_steps!r} must be an integer >= 1")
         if target_return is not None and not (isinstance(target_return, int | float) and math.isfinite(target_return)):
             problems.append(f"target_return={target_return!r} must be a finite number or None")
+        if not (isinstance(checkpoint_interval_s, int | float) and checkpoint_interval_s > 0):
+            problems.append(f"checkpoint_interval_s={checkpoint_interval_s!r} must be a number of seconds > 0")
         if problems:
             raise ConfigError(problems)
+        checkpointing = (checkpoint_path, checkpoint_interval_s)
         if self._running is None:
             async with self:
-                return await self.run(total_steps, target_return, on_update=on_update)
+                return await self.run(
+                    total_steps,
+                    target_return,
+                    on_update=on_update,
+                    checkpoint_path=checkpoint_path,
+                    checkpoint_interval_s=checkpoint_interval_s,
+                )
         if self._run_lock.locked():
             raise RuntimeError("run() is already in progress on this Trainer")
         async with self._run_lock:
-            return await self._run(self._running, total_steps, target_return, on_update)
+            return await self._run(self._running, total_steps, target_return, on_update, checkpointing)
 
     async def _run(
-        self, running: _Running, total_steps: int, target_return: float | None, on_update: UpdateCallback | None
+        self,
+        running: _Running,
+        total_steps: int,
+        target_return: float | None,
+        on_update: UpdateCallback | None,
+        checkpointing: tuple[str | os.PathLike[str] | None, float] = (None, 60.0),
     ) -> TrainResult:
         stats = self.stats
+        plan, self._resume_plan = self._resume_plan, None
+        start = stats.steps_trained if plan is None else plan.trained_at_start
         goal = RunGoal(
             total_steps=total_steps,
             target_return=target_return,
-            trained_at_start=stats.steps_trained,
+            trained_at_start=start,
             stop_requested=self._stop_requested,
         )
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
-        started = time.monotonic()
+        started = self._run_started = time.monotonic()
+        checkpointer = self._checkpointer(checkpointing, RunPlan(total_steps, target_return, start))
+        report = functools.partial(self._report_update, goal, on_update)
+        callback = report if checkpointer is None else _also(checkpointer.after_update, report)
         evaluations: list[EvalResult] = []
         evaluating: set[asyncio.Task[None]] = set()  # at most one periodic evaluation at a time
-        report = functools.partial(self._report_update, goal, on_update)
+        finished = False
         try:
-            hook = self._evaluate_periodically(evaluating, evaluations, report)
+            hook = self._evaluate_periodically(evaluating, evaluations, callback)
             await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
             await asyncio.gather(*evaluating)  # the run's results include its last evaluation
+            finished = True
         finally:
             for task in evaluating:
                 task.cancel()
             await asyncio.gather(*evaluating, return_exceptions=True)
             running.broadcaster.flush()
             self._stop_requested = False
+            self._train_time_s += time.monotonic() - started
+            self._run_started = None
+            if checkpointer is not None:
+                await checkpointer.finish(finished=finished)
+        self.unfinished_run = None
         return TrainResult(
             env_steps=stats.steps_trained - goal.trained_at_start,
             episodes=stats.episodes - episodes_at_start,
@@ -544,6 +633,146 @@ class Trainer:
         if self._running is not None:
             self._running.consumer.stop()
 
+    def _checkpointer(
+        self, checkpointing: tuple[str | os.PathLike[str] | None, float], plan: RunPlan
+    ) -> Checkpointer | None:
+        path, interval_s = checkpointing
+        if path is None:
+            return None
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return Checkpointer(
+            path, functools.partial(self._snapshot, plan), interval_s=interval_s, on_saved=self._checkpoint_saved
+        )
+
+    def _checkpoint_saved(self, path: Path, state: dict[str, Any]) -> None:
+        self._events.publish(CheckpointSaved(str(path), state["stats"]["steps_trained"], state["policy_version"]))
+
+    def _snapshot(self, plan: RunPlan) -> dict[str, Any]:
+        state = self.state_dict()
+        state["run"] = asdict(plan)
+        return state
+
+    async def resume(
+        self,
+        *,
+        on_update: UpdateCallback | None = None,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_interval_s: float = 60.0,
+    ) -> TrainResult:
+        """Continue the run a loaded checkpoint interrupted, as if it had never stopped.
+
+        The run keeps its step budget (counted from where it originally started), its
+        target return and its learning-rate schedule; the result's ``env_steps`` counts
+        the whole run. Arguments are those of :meth:`run`.
+
+        Raises:
+            RuntimeError: :attr:`unfinished_run` is ``None`` (the checkpoint was taken after
+                its run finished, or the trainer was not loaded from a checkpoint); call
+                :meth:`run` to train more.
+        """
+        plan = self.unfinished_run
+        if plan is None:
+            raise RuntimeError("there is no unfinished run to resume; call run() to train more")
+        remaining = plan.remaining(self.stats.steps_trained)
+        if remaining == 0:
+            raise RuntimeError("the unfinished run has no steps left; call run() to train more")
+        self._resume_plan = plan
+        try:
+            return await self.run(
+                plan.total_steps,
+                plan.target_return,
+                on_update=on_update,
+                checkpoint_path=checkpoint_path,
+                checkpoint_interval_s=checkpoint_interval_s,
+            )
+        finally:
+            self._resume_plan = None
+
+    async def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a checkpoint of the current state to ``path`` (atomically, in a thread); return the path.
+
+        Call it while no ``run()`` is in progress; during a run use ``run(checkpoint_path=...)``,
+        which saves between updates.
+        """
+        if self._run_lock.locked():
+            raise RuntimeError("save() while run() is in progress; pass checkpoint_path= to run() instead")
+        state = self.state_dict()
+        return await asyncio.to_thread(write_checkpoint, state, path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything a checkpoint holds (layout in :mod:`aiorl.checkpoint`).
+
+        Call it between updates: while no ``run()`` is in progress, or from an
+        ``on_update`` callback. Steps collected but not trained yet are counted as
+        discarded (``shutdown``) in the copy, as they would be if the trainer closed now.
+        """
+        if self._running is not None and self._running.consumer.in_flight:
+            raise RuntimeError("state_dict() during a learner update; call it from on_update or between runs")
+        learner_state = getattr(self._learner, "state_dict", None)
+        learner = learner_state() if learner_state is not None else {"policy": self._learner.policy.state_dict()}
+        template = self._policy_template
+        stats = self.stats
+        discarded = dict(stats.discarded)
+        if stats.steps_pending:
+            discarded["shutdown"] = discarded.get("shutdown", 0) + stats.steps_pending
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "aiorl_version": aiorl.__version__,
+            "env": self.env_factory,
+            "observation_space": self.spaces.observation_space,
+            "action_space": self.spaces.action_space,
+            "algo": self.algo,
+            "config": asdict(self.config),
+            "policy_module": template.policy if isinstance(template, ObservationNormalizer) else template,
+            "learner": copy.deepcopy(learner),
+            "policy_version": self.policy_version,
+            "stats": {
+                "steps_collected": stats.steps_collected,
+                "steps_trained": stats.steps_trained,
+                "discarded": discarded,
+                "episodes": stats.episodes,
+                "updates": stats.updates,
+                "worker_restarts": stats.worker_restarts,
+                "env_errors": stats.env_errors,
+                "recent_returns": list(stats.recent_returns),
+            },
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "launches": self._launches + (1 if self._running is not None else 0),
+            "train_time_s": self.train_time_s,
+            "run": None,
+            "reward_normalizer": None if self.reward_normalizer is None else self.reward_normalizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned into this (not started) trainer."""
+        if self._running is not None:
+            raise RuntimeError("load_state_dict() needs a trainer that is not started")
+        load = getattr(self._learner, "load_state_dict", None)
+        if load is not None and "optimizer" in state["learner"]:
+            load(state["learner"])
+        else:
+            self._learner.policy.load_state_dict(state["learner"]["policy"])
+        self._version = state["policy_version"]
+        saved = state["stats"]
+        stats = self.stats
+        for name in ("steps_collected", "steps_trained", "episodes", "updates", "worker_restarts", "env_errors"):
+            setattr(stats, name, saved[name])
+        stats.discarded.clear()
+        stats.discarded.update(saved["discarded"])
+        stats.recent_returns.clear()
+        stats.recent_returns.extend(saved["recent_returns"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self._launches = state["launches"]
+        self._train_time_s = state["train_time_s"]
+        run = state.get("run")
+        self.unfinished_run = RunPlan(**run) if run else None
+        if self.reward_normalizer is not None and state.get("reward_normalizer") is not None:
+            self.reward_normalizer.load_state_dict(state["reward_normalizer"])
+
     async def sample(self, total_steps: int) -> float:
         """Collect ``total_steps`` env steps without learning; return env steps per second.
 
@@ -612,6 +841,17 @@ async def _supervised(running: _Running, work: Coroutine[Any, Any, T], *, broadc
     except BaseExceptionGroup as group:
         error = _single(group)
         raise error from error.__cause__
+
+
+def _also(first: Callable[[], None], on_update: UpdateCallback | None) -> UpdateCallback:
+    """An update callback that calls ``first()`` and then ``on_update(report)``."""
+
+    def callback(report: UpdateReport) -> None:
+        first()
+        if on_update is not None:
+            on_update(report)
+
+    return callback
 
 
 async def _raise_failure(pool: WorkerPool) -> None:

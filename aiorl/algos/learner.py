@@ -16,6 +16,10 @@ class Learner(Protocol):
 
     The engine calls :meth:`update` and :meth:`weights` in its learner thread, one call
     at a time, and :meth:`load_weights` on the event loop only while no update runs.
+
+    Checkpoints also save the optimiser when the learner has ``state_dict()`` and
+    ``load_state_dict(state)`` (as PPO's and APPO's do); without them only the policy's
+    weights are saved.
     """
 
     policy: nn.Module

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -209,6 +209,15 @@ class SurrogateLearner:
     def load_weights(self, weights: np.ndarray) -> None:
         """Overwrite the policy's weights with a flat array from :meth:`weights`."""
         assign_flat(self.policy, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's and the optimiser's state (references, not copies), for checkpoints."""
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the policy's architecture must match)."""
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)

@@ -1,0 +1,245 @@
+"""Checkpoint files: written atomically, read back with a clear error, saved during a run.
+
+A checkpoint is one file (``torch.save`` of a dict, see :data:`FORMAT`) holding everything
+needed to continue training exactly where it stopped, or to act with the policy:
+
+- the env recipe and its spaces, the algorithm config and the trainer's config;
+- the policy's architecture (the module object) and its trained weights, including the
+  observation normaliser's running statistics when ``normalize_observations`` is on;
+- the optimiser's state (Adam's moments and step counts);
+- the counters (steps collected, trained and discarded by reason, episodes, updates,
+  restarts, env errors, the recent returns behind ``mean_return``), the policy version and
+  the seconds trained so far;
+- the random-number generator states of the trainer's process (torch, numpy, ``random``);
+- the run in progress (its step budget, target and where it started), so
+  :meth:`aiorl.Trainer.resume` can continue it with the same learning-rate schedule.
+
+Files are written to a temporary file beside the target, flushed to disk (``fsync``) and
+renamed over the target, so a crash or a kill at any moment leaves either the previous
+checkpoint or the new one, never a torn file.
+
+Checkpoints are Python pickles (like ``torch.save(model)``): load only files you trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aiorl.errors import CheckpointError
+
+log = logging.getLogger("aiorl")
+
+FORMAT = "aiorl.checkpoint"
+"""The value of a checkpoint's ``"format"`` key."""
+FORMAT_VERSION = 1
+"""The layout version written into ``"format_version"``; readers refuse newer ones."""
+CHECKPOINT_NAME = "checkpoint.pt"
+"""The file name used inside a log directory."""
+WRITE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """The ``run()`` a checkpoint was taken in: what :meth:`aiorl.Trainer.resume` continues.
+
+    Attributes:
+        total_steps: the run's step budget.
+        target_return: the run's target mean return, if any.
+        trained_at_start: the trainer's ``steps_trained`` when the run began.
+    """
+
+    total_steps: int
+    target_return: float | None
+    trained_at_start: int
+
+    def remaining(self, steps_trained: int) -> int:
+        """Env steps left in the budget once ``steps_trained`` steps are trained."""
+        return max(self.total_steps - (steps_trained - self.trained_at_start), 0)
+
+
+def checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a directory (a log directory)."""
+    resolved = Path(path)
+    return resolved / CHECKPOINT_NAME if resolved.is_dir() else resolved
+
+
+def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``state`` to ``path`` atomically and durably; return the path.
+
+    The bytes go to ``.NAME.tmp`` in the same directory, are flushed with ``fsync``,
+    then the file is renamed over ``path`` and the directory is flushed too.
+
+    Error handling:
+        An ``OSError`` (disk full, permissions) propagates; ``path`` keeps its
+        previous content and the temporary file is removed.
+    """
+    target = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    temporary = target.with_name(f".{target.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            _write_all(fd, buffer.getbuffer())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_directory(target.parent)
+    return target
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    offset = 0
+    while offset < len(data):
+        offset += os.write(fd, data[offset : offset + WRITE_CHUNK])
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (directories cannot be opened for this on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint file (or ``DIR/checkpoint.pt``) onto the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, is not a readable checkpoint (truncated,
+            not a torch file), or was written by a newer aiorl; the message names the path.
+    """
+    target = checkpoint_path(path)
+    if not target.is_file():
+        raise CheckpointError(f"checkpoint {str(target)!r} does not exist")
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {str(target)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+    if not (isinstance(state, dict) and state.get("format") == FORMAT):
+        raise CheckpointError(f"{str(target)!r} is not an aiorl checkpoint")
+    version = state.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(target)!r} has format_version={version!r}; this aiorl reads up to {FORMAT_VERSION}"
+        )
+    return state
+
+
+class Checkpointer:
+    """Saves a trainer's state to one file during a run: periodically, and when the run ends.
+
+    :meth:`after_update` is called on the event loop after every learner update, when the
+    learner is idle: it takes a snapshot (a copy of the state, so it stays consistent while
+    training goes on) and, every ``interval_s``, hands it to a writer thread. :meth:`finish`
+    writes the last snapshot when the run ends, whichever way: normally, cancelled (Ctrl-C)
+    or failed. The last snapshot is always one taken between updates, so even after a
+    learner failure (whose optimiser state is not trustworthy) the file holds the last good
+    state.
+
+    Resource handling:
+        One writer thread, ended by :meth:`finish`. A write already started completes
+        even if the run is cancelled again meanwhile: the rename is atomic either way.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        capture: Callable[[], dict[str, Any]],
+        *,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_saved: Callable[[Path, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._on_saved = on_saved
+        self.interval_s = interval_s
+        self._capture = capture
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-checkpoint")
+        self._pending: Future[Path] | None = None
+        self._latest: dict[str, Any] | None = None
+        self._latest_written = False
+        self._last_write = clock()
+        self.saved = 0
+        """Checkpoints written so far."""
+
+    def after_update(self) -> None:
+        """Snapshot the state; start a write when ``interval_s`` has passed and none is in flight."""
+        self._latest = self._capture()
+        self._latest_written = False
+        if self._clock() - self._last_write >= self.interval_s and (self._pending is None or self._pending.done()):
+            self._submit()
+
+    def _submit(self) -> Future[Path]:
+        assert self._latest is not None
+        self._last_write = self._clock()
+        self._latest_written = True
+        self._pending = self._executor.submit(self._write, self._latest)
+        if self._on_saved is not None:
+            self._pending.add_done_callback(functools.partial(self._saved, asyncio.get_running_loop(), self._latest))
+        return self._pending
+
+    def _saved(self, loop: asyncio.AbstractEventLoop, state: dict[str, Any], write: Future[Path]) -> None:
+        """In the writer thread: tell ``on_saved`` (on the loop) about a successful write."""
+        if write.cancelled() or write.exception() is not None or self._on_saved is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens any more
+            loop.call_soon_threadsafe(self._on_saved, write.result(), state)
+
+    def _write(self, state: dict[str, Any]) -> Path:
+        try:
+            path = write_checkpoint(state, self.path)
+        except Exception:
+            log.exception("could not write the checkpoint %s", self.path)
+            raise
+        self.saved += 1
+        log.debug("checkpoint %s: policy version %d", path, state["policy_version"])
+        return path
+
+    async def finish(self, *, finished: bool) -> None:
+        """Write the last snapshot (marked finished when the run ended normally); end the thread.
+
+        Raises:
+            OSError: the final write of a run that ended normally failed (it is also
+                logged). After a failed or cancelled run a failed write is only logged,
+                so the run's own exception is the one that propagates.
+        """
+        try:
+            if self._pending is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(asyncio.wrap_future(self._pending))
+            if self._latest is None and finished:  # the run ended before its first update
+                self._latest = self._capture()
+            if self._latest is not None and (finished or not self._latest_written):
+                if finished:
+                    self._latest["run"] = None
+                try:
+                    await asyncio.shield(asyncio.wrap_future(self._submit()))
+                except Exception:
+                    if finished:
+                        raise
+        finally:
+            self._executor.shutdown(wait=False)

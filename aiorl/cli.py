@@ -1,0 +1,343 @@
+"""The ``aiorl`` command: train, resume, eval, plot, and print a config file to start from.
+
+    aiorl train CartPole-v1 --algo appo --steps 200000 --target-return 475
+    aiorl resume runs/CartPole-v1-appo-20250101-120000
+    aiorl eval runs/CartPole-v1-appo-20250101-120000 --episodes 10 --render rgb_array
+    aiorl plot runs/* -o curve.png
+
+Exit codes: 0 done; 1 training failed (an env, worker or learner error; the last good
+checkpoint is kept); 2 bad input (an unknown config key, a bad value, a missing
+checkpoint); 130 interrupted by Ctrl-C (a checkpoint was saved: ``aiorl resume`` goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+
+from aiorl.checkpoint import CHECKPOINT_NAME
+from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
+from aiorl.errors import AiorlError, CheckpointError, ConfigError
+from aiorl.metrics_log import MetricsLog, Recorder
+from aiorl.progress import ProgressDisplay
+from aiorl.trainer import Trainer, TrainResult
+
+CONFIG_NAME = "config.toml"
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("aiorl")
+
+
+class BadInput(click.ClickException):
+    """A configuration or input problem: printed as ``Error: ...``, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (the live display redirects it above its panel)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiorl")
+@click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
+def main(verbose: int) -> None:
+    """Asyncio-native reinforcement learning: train, resume, evaluate and plot."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("aiorl %(levelname)s: %(message)s"))
+    logger = logging.getLogger("aiorl")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+_progress_option = click.option(
+    "--progress",
+    type=click.Choice(["auto", "live", "plain"]),
+    default="auto",
+    show_default=True,
+    help="Live panel on a terminal, plain periodic lines otherwise.",
+)
+
+
+@main.command()
+@click.argument("env_id", required=False)
+@click.option("--algo", type=click.Choice(sorted(ALGORITHMS)), help="Algorithm (default: the preset's, else ppo).")
+@click.option("--workers", type=int, help="Worker processes (trainer.num_workers).")
+@click.option("--envs-per-worker", type=int, help="Envs stepped by each worker.")
+@click.option("--steps", type=int, help="Env steps to train on (run.total_steps).")
+@click.option("--target-return", type=float, help="Stop once the mean return reaches this.")
+@click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="A TOML config file.")
+@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-TIME.")
+@click.option("--seed", type=int, help="Seed of the policy, the envs and the sampling.")
+@click.option("--checkpoint-interval", type=float, help="Seconds between checkpoints (default 60).")
+@_progress_option
+def train(
+    env_id: str | None,
+    algo: str | None,
+    workers: int | None,
+    envs_per_worker: int | None,
+    steps: int | None,
+    target_return: float | None,
+    preset: str | None,
+    config_file: Path | None,
+    logdir: Path | None,
+    seed: int | None,
+    checkpoint_interval: float | None,
+    progress: str,
+) -> None:
+    """Train on ENV_ID (a gymnasium id, or module:factory) and log to LOGDIR.
+
+    LOGDIR gets config.toml (the full configuration), metrics.jsonl (one line per update),
+    checkpoint.pt (every --checkpoint-interval seconds and at the end) and TensorBoard
+    events when tensorboard is installed.
+    """
+    run = _given(env=env_id, algo=algo, total_steps=steps, target_return=target_return, preset=preset)
+    run |= _given(checkpoint_interval_s=checkpoint_interval)
+    trainer_options = _given(num_workers=workers, envs_per_worker=envs_per_worker, seed=seed)
+    with _bad_input():
+        layers = read_toml(config_file) if config_file is not None else None
+        experiment = build_experiment(layers, overrides={"run": run, "trainer": trainer_options})
+    directory = logdir or _default_logdir(experiment)
+    if (directory / CHECKPOINT_NAME).exists():
+        raise BadInput(
+            f"{directory} already holds a run: continue it with `aiorl resume {directory}`, or pick --logdir"
+        )
+    with _bad_input():
+        trainer = Trainer(
+            experiment.env_source(),
+            experiment.algo,
+            env_kwargs=experiment.env_kwargs or None,
+            **{name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__},
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(directory / CONFIG_NAME, experiment.to_toml())
+    click.echo(f"aiorl: training {experiment.run.env} with {experiment.algo_name}, logging to {directory}", err=True)
+    result = _session(
+        trainer,
+        directory,
+        experiment,
+        total_steps=experiment.run.total_steps,
+        steps_at_start=0,
+        target_return=experiment.run.target_return,
+        progress=progress,
+        resume=False,
+    )
+    _print_result(result, directory)
+
+
+@main.command()
+@click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--steps", type=int, help="Train this many more steps as a new run (default: finish the stopped run).")
+@_progress_option
+def resume(logdir: Path, steps: int | None, progress: str) -> None:
+    """Continue the run in LOGDIR from its checkpoint, with the same step counters.
+
+    Without --steps, the interrupted run goes on to its step budget and target with the
+    same learning-rate schedule; with --steps it trains that many more steps.
+    """
+    with _bad_input():
+        experiment = load_experiment(logdir / CONFIG_NAME)
+        trainer = Trainer.load(logdir / CHECKPOINT_NAME)
+    if steps is not None and steps < 1:
+        raise BadInput(f"--steps={steps} must be >= 1")
+    plan = trainer.unfinished_run
+    if steps is None and plan is None:
+        click.echo(
+            f"the run in {logdir} finished ({trainer.stats.steps_trained:,} steps); pass --steps N to train N more"
+        )
+        return
+    done = trainer.stats.steps_trained
+    click.echo(f"aiorl: resuming {logdir} at update {trainer.policy_version}, {done:,} steps", err=True)
+    if steps is not None:
+        total, start, target = steps, done, experiment.run.target_return
+    else:
+        assert plan is not None
+        total, start, target = plan.total_steps, plan.trained_at_start, plan.target_return
+    result = _session(
+        trainer,
+        logdir,
+        experiment,
+        total_steps=total,
+        steps_at_start=start,
+        target_return=target,
+        progress=progress,
+        resume=steps is None,
+    )
+    _print_result(result, logdir)
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--episodes", type=int, default=10, show_default=True, help="Episodes to play.")
+@click.option("--render", type=click.Choice(["rgb_array"]), help="Record the first episode to a GIF.")
+@click.option("--video", type=click.Path(dir_okay=False, path_type=Path), help="GIF path (default: beside CHECKPOINT).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
+@click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
+def eval_(checkpoint: Path, episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool) -> None:
+    """Play episodes with the policy in CHECKPOINT (a file or a log directory) and print the returns."""
+    from aiorl.policy import Policy
+
+    with _bad_input():
+        policy = Policy.load(checkpoint)
+        env = policy.make_env(render)
+    recorder = None
+    if render is not None:
+        from aiorl.video import GifRecorder
+
+        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        recorder = GifRecorder(video or base / "eval.gif", fps=float(env.metadata.get("render_fps") or 30))
+    with _bad_input():
+        result = policy.play(episodes, seed=seed, deterministic=not stochastic, on_frame=recorder, env=env)
+    for index, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=True), start=1):
+        click.echo(f"episode {index}: return {ret:.2f} ({length} steps)")
+    click.echo(
+        f"mean return {result.mean_return:.2f} ± {result.std_return:.2f} over {result.episodes} episodes "
+        f"(policy version {result.policy_version})"
+    )
+    if recorder is not None:
+        click.echo(f"video: {recorder.save()}")
+
+
+@main.command()
+@click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"))
+@click.option("--title", help="Figure title.")
+def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
+    """Draw the learning curves of LOGDIRS (return vs env steps and vs wall time) into a PNG."""
+    from aiorl.plot import plot_learning_curves
+
+    with _bad_input():
+        click.echo(f"wrote {plot_learning_curves(logdirs, output, title=title)}")
+
+
+@main.command("config")
+@click.argument("env_id", required=False)
+@click.option("--algo", type=click.Choice(sorted(ALGORITHMS)))
+@click.option("--preset")
+def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
+    """Print a complete config file (every field with its value) to edit and pass to --config."""
+    with _bad_input():
+        experiment = build_experiment(overrides={"run": _given(env=env_id or "CartPole-v1", algo=algo, preset=preset)})
+    click.echo(experiment.to_toml(), nl=False)
+
+
+# ---- the training session ------------------------------------------------------------------
+
+
+def _session(
+    trainer: Trainer,
+    logdir: Path,
+    experiment: Experiment,
+    *,
+    total_steps: int,
+    steps_at_start: int,
+    target_return: float | None,
+    progress: str,
+    resume: bool,
+) -> TrainResult:
+    """Run training with the metrics log, the progress display and checkpoints; map failures to exit codes."""
+    import aiorl
+
+    checkpoint = logdir / CHECKPOINT_NAME
+    resume_after = (trainer.policy_version, trainer.stats.steps_trained) if checkpoint.exists() else None
+    display = ProgressDisplay(
+        title=f"{experiment.run.env} · {experiment.algo_name} · {logdir}",
+        total_steps=total_steps,
+        steps_at_start=steps_at_start,
+        target_return=target_return,
+        live={"auto": None, "live": True, "plain": False}[progress],
+        interval_s=max(experiment.trainer.log_interval_s, 1.0),
+    )
+
+    async def train() -> TrainResult:
+        recorder = Recorder(trainer, trainer.config.num_workers)
+        with MetricsLog(logdir, resume_after=resume_after) as metrics, display:
+
+            def on_update(report: aiorl.UpdateReport) -> None:
+                record = recorder.capture(report)
+                metrics.write(record)
+                display.update(record)
+
+            options: dict[str, Any] = {
+                "on_update": on_update,
+                "checkpoint_path": checkpoint,
+                "checkpoint_interval_s": experiment.run.checkpoint_interval_s,
+            }
+            if resume:
+                return await trainer.resume(**options)
+            return await trainer.run(total_steps, target_return, **options)
+
+    try:
+        return aiorl.run(train())  # type: ignore[return-value]
+    except KeyboardInterrupt:
+        _exit(EXIT_INTERRUPTED, f"interrupted; {_checkpoint_note(checkpoint)}; continue with: aiorl resume {logdir}")
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from exc
+    except AiorlError as exc:
+        _exit(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}\n{_checkpoint_note(checkpoint)}")
+
+
+def _checkpoint_note(checkpoint: Path) -> str:
+    return f"checkpoint: {checkpoint}" if checkpoint.exists() else "no checkpoint was written (no update finished)"
+
+
+def _print_result(result: TrainResult, logdir: Path) -> None:
+    outcome = "reached the target" if result.reached_target else "finished"
+    click.echo(
+        f"{outcome}: mean return {result.mean_return:.2f} after {result.total_env_steps:,} steps "
+        f"({result.updates} updates, {result.wall_time:.1f} s, {result.steps_per_second:,.0f} steps/s); "
+        f"logs and checkpoint in {logdir}"
+    )
+
+
+def _exit(code: int, message: str) -> NoReturn:
+    click.echo(f"aiorl: {message}", err=True)
+    sys.exit(code)
+
+
+class _bad_input:
+    """Turn configuration and checkpoint errors into :class:`BadInput` (exit code 2)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ConfigError | CheckpointError):
+            raise BadInput(str(exc)) from exc
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options that were given on the command line (not ``None``)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _default_logdir(experiment: Experiment) -> Path:
+    env = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment.run.env or "env")
+    base = Path("runs") / f"{env}-{experiment.algo_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,296 @@
+"""Experiment config files (TOML) that map 1:1 onto aiorl's config dataclasses.
+
+A file has four tables, each optional::
+
+    [run]                  # RunConfig: what to train and for how long
+    env = "CartPole-v1"
+    algo = "appo"
+    total_steps = 200000
+
+    [env_kwargs]           # keyword arguments for gymnasium.make
+    [trainer]              # TrainerConfig fields: num_workers = 4, ...
+    [algo]                 # fields of the algorithm named by run.algo (PPO or APPO)
+
+Every key is a field of the dataclass of its table; an unknown key or table is an error
+naming it. A field whose type allows ``None`` takes the string ``"none"`` for it (TOML has
+no null). Settings are layered: dataclass defaults, then the preset (``run.preset``), then
+the file, then command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import tomli_w
+
+from aiorl.algos import APPO, PPO
+from aiorl.config import TrainerConfig, _is_int
+from aiorl.envs import EnvSource
+from aiorl.errors import ConfigError
+from aiorl.presets import get_preset
+
+ALGORITHMS: dict[str, type[PPO] | type[APPO]] = {"ppo": PPO, "appo": APPO}
+"""``run.algo`` name -> algorithm config class."""
+NONE = "none"
+"""How ``None`` is written in a TOML file."""
+TABLES = ("run", "env_kwargs", "trainer", "algo")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """What ``aiorl train`` trains, and for how long."""
+
+    env: str | None = None
+    """A gymnasium id, or ``"module:attribute"`` naming a zero-argument env factory
+    (a module-level function or class) importable by the workers."""
+    preset: str | None = None
+    """A preset of :data:`aiorl.presets.PRESETS`: its algorithm settings and trainer options
+    are the base the rest of the file overrides (and its env is the default ``env``)."""
+    algo: str | None = None
+    """``"ppo"`` or ``"appo"``; ``None`` means the preset's algorithm, else PPO."""
+    total_steps: int = 1_000_000
+    """Env steps to train on."""
+    target_return: float | None = None
+    """Stop once the mean return of the last ``trainer.return_window`` episodes reaches this
+    (default: the preset's target, if any)."""
+    checkpoint_interval_s: float = 60.0
+    """Seconds between periodic checkpoints (one is also written when the run ends)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.algo is not None and self.algo not in ALGORITHMS:
+            problems.append(f"run.algo={self.algo!r} must be one of {sorted(ALGORITHMS)}")
+        if not (_is_int(self.total_steps) and self.total_steps >= 1):
+            problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
+        if not (isinstance(self.checkpoint_interval_s, int | float) and self.checkpoint_interval_s > 0):
+            problems.append(f"run.checkpoint_interval_s={self.checkpoint_interval_s!r} must be > 0")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """A fully resolved experiment: everything ``aiorl train`` needs, and what ``config.toml`` holds."""
+
+    run: RunConfig
+    trainer: TrainerConfig
+    algo: PPO | APPO
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algo_name(self) -> str:
+        """``"ppo"`` or ``"appo"``."""
+        return next(name for name, cls in ALGORITHMS.items() if isinstance(self.algo, cls))
+
+    def env_source(self) -> EnvSource:
+        """The env as the trainer takes it: a gymnasium id or an imported factory."""
+        assert self.run.env is not None
+        return resolve_env(self.run.env)
+
+    def to_toml(self) -> str:
+        """The experiment as a TOML file that :func:`load_experiment` reads back to an equal one."""
+        document: dict[str, Any] = {
+            "run": {"algo": self.algo_name, **_table(self.run)},
+            "env_kwargs": dict(self.env_kwargs),
+            "trainer": _table(self.trainer),
+            "algo": _table(self.algo),
+        }
+        return tomli_w.dumps(document)
+
+
+def resolve_env(env: str) -> EnvSource:
+    """A gymnasium id as is; ``"module:attribute"`` imported to the factory it names.
+
+    Raises:
+        ConfigError: the module cannot be imported or has no such attribute.
+    """
+    if ":" not in env or env in gym.registry:
+        return env
+    module_name, _, attribute = env.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"run.env={env!r}: cannot import module {module_name!r} ({exc})") from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"run.env={env!r}: module {module_name!r} has no callable {attribute!r}")
+    return typing.cast(EnvSource, factory)
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Parse a config file and check its tables and keys (values are checked by :func:`build_experiment`).
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, or an unknown table or key (named).
+    """
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    problems = []
+    for name, table in document.items():
+        if name not in TABLES:
+            problems.append(f"[{name}] is not a config table{_did_you_mean(name, TABLES)}; tables: {', '.join(TABLES)}")
+        elif not isinstance(table, dict):
+            problems.append(f"{name}={table!r} must be a table ([{name}])")
+    if problems:
+        raise ConfigError(problems)
+    return {name: dict(document.get(name, {})) for name in TABLES}
+
+
+def build_experiment(
+    layers: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Experiment:
+    """Resolve an experiment from defaults, the preset, file ``layers`` and ``overrides``.
+
+    ``layers`` is what :func:`read_toml` returned; ``overrides`` has the same tables (the
+    command line's flags). Keys of both are checked against the dataclass fields and types.
+
+    Raises:
+        ConfigError: an unknown key or a bad value, named with its table
+            (``trainer.num_workers=0 must be an integer >= 1``); every problem is listed.
+    """
+    merged = {name: {**(layers or {}).get(name, {}), **(overrides or {}).get(name, {})} for name in TABLES}
+    problems: list[str] = []
+    run_values = _checked("run", RunConfig, merged["run"], problems)
+    if problems:
+        raise ConfigError(problems)
+    run = RunConfig(**run_values)
+    preset = get_preset(run.preset) if run.preset is not None else None
+    algo_cls: type[PPO] | type[APPO] = PPO
+    if run.algo:
+        algo_cls = ALGORITHMS[run.algo]
+    elif preset is not None and isinstance(preset.algo, PPO | APPO):
+        algo_cls = type(preset.algo)
+    elif preset is not None:  # pragma: no cover - presets only use PPO and APPO
+        raise ConfigError(f"run.preset={run.preset!r} uses an algorithm the config file cannot describe")
+    base_algo: PPO | APPO = algo_cls()
+    if preset is not None and isinstance(preset.algo, algo_cls):  # the preset's tuned values
+        base_algo = preset.algo
+    algo_values = _checked("algo", algo_cls, merged["algo"], problems, label=algo_cls.__name__)
+    trainer_values = _checked("trainer", TrainerConfig, merged["trainer"], problems)
+    if problems:
+        raise ConfigError(problems)
+    if preset is not None:
+        trainer_values = {**preset.options, **trainer_values}
+        run = dataclasses.replace(
+            run,
+            env=run.env or preset.env,
+            target_return=run.target_return if "target_return" in merged["run"] else preset.target_return,
+        )
+    if run.env is None:
+        raise ConfigError("run.env is not set: give an env id (aiorl train CartPole-v1), a preset or [run] env")
+    return Experiment(
+        run=dataclasses.replace(run, algo=None, preset=None),  # both are applied: the algo is the object
+        trainer=TrainerConfig(**trainer_values),
+        algo=dataclasses.replace(base_algo, **algo_values),
+        env_kwargs=dict(merged["env_kwargs"]),
+    )
+
+
+def load_experiment(path: str | os.PathLike[str], **overrides: Mapping[str, Any]) -> Experiment:
+    """:func:`build_experiment` from the file at ``path`` (with ``overrides`` tables on top)."""
+    return build_experiment(read_toml(path), overrides=overrides)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# ---- keys and values ---------------------------------------------------------------------
+
+
+def _checked(
+    table: str, cls: type, values: Mapping[str, Any], problems: list[str], label: str | None = None
+) -> dict[str, Any]:
+    """``values`` converted for ``cls`` (``"none"`` -> ``None``); unknown keys and wrong types go to ``problems``."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            where = f" ({label} has no such field)" if label else ""
+            problems.append(f"{table}.{key}: unknown key{where}{_did_you_mean(key, fields)}")
+            continue
+        allowed = _allowed_types(hints[key])
+        if value == NONE and type(None) in allowed:
+            value = None
+        if not _matches(value, allowed):
+            names = " or ".join(_type_name(t) for t in allowed)
+            problems.append(f"{table}.{key}={value!r} must be {names}")
+            continue
+        out[key] = value
+    return out
+
+
+def _allowed_types(hint: Any) -> tuple[Any, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(arg for part in typing.get_args(hint) for arg in _allowed_types(part))
+    return (hint,)
+
+
+def _matches(value: Any, allowed: tuple[Any, ...]) -> bool:
+    for kind in allowed:
+        if typing.get_origin(kind) is typing.Literal:
+            if value in typing.get_args(kind):
+                return True
+        elif kind is type(None):
+            if value is None:
+                return True
+        elif kind is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return True
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif isinstance(kind, type) and isinstance(value, kind):
+            return True
+    return False
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(kind))
+    if kind is type(None):
+        return f'"{NONE}"'
+    return _TYPE_NAMES.get(kind, f"a {getattr(kind, '__name__', str(kind))}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _table(config: Any) -> dict[str, Any]:
+    """A dataclass as a TOML table: ``None`` written as ``"none"`` unless it is the default (then left out)."""
+    table = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            if f.default is None:
+                continue
+            value = NONE
+        table[f.name] = value
+    return table
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,175 @@
+"""Inference: act with a trained policy from a checkpoint, without workers or an event loop.
+
+    policy = aiorl.Policy.load("runs/cartpole/checkpoint.pt")
+    env = policy.make_env()
+    obs, _ = env.reset(seed=0)
+    action = policy.act(obs)  # deterministic (the most likely action) by default
+
+Only torch and gymnasium are used: no worker process, no shared memory, no asyncio.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from aiorl.checkpoint import read_checkpoint
+from aiorl.distributions import ActionDistribution
+from aiorl.envs import EnvFactory, ObservationEncoder
+from aiorl.errors import ConfigError
+from aiorl.evaluation import EvalResult
+from aiorl.models import ObservationNormalizer, evaluate
+
+FrameSink = Callable[[np.ndarray], None]
+
+
+class Policy:
+    """A trained policy that maps one raw observation to one env action.
+
+    Args:
+        module: the policy network (see :mod:`aiorl.models` for its interface).
+        obs_encoder: turns a raw observation into the network's input.
+        dist: the action distribution of the env's action space.
+        env_factory: how to build the env it was trained on (for :meth:`make_env`).
+        policy_version: the training update that produced these weights.
+        device: torch device to act on.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        obs_encoder: ObservationEncoder,
+        dist: ActionDistribution,
+        *,
+        env_factory: EnvFactory | None = None,
+        policy_version: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.obs_encoder = obs_encoder
+        self.dist = dist
+        self.env_factory = env_factory
+        self.policy_version = policy_version
+        self._obs = np.zeros((1, *obs_encoder.shape), dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Policy:
+        """The policy saved in a checkpoint file (or a log directory holding ``checkpoint.pt``).
+
+        Checkpoints are pickles: load only files you trust.
+
+        Raises:
+            CheckpointError: the file is missing, unreadable or not an aiorl checkpoint.
+        """
+        state = read_checkpoint(path)
+        encoder = ObservationEncoder.for_space(state["observation_space"])
+        dist = ActionDistribution.for_space(state["action_space"])
+        module: nn.Module = state["policy_module"]
+        if state["config"].get("normalize_observations"):
+            module = ObservationNormalizer(module, encoder.shape)
+        module.load_state_dict(state["learner"]["policy"])
+        return cls(
+            module,
+            encoder,
+            dist,
+            env_factory=state["env"],
+            policy_version=state["policy_version"],
+            device=device,
+        )
+
+    @torch.inference_mode()
+    def act(self, obs: Any, deterministic: bool = True) -> Any:
+        """The action for one raw observation, ready for ``env.step``.
+
+        ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
+        the bounds); otherwise the action is sampled from the policy's distribution.
+        """
+        self.obs_encoder.encode_into(obs, self._obs[0])
+        dist_inputs, _ = evaluate(self.module, torch.from_numpy(self._obs).to(self.device))
+        action = self.dist.mode(dist_inputs) if deterministic else self.dist.sample(dist_inputs)[0]
+        return self.dist.to_env(action.cpu().numpy()[0])
+
+    def make_env(self, render_mode: str | None = None) -> gym.Env:
+        """A fresh instance of the env the policy was trained on.
+
+        Raises:
+            ConfigError: the policy has no env recipe, or the env cannot render in
+                ``render_mode``.
+        """
+        factory = self.env_factory
+        if factory is None:
+            raise ConfigError("this Policy was built without an env_factory; make the env yourself")
+        if render_mode is None:
+            return factory()
+        if factory.env_id is not None:
+            env = gym.make(factory.env_id, render_mode=render_mode, **factory.kwargs)
+        elif factory.make_fn is not None and _accepts(factory.make_fn, "render_mode"):
+            env = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
+        else:
+            env = factory()
+        if env.render_mode != render_mode:
+            env.close()
+            raise ConfigError(
+                f"render={render_mode!r}: the env {factory.describe()!r} does not render in that mode "
+                f"(its render_mode is {env.render_mode!r})"
+            )
+        return env
+
+    def play(
+        self,
+        episodes: int = 10,
+        *,
+        seed: int = 0,
+        deterministic: bool = True,
+        on_frame: FrameSink | None = None,
+        env: gym.Env | None = None,
+    ) -> EvalResult:
+        """Play ``episodes`` whole episodes (episode ``i`` reset with ``seed + i``).
+
+        Args:
+            episodes: how many episodes.
+            seed: the reset seed of the first episode.
+            deterministic: act with the most likely action, else sample.
+            on_frame: receives ``env.render()`` after the reset and after every step of
+                the *first* episode (make the env with ``render_mode="rgb_array"``).
+            env: play in this env (closed at the end); default: :meth:`make_env`.
+        """
+        if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
+            raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
+        env = self.make_env() if env is None else env
+        returns, lengths = [], []
+        try:
+            for episode in range(episodes):
+                sink = on_frame if episode == 0 else None
+                obs, _ = env.reset(seed=seed + episode)
+                if sink is not None:
+                    sink(env.render())  # type: ignore[arg-type]
+                total, length, done = 0.0, 0, False
+                while not done:
+                    obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic))
+                    if sink is not None:
+                        sink(env.render())  # type: ignore[arg-type]
+                    total += float(reward)
+                    length += 1
+                    done = terminated or truncated
+                returns.append(total)
+                lengths.append(length)
+        finally:
+            env.close()
+        return EvalResult(self.policy_version, tuple(returns), tuple(lengths))
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())

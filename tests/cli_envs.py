@@ -1,0 +1,40 @@
+"""Envs for the CLI tests, importable by worker and CLI processes (``PYTHONPATH=tests``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+
+class DrawnCartPole(gym.Wrapper):
+    """CartPole-v1 that renders ``rgb_array`` frames itself (a white cart on black), without pygame."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self._render_mode = render_mode
+
+    @property
+    def render_mode(self) -> str | None:
+        return self._render_mode
+
+    def render(self) -> np.ndarray:
+        frame = np.zeros((40, 96, 3), dtype=np.uint8)
+        x = int((float(self.env.unwrapped.state[0]) + 2.4) / 4.8 * 95)
+        frame[16:28, max(x - 4, 0) : x + 4] = 255
+        return frame
+
+
+def plain_cartpole() -> gym.Env:
+    """CartPole-v1 made without a render mode (its factory takes no ``render_mode``)."""
+    return gym.make("CartPole-v1")
+
+
+def cartpole_killed_at_step_300() -> gym.Env:
+    """CartPole-v1 whose first env in worker 0 SIGKILLs its process at step 300 (first incarnation)."""
+    from aiorl.testing import FaultyEnv
+
+    return FaultyEnv("CartPole-v1", "kill", 300)

@@ -1,0 +1,204 @@
+"""Checkpoints: what they restore, when they are written, and that a kill mid-write costs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import SMALL, wait_until
+
+from aiorl import PPO, CheckpointError, Trainer, WorkerRestartError
+from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
+from aiorl.testing import FaultyEnv
+
+
+def assert_same_tensors(left: object, right: object) -> None:
+    """Nested dicts/lists of tensors and numbers are equal, tensor by tensor."""
+    if isinstance(left, dict):
+        assert isinstance(right, dict) and left.keys() == right.keys()
+        for key in left:
+            assert_same_tensors(left[key], right[key])
+    elif isinstance(left, list | tuple):
+        assert isinstance(right, list | tuple) and len(left) == len(right)
+        for a, b in zip(left, right, strict=True):
+            assert_same_tensors(a, b)
+    elif isinstance(left, torch.Tensor):
+        assert torch.equal(left, right)
+    else:
+        assert left == right
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_load_restores_weights_optimizer_counters_and_random_state(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    trainer = Trainer("CartPole-v1", PPO(), **SMALL)
+    await trainer.run(total_steps=1024, checkpoint_path=path)
+    next_random = torch.rand(4)  # the learner's generator continues from here
+
+    loaded = Trainer.load(path)
+
+    assert torch.equal(torch.rand(4), next_random)
+    assert_same_tensors(loaded.policy.state_dict(), trainer.policy.state_dict())
+    assert_same_tensors(loaded._learner.optimizer.state_dict(), trainer._learner.optimizer.state_dict())
+    assert loaded.policy_version == trainer.policy_version > 0
+    for name in ("steps_trained", "episodes", "updates", "worker_restarts", "env_errors"):
+        assert getattr(loaded.stats, name) == getattr(trainer.stats, name), name
+    assert list(loaded.stats.recent_returns) == list(trainer.stats.recent_returns)
+    assert loaded.stats.steps_pending == 0  # the saved pending steps count as discarded (shutdown)
+    assert loaded.stats.steps_collected == loaded.stats.steps_trained + loaded.stats.steps_discarded
+    assert loaded.config == trainer.config and loaded.algo == trainer.algo
+    assert loaded.unfinished_run is None  # the run finished
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_training_after_load_continues_the_step_counters_and_versions(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    first = await Trainer("CartPole-v1", PPO(), **SMALL).run(total_steps=512, checkpoint_path=path)
+    trainer = Trainer.load(path)
+    reports = []
+
+    result = await trainer.run(total_steps=512, on_update=reports.append)
+
+    assert reports[0].version == first.policy_version + 1
+    assert reports[0].env_steps == first.total_env_steps + reports[0].batch_steps
+    assert result.total_env_steps == first.total_env_steps + result.env_steps
+    assert result.policy_version == first.policy_version + result.updates
+    assert trainer.stats.episodes > 0 and result.episodes < trainer.stats.episodes
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_resume_finishes_an_interrupted_run_with_its_learning_rate_schedule(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    algo = PPO(lr_schedule="linear")
+    total = 2048
+    trainer = Trainer("CartPole-v1", algo, **SMALL)
+    at_interrupt = []
+
+    def interrupt_after_four(report):
+        if report.version == 4:
+            at_interrupt.append(report)
+            running.cancel()
+
+    running = asyncio.ensure_future(trainer.run(total, on_update=interrupt_after_four, checkpoint_path=path))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    resumed = Trainer.load(path)
+    saved = at_interrupt[0]
+    assert resumed.policy_version == 4 and resumed.stats.steps_trained == saved.env_steps
+    assert resumed.unfinished_run == RunPlan(total_steps=total, target_return=None, trained_at_start=0)
+    reports = []
+    result = await resumed.resume(on_update=reports.append)
+
+    assert reports[0].version == 5
+    # the linear schedule goes on from the fraction of the whole run already done
+    assert reports[0].metrics["learning_rate"] == pytest.approx(algo.learning_rate * (1 - saved.env_steps / total))
+    assert resumed.stats.steps_trained == total and result.env_steps == total
+    assert resumed.unfinished_run is None
+    with pytest.raises(RuntimeError, match="no unfinished run"):
+        await resumed.resume()
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_checkpoints_are_written_periodically_during_a_run(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    seen = []
+
+    def look(report):
+        if path.exists():
+            seen.append(read_checkpoint(path)["policy_version"])
+
+    trainer = Trainer("CartPole-v1", PPO(), **SMALL)
+    result = await trainer.run(total_steps=2048, on_update=look, checkpoint_path=path, checkpoint_interval_s=0.01)
+
+    assert len(set(seen)) >= 2, seen  # several files replaced one another while training went on
+    assert max(seen) < result.policy_version == read_checkpoint(path)["policy_version"]
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import os, sys, time
+    import aiorl.checkpoint as checkpoint
+    from aiorl import Trainer
+
+    if __name__ == "__main__":
+        path, marker, point = sys.argv[1:4]
+        checkpoint.write_checkpoint(Trainer("CartPole-v1", seed=1).state_dict(), path)
+        newer = Trainer("CartPole-v1", seed=2).state_dict()
+
+        def stall(*args):
+            open(marker, "w").close()
+            time.sleep(600)
+
+        if point == "mid_bytes":  # the third chunk of the new file never comes
+            checkpoint.WRITE_CHUNK = 4096
+            real_write, calls = os.write, []
+
+            def write(fd, data):
+                calls.append(fd)
+                if len(calls) == 3:
+                    stall()
+                return real_write(fd, data)
+
+            os.write = write
+        else:  # every byte is in the temporary file, which is not renamed yet
+            os.fsync = stall
+        checkpoint.write_checkpoint(newer, path)
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["mid_bytes", "before_rename"])
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_readable(tmp_path, point):
+    path, marker = tmp_path / "checkpoint.pt", tmp_path / "writing"
+    script = tmp_path / "save.py"
+    script.write_text(KILL_DURING_SAVE)
+    child = subprocess.Popen([sys.executable, str(script), str(path), str(marker), point], stderr=subprocess.PIPE)
+    try:
+        assert wait_until(marker.exists, timeout_s=120), child.stderr.read().decode() if child.poll() else ""
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+        child.stderr.close()
+
+    assert (tmp_path / ".checkpoint.pt.tmp").exists()  # the kill did land mid-save
+    assert Trainer.load(path).config.seed == 1  # the previous checkpoint, whole
+    write_checkpoint(Trainer("CartPole-v1", seed=3).state_dict(), path)  # the next save is not hindered
+    assert read_checkpoint(path)["config"]["seed"] == 3
+
+
+def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nothing.pt")
+    whole = tmp_path / "whole.pt"
+    write_checkpoint(Trainer("CartPole-v1").state_dict(), whole)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt' could not be read"):
+        Trainer.load(truncated)
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="is not an aiorl checkpoint"):
+        read_checkpoint(foreign)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_failed_run_leaves_a_checkpoint_of_its_last_update(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    killed_at_step_300 = functools.partial(FaultyEnv, "CartPole-v1", "kill", 300)
+    trainer = Trainer(killed_at_step_300, PPO(), **{**SMALL, "max_restarts": 0})
+    versions = []
+
+    with pytest.raises(WorkerRestartError):
+        await trainer.run(total_steps=100_000, on_update=lambda r: versions.append(r.version), checkpoint_path=path)
+
+    loaded = Trainer.load(path)
+    assert loaded.policy_version == versions[-1] >= 1
+    assert loaded.unfinished_run == RunPlan(total_steps=100_000, target_return=None, trained_at_start=0)

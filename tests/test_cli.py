@@ -1,0 +1,200 @@
+"""The ``aiorl`` command end to end, in subprocesses: train, logs, plot, eval, resume, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from aiorl import Trainer
+from aiorl.checkpoint import read_checkpoint, write_checkpoint
+from aiorl.config_file import build_experiment, load_experiment
+from aiorl.metrics_log import UpdateRecord, read_metrics
+
+TESTS = Path(__file__).resolve().parent
+SMALL_FLAGS = ["--workers", "2", "--envs-per-worker", "4", "--progress", "plain"]
+
+
+def command_env() -> dict[str, str]:
+    """The environment of a CLI process: ``cli_envs`` importable (by the CLI and its workers)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+
+
+def aiorl(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiorl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=command_env(),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One short training run: 2048 steps of PPO on CartPole-v1 (8 updates of 256 steps)."""
+    root = tmp_path_factory.mktemp("cli")
+    done = aiorl("train", "CartPole-v1", "--steps", "2048", "--seed", "3", *SMALL_FLAGS, "--logdir", "run", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root / "run", done
+
+
+def test_train_writes_config_metrics_checkpoint_and_tensorboard(trained):
+    logdir, done = trained
+    assert "finished: mean return" in done.stdout and "2,048 steps" in done.stdout
+    assert "steps 2,048 (100% of 2,048)" in done.stderr  # the last plain progress line
+    expected = build_experiment(
+        {"run": {"env": "CartPole-v1", "total_steps": 2048}, "trainer": {"num_workers": 2, "envs_per_worker": 4}},
+        overrides={"trainer": {"seed": 3}},
+    )
+    assert load_experiment(logdir / "config.toml") == expected
+
+    records = read_metrics(logdir)
+    assert [r["update"] for r in records] == list(range(1, 9))
+    assert [r["env_steps"] for r in records] == [256 * u for u in range(1, 9)]
+    assert set(records[-1]) == {"schema", *UpdateRecord.__dataclass_fields__}
+    assert records[-1]["mean_return"] > 0 and {"policy_loss", "entropy"} <= set(records[-1]["learner"])
+
+    state = read_checkpoint(logdir / "checkpoint.pt")
+    assert state["policy_version"] == 8 and state["stats"]["steps_trained"] == 2048 and state["run"] is None
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("return/mean")] == [r["env_steps"] for r in records]
+
+
+def test_plot_writes_a_png(trained, tmp_path):
+    logdir, _ = trained
+    done = aiorl("plot", str(logdir), str(logdir), "-o", "curve.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    png = (tmp_path / "curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_eval_prints_the_return_of_each_episode(trained, tmp_path):
+    logdir, _ = trained
+    done = aiorl("eval", str(logdir / "checkpoint.pt"), "--episodes", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("episode 1: return ") and lines[1].startswith("episode 2: return ")
+    assert lines[2].startswith("mean return ") and lines[2].endswith("over 2 episodes (policy version 8)")
+
+
+def test_eval_records_the_first_episode_to_a_gif(tmp_path):
+    from cli_envs import DrawnCartPole
+    from PIL import Image
+
+    write_checkpoint(Trainer(DrawnCartPole, num_workers=1, envs_per_worker=2).state_dict(), tmp_path / "c.pt")
+    done = aiorl("eval", "c.pt", "--episodes", "1", "--render", "rgb_array", "--video", "ep.gif", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    steps = int(done.stdout.split("(")[1].split()[0])  # "episode 1: return 12.00 (12 steps)"
+    assert done.stdout.splitlines()[-1] == "video: ep.gif"
+    with Image.open(tmp_path / "ep.gif") as gif:
+        assert gif.size == (96, 40)
+        total_ms = 0
+        for index in range(gif.n_frames):  # Pillow merges repeated frames into longer ones
+            gif.seek(index)
+            total_ms += gif.info["duration"]
+    assert total_ms == (steps + 1) * 20  # the reset frame and one per step, at the env's 50 fps
+
+
+def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    done = aiorl("resume", str(logdir), "--steps", "1024", "--progress", "plain", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    records = read_metrics(logdir)
+    assert [r["update"] for r in records] == list(range(1, 13))
+    assert [r["env_steps"] for r in records] == [256 * u for u in range(1, 13)]
+    assert all(a["wall_time_s"] < b["wall_time_s"] for a, b in itertools.pairwise(records))
+    assert all(a["episodes"] <= b["episodes"] for a, b in itertools.pairwise(records))
+    assert read_checkpoint(logdir)["stats"]["steps_trained"] == 3072
+
+    again = aiorl("resume", str(logdir), cwd=tmp_path)
+    assert again.returncode == 0 and "finished (3,072 steps); pass --steps N to train N more" in again.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
+    total = 32 * 256  # whole updates of 256 steps
+    flags = ["--steps", str(total), "--checkpoint-interval", "0.2", *SMALL_FLAGS, "--logdir", "run"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aiorl", "train", "CartPole-v1", *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(),
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    try:
+        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, timeout_s=120)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 130, stderr
+    assert "continue with: aiorl resume run" in stderr
+
+    interrupted = Trainer.load(tmp_path / "run")
+    assert interrupted.unfinished_run is not None and interrupted.unfinished_run.total_steps == total
+    assert 0 < interrupted.stats.steps_trained < total
+
+    done = aiorl("resume", "run", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = read_metrics(tmp_path / "run")
+    assert [r["update"] for r in records] == list(range(1, len(records) + 1))  # no update twice, none missing
+    assert records[-1]["env_steps"] == total == read_checkpoint(tmp_path / "run")["stats"]["steps_trained"]
+
+
+def test_an_unknown_config_key_exits_with_2_naming_it(tmp_path):
+    (tmp_path / "bad.toml").write_text('[run]\nenv = "CartPole-v1"\n[trainer]\nnum_wrokers = 2\n')
+    done = aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "trainer.num_wrokers: unknown key; did you mean 'num_workers'?" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_or_a_missing_checkpoint_exits_with_2(tmp_path):
+    done = aiorl("train", "CartPole-v1", "--workers", "0", "--logdir", "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "num_workers=0 must be an integer >= 1" in done.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.toml").write_text('[run]\nenv = "CartPole-v1"\n')
+    done = aiorl("resume", "empty", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "checkpoint.pt' does not exist" in done.stderr
+
+
+def test_the_console_script_and_the_config_template(tmp_path):
+    script = Path(sys.executable).with_name("aiorl")
+    done = subprocess.run([str(script), "config", "Acrobot-v1", "--algo", "appo"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "template.toml").write_text(done.stdout)
+    assert load_experiment(tmp_path / "template.toml") == build_experiment(
+        {"run": {"env": "Acrobot-v1", "algo": "appo"}}
+    )
+    assert json.loads(json.dumps(done.stdout))  # plain text, nothing else on stdout
+
+
+def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
+    (tmp_path / "fragile.toml").write_text("[trainer]\nmax_restarts = 0\n")
+    flags = ["--config", "fragile.toml", "--steps", "100000", *SMALL_FLAGS, "--logdir", "run"]
+    done = aiorl("train", "cli_envs:cartpole_killed_at_step_300", *flags, cwd=tmp_path)
+
+    assert done.returncode == 1, done.stderr
+    assert "training failed: WorkerRestartError: worker 0 lost once more after 0 restarts" in done.stderr
+    assert "checkpoint: run/checkpoint.pt" in done.stderr
+    assert read_checkpoint(tmp_path / "run")["policy_version"] == read_metrics(tmp_path / "run")[-1]["update"]

@@ -1,0 +1,99 @@
+"""TOML experiment files map 1:1 onto the config dataclasses; every bad key or value is named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from aiorl import APPO, ConfigError, TrainerConfig
+from aiorl.config_file import build_experiment, load_experiment, read_toml
+from aiorl.presets import PRESETS
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_tables_set_the_fields_of_their_dataclasses(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [run]
+        env = "Pendulum-v1"
+        algo = "appo"
+        total_steps = 5000
+        [env_kwargs]
+        g = 9.81
+        [trainer]
+        num_workers = 3
+        max_policy_lag = "none"
+        [algo]
+        rho_bar = 0.9
+        """,
+    )
+    experiment = load_experiment(path)
+    assert experiment.run.env == "Pendulum-v1" and experiment.run.total_steps == 5000
+    assert experiment.env_kwargs == {"g": 9.81}
+    assert experiment.trainer == TrainerConfig(num_workers=3, max_policy_lag=None)
+    assert experiment.algo == APPO(rho_bar=0.9)
+
+
+def test_every_unknown_key_and_bad_value_is_named(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [run]
+        env = "CartPole-v1"
+        [trainer]
+        num_wrokers = 3
+        seed = "zero"
+        [algo]
+        rho_bar = 0.9
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    assert caught.value.problems == [
+        "algo.rho_bar: unknown key (PPO has no such field)",
+        "trainer.num_wrokers: unknown key; did you mean 'num_workers'?",
+        "trainer.seed='zero' must be an integer",
+    ]
+
+
+def test_an_unknown_table_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[trainr\] is not a config table; did you mean 'trainer'\?"):
+        read_toml(write(tmp_path, "[trainr]\nnum_workers = 2\n"))
+
+
+def test_values_are_validated_by_the_dataclasses(tmp_path):
+    with pytest.raises(ConfigError, match="num_workers=0 must be an integer >= 1"):
+        load_experiment(write(tmp_path, '[run]\nenv = "CartPole-v1"\n[trainer]\nnum_workers = 0\n'))
+    with pytest.raises(ConfigError, match=r"run\.algo='sac' must be one of \['appo', 'ppo'\]"):
+        load_experiment(write(tmp_path, '[run]\nenv = "CartPole-v1"\nalgo = "sac"\n'))
+
+
+def test_a_preset_is_the_base_that_the_file_and_the_flags_override():
+    preset = PRESETS["Pendulum-v1"]
+    experiment = build_experiment(
+        {"run": {"preset": "Pendulum-v1"}, "algo": {"update_epochs": 3}, "trainer": {"seed": 4}},
+        overrides={"trainer": {"seed": 7}},
+    )
+    assert experiment.run.env == "Pendulum-v1" and experiment.run.target_return == preset.target_return
+    assert experiment.algo == dataclasses.replace(preset.algo, update_epochs=3)
+    assert experiment.trainer.rollout_length == preset.options["rollout_length"]
+    assert experiment.trainer.seed == 7
+
+
+def test_the_written_file_reads_back_to_the_same_experiment(tmp_path):
+    experiment = build_experiment(
+        {"run": {"env": "Acrobot-v1", "algo": "appo", "target_return": -100.0}, "trainer": {"max_policy_lag": "none"}}
+    )
+    assert load_experiment(write(tmp_path, experiment.to_toml())) == experiment
+
+
+def test_an_env_is_required():
+    with pytest.raises(ConfigError, match=r"run\.env is not set"):
+        build_experiment({"trainer": {"seed": 1}})

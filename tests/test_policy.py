@@ -1,0 +1,78 @@
+"""aiorl.Policy: a checkpoint's policy acts in this process, with no worker and no shared memory."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL, leftover_workers, our_segments
+
+from aiorl import APPO, ConfigError, Policy, Trainer
+from aiorl.checkpoint import write_checkpoint
+from aiorl.models import evaluate
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_trained_policy_acts_without_worker_processes(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    trainer = Trainer("CartPole-v1", APPO(), **SMALL)
+    await trainer.run(total_steps=1024, checkpoint_path=path)
+
+    policy = Policy.load(path)
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=0)
+    actions = []
+    for _ in range(20):
+        action = policy.act(obs)
+        assert env.action_space.contains(action)
+        with torch.no_grad():
+            logits, _ = evaluate(trainer.policy, torch.as_tensor(obs, dtype=torch.float32)[None])
+        actions.append((int(action), int(logits.argmax())))
+        assert leftover_workers() == set() and our_segments() == []
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    assert all(mine == trainers for mine, trainers in actions)  # the same network as the trainer's
+    assert policy.policy_version == trainer.policy_version
+
+
+def test_normalised_observations_and_box_actions_act_like_the_trainer_policy(tmp_path):
+    trainer = Trainer("Pendulum-v1", normalize_observations=True, **SMALL)
+    trainer.policy.observe(torch.randn(64, 3) * 3 + 1)  # running statistics away from the defaults
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(trainer.state_dict(), path)
+    policy = Policy.load(path)
+    space = gym.make("Pendulum-v1").observation_space
+
+    for obs in (space.sample() for _ in range(10)):
+        with torch.no_grad():
+            dist_inputs, _ = evaluate(trainer.policy, torch.as_tensor(obs)[None])
+        expected = np.clip(dist_inputs[0, :1].numpy(), -2.0, 2.0)
+        np.testing.assert_allclose(policy.act(obs), expected, rtol=1e-6)
+        sampled = policy.act(obs, deterministic=False)
+        assert sampled.shape == (1,) and -2.0 <= sampled[0] <= 2.0
+
+
+def test_play_runs_whole_episodes_and_hands_over_the_first_episodes_frames(tmp_path):
+    from cli_envs import DrawnCartPole
+
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer(DrawnCartPole, **SMALL).state_dict(), path)
+    policy = Policy.load(path)
+    frames = []
+
+    result = policy.play(3, seed=5, on_frame=frames.append, env=policy.make_env("rgb_array"))
+
+    assert result.episodes == 3 and all(length >= 1 for length in result.lengths)
+    assert len(frames) == result.lengths[0] + 1  # the reset frame, then one per step
+    assert frames[0].shape == (40, 96, 3)
+
+
+def test_an_env_that_cannot_render_is_named(tmp_path):
+    from cli_envs import plain_cartpole
+
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer(plain_cartpole, **SMALL).state_dict(), path)
+    with pytest.raises(ConfigError, match="plain_cartpole' does not render in that mode"):
+        Policy.load(path).make_env("rgb_array")
