@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import logging
 import math
 import os
@@ -26,21 +25,20 @@ import torch
 from torch import nn
 
 from aiorl.algos import PPO, Algorithm
+from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback
 from aiorl.engine.pool import WorkerPool
-from aiorl.engine.process import worker_context
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import AiorlError, ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
-from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
+from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
 from aiorl.presets import get_preset
-from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
-from aiorl.worker import WorkerSpec
+from aiorl.shm import RolloutLayout
 
 log = logging.getLogger("aiorl")
 T = TypeVar("T")
@@ -97,8 +95,7 @@ class _Running:
     """Resources that exist between ``__aenter__`` and ``__aexit__``."""
 
     stack: contextlib.AsyncExitStack
-    slots: RolloutSlots
-    store: WeightStore
+    host: WorkerHost
     pool: WorkerPool
     consumer: Consumer
     broadcaster: Broadcaster
@@ -115,7 +112,8 @@ class Trainer:
         policy: a ``torch.nn.Module`` following the policy interface of
             :mod:`aiorl.models`; defaults to :class:`~aiorl.models.ActorCritic`.
         **options: any field of :class:`~aiorl.config.TrainerConfig`
-            (``num_workers``, ``envs_per_worker``, ``rollout_length``, ``seed``, ...).
+            (``num_workers``, ``envs_per_worker``, ``rollout_length``, ``seed``,
+            ``backend="ray"``, ...).
 
     Raises:
         ConfigError: (a ``ValueError``) for any invalid value, naming the field and
@@ -184,7 +182,7 @@ class Trainer:
 
     @property
     def worker_pids(self) -> dict[int, int]:
-        """Worker id -> pid of the live worker processes (empty when not started)."""
+        """Worker id -> pid of the live workers (empty when not started); a remote worker's pid is on its node."""
         return {h.worker_id: h.pid for h in self._running.pool.alive()} if self._running else {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -202,12 +200,8 @@ class Trainer:
                 action_shape=self.dist.action_shape,
                 action_dtype=self.dist.action_dtype.str,
             )
-            num_slots = cfg.num_workers * cfg.slots_per_worker
-            slots = RolloutSlots.create(layout, num_slots)
-            stack.callback(slots.close)
-            store = WeightStore.create(num_weights(self._policy_template))
-            stack.callback(store.close)
-            broadcaster = Broadcaster(store)
+            host = await stack.enter_async_context(resolve_backend(cfg.backend).open(self._worker_template(layout)))
+            broadcaster = Broadcaster(host.weights)
             broadcaster.publish_now(self._learner.weights(), self._version)
 
             stack.callback(torch.set_num_threads, torch.get_num_threads())
@@ -215,16 +209,11 @@ class Trainer:
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-learner")
             stack.push_async_callback(_shutdown_executor, executor)
 
-            progress = ProgressBoard.create(cfg.num_workers)
-            stack.callback(progress.close)
-
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             pool = WorkerPool(
-                context=worker_context(cfg.start_method),
-                make_spec=functools.partial(self._worker_spec, layout, slots, store, progress),
+                host=host,
                 seat_slots=cfg.seat_slots(),
                 stats=self.stats,
-                progress=progress,
                 tasks=tasks,
                 budget=RestartBudget(
                     max_restarts=cfg.max_restarts,
@@ -237,7 +226,7 @@ class Trainer:
             )
             consumer = Consumer(
                 pool=pool,
-                slots=slots,
+                layout=layout,
                 learner=self._learner,
                 broadcaster=broadcaster,
                 executor=executor,
@@ -249,7 +238,7 @@ class Trainer:
             consumer.version = self._version
             stack.push_async_callback(self._close_pool, pool, consumer)
             await pool.start()
-            self._running = _Running(stack, slots, store, pool, consumer, broadcaster)
+            self._running = _Running(stack, host, pool, consumer, broadcaster)
         except BaseException:
             await stack.aclose()
             raise
@@ -288,35 +277,20 @@ class Trainer:
         self._version = running.consumer.version
         await running.stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
 
-    def _worker_spec(
-        self,
-        layout: RolloutLayout,
-        slots: RolloutSlots,
-        store: WeightStore,
-        progress: ProgressBoard,
-        worker_id: int,
-        incarnation: int,
-        stack_path: str,
-    ) -> WorkerSpec:
+    def _worker_template(self, layout: RolloutLayout) -> WorkerTemplate:
         cfg = self.config
-        return WorkerSpec(
-            worker_id=worker_id,
-            incarnation=incarnation,
+        return WorkerTemplate(
             env_factory=self.env_factory,
             seed=cfg.seed,
             layout=layout,
-            slots_name=slots.segment.name,
-            num_slots=slots.num_slots,
-            weights_name=store.segment.name,
-            num_weights=store.num_weights,
+            num_workers=cfg.num_workers,
+            num_slots=cfg.num_workers * cfg.slots_per_worker,
             policy=self._policy_template,
             dist=self.dist,
             obs_encoder=self.obs_encoder,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            progress_name=progress.segment.name,
-            num_workers=cfg.num_workers,
-            stack_path=stack_path,
             env_error_limit=cfg.env_error_limit,
+            start_method=cfg.start_method,
         )
 
     async def _close_pool(self, pool: WorkerPool, consumer: Consumer) -> None:

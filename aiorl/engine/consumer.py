@@ -1,6 +1,6 @@
 """The consumer: turns ready rollouts into learner updates, off the event loop.
 
-It takes slot ids from the pool's ready queue, drops rollouts older than
+It takes ready rollouts from the pool's queue, drops those older than
 ``max_policy_lag`` (counted as discarded), copies the rest into the batch and
 frees their slots at once, runs the learner update in an executor thread (an
 update inline would freeze the loop for the whole update), hands the new
@@ -28,7 +28,7 @@ from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import LearnerError
-from aiorl.shm import RolloutSlots
+from aiorl.shm import RolloutLayout
 
 log = logging.getLogger("aiorl")
 
@@ -108,7 +108,7 @@ class Consumer:
         self,
         *,
         pool: WorkerPool,
-        slots: RolloutSlots,
+        layout: RolloutLayout,
         learner: Learner,
         broadcaster: Broadcaster,
         executor: Executor,
@@ -118,14 +118,13 @@ class Consumer:
         log_interval_s: float,
     ) -> None:
         self.pool = pool
-        self.slots = slots
         self.learner = learner
         self.broadcaster = broadcaster
         self.executor = executor
         self.stats = stats
         self.max_policy_lag = max_policy_lag
         self.log_interval_s = log_interval_s
-        self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
+        self.builder = BatchBuilder(layout, rollouts_per_batch)
         self.in_batch: list[ReadyRollout] = []
         self.in_flight = 0  # env steps of the batch the learner thread is working on
         self.version = 0
@@ -150,7 +149,7 @@ class Consumer:
                 self.stats.discard(rollout.env_steps, "policy_lag")
                 self.pool.release(rollout)
                 continue
-            self.builder.add(self.slots[rollout.slot])
+            self.builder.add(rollout.arrays)
             self.in_batch.append(rollout)
             if not self.strict:
                 self.pool.release(rollout)

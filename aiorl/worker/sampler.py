@@ -48,6 +48,18 @@ class EnvStepError(Exception):
         self.original = original
         self.reason = reason
 
+    def to_message(self, policy_version: int | None) -> protocol.EnvFailed:
+        """The :class:`~aiorl.protocol.EnvFailed` report of this failure, with its traceback."""
+        original = self.original
+        return protocol.EnvFailed(
+            env_index=self.env_index,
+            step=self.step,
+            policy_version=policy_version,
+            error_type=type(original).__name__,
+            message=f"{original} ({self.reason})" if self.reason else str(original),
+            traceback="".join(traceback.format_exception(original)),
+        )
+
 
 @dataclass(slots=True)
 class RolloutSummary:
