@@ -371,8 +371,9 @@ class WorkerPool:
 
     @property
     def nodes(self) -> dict[int, str]:
-        """Worker id -> where the live workers run (``"local"``, or a Ray node id)."""
-        return {h.worker_id: h.link.node for h in self.alive()}
+        """Worker id -> where the workers that said hello run (``"local"``, or a Ray node id)."""
+        live = (seat.live() for seat in self.seats.values())
+        return {h.worker_id: h.link.node for h in live if h is not None}
 
     def alive(self) -> list[WorkerHandle]:
         """Current workers that have not exited."""

@@ -1,0 +1,98 @@
+"""The Ray backend's behaviours, run by ``test_ray.py`` inside a loopback-only network namespace.
+
+Ray rewrites ``--node-ip-address=127.0.0.1`` to the machine's external interface
+and listens on every interface, so these tests never run in the machine's own
+network namespace: ``test_ray.py`` starts pytest on this file under
+``unshare --net`` (only ``lo``, brought up), with ``RAY_AUTH_MODE`` and
+``RAY_TMPDIR`` set for every Ray process. Run anywhere else, the module skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+import pytest
+
+NAMESPACE_VARIABLE = "AIORL_RAY_NETNS_FILE"
+"""Set by ``test_ray.py``: the file this run writes its network namespace into."""
+
+if NAMESPACE_VARIABLE not in os.environ:
+    pytest.skip("run by tests/test_ray.py inside a loopback-only network namespace", allow_module_level=True)
+interfaces = sorted(name for _, name in socket.if_nameindex())
+if interfaces != ["lo"]:  # never let Ray near a real network
+    pytest.exit(f"expected a namespace with only loopback, found interfaces {interfaces}", returncode=3)
+with open(os.environ[NAMESPACE_VARIABLE], "w") as namespace_file:
+    namespace_file.write(os.readlink("/proc/self/ns/net"))
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from aiorl import PPO, Trainer  # noqa: E402
+from aiorl.backends import RayBackend  # noqa: E402
+
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head and one more node, one CPU each, in this namespace; shut down after the test."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_cartpole_preset_reaches_475_on_local_ray():
+    backend = RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
+    async with Trainer.from_preset("CartPole-v1", backend=backend, seed=0) as trainer:
+        assert len(set(trainer._running.pool.nodes.values())) == 1  # one local Ray node
+        result = await trainer.run(total_steps=300_000, target_return=475)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+    assert result.worker_restarts == 0
+    stats = trainer.stats
+    assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+    assert not ray.is_initialized()  # the trainer started Ray, so it shut it down
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_node_cluster):
+    backend = RayBackend(address=two_node_cluster.address)
+    options = {
+        "num_workers": 2,
+        "envs_per_worker": 8,
+        "rollout_length": 32,
+        "heartbeat_interval_s": 0.2,
+        "worker_timeout_s": 10.0,
+        "restart_backoff_s": 0.05,
+        "log_interval_s": 60.0,
+    }
+    async with Trainer("CartPole-v1", QUICK_PPO, backend=backend, **options) as trainer:
+        cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        assert set(trainer._running.pool.nodes.values()) == cluster_nodes and len(cluster_nodes) == 2
+        first_pids = dict(trainer.worker_pids)
+
+        def kill_once(report):
+            if report.version == 3:
+                os.kill(first_pids[1], signal.SIGKILL)  # the actor's process, as the OOM killer would
+
+        result = await trainer.run(total_steps=6_000, on_update=kill_once)
+        assert result.worker_restarts == 1
+        async with asyncio.timeout(30):  # the replacement says hello
+            while len(trainer._running.pool.nodes) < 2:
+                await asyncio.sleep(0.05)
+        assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
+        assert set(trainer._running.pool.nodes.values()) == cluster_nodes  # the replacement took the free CPU
+        stats = trainer.stats
+        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded + stats.steps_pending
+    assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
