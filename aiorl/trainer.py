@@ -185,6 +185,11 @@ class Trainer:
         """Worker id -> pid of the live workers (empty when not started); a remote worker's pid is on its node."""
         return {h.worker_id: h.pid for h in self._running.pool.alive()} if self._running else {}
 
+    @property
+    def worker_nodes(self) -> dict[int, str]:
+        """Worker id -> where each running worker is: ``"local"``, or its Ray node id (empty when not started)."""
+        return self._running.pool.nodes if self._running else {}
+
     # ---- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Trainer:
         """Create shared memory, the learner thread and the worker pool; start the workers."""

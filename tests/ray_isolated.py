@@ -17,15 +17,13 @@ import socket
 import pytest
 
 NAMESPACE_VARIABLE = "AIORL_RAY_NETNS_FILE"
-"""Set by ``test_ray.py``: the file this run writes its network namespace into."""
+"""Set by ``test_ray.py`` when it runs this module in a loopback-only namespace."""
 
 if NAMESPACE_VARIABLE not in os.environ:
     pytest.skip("run by tests/test_ray.py inside a loopback-only network namespace", allow_module_level=True)
 interfaces = sorted(name for _, name in socket.if_nameindex())
 if interfaces != ["lo"]:  # never let Ray near a real network
     pytest.exit(f"expected a namespace with only loopback, found interfaces {interfaces}", returncode=3)
-with open(os.environ[NAMESPACE_VARIABLE], "w") as namespace_file:
-    namespace_file.write(os.readlink("/proc/self/ns/net"))
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -53,7 +51,7 @@ def two_node_cluster():
 async def test_cartpole_preset_reaches_475_on_local_ray():
     backend = RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
     async with Trainer.from_preset("CartPole-v1", backend=backend, seed=0) as trainer:
-        assert len(set(trainer._running.pool.nodes.values())) == 1  # one local Ray node
+        assert len(set(trainer.worker_nodes.values())) == 1  # one local Ray node
         result = await trainer.run(total_steps=300_000, target_return=475)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
     assert result.worker_restarts == 0
@@ -78,7 +76,7 @@ async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_
     }
     async with Trainer("CartPole-v1", QUICK_PPO, backend=backend, **options) as trainer:
         cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-        assert set(trainer._running.pool.nodes.values()) == cluster_nodes and len(cluster_nodes) == 2
+        assert set(trainer.worker_nodes.values()) == cluster_nodes and len(cluster_nodes) == 2
         first_pids = dict(trainer.worker_pids)
 
         def kill_once(report):
@@ -88,10 +86,10 @@ async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_
         result = await trainer.run(total_steps=6_000, on_update=kill_once)
         assert result.worker_restarts == 1
         async with asyncio.timeout(30):  # the replacement says hello
-            while len(trainer._running.pool.nodes) < 2:
+            while len(trainer.worker_nodes) < 2:
                 await asyncio.sleep(0.05)
         assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
-        assert set(trainer._running.pool.nodes.values()) == cluster_nodes  # the replacement took the free CPU
+        assert set(trainer.worker_nodes.values()) == cluster_nodes  # the replacement took the free CPU
         stats = trainer.stats
         assert stats.steps_collected == stats.steps_trained + stats.steps_discarded + stats.steps_pending
     assert stats.steps_pending == 0

@@ -24,6 +24,7 @@ from conftest import wait_until
 from aiorl import ConfigError, Trainer
 
 ISOLATED = Path(__file__).with_name("ray_isolated.py")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMESPACE_VARIABLE = "AIORL_RAY_NETNS_FILE"
 UNSHARE_VARIANTS = (["unshare", "--net"], ["unshare", "--user", "--map-root-user", "--net"])
 """As root, a network namespace; otherwise inside a user namespace, where allowed."""
@@ -59,8 +60,8 @@ def ray_segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if "ray" in name.lower() or "plasma" in name.lower()}
 
 
-def run_isolated(test_name: str, timeout_s: float = 240) -> None:
-    """Run ``ray_isolated.py::test_name`` in its own loopback-only namespace; fail with its output."""
+def run_in_namespace(arguments: list[str], timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGUMENTS`` in its own loopback-only namespace, then check it left nothing behind."""
     pytest.importorskip("ray", reason="ray is not installed (pip install 'aiorl[ray]')")
     unshare, why_not = unshare_command()
     if unshare is None:
@@ -69,33 +70,26 @@ def run_isolated(test_name: str, timeout_s: float = 240) -> None:
     workdir = tempfile.mkdtemp(prefix="aiorl-ray-")  # short: Ray puts unix sockets in it
     namespace_file = os.path.join(workdir, "netns")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": workdir, NAMESPACE_VARIABLE: namespace_file}
-    command = [
-        *unshare,
-        "--",
-        "sh",
-        "-c",
-        'ip link set lo up && exec "$@"',
-        "sh",
-        sys.executable,
-        "-m",
-        "pytest",
-        f"{ISOLATED}::{test_name}",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-    ]
+    script = f'ip link set lo up && readlink /proc/self/ns/net > "{namespace_file}" && exec "$@"'
+    command = [*unshare, "--", "sh", "-c", script, "sh", sys.executable, *arguments]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
-        output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
-        assert done.returncode == 0, f"{test_name} failed in its namespace:\n{output}"
         with open(namespace_file) as f:
-            namespace = f.read()
+            namespace = f.read().strip()
         assert wait_until(lambda: not processes_in_namespace(namespace), 10.0), (
             f"processes left in the test's namespace: {processes_in_namespace(namespace)}"
         )
         assert ray_segments() <= segments_before, f"Ray left shared memory: {ray_segments() - segments_before}"
+        return done
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_isolated(test_name: str) -> None:
+    """Run ``ray_isolated.py::test_name`` in a pytest of its own, in its own namespace; fail with its output."""
+    done = run_in_namespace(["-m", "pytest", f"{ISOLATED}::{test_name}", "-q", "-p", "no:cacheprovider"])
+    output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"{test_name} failed in its namespace:\n{output}"
 
 
 def test_cartpole_reaches_475_with_workers_on_local_ray():
@@ -104,6 +98,15 @@ def test_cartpole_reaches_475_with_workers_on_local_ray():
 
 def test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor():
     run_isolated("test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced")
+
+
+def test_ray_cluster_example_trains_and_prints_where_workers_run():
+    arguments = [str(EXAMPLES / "ray_cluster.py"), "--steps", "4096", "--envs-per-worker", "4", "--num-cpus", "2"]
+    done = run_in_namespace(arguments)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("worker 0: pid ") and lines[1].startswith("worker 1: pid "), done.stdout
+    assert "mean return of 475" in lines[-1] and "steps/s" in lines[-1], done.stdout
 
 
 def test_importing_aiorl_never_imports_ray():
