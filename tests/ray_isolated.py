@@ -10,6 +10,7 @@ network namespace: ``test_ray.py`` starts pytest on this file under
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -30,8 +31,21 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from aiorl import PPO, Trainer  # noqa: E402
 from aiorl.backends import RayBackend  # noqa: E402
+from aiorl.testing import FaultyEnv  # noqa: E402
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+FAST = {
+    "num_workers": 2,
+    "envs_per_worker": 8,
+    "rollout_length": 32,
+    "heartbeat_interval_s": 0.2,
+    "restart_backoff_s": 0.05,
+    "log_interval_s": 60.0,
+}
+
+
+def local_ray() -> RayBackend:
+    return RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
 
 
 @pytest.fixture
@@ -49,8 +63,7 @@ def two_node_cluster():
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_cartpole_preset_reaches_475_on_local_ray():
-    backend = RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
-    async with Trainer.from_preset("CartPole-v1", backend=backend, seed=0) as trainer:
+    async with Trainer.from_preset("CartPole-v1", backend=local_ray(), seed=0) as trainer:
         assert len(set(trainer.worker_nodes.values())) == 1  # one local Ray node
         result = await trainer.run(total_steps=300_000, target_return=475)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
@@ -65,16 +78,7 @@ async def test_cartpole_preset_reaches_475_on_local_ray():
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_node_cluster):
     backend = RayBackend(address=two_node_cluster.address)
-    options = {
-        "num_workers": 2,
-        "envs_per_worker": 8,
-        "rollout_length": 32,
-        "heartbeat_interval_s": 0.2,
-        "worker_timeout_s": 10.0,
-        "restart_backoff_s": 0.05,
-        "log_interval_s": 60.0,
-    }
-    async with Trainer("CartPole-v1", QUICK_PPO, backend=backend, **options) as trainer:
+    async with Trainer("CartPole-v1", QUICK_PPO, backend=backend, worker_timeout_s=10.0, **FAST) as trainer:
         cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         assert set(trainer.worker_nodes.values()) == cluster_nodes and len(cluster_nodes) == 2
         first_pids = dict(trainer.worker_pids)
@@ -93,4 +97,22 @@ async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_
         stats = trainer.stats
         assert stats.steps_collected == stats.steps_trained + stats.steps_discarded + stats.steps_pending
     assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_hung_actor_is_killed_and_replaced(caplog):
+    hangs_once = functools.partial(FaultyEnv, "CartPole-v1", "hang", 40, workers=(1,))  # worker 1, first actor
+    async with Trainer(hangs_once, QUICK_PPO, backend=local_ray(), worker_timeout_s=2.0, **FAST) as trainer:
+        first_pids = dict(trainer.worker_pids)
+        async with asyncio.timeout(60):
+            while trainer.stats.worker_restarts < 1:
+                await trainer.run(total_steps=1_000)
+        result = await trainer.run(total_steps=2_000)  # the replacement runs clean
+        assert result.worker_restarts == 0
+        assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
+    assert "worker 1 (pid" in caplog.text and "hung: no heartbeat for" in caplog.text
+    stats = trainer.stats
+    assert stats.worker_restarts == 1
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded

@@ -100,6 +100,10 @@ def test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor():
     run_isolated("test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced")
 
 
+def test_a_hung_actor_is_killed_and_replaced():
+    run_isolated("test_a_hung_actor_is_killed_and_replaced")
+
+
 def test_ray_cluster_example_trains_and_prints_where_workers_run():
     arguments = [str(EXAMPLES / "ray_cluster.py"), "--steps", "4096", "--envs-per-worker", "4", "--num-cpus", "2"]
     done = run_in_namespace(arguments)
