@@ -183,7 +183,7 @@ class Trainer:
     @property
     def worker_pids(self) -> dict[int, int]:
         """Worker id -> pid of the live workers (empty when not started); a remote worker's pid is on its node."""
-        return {h.worker_id: h.pid for h in self._running.pool.alive()} if self._running else {}
+        return self._running.pool.pids if self._running else {}
 
     @property
     def worker_nodes(self) -> dict[int, str]:

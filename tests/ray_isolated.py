@@ -109,7 +109,9 @@ async def test_a_hung_actor_is_killed_and_replaced(caplog):
         async with asyncio.timeout(60):
             while trainer.stats.worker_restarts < 1:
                 await trainer.run(total_steps=1_000)
-        result = await trainer.run(total_steps=2_000)  # the replacement runs clean
+            while 1 not in trainer.worker_pids:  # the replacement says hello
+                await asyncio.sleep(0.05)
+        result = await trainer.run(total_steps=2_000)  # and runs clean
         assert result.worker_restarts == 0
         assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
     assert "worker 1 (pid" in caplog.text and "hung: no heartbeat for" in caplog.text

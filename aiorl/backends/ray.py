@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -45,8 +44,6 @@ from aiorl.errors import ConfigError
 from aiorl.shm import SlotArrays
 from aiorl.worker.actor import ActorRollout, RolloutActor
 from aiorl.worker.spec import WorkerSpec
-
-log = logging.getLogger("aiorl")
 
 _START, _PING, _CLOSE = "start", "heartbeat", "close"
 MAX_DEATH_TEXT = 400
@@ -119,7 +116,14 @@ async def _open_ray(backend: RayBackend, template: WorkerTemplate) -> AsyncItera
 
     owned = not ray.is_initialized()
     if owned:  # ray.init takes seconds: not on the loop
-        await asyncio.to_thread(ray.init, address=backend.address, **backend.init_options)
+        init = asyncio.ensure_future(asyncio.to_thread(ray.init, address=backend.address, **backend.init_options))
+        try:
+            await asyncio.shield(init)
+        except asyncio.CancelledError:  # the thread goes on: let it finish, then undo it
+            with contextlib.suppress(Exception):
+                await init
+            await asyncio.to_thread(ray.shutdown)
+            raise
     host = RayHost(ray, backend, template)
     try:
         yield host

@@ -366,8 +366,8 @@ class WorkerPool:
 
     @property
     def pids(self) -> dict[int, int]:
-        """Worker id -> process id of the live workers."""
-        return {h.worker_id: h.pid for h in self.alive()}
+        """Worker id -> process id of the live workers (a Ray actor's once it said hello)."""
+        return {h.worker_id: h.pid for h in self.alive() if h.pid > 0}
 
     @property
     def nodes(self) -> dict[int, str]:
