@@ -131,21 +131,30 @@ async def measure(seconds: float, repeats: int) -> None:
 def report(windows: dict[str, list[float]], other: dict[str, list[float]], ping_s: float, seconds: float, n: int):
     steps = OPTIONS["envs_per_worker"] * OPTIONS["rollout_length"]
     workers = OPTIONS["num_workers"]
-    median = {name: statistics.median(rates) for name, rates in windows.items()}
     print(
         f"\n{ENV_ID}, {workers} workers x {OPTIONS['envs_per_worker']} envs, rollout_length "
         f"{OPTIONS['rollout_length']} ({steps} env steps per rollout call); {n} windows of {seconds:g} s each\n"
     )
-    print("| backend | steps/s (median) | min - max | rollout period per worker | other load (cores) |")
+    print("| backend | steps/s (median) | min - max | median of quiet windows | rollout period per worker |")
     print("|---|---:|---:|---:|---:|")
+    median, quiet = {}, {}
     for name, rates in windows.items():
+        median[name] = statistics.median(rates)
+        calm = [rate for rate, load in zip(rates, other[name], strict=False) if load <= OTHER_LOAD_WARN]
+        quiet[name] = statistics.median(calm) if calm else None
+        calm_text = f"{quiet[name]:,.0f} ({len(calm)} of {len(rates)})" if calm else "none"
         period_ms = 1000 * workers * steps / median[name]
-        load = f"{max(other[name]):.2f}" if other[name] else "n/a"
-        print(f"| {name} | {median[name]:,.0f} | {min(rates):,.0f} - {max(rates):,.0f} | {period_ms:.1f} ms | {load} |")
-    overhead_ms = 1000 * workers * steps * (1 / median["ray"] - 1 / median["local"])
-    print(f"\nray / local throughput: {median['ray'] / median['local']:.3f}")
-    print(f"Ray's extra wall time per rollout: {overhead_ms:.2f} ms")
+        spread = f"{min(rates):,.0f} - {max(rates):,.0f}"
+        print(f"| {name} | {median[name]:,.0f} | {spread} | {calm_text} | {period_ms:.1f} ms |")
+    for label, rates in (("all windows", median), ("quiet windows", quiet)):
+        if rates["ray"] and rates["local"]:
+            overhead_ms = 1000 * workers * steps * (1 / rates["ray"] - 1 / rates["local"])
+            print(
+                f"{label}: ray / local throughput {rates['ray'] / rates['local']:.3f}; "
+                f"Ray's extra wall time per rollout {overhead_ms:.2f} ms"
+            )
     print(f"round trip of an empty actor call: {1000 * ping_s:.2f} ms (median of {PINGS})")
+    print(f"quiet: other processes took <= {OTHER_LOAD_WARN} cores during the window (other_load.py)")
 
 
 def main() -> int:
