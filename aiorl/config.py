@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from aiorl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aiorl.backends import Backend
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -100,6 +104,10 @@ class TrainerConfig:
     and the log."""
     eval_episodes: int = 10
     """Episodes per periodic evaluation (deterministic actions)."""
+    backend: str | Backend = "local"
+    """What runs the workers: ``"local"`` (processes on this machine), ``"ray"`` (Ray actors,
+    :class:`~aiorl.backends.RayBackend` with its defaults), or a backend object such as
+    ``RayBackend(address="auto")``."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -162,6 +170,7 @@ class TrainerConfig:
         if self.start_method is not None and self.start_method not in START_METHODS:
             problems.append(f"start_method={self.start_method!r} must be one of {START_METHODS} or None")
         problems += self._device_problems()
+        problems += self._backend_problems()
         if not problems and self.worker_timeout_s <= 2 * self.heartbeat_interval_s:
             problems.append(
                 f"worker_timeout_s={self.worker_timeout_s!r} must exceed twice "
@@ -177,6 +186,18 @@ class TrainerConfig:
                 )
         if problems:
             raise ConfigError(problems)
+
+    def _backend_problems(self) -> list[str]:
+        from aiorl.backends import BACKEND_NAMES, Backend
+        from aiorl.backends.ray import ray_available
+
+        if isinstance(self.backend, Backend):
+            return []
+        if not (isinstance(self.backend, str) and self.backend in BACKEND_NAMES):
+            return [f"backend={self.backend!r} must be one of {BACKEND_NAMES} or a Backend object"]
+        if self.backend == "ray" and not ray_available():
+            return ["backend='ray' needs ray, which is not installed: pip install 'aiorl[ray]'"]
+        return []
 
     def _device_problems(self) -> list[str]:
         try:

@@ -22,7 +22,7 @@ from torch import nn
 
 from aiorl.checkpoint import read_checkpoint
 from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, ObservationEncoder
+from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.errors import ConfigError
 from aiorl.evaluation import EvalResult
 from aiorl.models import ObservationNormalizer, evaluate
@@ -107,14 +107,18 @@ class Policy:
         factory = self.env_factory
         if factory is None:
             raise ConfigError("this Policy was built without an env_factory; make the env yourself")
-        if render_mode is None:
-            return factory()
+        made: gym.Env | AsyncEnv
         if factory.env_id is not None:
-            env = gym.make(factory.env_id, render_mode=render_mode, **factory.kwargs)
-        elif factory.make_fn is not None and _accepts(factory.make_fn, "render_mode"):
-            env = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
+            made = gym.make(factory.env_id, render_mode=render_mode, **factory.kwargs)
+        elif render_mode is not None and factory.make_fn is not None and _accepts(factory.make_fn, "render_mode"):
+            made = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
         else:
-            env = factory()
+            made = factory()
+        if not isinstance(made, gym.Env):
+            raise ConfigError(f"env={factory.describe()!r} is an aiorl.AsyncEnv; drive it yourself with policy.act()")
+        env = made
+        if render_mode is None:
+            return env
         if env.render_mode != render_mode:
             env.close()
             raise ConfigError(

@@ -31,13 +31,13 @@ from torch import nn
 import aiorl
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
+from aiorl.backends import LocalBackend, WorkerHost, WorkerTemplate, resolve_backend
 from aiorl.checkpoint import FORMAT, FORMAT_VERSION, Checkpointer, RunPlan, read_checkpoint, write_checkpoint
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback, UpdateReport
 from aiorl.engine.pool import WorkerPool
-from aiorl.engine.process import worker_context
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
@@ -51,10 +51,10 @@ from aiorl.events import (
     EventStream,
     TrainingUpdate,
 )
-from aiorl.models import ObservationNormalizer, assign_flat, default_policy, num_weights, validate_policy
+from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
 from aiorl.presets import get_preset
-from aiorl.shm import ProgressBoard, RolloutLayout, RolloutSlots, WeightStore
-from aiorl.worker import AsyncActing, WorkerSpec
+from aiorl.shm import RolloutLayout
+from aiorl.worker import AsyncActing
 
 log = logging.getLogger("aiorl")
 T = TypeVar("T")
@@ -118,8 +118,7 @@ class _Running:
     """Resources that exist between ``__aenter__`` and ``__aexit__``."""
 
     stack: contextlib.AsyncExitStack
-    slots: RolloutSlots
-    store: WeightStore
+    host: WorkerHost
     pool: WorkerPool
     consumer: Consumer
     broadcaster: Broadcaster
@@ -136,7 +135,8 @@ class Trainer:
         policy: a ``torch.nn.Module`` following the policy interface of
             :mod:`aiorl.models`; defaults to :class:`~aiorl.models.ActorCritic`.
         **options: any field of :class:`~aiorl.config.TrainerConfig`
-            (``num_workers``, ``envs_per_worker``, ``rollout_length``, ``seed``, ...).
+            (``num_workers``, ``envs_per_worker``, ``rollout_length``, ``seed``,
+            ``backend="ray"``, ...).
 
     Raises:
         ConfigError: (a ``ValueError``) for any invalid value, naming the field and
@@ -175,6 +175,13 @@ class Trainer:
             raise ConfigError(
                 f"env_threads=True runs blocking gymnasium envs in threads, but env={self.env_factory.describe()!r} "
                 "returns an aiorl.AsyncEnv already"
+            )
+        if (self.spaces.is_async or self.config.env_threads) and not isinstance(
+            resolve_backend(self.config.backend), LocalBackend
+        ):
+            raise ConfigError(
+                f"backend={self.config.backend!r} steps gymnasium envs inline only; async envs (an aiorl.AsyncEnv "
+                "or env_threads=True) run on the local backend for now"
             )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
@@ -259,8 +266,13 @@ class Trainer:
 
     @property
     def worker_pids(self) -> dict[int, int]:
-        """Worker id -> pid of the live worker processes (empty when not started)."""
-        return {h.worker_id: h.pid for h in self._running.pool.alive()} if self._running else {}
+        """Worker id -> pid of the live workers (empty when not started); a remote worker's pid is on its node."""
+        return self._running.pool.pids if self._running else {}
+
+    @property
+    def worker_nodes(self) -> dict[int, str]:
+        """Worker id -> where each running worker is: ``"local"``, or its Ray node id (empty when not started)."""
+        return self._running.pool.nodes if self._running else {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Trainer:
@@ -277,12 +289,8 @@ class Trainer:
                 action_shape=self.dist.action_shape,
                 action_dtype=self.dist.action_dtype.str,
             )
-            num_slots = cfg.num_workers * cfg.slots_per_worker
-            slots = RolloutSlots.create(layout, num_slots)
-            stack.callback(slots.close)
-            store = WeightStore.create(num_weights(self._policy_template))
-            stack.callback(store.close)
-            broadcaster = Broadcaster(store)
+            host = await stack.enter_async_context(resolve_backend(cfg.backend).open(self._worker_template(layout)))
+            broadcaster = Broadcaster(host.weights)
             broadcaster.publish_now(self._learner.weights(), self._version)
 
             stack.callback(torch.set_num_threads, torch.get_num_threads())
@@ -290,16 +298,11 @@ class Trainer:
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-learner")
             stack.push_async_callback(_shutdown_executor, executor)
 
-            progress = ProgressBoard.create(cfg.num_workers)
-            stack.callback(progress.close)
-
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             pool = WorkerPool(
-                context=worker_context(cfg.start_method),
-                make_spec=functools.partial(self._worker_spec, layout, slots, store, progress),
+                host=host,
                 seat_slots=cfg.seat_slots(),
                 stats=self.stats,
-                progress=progress,
                 tasks=tasks,
                 budget=RestartBudget(
                     max_restarts=cfg.max_restarts,
@@ -313,7 +316,7 @@ class Trainer:
             pool.on_event = self._events.publish
             consumer = Consumer(
                 pool=pool,
-                slots=slots,
+                layout=layout,
                 learner=self._learner,
                 broadcaster=broadcaster,
                 executor=executor,
@@ -326,7 +329,7 @@ class Trainer:
             consumer.version = self._version
             stack.push_async_callback(self._close_pool, pool, consumer)
             await pool.start()
-            self._running = _Running(stack, slots, store, pool, consumer, broadcaster)
+            self._running = _Running(stack, host, pool, consumer, broadcaster)
         except BaseException:
             try:
                 await stack.aclose()
@@ -372,35 +375,20 @@ class Trainer:
         finally:
             self._events.end_streams()
 
-    def _worker_spec(
-        self,
-        layout: RolloutLayout,
-        slots: RolloutSlots,
-        store: WeightStore,
-        progress: ProgressBoard,
-        worker_id: int,
-        incarnation: int,
-        stack_path: str,
-    ) -> WorkerSpec:
+    def _worker_template(self, layout: RolloutLayout) -> WorkerTemplate:
         cfg = self.config
-        return WorkerSpec(
-            worker_id=worker_id,
-            incarnation=incarnation,
+        return WorkerTemplate(
             env_factory=self.env_factory,
             seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
             layout=layout,
-            slots_name=slots.segment.name,
-            num_slots=slots.num_slots,
-            weights_name=store.segment.name,
-            num_weights=store.num_weights,
+            num_workers=cfg.num_workers,
+            num_slots=cfg.num_workers * cfg.slots_per_worker,
             policy=self._policy_template,
             dist=self.dist,
             obs_encoder=self.obs_encoder,
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            progress_name=progress.segment.name,
-            num_workers=cfg.num_workers,
-            stack_path=stack_path,
             env_error_limit=cfg.env_error_limit,
+            start_method=cfg.start_method,
             reward_gamma=getattr(self.algo, "gamma", None) if cfg.normalize_rewards else None,
             acting=self._acting(),
         )

@@ -1,9 +1,9 @@
 """The broadcaster: publishes each new policy version once, for every worker.
 
 The consumer hands over new weights without waiting; the broadcaster writes
-the latest into the shared weight store (seqlock, version++). If several
-versions arrive before it runs, only the newest is written. Workers pull from
-the store at their next rollout boundary.
+the latest to the backend's weight publisher (the shared weight store, seqlock,
+version++; or one ``ray.put`` per version). If several versions arrive before it
+runs, only the newest is written. Workers pull at their next rollout boundary.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import asyncio
 
 import numpy as np
 
-from aiorl.shm import WeightStore
+from aiorl.backends.base import WeightPublisher
 
 
 class Broadcaster:
-    """Owns the writer side of the :class:`WeightStore`."""
+    """Owns the writer side of the backend's :class:`~aiorl.backends.WeightPublisher`."""
 
-    def __init__(self, store: WeightStore) -> None:
+    def __init__(self, store: WeightPublisher) -> None:
         self.store = store
         self._latest: tuple[np.ndarray, int] | None = None
         self._submitted = asyncio.Event()

@@ -1,6 +1,6 @@
 """The consumer: turns ready rollouts into learner updates, off the event loop.
 
-It takes slot ids from the pool's ready queue, drops rollouts older than
+It takes ready rollouts from the pool's queue, drops those older than
 ``max_policy_lag`` (counted as discarded; with async envs, whose columns may span
 several versions, the steps older than that), copies the rest into the batch and
 frees their slots at once, runs the learner update in an executor thread (an
@@ -31,7 +31,7 @@ from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import LearnerError
-from aiorl.shm import RolloutSlots
+from aiorl.shm import RolloutLayout
 
 log = logging.getLogger("aiorl")
 
@@ -113,7 +113,7 @@ class Consumer:
         self,
         *,
         pool: WorkerPool,
-        slots: RolloutSlots,
+        layout: RolloutLayout,
         learner: Learner,
         broadcaster: Broadcaster,
         executor: Executor,
@@ -124,7 +124,6 @@ class Consumer:
         reward_normalizer: RewardNormalizer | None = None,
     ) -> None:
         self.pool = pool
-        self.slots = slots
         self.learner = learner
         self.broadcaster = broadcaster
         self.executor = executor
@@ -132,7 +131,7 @@ class Consumer:
         self.max_policy_lag = max_policy_lag
         self.log_interval_s = log_interval_s
         self.reward_normalizer = reward_normalizer
-        self.builder = BatchBuilder(slots.layout, rollouts_per_batch)
+        self.builder = BatchBuilder(layout, rollouts_per_batch)
         self.in_batch: list[ReadyRollout] = []
         self.in_flight = 0  # env steps of the batch the learner thread is working on
         self.version = 0
@@ -162,7 +161,7 @@ class Consumer:
                 self.stats.discard(rollout.env_steps, "policy_lag")
                 self.pool.release(rollout)
                 continue
-            columns = self.builder.add(self.slots[rollout.slot])
+            columns = self.builder.add(rollout.arrays)
             if self.max_policy_lag is not None:  # async envs: a slot's columns may span versions
                 stale = self.builder.mask_older_than(columns, self.version - self.max_policy_lag)
                 if stale:

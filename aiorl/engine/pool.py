@@ -1,25 +1,27 @@
-"""The worker pool: persistent worker processes supervised from the trainer's loop.
+"""The worker pool: persistent workers supervised from the trainer's loop, whatever runs them.
 
-Every worker id has a *seat* that outlives its processes. For the process in a
-seat the pool owns two tasks: a supervisor that reads its frames (hello,
-heartbeats, slot ready, env errors) and a watchdog that declares it hung when
-it goes silent for ``worker_timeout_s``. Its death is seen through the process
-sentinel within a millisecond, without polling.
+Every worker id has a *seat* that outlives its workers. The workers themselves
+come from a :class:`~aiorl.backends.WorkerHost` (local processes, Ray actors):
+the pool sees each one through a :class:`~aiorl.backends.WorkerLink` and owns
+two tasks per worker: a supervisor that reads its messages (hello, heartbeats,
+slot ready, env errors) and a watchdog that declares it hung when it goes
+silent for ``worker_timeout_s``. Its death ends the link's messages at once
+(process sentinel, ``RayActorError``), without polling.
 
 When a worker is lost (killed, crashed, hung) its granted slots are reclaimed,
-its unfinished rollout is counted as discarded (``worker_lost``; the progress
-board says how many steps it had taken), and a replacement starts in the same
-seat after a backoff, with the current weights. Completed rollouts it already
-reported stay queued: nothing handed to the trainer is lost. More losses than
-the restart budget allows, or an env that fails for good, become the pool's
+its unfinished rollout is counted as discarded (``worker_lost``; the link says
+how many steps it had taken), and a replacement starts in the same seat after
+a backoff, with the current weights. Completed rollouts it already reported
+stay queued: nothing handed to the trainer is lost. More losses than the
+restart budget allows, or an env that fails for good, become the pool's
 :attr:`WorkerPool.failure`, which the running training loop raises.
 
-Slots belong to seats; a slot goes back to its seat's worker (a ``Grant`` frame)
-when the consumer is done with it, so a worker whose slots all wait blocks:
-that backpressure bounds policy lag.
+Slots belong to seats; a slot goes back to its seat's worker (a grant) when
+the consumer is done with it, so a worker whose slots all wait blocks: that
+backpressure bounds policy lag.
 
 Teardown (:meth:`WorkerPool.close`) never waits without a deadline:
-stop frame -> grace -> SIGTERM -> SIGKILL.
+stop -> grace -> terminate -> kill.
 """
 
 from __future__ import annotations
@@ -27,19 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 import aiorl
 from aiorl import protocol
-from aiorl.engine.process import start_worker
+from aiorl.backends.base import WorkerHost, WorkerLink
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import (
@@ -50,67 +47,71 @@ from aiorl.errors import (
     WorkerHung,
     WorkerRestartError,
     WorkerStartError,
-    describe_exit,
 )
 from aiorl.events import EpisodeFinished, Event, WorkerRestarted
-from aiorl.shm import ProgressBoard
-from aiorl.worker.spec import WorkerSpec
+from aiorl.shm import SlotArrays
 
 log = logging.getLogger("aiorl")
 
 KILL_WAIT_S = 2.0
-"""Seconds to wait for a process to go after SIGTERM or SIGKILL."""
-REAP_WAIT_S = 1.0
-"""Longest wait for an exited process to become reapable (spawn's sentinel fires a moment early)."""
-STACK_DUMP_WAIT_S = 1.0
-"""Seconds to wait for a hung worker's stack dump."""
-
-SpecFactory = Callable[[int, int, str], WorkerSpec]
-"""``(worker_id, incarnation, stack_path) -> WorkerSpec``."""
+"""Seconds to wait for a worker to go after it is told to, or ended by force."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReadyRollout:
-    """A filled slot waiting for the consumer."""
+    """A filled slot waiting for the consumer; ``arrays`` are its rollout (valid until it is released)."""
 
     worker_id: int
     pid: int
     slot: int
     policy_version: int
     env_steps: int
+    arrays: SlotArrays = field(repr=False, compare=False)
 
 
 @dataclass(slots=True)
 class WorkerHandle:
-    """The trainer's view of one worker process (one incarnation of a seat)."""
+    """The pool's view of one worker (one incarnation of a seat)."""
 
-    worker_id: int
-    incarnation: int
-    process: BaseProcess
-    pid: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    stack_path: str
+    link: WorkerLink
     hello: asyncio.Event = field(default_factory=asyncio.Event)
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    exitcode: int | None = None
     last_frame: float = field(default_factory=time.monotonic)
     reported_steps: int = 0
     env_error: EnvError | None = None
     hang: WorkerHung | None = None
 
+    @property
+    def worker_id(self) -> int:
+        """The seat."""
+        return self.link.worker_id
+
+    @property
+    def incarnation(self) -> int:
+        """Workers that held the seat before this one."""
+        return self.link.incarnation
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id (on its own machine)."""
+        return self.link.pid
+
+    @property
+    def exited(self) -> asyncio.Event:
+        """Set once the worker is gone."""
+        return self.link.exited
+
     def cause_of_death(self) -> AiorlError:
-        """The error to report for this process's end: env error, hang, or how it died."""
+        """The error to report for this worker's end: env error, hang, or how it died."""
         if self.env_error is not None:
             return self.env_error
         if self.hang is not None:
             return self.hang
-        return WorkerCrashed(self.worker_id, self.pid, describe_exit(self.exitcode))
+        return WorkerCrashed(self.worker_id, self.pid, self.link.how_it_ended())
 
 
 @dataclass(slots=True)
 class Seat:
-    """A worker id, its slots, and the process currently holding it."""
+    """A worker id, its slots, and the worker currently holding it."""
 
     worker_id: int
     slots: tuple[int, ...]
@@ -120,7 +121,7 @@ class Seat:
     incarnation: int = 0
 
     def live(self) -> WorkerHandle | None:
-        """The current process if it has said hello and not exited."""
+        """The current worker if it has said hello and not exited."""
         handle = self.handle
         if handle is None or handle.exited.is_set() or not handle.hello.is_set():
             return None
@@ -128,14 +129,12 @@ class Seat:
 
 
 class WorkerPool:
-    """Starts, supervises, replaces and stops the worker processes.
+    """Starts, supervises, replaces and stops the workers.
 
     Args:
-        context: the multiprocessing context to start workers from.
-        make_spec: builds the spec of a worker from its id, incarnation and stack file.
+        host: starts the workers (local processes, Ray actors).
         seat_slots: the slot ids of each seat (worker id = index).
         stats: where arriving and discarded steps are counted.
-        progress: the shared board of steps taken per worker.
         tasks: the task group that owns the pool's tasks.
         budget: the restart budget.
         worker_timeout_s: silence after which a worker is declared hung.
@@ -145,20 +144,16 @@ class WorkerPool:
     def __init__(
         self,
         *,
-        context: BaseContext,
-        make_spec: SpecFactory,
+        host: WorkerHost,
         seat_slots: list[tuple[int, ...]],
         stats: TrainingStats,
-        progress: ProgressBoard,
         tasks: asyncio.TaskGroup,
         budget: RestartBudget,
         worker_timeout_s: float,
         start_timeout_s: float,
     ) -> None:
-        self.context = context
-        self.make_spec = make_spec
+        self.host = host
         self.stats = stats
-        self.progress = progress
         self.tasks = tasks
         self.budget = budget
         self.worker_timeout_s = worker_timeout_s
@@ -214,32 +209,8 @@ class WorkerPool:
             await seat.handle.hello.wait()
 
     async def _launch(self, seat: Seat) -> None:
-        fd, stack_path = tempfile.mkstemp(prefix=f"aiorl_{os.getpid()}_w{seat.worker_id}_", suffix=".stack")
-        os.close(fd)
-        self.progress.reset(seat.worker_id)
-        process = None
-        try:
-            process, sock = start_worker(self.context, self.make_spec(seat.worker_id, seat.incarnation, stack_path))
-            reader, writer = await asyncio.open_connection(sock=sock)
-        except BaseException:
-            if process is not None:  # started, but we can't talk to it: it must not live on
-                sock.close()
-                process.kill()
-                process.join(KILL_WAIT_S)
-            with contextlib.suppress(OSError):
-                os.unlink(stack_path)
-            raise
-        handle = WorkerHandle(
-            worker_id=seat.worker_id,
-            incarnation=seat.incarnation,
-            process=process,
-            pid=process.pid or -1,
-            reader=reader,
-            writer=writer,
-            stack_path=stack_path,
-        )
+        handle = WorkerHandle(await self.host.start_worker(seat.worker_id, seat.incarnation))
         seat.handle = handle
-        asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, handle)
         name = f"aiorl-worker-{seat.worker_id}.{seat.incarnation}"
         supervisor = self.tasks.create_task(self._supervise(seat, handle), name=f"{name}-supervisor")
         self._supervisors.add(supervisor)
@@ -253,42 +224,25 @@ class WorkerPool:
                 async with asyncio.timeout(KILL_WAIT_S):
                     await handle.exited.wait()
             if not handle.exited.is_set():  # EOF but still running: not ours to keep
-                await self._end_process(handle, grace_s=0.0)
+                await handle.link.end(grace_s=0.0)
         finally:
-            handle.writer.close()
-            with contextlib.suppress(OSError):
-                os.unlink(handle.stack_path)
+            handle.link.close()
         self._account_lost_steps(seat, handle)
         if self.closing:
             return
         self._after_loss(seat, handle)
 
-    def _on_exit(self, handle: WorkerHandle) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(handle.process.sentinel)
-        try:
-            handle.process.join(0)  # reap it and read the exit code
-            if handle.process.exitcode is None:  # spawn: the pipe closes just before it is reapable
-                handle.process.join(REAP_WAIT_S)
-            handle.exitcode = handle.process.exitcode
-            if handle.exitcode is not None:
-                handle.process.close()  # releases the sentinel fd: no fd growth across restarts
-        finally:
-            handle.exited.set()
-            # Backstop: the socket reports EOF at once on exit; make sure the reader ends anyway.
-            loop.call_later(0.5, handle.reader.feed_eof)
-
     async def _read_frames(self, seat: Seat, handle: WorkerHandle) -> None:
         while True:
             try:
-                message = await protocol.receive(handle.reader)
+                message = await handle.link.receive()
             except EOFError:
                 return
             handle.last_frame = time.monotonic()
             if isinstance(message, protocol.SlotReady):
                 self._on_slot_ready(seat, handle, message)
             elif isinstance(message, protocol.Hello):
-                if message.aiorl_file != aiorl.__file__:
+                if message.aiorl_file and message.aiorl_file != aiorl.__file__:
                     self.fail(
                         WorkerStartError(
                             f"worker {handle.worker_id} imported aiorl from {message.aiorl_file}, "
@@ -297,7 +251,7 @@ class WorkerPool:
                         )
                     )
                 for slot in sorted(seat.free):
-                    if self._send(handle, protocol.Grant(slot)):
+                    if handle.link.grant(slot):
                         seat.granted.add(slot)
                         seat.free.discard(slot)
                 handle.hello.set()
@@ -326,6 +280,7 @@ class WorkerPool:
                 slot=message.slot,
                 policy_version=message.policy_version,
                 env_steps=message.env_steps,
+                arrays=handle.link.arrays(message.slot),
             )
         )
 
@@ -336,8 +291,8 @@ class WorkerPool:
         log.warning("%s (env re-created, %d steps discarded)\n%s", error, message.discarded_steps, message.traceback)
 
     def _account_lost_steps(self, seat: Seat, handle: WorkerHandle) -> None:
-        """Count the steps the process took but never reported, and take back its slots."""
-        unfinished = self.progress.read(handle.worker_id) - handle.reported_steps
+        """Count the steps the worker took but never reported, and take back its slots."""
+        unfinished = handle.link.steps_taken() - handle.reported_steps
         if unfinished > 0:
             self.stats.collected(unfinished, [])
             self.stats.discard(unfinished, "shutdown" if self.closing else "worker_lost")
@@ -386,49 +341,22 @@ class WorkerPool:
             self.fail(error)
 
     async def _watch(self, handle: WorkerHandle) -> None:
-        """The watchdog: declare the process hung when it stays silent too long."""
+        """The watchdog: declare the worker hung when it stays silent too long."""
         check_s = min(1.0, self.worker_timeout_s / 4)
         while not handle.exited.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check_s):
                     await handle.exited.wait()
             if self.closing:
-                return  # close() ends every process itself
+                return  # close() ends every worker itself
             limit = self.worker_timeout_s if handle.hello.is_set() else self.start_timeout_s
             silent = time.monotonic() - handle.last_frame
             if handle.exited.is_set() or silent <= limit:
                 continue
-            handle.hang = WorkerHung(handle.worker_id, handle.pid, silent, await self._dump_stack(handle))
+            handle.hang = WorkerHung(handle.worker_id, handle.pid, silent, await handle.link.dump_stack())
             log.error("%s", handle.hang)
-            await self._end_process(handle, grace_s=KILL_WAIT_S)
+            await handle.link.end(grace_s=KILL_WAIT_S)
             return
-
-    async def _dump_stack(self, handle: WorkerHandle) -> str:
-        """Ask a live worker for its Python stack (faulthandler on SIGUSR1); '' if it can't say."""
-        try:
-            os.kill(handle.pid, signal.SIGUSR1)
-        except OSError:
-            return ""
-        deadline = time.monotonic() + STACK_DUMP_WAIT_S
-        text, previous = "", None
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            text = _read_small_file(handle.stack_path)
-            if text and text == previous:
-                break  # the dump stopped growing
-            previous = text
-        return text.strip()
-
-    async def _end_process(self, handle: WorkerHandle, grace_s: float) -> None:
-        """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded."""
-        for send, wait_s in ((handle.process.terminate, grace_s), (handle.process.kill, KILL_WAIT_S)):
-            if handle.exited.is_set():
-                return
-            with contextlib.suppress(OSError, ValueError):
-                send()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await handle.exited.wait()
 
     def fail(self, error: AiorlError) -> None:
         """End the current run with ``error`` (the first failure wins)."""
@@ -440,42 +368,37 @@ class WorkerPool:
         """Give ``rollout``'s slot back to its seat (the consumer is done with it)."""
         seat = self.seats[rollout.worker_id]
         handle = seat.live()
-        if handle is not None and not self.closing and self._send(handle, protocol.Grant(rollout.slot)):
+        if handle is not None and not self.closing and handle.link.grant(rollout.slot):
             seat.granted.add(rollout.slot)
         else:
-            seat.free.add(rollout.slot)  # granted to the next process in this seat
-
-    @staticmethod
-    def _send(handle: WorkerHandle, message: protocol.Message) -> bool:
-        """Send ``message`` unless the connection is already gone (then the worker is too)."""
-        if handle.writer.is_closing():
-            return False
-        try:
-            protocol.send(handle.writer, message)
-        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed transport
-            return False
-        return True
+            seat.free.add(rollout.slot)  # granted to the next worker in this seat
 
     @property
     def pids(self) -> dict[int, int]:
-        """Worker id -> process id of the live worker processes."""
-        return {h.worker_id: h.pid for h in self.alive()}
+        """Worker id -> process id of the live workers (a Ray actor's once it said hello)."""
+        return {h.worker_id: h.pid for h in self.alive() if h.pid > 0}
+
+    @property
+    def nodes(self) -> dict[int, str]:
+        """Worker id -> where the workers that said hello run (``"local"``, or a Ray node id)."""
+        live = (seat.live() for seat in self.seats.values())
+        return {h.worker_id: h.link.node for h in live if h is not None}
 
     def alive(self) -> list[WorkerHandle]:
-        """Current worker processes that have not exited."""
+        """Current workers that have not exited."""
         handles = (seat.handle for seat in self.seats.values())
         return [h for h in handles if h is not None and not h.exited.is_set()]
 
     # ---- teardown --------------------------------------------------------------------------
     async def close(self, grace_s: float) -> None:
-        """Stop every worker: stop frame, ``grace_s``, SIGTERM, then SIGKILL. Bounded."""
+        """Stop every worker: stop, ``grace_s``, then terminate and kill. Bounded."""
         self.closing = True
         for restart in list(self._restarts):
             restart.cancel()
         for handle in self.alive():
-            self._send(handle, protocol.Stop())
+            handle.link.stop()
         if not await self._all_exited(grace_s):
-            await asyncio.gather(*(self._end_process(h, grace_s=KILL_WAIT_S) for h in self.alive()))
+            await asyncio.gather(*(h.link.end(grace_s=KILL_WAIT_S) for h in self.alive()))
         if self._supervisors:  # let them count the unfinished steps of the stopped workers
             await asyncio.wait(list(self._supervisors), timeout=KILL_WAIT_S)
         self.kill_now()
@@ -489,21 +412,10 @@ class WorkerPool:
         return not self.alive()
 
     def kill_now(self) -> None:
-        """Synchronous last resort (used on every exit path): SIGKILL whatever is left."""
+        """Synchronous last resort (used on every exit path): kill whatever is left."""
         self.closing = True
         for handle in self.alive():
-            with contextlib.suppress(ValueError, OSError):
-                handle.process.kill()
-                handle.process.join(KILL_WAIT_S)
-
-
-def _read_small_file(path: str) -> str:
-    """A few kilobytes from a local file (too quick to need a thread); '' if unreadable."""
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
+            handle.link.kill_now()
 
 
 def _env_error(worker_id: int, message: protocol.EnvFailed | protocol.EnvRecovered) -> EnvError:

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import traceback
 from collections.abc import Callable
 
 import torch
@@ -208,17 +207,7 @@ class Worker:
             asyncio.get_running_loop().add_reader(parent.sentinel, self.stopping.set)
 
     def _report_fatal(self, error: EnvStepError) -> None:
-        original = error.original
-        self._send(
-            protocol.EnvFailed(
-                env_index=error.env_index,
-                step=error.step,
-                policy_version=self.version,
-                error_type=type(original).__name__,
-                message=f"{original} ({error.reason})" if error.reason else str(original),
-                traceback="".join(traceback.format_exception(original)),
-            ),
-        )
+        self._send(error.to_message(self.version))
 
     async def _close_writer(self) -> None:
         # OSError/TimeoutError: the trainer is gone or not reading; nothing left to tell it.

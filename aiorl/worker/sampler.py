@@ -48,6 +48,18 @@ class EnvStepError(Exception):
         self.original = original
         self.reason = reason
 
+    def to_message(self, policy_version: int | None) -> protocol.EnvFailed:
+        """The :class:`~aiorl.protocol.EnvFailed` report of this failure, with its traceback."""
+        original = self.original
+        return protocol.EnvFailed(
+            env_index=self.env_index,
+            step=self.step,
+            policy_version=policy_version,
+            error_type=type(original).__name__,
+            message=f"{original} ({self.reason})" if self.reason else str(original),
+            traceback="".join(traceback.format_exception(original)),
+        )
+
 
 @dataclass(slots=True)
 class RolloutSummary:
@@ -93,6 +105,8 @@ class EnvSampler:
         os.environ[ENV_INDEX_VARIABLE] = str(index)
         try:
             env = self.spec.env_factory()
+            if not isinstance(env, gym.Env):  # the trainer sends AsyncEnv factories to the async sampler
+                raise TypeError(f"the env factory returned {type(env).__name__}, not a gymnasium.Env")
         except Exception as exc:
             raise EnvStepError(index, 0, exc) from exc
         try:

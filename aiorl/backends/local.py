@@ -1,0 +1,244 @@
+"""The local backend: worker processes on this machine, shared memory, one socket each.
+
+The host creates three shared-memory segments (rollout slots, the weight store,
+the progress board) in the trainer's process and unlinks them when it closes.
+Each worker is a persistent child process started by :mod:`aiorl.engine.process`
+(forkserver with torch preloaded, or spawn); its link reads its frames from a
+socketpair, sees its death through the process sentinel within a millisecond
+(no polling), asks it for its Python stack with ``SIGUSR1`` and ends it with
+SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from aiorl import protocol
+from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
+from aiorl.engine.process import start_worker, worker_context
+from aiorl.errors import describe_exit
+from aiorl.models import num_weights
+from aiorl.shm import ProgressBoard, RolloutSlots, SlotArrays, WeightStore
+from aiorl.worker.spec import WorkerSpec
+
+KILL_WAIT_S = 2.0
+"""Seconds to wait for a process to go after SIGTERM or SIGKILL."""
+REAP_WAIT_S = 1.0
+"""Longest wait for an exited process to become reapable (spawn's sentinel fires a moment early)."""
+STACK_DUMP_WAIT_S = 1.0
+"""Seconds to wait for a hung worker's stack dump."""
+EOF_BACKSTOP_S = 0.5
+"""After a process exits, its socket reports EOF at once; this ends the reader anyway."""
+
+
+class LocalBackend(Backend):
+    """Workers as child processes of the trainer's process (the default)."""
+
+    def open(self, template: WorkerTemplate) -> AbstractAsyncContextManager[WorkerHost]:
+        """Create the shared memory, yield the host, unlink the shared memory on exit."""
+        return _open_local(template)
+
+    def __repr__(self) -> str:
+        return "LocalBackend()"
+
+
+@contextlib.asynccontextmanager
+async def _open_local(template: WorkerTemplate) -> AsyncIterator[WorkerHost]:
+    with contextlib.ExitStack() as stack:
+        slots = RolloutSlots.create(template.layout, template.num_slots)
+        stack.callback(slots.close)
+        store = WeightStore.create(num_weights(template.policy))
+        stack.callback(store.close)
+        progress = ProgressBoard.create(template.num_workers)
+        stack.callback(progress.close)
+        yield LocalHost(template, slots, store, progress)
+
+
+class LocalHost(WorkerHost):
+    """Starts worker processes that share the host's slots, weights and progress board."""
+
+    def __init__(
+        self, template: WorkerTemplate, slots: RolloutSlots, store: WeightStore, progress: ProgressBoard
+    ) -> None:
+        self.template = template
+        self.context: BaseContext = worker_context(template.start_method)
+        self.slots = slots
+        self.weights = store
+        self.progress = progress
+
+    async def start_worker(self, worker_id: int, incarnation: int) -> WorkerLink:
+        """Start a worker process; its link is connected when this returns."""
+        fd, stack_path = tempfile.mkstemp(prefix=f"aiorl_{os.getpid()}_w{worker_id}_", suffix=".stack")
+        os.close(fd)
+        self.progress.reset(worker_id)
+        process = None
+        try:
+            process, sock = start_worker(self.context, self._spec(worker_id, incarnation, stack_path))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            if process is not None:  # started, but we can't talk to it: it must not live on
+                sock.close()
+                process.kill()
+                process.join(KILL_WAIT_S)
+            with contextlib.suppress(OSError):
+                os.unlink(stack_path)
+            raise
+        return ProcessLink(worker_id, incarnation, process, reader, writer, stack_path, self)
+
+    def _spec(self, worker_id: int, incarnation: int, stack_path: str) -> WorkerSpec:
+        t = self.template
+        return WorkerSpec(
+            worker_id=worker_id,
+            incarnation=incarnation,
+            env_factory=t.env_factory,
+            seed=t.seed,
+            layout=t.layout,
+            slots_name=self.slots.segment.name,
+            num_slots=self.slots.num_slots,
+            weights_name=self.weights.segment.name,
+            num_weights=self.weights.num_weights,
+            policy=t.policy,
+            dist=t.dist,
+            obs_encoder=t.obs_encoder,
+            heartbeat_interval_s=t.heartbeat_interval_s,
+            progress_name=self.progress.segment.name,
+            num_workers=t.num_workers,
+            stack_path=stack_path,
+            env_error_limit=t.env_error_limit,
+            reward_gamma=t.reward_gamma,
+            acting=t.acting,
+        )
+
+
+class ProcessLink(WorkerLink):
+    """A worker process: its socket, its sentinel and its stack file."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        incarnation: int,
+        process: BaseProcess,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stack_path: str,
+        host: LocalHost,
+    ) -> None:
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.process = process
+        self.pid = process.pid or -1
+        self.node = "local"
+        self.reader = reader
+        self.writer = writer
+        self.stack_path = stack_path
+        self.host = host
+        self.exited = asyncio.Event()
+        self.exitcode: int | None = None
+        asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.process.sentinel)
+        try:
+            self.process.join(0)  # reap it and read the exit code
+            if self.process.exitcode is None:  # spawn: the pipe closes just before it is reapable
+                self.process.join(REAP_WAIT_S)
+            self.exitcode = self.process.exitcode
+            if self.exitcode is not None:
+                self.process.close()  # releases the sentinel fd: no fd growth across restarts
+        finally:
+            self.exited.set()
+            loop.call_later(EOF_BACKSTOP_S, self.reader.feed_eof)
+
+    async def receive(self) -> protocol.Message:
+        """The next frame from the worker's socket (``EOFError`` once it is closed)."""
+        return await protocol.receive(self.reader)
+
+    def arrays(self, slot: int) -> SlotArrays:
+        """Views of ``slot`` in the shared rollout segment."""
+        return self.host.slots[slot]
+
+    def grant(self, slot: int) -> bool:
+        """Send a grant frame."""
+        return self._send(protocol.Grant(slot))
+
+    def stop(self) -> None:
+        """Send a stop frame."""
+        self._send(protocol.Stop())
+
+    def _send(self, message: protocol.Message) -> bool:
+        """Send ``message`` unless the connection is already gone (then the worker is too)."""
+        if self.writer.is_closing():
+            return False
+        try:
+            protocol.send(self.writer, message)
+        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed transport
+            return False
+        return True
+
+    async def end(self, grace_s: float) -> None:
+        """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded."""
+        for send, wait_s in ((self.process.terminate, grace_s), (self.process.kill, KILL_WAIT_S)):
+            if self.exited.is_set():
+                return
+            with contextlib.suppress(OSError, ValueError):
+                send()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self.exited.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL and reap (bounded)."""
+        if self.exited.is_set():
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self.process.kill()
+            self.process.join(KILL_WAIT_S)
+
+    def steps_taken(self) -> int:
+        """The worker's counter on the shared progress board (written after every step)."""
+        return self.host.progress.read(self.worker_id)
+
+    async def dump_stack(self) -> str:
+        """Ask the worker for its Python stack (faulthandler on SIGUSR1); '' if it can't say."""
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+        except OSError:
+            return ""
+        deadline = time.monotonic() + STACK_DUMP_WAIT_S
+        text, previous = "", None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            text = _read_small_file(self.stack_path)
+            if text and text == previous:
+                break  # the dump stopped growing
+            previous = text
+        return text.strip()
+
+    def how_it_ended(self) -> str:
+        """The exit code or signal, in words."""
+        return describe_exit(self.exitcode)
+
+    def close(self) -> None:
+        """Close the socket and remove the stack file."""
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.stack_path)
+
+
+def _read_small_file(path: str) -> str:
+    """A few kilobytes from a local file (too quick to need a thread); '' if unreadable."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""

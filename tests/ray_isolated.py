@@ -1,0 +1,120 @@
+"""The Ray backend's behaviours, run by ``test_ray.py`` inside a loopback-only network namespace.
+
+Ray rewrites ``--node-ip-address=127.0.0.1`` to the machine's external interface
+and listens on every interface, so these tests never run in the machine's own
+network namespace: ``test_ray.py`` starts pytest on this file under
+``unshare --net`` (only ``lo``, brought up), with ``RAY_AUTH_MODE`` and
+``RAY_TMPDIR`` set for every Ray process. Run anywhere else, the module skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import socket
+
+import pytest
+
+NAMESPACE_VARIABLE = "AIORL_RAY_NETNS_FILE"
+"""Set by ``test_ray.py`` when it runs this module in a loopback-only namespace."""
+
+if NAMESPACE_VARIABLE not in os.environ:
+    pytest.skip("run by tests/test_ray.py inside a loopback-only network namespace", allow_module_level=True)
+interfaces = sorted(name for _, name in socket.if_nameindex())
+if interfaces != ["lo"]:  # never let Ray near a real network
+    pytest.exit(f"expected a namespace with only loopback, found interfaces {interfaces}", returncode=3)
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from aiorl import PPO, Trainer  # noqa: E402
+from aiorl.backends import RayBackend  # noqa: E402
+from aiorl.testing import FaultyEnv  # noqa: E402
+
+QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
+FAST = {
+    "num_workers": 2,
+    "envs_per_worker": 8,
+    "rollout_length": 32,
+    "heartbeat_interval_s": 0.2,
+    "restart_backoff_s": 0.05,
+    "log_interval_s": 60.0,
+}
+
+
+def local_ray() -> RayBackend:
+    return RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head and one more node, one CPU each, in this namespace; shut down after the test."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_cartpole_preset_reaches_475_on_local_ray():
+    async with Trainer.from_preset("CartPole-v1", backend=local_ray(), seed=0) as trainer:
+        assert len(set(trainer.worker_nodes.values())) == 1  # one local Ray node
+        result = await trainer.run(total_steps=300_000, target_return=475)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+    assert result.worker_restarts == 0
+    stats = trainer.stats
+    assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+    assert not ray.is_initialized()  # the trainer started Ray, so it shut it down
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_node_cluster):
+    backend = RayBackend(address=two_node_cluster.address)
+    async with Trainer("CartPole-v1", QUICK_PPO, backend=backend, worker_timeout_s=10.0, **FAST) as trainer:
+        cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        assert set(trainer.worker_nodes.values()) == cluster_nodes and len(cluster_nodes) == 2
+        first_pids = dict(trainer.worker_pids)
+
+        def kill_once(report):
+            if report.version == 3:
+                os.kill(first_pids[1], signal.SIGKILL)  # the actor's process, as the OOM killer would
+
+        result = await trainer.run(total_steps=6_000, on_update=kill_once)
+        assert result.worker_restarts == 1
+        async with asyncio.timeout(30):  # the replacement says hello
+            while len(trainer.worker_nodes) < 2:
+                await asyncio.sleep(0.05)
+        assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
+        assert set(trainer.worker_nodes.values()) == cluster_nodes  # the replacement took the free CPU
+        stats = trainer.stats
+        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded + stats.steps_pending
+    assert stats.steps_pending == 0
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_hung_actor_is_killed_and_replaced(caplog):
+    hangs_once = functools.partial(FaultyEnv, "CartPole-v1", "hang", 40, workers=(1,))  # worker 1, first actor
+    async with Trainer(hangs_once, QUICK_PPO, backend=local_ray(), worker_timeout_s=2.0, **FAST) as trainer:
+        first_pids = dict(trainer.worker_pids)
+        async with asyncio.timeout(60):
+            while trainer.stats.worker_restarts < 1:
+                await trainer.run(total_steps=1_000)
+            while 1 not in trainer.worker_pids:  # the replacement says hello
+                await asyncio.sleep(0.05)
+        result = await trainer.run(total_steps=2_000)  # and runs clean
+        assert result.worker_restarts == 0
+        assert trainer.worker_pids[0] == first_pids[0] and trainer.worker_pids[1] != first_pids[1]
+    assert "worker 1 (pid" in caplog.text and "hung: no heartbeat for" in caplog.text
+    stats = trainer.stats
+    assert stats.worker_restarts == 1
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
