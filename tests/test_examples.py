@@ -16,7 +16,10 @@ SHORT_BUDGETS = {
     "async_env.py": ["--steps", "8192", "--envs-per-worker", "32"],
 }
 """Arguments that keep each example short. A new example needs an entry here (or in TESTED_ELSEWHERE)."""
-TESTED_ELSEWHERE = {"serve_while_training.py": "tests/test_serve_while_training.py"}
+TESTED_ELSEWHERE = {
+    "serve_while_training.py": "tests/test_serve_while_training.py",
+    "ray_cluster.py": "tests/test_ray.py",
+}
 """Examples that need more than a run to completion, and the test that drives each."""
 
 
