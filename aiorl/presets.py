@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
     "Pendulum-v1": Preset(
         env="Pendulum-v1",
         algo=PPO(gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, update_epochs=10, num_minibatches=16),
-        options={"num_workers": 2, "envs_per_worker": 8, "rollout_length": 128},
+        options={"num_workers": 2, "envs_per_worker": 8, "rollout_length": 128, "normalize_rewards": True},
         target_return=-250.0,
     ),
 }

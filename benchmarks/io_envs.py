@@ -46,8 +46,7 @@ from collections.abc import Sequence
 
 import torch
 from latency_envs import MEDIAN_S, SIGMA, AsyncLatencyEnv, Kind, LatencyEnv, mean_step_cost
-from other_load import OtherLoadMeter
-from throughput import AiorlSystem, Budget, Measurement, System, VectorSystem, _progress, _timed_window
+from throughput import AiorlSystem, Budget, Measurement, System, VectorSystem, time_systems
 
 import aiorl
 
@@ -68,18 +67,7 @@ async def measure_kind(kind: Kind, budget: Budget) -> list[Measurement]:
             systems.append(await AiorlSystem.start(stack, envs_per_worker, env, ROLLOUT_LENGTH))
         for name in ("AsyncVectorEnv", "SyncVectorEnv"):
             systems.append(await VectorSystem.start(stack, name, VECTOR_ENVS, functools.partial(LatencyEnv, kind)))
-        _progress(f"{kind}: started {len(systems)} systems; warming up")
-        for system in systems:
-            await system.warm_up(budget)
-        results = [Measurement(system.system, system.label, system.envs) for system in systems]
-        meter = OtherLoadMeter()
-        for round_ in range(1, budget.repeats + 1):
-            for system, result in zip(systems, results, strict=True):
-                rate, other = await _timed_window(system, budget, meter, f"{kind} round {round_}/{budget.repeats}")
-                result.rates.append(rate)
-                if other is not None:
-                    result.other_load.append(other)
-        return results
+        return await time_systems(systems, budget, f"{kind}: ")
 
 
 def _find(results: Sequence[Measurement], system: str, envs: int) -> Measurement:
@@ -128,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["io", "cpu"], choices=["io", "cpu"])
     args = parser.parse_args(argv)
     seconds, repeats = (2.0, 1) if args.quick else (args.seconds, args.repeats)
-    budget = Budget(seconds, None, repeats, warmup_seconds=1.0, aiorl_warmup_steps=5_000, busy_retries=1)
+    budget = Budget(seconds, None, repeats, warmup_seconds=1.0, aiorl_warmup_steps=20_000, busy_retries=1)
     torch.set_num_threads(1)
     started = time.monotonic()
     lines = [f"## Sampling throughput with I/O-bound and variable-cost envs (env steps/s, lognormal sigma {SIGMA:.2f})"]

@@ -179,14 +179,18 @@ class AiorlSystem:
         )
         return cls(await stack.enter_async_context(trainer), envs_per_worker)
 
+    async def _take_filled_slots(self) -> None:
+        # Idle workers have filled every slot: take those rollouts untimed first, or a
+        # measurement would count up to num_workers * slots_per_worker rollouts it did not wait for.
+        cfg = self.trainer.config
+        await self.trainer.sample(cfg.num_workers * cfg.slots_per_worker * cfg.envs_per_worker * cfg.rollout_length)
+
     async def warm_up(self, budget: Budget) -> None:
+        await self._take_filled_slots()
         self.rate = await self.trainer.sample(budget.aiorl_warmup_steps)
 
     async def window(self, budget: Budget) -> float:
-        # Idle workers have filled every slot: take those rollouts untimed first, or the
-        # window would count up to num_workers * slots_per_worker rollouts it did not wait for.
-        cfg = self.trainer.config
-        await self.trainer.sample(cfg.num_workers * cfg.slots_per_worker * cfg.envs_per_worker * cfg.rollout_length)
+        await self._take_filled_slots()
         steps = budget.steps if budget.steps is not None else max(1, int(self.rate * budget.seconds))
         self.rate = await self.trainer.sample(steps)
         return self.rate
@@ -306,18 +310,23 @@ async def measure_all(budget: Budget) -> list[Measurement]:
             for name in ("SyncVectorEnv", "AsyncVectorEnv"):
                 systems.append(await VectorSystem.start(stack, name, NUM_WORKERS * envs_per_worker))
         systems.sort(key=lambda s: s.envs)  # stable: aiorl, Sync, Async for each envs total
-        _progress(f"started {len(systems)} systems; warming up")
-        for system in systems:
-            await system.warm_up(budget)
-        results = [Measurement(system.system, system.label, system.envs) for system in systems]
-        meter = OtherLoadMeter()
-        for round_ in range(1, budget.repeats + 1):
-            for system, result in zip(systems, results, strict=True):
-                rate, other = await _timed_window(system, budget, meter, f"round {round_}/{budget.repeats}")
-                result.rates.append(rate)
-                if other is not None:
-                    result.other_load.append(other)
-        return results
+        return await time_systems(systems, budget)
+
+
+async def time_systems(systems: Sequence[System], budget: Budget, name: str = "") -> list[Measurement]:
+    """Warm every started system up, then time ``budget.repeats`` round-robin rounds of one window each."""
+    _progress(f"{name}started {len(systems)} systems; warming up")
+    for system in systems:
+        await system.warm_up(budget)
+    results = [Measurement(system.system, system.label, system.envs) for system in systems]
+    meter = OtherLoadMeter()
+    for round_ in range(1, budget.repeats + 1):
+        for system, result in zip(systems, results, strict=True):
+            rate, other = await _timed_window(system, budget, meter, f"{name}round {round_}/{budget.repeats}")
+            result.rates.append(rate)
+            if other is not None:
+                result.other_load.append(other)
+    return results
 
 
 async def _timed_window(

@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 
 from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
-from aiorl.engine.process import start_worker, worker_context
+from aiorl.engine.process import start_forkserver, start_worker, worker_context
 from aiorl.errors import describe_exit
 from aiorl.models import num_weights
 from aiorl.shm import ProgressBoard, RolloutSlots, SlotArrays, WeightStore
@@ -60,7 +60,9 @@ async def _open_local(template: WorkerTemplate) -> AsyncIterator[WorkerHost]:
         stack.callback(store.close)
         progress = ProgressBoard.create(template.num_workers)
         stack.callback(progress.close)
-        yield LocalHost(template, slots, store, progress)
+        host = LocalHost(template, slots, store, progress)
+        await asyncio.to_thread(start_forkserver, host.context)  # off the loop: it imports torch
+        yield host
 
 
 class LocalHost(WorkerHost):

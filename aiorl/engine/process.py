@@ -21,6 +21,7 @@ is what :func:`aiorl.worker.main.process_main` does in a dozen lines.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import socket
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -40,6 +41,17 @@ def worker_context(start_method: str | None = None) -> BaseContext:
     if start_method == "forkserver":
         context.set_forkserver_preload(PRELOAD)  # type: ignore[attr-defined]
     return context
+
+
+def start_forkserver(context: BaseContext) -> None:
+    """Start the forkserver now if ``context`` uses one (blocking: it imports the preload first).
+
+    The first start in an interpreter takes 1.5-2.7 s while torch is imported; the trainer
+    calls this in a thread so its event loop is not held up (later worker starts take
+    milliseconds).
+    """
+    if context.get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
 
 
 def start_worker(context: BaseContext, spec: WorkerSpec) -> tuple[BaseProcess, socket.socket]:

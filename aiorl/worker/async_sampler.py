@@ -35,7 +35,6 @@ import collections
 import contextlib
 import math
 import os
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -46,7 +45,13 @@ from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, RolloutSlots
-from aiorl.worker.sampler import ENV_INDEX_VARIABLE, EnvStepError, RolloutSummary
+from aiorl.worker.sampler import (
+    ENV_INDEX_VARIABLE,
+    EnvStepError,
+    RolloutSummary,
+    check_failure_limit,
+    env_recovered,
+)
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 T = TypeVar("T")
@@ -370,17 +375,7 @@ class AsyncEnvSampler:
         start = trajectory.episode_start if mask_from is None else mask_from
         discarded = max(t + 1 - start, 0)
         trajectory.arrays["valid"][start : t + 1] = False
-        self._on_env_error(
-            protocol.EnvRecovered(
-                env_index=i,
-                policy_version=self.batcher.version,
-                step=self.env_steps[i],
-                error_type=type(exc).__name__,
-                message=str(exc),
-                traceback="".join(traceback.format_exception(exc)),
-                discarded_steps=discarded,
-            )
-        )
+        self._on_env_error(env_recovered(i, exc, self.batcher.version, self.env_steps[i], discarded))
         broken, self.envs[i] = self.envs[i], None
         if isinstance(broken, ThreadedEnv) and isinstance(exc, TimeoutError):
             broken.abandon()  # its thread is stuck in the call: a close would queue behind it
@@ -388,12 +383,7 @@ class AsyncEnvSampler:
             await _close(broken)
         while True:
             self.failures[i] += 1
-            if self.failures[i] >= self.spec.env_error_limit:
-                reason = (
-                    f"failed {self.failures[i]} times in a row without finishing an episode "
-                    f"(env_error_limit={self.spec.env_error_limit})"
-                )
-                raise EnvStepError(i, self.env_steps[i], exc, reason) from exc
+            check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
             try:
                 env, obs = await self._make_env(i, seed=None)
                 break

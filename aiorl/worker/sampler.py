@@ -61,6 +61,26 @@ class EnvStepError(Exception):
         )
 
 
+def env_recovered(i: int, exc: Exception, policy_version: int, step: int, discarded: int) -> protocol.EnvRecovered:
+    """The report of env ``i``'s failure, after which it is re-created."""
+    return protocol.EnvRecovered(
+        env_index=i,
+        policy_version=policy_version,
+        step=step,
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        discarded_steps=discarded,
+    )
+
+
+def check_failure_limit(i: int, failures: int, limit: int, step: int, exc: Exception) -> None:
+    """Raise :class:`EnvStepError` once env ``i`` has failed ``limit`` times in a row."""
+    if failures >= limit:
+        reason = f"failed {failures} times in a row without finishing an episode (env_error_limit={limit})"
+        raise EnvStepError(i, step, exc, reason) from exc
+
+
 @dataclass(slots=True)
 class RolloutSummary:
     """What the trainer needs to know about a rollout besides its arrays."""
@@ -150,8 +170,9 @@ class EnvSampler:
         arrays["valid"][t] = True
         arrays["trunc_values"][t] = 0.0
         k = len(self.envs)
-        rewards, terminated, truncated, disc_returns = [0.0] * k, [False] * k, [False] * k, [0.0] * k
+        rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         gamma = self.gamma
+        disc_returns = [0.0] * k if gamma is not None else rewards  # only written when gamma is set
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         for i, env in enumerate(self.envs):
@@ -193,7 +214,8 @@ class EnvSampler:
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
-        arrays["disc_returns"][t] = disc_returns
+        if gamma is not None:  # else the field stays 0, as the slot was created
+            arrays["disc_returns"][t] = disc_returns
         if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
             self._recover_non_finite(arrays, t, summary)
         self.total_steps += k
@@ -218,27 +240,12 @@ class EnvSampler:
         discarded = max(t + 1 - start, 0)
         arrays["valid"][start : t + 1, i] = False
         summary.discarded_steps += discarded
-        summary.env_errors.append(
-            protocol.EnvRecovered(
-                env_index=i,
-                policy_version=self.policy_version,
-                step=self.env_steps[i],
-                error_type=type(exc).__name__,
-                message=str(exc),
-                traceback="".join(traceback.format_exception(exc)),
-                discarded_steps=discarded,
-            )
-        )
+        summary.env_errors.append(env_recovered(i, exc, self.policy_version, self.env_steps[i], discarded))
         with contextlib.suppress(Exception):
             self.envs[i].close()
         while True:
             self.failures[i] += 1
-            if self.failures[i] >= self.spec.env_error_limit:
-                reason = (
-                    f"failed {self.failures[i]} times in a row without finishing an episode "
-                    f"(env_error_limit={self.spec.env_error_limit})"
-                )
-                raise EnvStepError(i, self.env_steps[i], exc, reason) from exc
+            check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
             try:
                 env, obs = self._make_env(i, seed=None)
                 break
