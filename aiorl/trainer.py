@@ -294,7 +294,7 @@ class Trainer:
             broadcaster.publish_now(self._learner.weights(), self._version)
 
             stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(cfg.learner_threads or max(1, (os.cpu_count() or 1) - cfg.num_workers))
+            torch.set_num_threads(cfg.learner_threads or max(1, usable_cores() - cfg.num_workers))
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-learner")
             stack.push_async_callback(_shutdown_executor, executor)
 
@@ -840,6 +840,14 @@ def _also(first: Callable[[], None], on_update: UpdateCallback | None) -> Update
             on_update(report)
 
     return callback
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 async def _raise_failure(pool: WorkerPool) -> None:
