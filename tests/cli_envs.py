@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import gymnasium as gym
@@ -38,3 +39,16 @@ def cartpole_killed_at_step_300() -> gym.Env:
     from aiorl.testing import FaultyEnv
 
     return FaultyEnv("CartPole-v1", "kill", 300)
+
+
+def slow_cartpole() -> gym.Env:
+    """CartPole whose steps take 2 ms (so that a short run lasts long enough to be interrupted)."""
+    return SlowStep(gym.make("CartPole-v1"))
+
+
+class SlowStep(gym.Wrapper):
+    """Sleeps 2 ms in every step."""
+
+    def step(self, action):
+        time.sleep(0.002)
+        return self.env.step(action)

@@ -6,11 +6,18 @@ import asyncio
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import uvloop
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # Started in the background by a non-interactive shell (`cmd &`, nohup), this process and
+    # every child it starts would ignore Ctrl-C; the tests that press Ctrl-C in a child need
+    # the default. A handled signal is reset to the default in exec'd children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

@@ -130,8 +130,8 @@ def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, t
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     total = 32 * 256  # whole updates of 256 steps
     flags = ["--steps", str(total), "--checkpoint-interval", "0.2", *SMALL_FLAGS, "--logdir", "run"]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "aiorl", "train", "CartPole-v1", *flags],
+    child = subprocess.Popen(  # 2 ms steps: about 8 s for the whole budget, so Ctrl-C lands mid-run
+        [sys.executable, "-m", "aiorl", "train", "cli_envs:slow_cartpole", *flags],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -140,7 +140,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     )
     metrics = tmp_path / "run" / "metrics.jsonl"
     try:
-        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, timeout_s=120)
+        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout_s=120)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=120)
     finally:
