@@ -16,7 +16,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
@@ -25,7 +25,7 @@ from aiorl import protocol
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, ObservationEncoder
 from aiorl.shm import RolloutLayout, SlotArrays
-from aiorl.worker.spec import AsyncActing
+from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,29 @@ class WorkerTemplate:
     start_method: str | None
     reward_gamma: float | None = None
     acting: AsyncActing | None = None
+
+    def worker_spec(self, worker_id: int, incarnation: int, **plumbing: Any) -> WorkerSpec:
+        """The spec of one worker: this template plus the backend's ``plumbing``.
+
+        ``plumbing`` holds shared-memory names and the stack file (left empty where the
+        backend has none) and, for local workers, ``acting``.
+        """
+        defaults = dict(slots_name="", num_slots=0, weights_name="", num_weights=0, progress_name="", stack_path="")
+        return WorkerSpec(
+            worker_id=worker_id,
+            incarnation=incarnation,
+            env_factory=self.env_factory,
+            seed=self.seed,
+            layout=self.layout,
+            policy=self.policy,
+            dist=self.dist,
+            obs_encoder=self.obs_encoder,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            num_workers=self.num_workers,
+            env_error_limit=self.env_error_limit,
+            reward_gamma=self.reward_gamma,
+            **{**defaults, **plumbing},
+        )
 
 
 class WeightPublisher(Protocol):

@@ -74,6 +74,7 @@ class LocalHost(WorkerHost):
         self.template = template
         self.context: BaseContext = worker_context(template.start_method)
         self.slots = slots
+        self.store = store  # the concrete store, whose segment name workers attach to
         self.weights = store
         self.progress = progress
 
@@ -97,27 +98,16 @@ class LocalHost(WorkerHost):
         return ProcessLink(worker_id, incarnation, process, reader, writer, stack_path, self)
 
     def _spec(self, worker_id: int, incarnation: int, stack_path: str) -> WorkerSpec:
-        t = self.template
-        return WorkerSpec(
-            worker_id=worker_id,
-            incarnation=incarnation,
-            env_factory=t.env_factory,
-            seed=t.seed,
-            layout=t.layout,
+        return self.template.worker_spec(
+            worker_id,
+            incarnation,
             slots_name=self.slots.segment.name,
             num_slots=self.slots.num_slots,
-            weights_name=self.weights.segment.name,
-            num_weights=self.weights.num_weights,
-            policy=t.policy,
-            dist=t.dist,
-            obs_encoder=t.obs_encoder,
-            heartbeat_interval_s=t.heartbeat_interval_s,
+            weights_name=self.store.segment.name,
+            num_weights=self.store.num_weights,
             progress_name=self.progress.segment.name,
-            num_workers=t.num_workers,
             stack_path=stack_path,
-            env_error_limit=t.env_error_limit,
-            reward_gamma=t.reward_gamma,
-            acting=t.acting,
+            acting=self.template.acting,
         )
 
 

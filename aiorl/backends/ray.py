@@ -159,7 +159,8 @@ class RayHost(WorkerHost):
         self.ray = ray
         self.backend = backend
         self.template = template
-        self.weights = RayWeights(ray)
+        self.ray_weights = RayWeights(ray)  # the concrete publisher the actor links read
+        self.weights = self.ray_weights
         self.actor_class = ray.remote(RolloutActor)
         self.links: list[ActorLink] = []
 
@@ -172,32 +173,12 @@ class RayHost(WorkerHost):
             **self.backend.actor_options,
         }
         actor = self.actor_class.options(**options).remote(self._spec(worker_id, incarnation))
-        link = ActorLink(self.ray, actor, worker_id, incarnation, self.weights, self.template.heartbeat_interval_s)
+        link = ActorLink(self.ray, actor, worker_id, incarnation, self.ray_weights, self.template.heartbeat_interval_s)
         self.links = [other for other in self.links if not other.exited.is_set()] + [link]
         return link
 
     def _spec(self, worker_id: int, incarnation: int) -> WorkerSpec:
-        t = self.template
-        return WorkerSpec(
-            worker_id=worker_id,
-            incarnation=incarnation,
-            env_factory=t.env_factory,
-            seed=t.seed,
-            layout=t.layout,
-            slots_name="",
-            num_slots=0,
-            weights_name="",
-            num_weights=0,
-            policy=t.policy,
-            dist=t.dist,
-            obs_encoder=t.obs_encoder,
-            heartbeat_interval_s=t.heartbeat_interval_s,
-            progress_name="",
-            num_workers=t.num_workers,
-            stack_path="",
-            env_error_limit=t.env_error_limit,
-            reward_gamma=t.reward_gamma,
-        )
+        return self.template.worker_spec(worker_id, incarnation)  # no shared memory: rollouts come back as values
 
     def kill_all(self) -> None:
         """Kill every actor still alive (the pool has normally stopped them already)."""
