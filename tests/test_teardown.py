@@ -54,6 +54,20 @@ async def test_cancelling_the_task_running_run_tears_down():
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+@pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.02, 0.08, 0.3])
+async def test_cancelling_while_workers_start_leaves_no_process(delay_s):
+    async def enter() -> None:
+        async with Trainer("CartPole-v1", QUICK_PPO, **SMALL):
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(enter())
+    await asyncio.sleep(delay_s)  # somewhere in starting the forkserver, the processes, or waiting for hello
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the autouse no_leaks fixture then checks for processes and shared memory
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys
