@@ -29,9 +29,9 @@ if interfaces != ["lo"]:  # never let Ray near a real network
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from aiorl import PPO, Trainer  # noqa: E402
+from aiorl import PPO, EnvError, Trainer  # noqa: E402
 from aiorl.backends import RayBackend  # noqa: E402
-from aiorl.testing import FaultyEnv  # noqa: E402
+from aiorl.testing import FaultyEnv, RaiseAtStep  # noqa: E402
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
 FAST = {
@@ -117,4 +117,17 @@ async def test_a_hung_actor_is_killed_and_replaced(caplog):
     assert "worker 1 (pid" in caplog.text and "hung: no heartbeat for" in caplog.text
     stats = trainer.stats
     assert stats.worker_restarts == 1
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_env_that_fails_for_good_ends_the_run_with_env_error():
+    failing = functools.partial(RaiseAtStep, "CartPole-v1", 5)  # every env, every time: the limit is reached
+    trainer = Trainer(failing, QUICK_PPO, backend=local_ray(), **FAST)
+    with pytest.raises(EnvError, match="env_error_limit=3") as caught:
+        await trainer.run(total_steps=100_000)
+    assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
+    stats = trainer.stats
+    assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded

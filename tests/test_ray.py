@@ -104,6 +104,10 @@ def test_a_hung_actor_is_killed_and_replaced():
     run_isolated("test_a_hung_actor_is_killed_and_replaced")
 
 
+def test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error():
+    run_isolated("test_an_env_that_fails_for_good_ends_the_run_with_env_error")
+
+
 def test_ray_cluster_example_trains_and_prints_where_workers_run():
     arguments = [str(EXAMPLES / "ray_cluster.py"), "--steps", "4096", "--envs-per-worker", "4", "--num-cpus", "2"]
     done = run_in_namespace(arguments)
