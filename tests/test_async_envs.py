@@ -72,13 +72,25 @@ def make_sampler(
 
 async def collect(sampler: AsyncEnvSampler, slots: RolloutSlots, count: int) -> list[tuple[RolloutSummary, dict]]:
     """Run the sampler until ``count`` slots are reported (each granted again at once); copies of them."""
+    await sampler.start()
+    try:
+        return await collect_with(sampler, slots, [], count)
+    finally:
+        slots.close()
+
+
+async def collect_with(
+    sampler: AsyncEnvSampler, slots: RolloutSlots, env_errors: list, count: int
+) -> list[tuple[RolloutSummary, dict]]:
+    """:func:`collect` on a started sampler, its env errors appended to ``env_errors``; closes the sampler."""
     granted: asyncio.Queue[int] = asyncio.Queue()
     for slot in range(slots.num_slots):
         granted.put_nowait(slot)
     reported: asyncio.Queue[tuple[int, RolloutSummary]] = asyncio.Queue()
-    await sampler.start()
     running = asyncio.create_task(
-        sampler.run(slots, granted, lambda slot, summary, _version: reported.put_nowait((slot, summary)), print)
+        sampler.run(
+            slots, granted, lambda slot, summary, _version: reported.put_nowait((slot, summary)), env_errors.append
+        )
     )
     out = []
     try:
@@ -91,7 +103,6 @@ async def collect(sampler: AsyncEnvSampler, slots: RolloutSlots, count: int) -> 
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await sampler.aclose()
-        slots.close()
     return out
 
 
@@ -155,6 +166,58 @@ async def test_one_forward_pass_serves_act_batch_waiting_envs():
     await collect(sampler, slots, count=2)
     assert sampler.batcher.forward_passes > 0
     assert sampler.batcher.actions_taken == 2 * sampler.batcher.forward_passes
+
+
+class FailingPolicy(torch.nn.Module):
+    """A policy whose forward pass raises (as NaN logits make sampling raise)."""
+
+    def forward(self, obs: torch.Tensor) -> Any:
+        raise RuntimeError("the policy failed")
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_failing_forward_pass_fails_the_sampler_instead_of_leaving_envs_waiting():
+    sampler, slots = make_sampler(functools.partial(AsyncCountingEnv, latency_s=0.001), envs=4, steps=8)
+    sampler.batcher.policy = FailingPolicy()
+    granted: asyncio.Queue[int] = asyncio.Queue()
+    granted.put_nowait(0)
+    try:
+        await sampler.start()
+        with pytest.raises(ExceptionGroup) as caught:
+            async with asyncio.timeout(30):
+                await sampler.run(slots, granted, lambda *_: None, print)
+        assert caught.value.subgroup(RuntimeError) is not None
+    finally:
+        await sampler.aclose()
+        slots.close()
+
+
+class OwnTimeoutEnv(AsyncCountingEnv):
+    """The first one built raises its own TimeoutError (a socket timeout, say) at once in its 5th step."""
+
+    raised = False
+    first = -1  # the instance number of the env that raises, set by the test
+
+    async def step(self, action: Any) -> Any:
+        if self.counter == 4 and self.instance == OwnTimeoutEnv.first and not OwnTimeoutEnv.raised:
+            OwnTimeoutEnv.raised = True
+            raise TimeoutError("the service did not answer")
+        return await super().step(action)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_envs_own_timeout_error_is_an_env_error_and_the_env_is_closed():
+    errors = []
+    sampler, slots = make_sampler(OwnTimeoutEnv, envs=2, steps=8)
+    await sampler.start()
+    first = sampler.envs[0]
+    OwnTimeoutEnv.first = first.instance
+    try:
+        await collect_with(sampler, slots, errors, count=2)
+    finally:
+        slots.close()
+    assert [e.error_type for e in errors] == ["TimeoutError"] and "did not answer" in errors[0].message
+    assert first.closed, "an ordinary env error closes the env (only our own timeout abandons it)"
 
 
 class BlockingEnv(gym.Env):

@@ -283,8 +283,15 @@ class Consumer:
 
     def _learn(self, batch: RolloutBatch, progress: float) -> tuple[dict[str, float], np.ndarray]:
         """Runs in the executor thread: one update, then a copy of the new weights."""
-        scale = None if self.reward_normalizer is None else self.reward_normalizer.normalize(batch)
-        metrics = self.learner.update(batch, progress)
+        normalizer = self.reward_normalizer
+        before = None if normalizer is None else normalizer.state_dict()
+        try:
+            scale = None if normalizer is None else normalizer.normalize(batch)
+            metrics = self.learner.update(batch, progress)
+        except BaseException:  # a failed update leaves no trace: the weights are restored by the caller
+            if normalizer is not None and before is not None:
+                normalizer.load_state_dict(before)
+            raise
         if scale is not None:
             metrics["reward_scale"] = scale
         return metrics, self.learner.weights()

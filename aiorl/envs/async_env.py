@@ -92,13 +92,28 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
         env: the wrapped env (built in the worker, by the factory).
     """
 
-    def __init__(self, env: gym.Env) -> None:
-        self.env = env
-        self.observation_space = env.observation_space
-        self.action_space = env.action_space
+    def __init__(self, env: gym.Env | None = None) -> None:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="aiorl-env", daemon=True)
         self._thread.start()
+        if env is not None:
+            self._attach(env)
+
+    def _attach(self, env: gym.Env) -> None:
+        self.env = env
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+
+    @classmethod
+    async def build(cls, factory: Callable[[], gym.Env]) -> ThreadedEnv:
+        """Construct the env with ``factory`` in its own thread (its constructor may block too)."""
+        threaded = cls()
+        try:
+            threaded._attach(await threaded._call(factory))
+        except BaseException:
+            threaded.abandon()
+            raise
+        return threaded
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:

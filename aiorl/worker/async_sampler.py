@@ -33,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import math
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -56,12 +59,18 @@ from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 T = TypeVar("T")
 
+_CONSTRUCTING = threading.Lock()
+"""Held while a thread constructs a blocking env (the env index is a process-wide variable)."""
 CLOSE_TIMEOUT_S = 5.0
 """Longest wait for a failed or finished env's ``close``."""
 
 SlotReport = Callable[[int, RolloutSummary, int], None]
 """``(slot, summary, newest policy version in the slot) -> None``."""
 EnvErrorReport = Callable[[protocol.EnvRecovered], None]
+
+
+class EnvCallTimeout(TimeoutError):
+    """An env's ``step``, ``reset`` or constructor took longer than ``env_timeout_s`` (and was cancelled)."""
 
 
 class ActionBatcher:
@@ -117,11 +126,16 @@ class ActionBatcher:
         self._waiting, self._served = [], None
         if not waiting or served is None:
             return
-        self.version = self.pull_weights()
-        rows = np.asarray(waiting)
-        with torch.no_grad():
-            dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
-            actions, logprobs = self.dist.sample(dist_inputs)
+        try:
+            self.version = self.pull_weights()
+            rows = np.asarray(waiting)
+            with torch.no_grad():
+                dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
+                actions, logprobs = self.dist.sample(dist_inputs)
+        except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
+            if not served.done():  # would with the synchronous sampler), rather than wait forever
+                served.set_exception(exc)
+            return
         self.actions[rows] = actions.numpy()
         self.logprobs[rows] = logprobs.numpy()
         self.values[rows] = values.numpy()
@@ -236,18 +250,26 @@ class AsyncEnvSampler:
         results = await asyncio.gather(
             *(self._make_env(i, seed) for i, seed in enumerate(seeds)), return_exceptions=True
         )
-        for i, result in enumerate(results):
-            if isinstance(result, BaseException):
-                await self.aclose()
-                raise result
-            self.envs[i], obs = result
-            self.encoder.encode_into(obs, self.obs[i])
+        for i, result in enumerate(results):  # keep every env that was built, so a failure closes them all
+            if not isinstance(result, BaseException):
+                self.envs[i], obs = result
+                self.encoder.encode_into(obs, self.obs[i])
+        failure = next((result for result in results if isinstance(result, BaseException)), None)
+        if failure is not None:
+            await self.aclose()
+            raise failure
 
     async def _make_env(self, index: int, seed: int | None) -> tuple[AsyncEnv, object]:
-        os.environ[ENV_INDEX_VARIABLE] = str(index)  # read by the env's constructor, which runs now
         try:
-            made = self.spec.env_factory()
-            env = made if isinstance(made, AsyncEnv) else ThreadedEnv(made)
+            if self.acting.env_threads:  # a blocking constructor, too, runs in the env's own thread
+                build = ThreadedEnv.build(functools.partial(self._blocking_env, index))
+                env: AsyncEnv = await self._timed(build, "constructor")
+            else:
+                os.environ[ENV_INDEX_VARIABLE] = str(index)  # read by the env's constructor, which runs now
+                made = self.spec.env_factory()
+                if not isinstance(made, AsyncEnv):
+                    raise TypeError(f"the env factory returned {type(made).__name__}, not an aiorl.AsyncEnv")
+                env = made
         except Exception as exc:
             raise EnvStepError(index, 0, exc) from exc
         try:
@@ -261,12 +283,25 @@ class AsyncEnvSampler:
             raise EnvStepError(index, 0, exc) from exc
         return env, obs
 
+    def _blocking_env(self, index: int) -> gym.Env:
+        """Runs in the env's thread; constructors take turns, each seeing its own ``AIORL_ENV_INDEX``."""
+        with _CONSTRUCTING:
+            os.environ[ENV_INDEX_VARIABLE] = str(index)
+            made = self.spec.env_factory()
+        if not isinstance(made, gym.Env):
+            raise TypeError(f"env_threads=True needs a factory of gymnasium envs, got {type(made).__name__}")
+        return made
+
     async def _timed(self, call: Awaitable[T], what: str) -> T:
+        scope = asyncio.timeout(self.acting.env_timeout_s)
         try:
-            async with asyncio.timeout(self.acting.env_timeout_s):
+            async with scope:
                 return await call
         except TimeoutError:
-            raise TimeoutError(f"env {what} did not return within env_timeout_s={self.acting.env_timeout_s}") from None
+            if not scope.expired():  # the env's own timeout (a socket's, say): an ordinary env error
+                raise
+            limit = self.acting.env_timeout_s
+            raise EnvCallTimeout(f"env {what} did not return within env_timeout_s={limit}") from None
 
     async def run(
         self, slots: RolloutSlots, granted: asyncio.Queue[int], report: SlotReport, on_env_error: EnvErrorReport
@@ -377,7 +412,7 @@ class AsyncEnvSampler:
         trajectory.arrays["valid"][start : t + 1] = False
         self._on_env_error(env_recovered(i, exc, self.batcher.version, self.env_steps[i], discarded))
         broken, self.envs[i] = self.envs[i], None
-        if isinstance(broken, ThreadedEnv) and isinstance(exc, TimeoutError):
+        if isinstance(broken, ThreadedEnv) and isinstance(exc, EnvCallTimeout):
             broken.abandon()  # its thread is stuck in the call: a close would queue behind it
         elif broken is not None:
             await _close(broken)
