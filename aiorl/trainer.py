@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -496,20 +496,15 @@ class Trainer:
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = self._run_started = time.monotonic()
         checkpointer = self._checkpointer(checkpointing, RunPlan(total_steps, target_return, start))
-        report = functools.partial(self._report_update, goal, on_update)
-        callback = report if checkpointer is None else _also(checkpointer.after_update, report)
-        evaluations: list[EvalResult] = []
-        evaluating: set[asyncio.Task[None]] = set()  # at most one periodic evaluation at a time
+        evaluation = _PeriodicEvaluation(self, self.config.eval_interval_steps)
+        after_update = functools.partial(self._after_update, goal, on_update, checkpointer, evaluation)
         finished = False
         try:
-            hook = self._evaluate_periodically(evaluating, evaluations, callback)
-            await _supervised(running, running.consumer.run(goal, hook), broadcast=True)
-            await asyncio.gather(*evaluating)  # the run's results include its last evaluation
+            await _supervised(running, running.consumer.run(goal, after_update), broadcast=True)
+            await evaluation.finish()  # the run's results include its last evaluation
             finished = True
         finally:
-            for task in evaluating:
-                task.cancel()
-            await asyncio.gather(*evaluating, return_exceptions=True)
+            await evaluation.cancel()
             running.broadcaster.flush()
             self._stop_requested = False
             self._train_time_s += time.monotonic() - started
@@ -532,47 +527,25 @@ class Trainer:
             steps_discarded=dict(stats.discarded),
             steps_pending=stats.steps_pending,
             policy_lag=running.consumer.lag_summary(),
-            evaluations=tuple(evaluations),
+            evaluations=tuple(evaluation.results),
             stopped=goal.stop_requested,
         )
 
-    def _evaluate_periodically(
-        self, tasks: set[asyncio.Task[None]], evaluations: list[EvalResult], on_update: UpdateCallback | None
-    ) -> UpdateCallback | None:
-        """Wrap ``on_update`` so that an evaluation starts every ``eval_interval_steps`` trained steps.
+    def _after_update(
+        self,
+        goal: RunGoal,
+        on_update: UpdateCallback | None,
+        checkpointer: Checkpointer | None,
+        evaluation: _PeriodicEvaluation,
+        report: UpdateReport,
+    ) -> None:
+        """After each update (on the loop, the learner idle): checkpoint snapshot, event, callback, evaluation.
 
-        One evaluation at a time, its task kept in ``tasks`` (owned by the run, which waits for it).
+        Snapshots the state for the checkpointer, publishes a :class:`~aiorl.events.TrainingUpdate`,
+        calls ``on_update`` and starts an evaluation if one is due.
         """
-        interval = self.config.eval_interval_steps
-        if interval is None:
-            return on_update
-        next_at = self.stats.steps_trained + interval
-        running: asyncio.Task[None] | None = None
-
-        async def evaluate_once() -> None:
-            result = await self.evaluate(self.config.eval_episodes)
-            evaluations.append(result)
-            log.info(
-                "evaluation of version %d: mean return %.1f +- %.1f over %d episodes",
-                result.policy_version,
-                result.mean_return,
-                result.std_return,
-                result.episodes,
-            )
-
-        def hook(report: UpdateReport) -> None:
-            nonlocal next_at, running
-            if on_update is not None:
-                on_update(report)
-            if self.stats.steps_trained >= next_at and (running is None or running.done()):
-                next_at = self.stats.steps_trained + interval
-                running = asyncio.get_running_loop().create_task(evaluate_once(), name="aiorl-evaluation")
-                tasks.add(running)
-
-        return hook
-
-    def _report_update(self, goal: RunGoal, on_update: UpdateCallback | None, report: UpdateReport) -> None:
-        """After each update: publish a :class:`~aiorl.events.TrainingUpdate`, then call ``on_update``."""
+        if checkpointer is not None:
+            checkpointer.after_update()
         if self._events.subscribed:
             elapsed = time.monotonic() - goal.started
             self._events.publish(
@@ -589,6 +562,7 @@ class Trainer:
             )
         if on_update is not None:
             on_update(report)
+        evaluation.after_update(self.stats.steps_trained)
 
     # ---- embedding -------------------------------------------------------------------------
     def events(self, maxsize: int = DEFAULT_BUFFER) -> EventStream:
@@ -831,15 +805,53 @@ async def _supervised(running: _Running, work: Coroutine[Any, Any, T], *, broadc
         raise error from error.__cause__
 
 
-def _also(first: Callable[[], None], on_update: UpdateCallback | None) -> UpdateCallback:
-    """An update callback that calls ``first()`` and then ``on_update(report)``."""
+class _PeriodicEvaluation:
+    """Starts ``trainer.evaluate()`` every ``interval`` trained steps during a run, one at a time.
 
-    def callback(report: UpdateReport) -> None:
-        first()
-        if on_update is not None:
-            on_update(report)
+    Owned by the run: it waits for the last evaluation (:meth:`finish`) or cancels it
+    (:meth:`cancel`) before returning.
+    """
 
-    return callback
+    def __init__(self, trainer: Trainer, interval: int | None) -> None:
+        self.trainer = trainer
+        self.interval = interval
+        self.next_at = trainer.stats.steps_trained + (interval or 0)
+        self.results: list[EvalResult] = []
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None  # of an earlier evaluation that failed
+
+    def after_update(self, steps_trained: int) -> None:
+        """Start an evaluation if one is due and none is running."""
+        if self.interval is None or steps_trained < self.next_at or not (self._task is None or self._task.done()):
+            return
+        self.next_at = steps_trained + self.interval
+        if self._task is not None and self._error is None:
+            self._error = self._task.exception()  # raised when the run finishes
+        self._task = asyncio.get_running_loop().create_task(self._evaluate(), name="aiorl-evaluation")
+
+    async def _evaluate(self) -> None:
+        result = await self.trainer.evaluate(self.trainer.config.eval_episodes)
+        self.results.append(result)
+        log.info(
+            "evaluation of version %d: mean return %.1f +- %.1f over %d episodes",
+            result.policy_version,
+            result.mean_return,
+            result.std_return,
+            result.episodes,
+        )
+
+    async def finish(self) -> None:
+        """Wait for the evaluation in progress, if any; raise what a failed evaluation raised."""
+        if self._task is not None:
+            await self._task
+        if self._error is not None:
+            raise self._error
+
+    async def cancel(self) -> None:
+        """Cancel the evaluation in progress, if any, and wait until it is gone."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def usable_cores() -> int:
