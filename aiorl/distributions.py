@@ -14,6 +14,7 @@ turns them into sampled actions, log-probabilities and entropies:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -24,6 +25,15 @@ from torch.distributions import Bernoulli, Categorical, Normal
 from aiorl.envs.spaces import check_action_space
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log softmax(logits)[a]`` and ``-sum(p * log p)`` per row (``0 * log 0`` counts as 0)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(dim=-1)
+    return log_prob, entropy
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +128,33 @@ class ActionDistribution:
         return dist_inputs.chunk(2, dim=-1)[0]
 
     def log_prob_entropy(self, dist_inputs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of ``actions`` and the entropy, each of shape ``[B]``."""
+        """Log-probabilities of ``actions`` and the entropy, each of shape ``[B]``.
+
+        Written out with plain tensor ops (no ``torch.distributions`` objects): this runs
+        in every minibatch step of the learner, where building distribution objects and
+        their argument checks cost more than the arithmetic.
+        """
+        if self.kind == "categorical":
+            return _categorical_log_prob_entropy(dist_inputs, actions)
         if self.kind == "multi_categorical":
-            parts = self._components(dist_inputs)
-            log_prob = sum(part.log_prob(actions[..., i]) for i, part in enumerate(parts))
-            entropy = sum(part.entropy() for part in parts)
+            log_prob, entropy = 0.0, 0.0
+            for i, logits in enumerate(dist_inputs.split(self.nvec, dim=-1)):
+                part_log_prob, part_entropy = _categorical_log_prob_entropy(logits, actions[..., i])
+                log_prob, entropy = log_prob + part_log_prob, entropy + part_entropy
             return log_prob, entropy  # type: ignore[return-value]
-        dist = self._torch_dist(dist_inputs)
         if self.kind == "bernoulli":
-            actions = actions.to(dist_inputs.dtype)
-        return self._sum(dist.log_prob(actions)), self._sum(dist.entropy())
+            # log p(a) = a * x - softplus(x); H = softplus(x) - sigmoid(x) * x for logits x.
+            softplus = torch.nn.functional.softplus(dist_inputs)
+            log_prob = actions.to(dist_inputs.dtype) * dist_inputs - softplus
+            entropy = softplus - torch.sigmoid(dist_inputs) * dist_inputs
+            return log_prob.sum(dim=-1), entropy.sum(dim=-1)
+        # Diagonal Gaussian: log p(a) = -((a - mu) / sigma)^2 / 2 - log sigma - log(2 pi) / 2.
+        mean, log_std = dist_inputs.chunk(2, dim=-1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        z = (actions - mean) * torch.exp(-log_std)
+        log_prob = (-0.5 * z**2 - log_std - _HALF_LOG_2PI).sum(dim=-1)
+        entropy = (log_std + (0.5 + _HALF_LOG_2PI)).sum(dim=-1)
+        return log_prob, entropy
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.kind == "categorical" else value.sum(dim=-1)

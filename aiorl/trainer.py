@@ -325,6 +325,7 @@ class Trainer:
                 max_policy_lag=cfg.max_policy_lag,
                 log_interval_s=cfg.log_interval_s,
                 reward_normalizer=self.reward_normalizer,
+                pin_memory=torch.device(cfg.device).type == "cuda",
             )
             consumer.version = self._version
             stack.push_async_callback(self._close_pool, pool, consumer)

@@ -36,7 +36,6 @@ from aiorl.algos.surrogate import (
     Targets,
     config_problems,
     explained_variance,
-    optimise_clipped_surrogate,
     set_learning_rate,
 )
 from aiorl.algos.vtrace import vtrace
@@ -80,6 +79,9 @@ class APPO:
     """Minibatches per epoch."""
     normalize_advantages: bool = True
     """Normalise advantages per minibatch to zero mean, unit std."""
+    compile: bool | None = None
+    """Run each minibatch's loss and its backward pass compiled by ``torch.compile``; ``None``
+    compiles on CUDA only (on CPU compiling takes longer than short runs gain from it)."""
 
     def __post_init__(self) -> None:
         problems = config_problems(self, positive=("rho_bar", "c_bar"), unit=("gamma",))
@@ -98,22 +100,21 @@ class APPOLearner(SurrogateLearner):
         super().__init__(config, policy, dist, device)
         self.config = config
 
-    def update(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
         """One APPO update on ``batch``; ``progress`` in [0, 1] drives the lr schedule.
 
-        Returns the losses and diagnostics of the update.
+        Returns the losses and diagnostics of the update. Called through :meth:`update`,
+        which puts the policy and the optimiser back if it raises.
 
         Raises:
-            LearnerError: a loss became NaN or infinite (the weights are left as
-                they were before the failing minibatch).
+            LearnerError: a loss became NaN or infinite.
         """
         cfg = self.config
         lr = set_learning_rate(self.optimizer, cfg, progress)
 
         # Steps of an episode broken by an env error are masked out of the loss.
-        trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
-        size = int(trainable.numel())
-        if size == 0:
+        valid = self._tensor(batch.valid).reshape(-1)
+        if not batch.valid.any():
             return {"learning_rate": lr}
 
         # 1. V-trace with the network as it is now: the target policy pi and V.
@@ -122,7 +123,7 @@ class APPOLearner(SurrogateLearner):
         b_actions = self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:])
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
-            observe(obs[trainable])
+            observe(obs[valid])
         with torch.no_grad():
             dist_inputs, b_values = evaluate(self.policy, obs)
             b_target_logprobs = self.dist.log_prob_entropy(dist_inputs, b_actions)[0]
@@ -145,21 +146,20 @@ class APPOLearner(SurrogateLearner):
             cfg.c_bar,
         )
         # 2. PPO's clipped surrogate against the behaviour policy, on V-trace's advantages.
-        targets = Targets(
+        targets = Targets.masked(
+            valid,
             obs=obs,
             actions=b_actions,
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),
             old_values=b_values,
             advantages=self._tensor(pg_advantages).reshape(-1),
             returns=self._tensor(vs).reshape(-1),
-            trainable=trainable,
         )
-        report = optimise_clipped_surrogate(self.policy, self.optimizer, self.dist, cfg, targets, name="APPO")
-        valid = batch.valid
-        log_ratios = target_logprobs[valid] - batch.logprobs[valid]
+        report = self.optimise(targets, name="APPO")
+        log_ratios = target_logprobs[batch.valid] - batch.logprobs[batch.valid]
         report.update(
             learning_rate=lr,
-            explained_variance=explained_variance(vs, values, valid),
+            explained_variance=explained_variance(vs, values, batch.valid),
             rho_mean=float(np.mean(np.exp(np.minimum(log_ratios, math.log(cfg.rho_bar))))),
         )
         return report

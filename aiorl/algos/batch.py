@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from aiorl.shm import RolloutLayout, SlotArrays
 
@@ -40,24 +41,32 @@ class BatchBuilder:
     """Copies slots into preallocated batch arrays, ``rollouts`` slots per batch.
 
     The copy is the only time the consumer touches a slot, so the slot can be
-    freed as soon as :meth:`add` returns.
+    freed as soon as :meth:`add` returns. With ``pin_memory`` (a CUDA learner) the
+    arrays live in page-locked memory, so the learner copies them to the GPU
+    without waiting.
     """
 
-    def __init__(self, layout: RolloutLayout, rollouts: int) -> None:
+    def __init__(self, layout: RolloutLayout, rollouts: int, *, pin_memory: bool = False) -> None:
         self.layout = layout
         self.rollouts = rollouts
+        self.pin_memory = pin_memory
         self.count = 0
         self._arrays = self._allocate()
+        self._spare: dict[str, np.ndarray] | None = None  # the arrays of the batch handed out before
 
     def _allocate(self) -> dict[str, np.ndarray]:
         t, n = self.layout.rollout_length, self.layout.num_envs * self.rollouts
         arrays = {}
         for name, (shape, dtype) in self.layout.fields().items():
-            if name == "next_obs":
-                arrays[name] = np.zeros((n, *shape[1:]), dtype=dtype)
-            else:
-                arrays[name] = np.zeros((t, n, *shape[2:]), dtype=dtype)
+            full_shape = (n, *shape[1:]) if name == "next_obs" else (t, n, *shape[2:])
+            arrays[name] = self._zeros(full_shape, dtype)
         return arrays
+
+    def _zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if not self.pin_memory:
+            return np.zeros(shape, dtype=dtype)
+        torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        return torch.zeros(shape, dtype=torch_dtype, pin_memory=True).numpy()
 
     @property
     def full(self) -> bool:
@@ -85,8 +94,17 @@ class BatchBuilder:
         return dropped
 
     def take(self) -> RolloutBatch:
-        """Hand out the full batch and start a fresh one."""
+        """Hand out the full batch and start the next one.
+
+        Arrays are recycled: a batch stays intact until the second ``take()`` after the
+        one that returned it (the consumer trains on one batch at a time), unless
+        :meth:`forget_spare` says it is still in use.
+        """
         batch = RolloutBatch(**self._arrays)
-        self._arrays = self._allocate()
+        self._arrays, self._spare = (self._spare or self._allocate()), self._arrays
         self.count = 0
         return batch
+
+    def forget_spare(self) -> None:
+        """The last batch handed out may still be read (an abandoned update): never refill its arrays."""
+        self._spare = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +29,6 @@ from aiorl.algos.surrogate import (
     Targets,
     config_problems,
     explained_variance,
-    optimise_clipped_surrogate,
     set_learning_rate,
 )
 from aiorl.distributions import ActionDistribution
@@ -66,6 +64,9 @@ class PPO:
     """Minibatches per epoch."""
     normalize_advantages: bool = True
     """Normalise advantages per minibatch to zero mean, unit std."""
+    compile: bool | None = None
+    """Run each minibatch's loss and its backward pass compiled by ``torch.compile``; ``None``
+    compiles on CUDA only (on CPU compiling takes longer than short runs gain from it)."""
     target_kl: float | None = None
     """Stop the epochs of an update early once the approximate KL exceeds this."""
 
@@ -88,20 +89,20 @@ class PPOLearner(SurrogateLearner):
         super().__init__(config, policy, dist, device)
         self.config = config
 
-    def update(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
         """One PPO update on ``batch``; ``progress`` in [0, 1] drives the lr schedule.
 
-        Returns the losses and diagnostics of the update.
+        Returns the losses and diagnostics of the update. Called through :meth:`update`,
+        which puts the policy and the optimiser back if it raises.
 
         Raises:
-            LearnerError: a loss became NaN or infinite (the weights are left as
-                they were before the failing minibatch).
+            LearnerError: a loss became NaN or infinite.
         """
         cfg = self.config
         lr = set_learning_rate(self.optimizer, cfg, progress)
         # Steps of an episode broken by an env error are masked out of the loss.
-        trainable = self._tensor(np.flatnonzero(batch.valid.reshape(-1)))
-        if trainable.numel() == 0:
+        valid = self._tensor(batch.valid).reshape(-1)
+        if not batch.valid.any():
             return {"learning_rate": lr}
 
         # 1. GAE with the critic as it is now (the data may be a few versions old).
@@ -109,7 +110,7 @@ class PPOLearner(SurrogateLearner):
         obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
-            observe(obs[trainable])
+            observe(obs[valid])
         with torch.no_grad():
             values = evaluate(self.policy, obs)[1].reshape(steps, envs)
             next_value = evaluate(self.policy, self._tensor(batch.next_obs))[1]
@@ -126,15 +127,15 @@ class PPOLearner(SurrogateLearner):
         )
 
         # 2. The clipped surrogate against the behaviour policy's recorded log-probs.
-        targets = Targets(
+        targets = Targets.masked(
+            valid,
             obs=obs,
             actions=self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:]),
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),
             old_values=values.reshape(-1),
             advantages=self._tensor(advantages).reshape(-1),
             returns=self._tensor(returns).reshape(-1),
-            trainable=trainable,
         )
-        report = optimise_clipped_surrogate(self.policy, self.optimizer, self.dist, cfg, targets, cfg.target_kl)
+        report = self.optimise(targets, cfg.target_kl)
         report.update(learning_rate=lr, explained_variance=explained_variance(returns, values_np, batch.valid))
         return report

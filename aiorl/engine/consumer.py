@@ -122,6 +122,7 @@ class Consumer:
         max_policy_lag: int | None,
         log_interval_s: float,
         reward_normalizer: RewardNormalizer | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.pool = pool
         self.learner = learner
@@ -131,7 +132,7 @@ class Consumer:
         self.max_policy_lag = max_policy_lag
         self.log_interval_s = log_interval_s
         self.reward_normalizer = reward_normalizer
-        self.builder = BatchBuilder(layout, rollouts_per_batch)
+        self.builder = BatchBuilder(layout, rollouts_per_batch, pin_memory=pin_memory)
         self.in_batch: list[ReadyRollout] = []
         self.in_flight = 0  # env steps of the batch the learner thread is working on
         self.version = 0
@@ -224,6 +225,8 @@ class Consumer:
                 # A second cancellation skips this; close() then counts the batch as discarded.
                 done, _ = await asyncio.wait({future}, timeout=CANCELLED_UPDATE_WAIT_S)
                 self.in_flight = 0
+                if future not in done:  # the thread may still read the batch's arrays
+                    self.builder.forget_spare()
                 if future in done and not future.cancelled() and future.exception() is None:
                     self._apply(batch, future.result()[1])
                 else:

@@ -1,0 +1,219 @@
+"""The clipped-surrogate learner step: the same losses as the textbook form, masking, rollback, compile."""
+
+from __future__ import annotations
+
+import logging
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Bernoulli, Categorical, Normal
+
+from aiorl import PPO, LearnerError
+from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
+from aiorl.distributions import ActionDistribution
+from aiorl.models import ActorCritic, flat_weights
+
+OBS_DIM = 4
+SPACES = {
+    "discrete": gym.spaces.Discrete(3),
+    "box": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+    "multi_discrete": gym.spaces.MultiDiscrete([3, 2]),
+    "multi_binary": gym.spaces.MultiBinary(3),
+}
+
+
+def reference_log_prob_entropy(dist: ActionDistribution, dist_inputs: torch.Tensor, actions: torch.Tensor):
+    """The log-probabilities and entropies as ``torch.distributions`` computes them."""
+    if dist.kind == "categorical":
+        d = Categorical(logits=dist_inputs)
+        return d.log_prob(actions), d.entropy()
+    if dist.kind == "multi_categorical":
+        parts = [Categorical(logits=p) for p in dist_inputs.split(dist.nvec, dim=-1)]
+        return (
+            sum(p.log_prob(actions[:, i]) for i, p in enumerate(parts)),
+            sum(p.entropy() for p in parts),
+        )
+    if dist.kind == "bernoulli":
+        d = Bernoulli(logits=dist_inputs)
+        return d.log_prob(actions.float()).sum(-1), d.entropy().sum(-1)
+    mean, log_std = dist_inputs.chunk(2, dim=-1)
+    d = Normal(mean, log_std.clamp(-20, 2).exp())
+    return d.log_prob(actions).sum(-1), d.entropy().sum(-1)
+
+
+def reference_loss(policy, dist, cfg, obs, actions, behaviour_logprobs, old_values, advantages, returns):
+    """PPO's loss as aiorl computed it before the lean rewrite (valid samples only, distribution objects)."""
+    dist_inputs, new_value = policy(obs)
+    new_logprob, entropy = reference_log_prob_entropy(dist, dist_inputs, actions)
+    ratio = (new_logprob - behaviour_logprobs).exp()
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    v_clipped = old_values + (new_value - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
+    v_loss = 0.5 * torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    return pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * v_loss
+
+
+def sample_minibatch(dist: ActionDistribution, policy: torch.nn.Module, size: int = 64, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randn(size, OBS_DIM, generator=generator)
+    with torch.no_grad():
+        dist_inputs, values = policy(obs)
+        actions, logprobs = dist.sample(dist_inputs)
+    return {
+        "obs": obs,
+        "actions": actions,
+        "behaviour_logprobs": logprobs + 0.1 * torch.randn(size, generator=generator),
+        "old_values": values + 0.1 * torch.randn(size, generator=generator),
+        "advantages": torch.randn(size, generator=generator),
+        "returns": torch.randn(size, generator=generator),
+    }
+
+
+def gradients(policy: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, list(policy.parameters()), allow_unused=True))
+
+
+@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
+def test_loss_and_gradients_match_the_reference_form(space):
+    dist = ActionDistribution.for_space(space)
+    torch.manual_seed(0)
+    policy = ActorCritic((OBS_DIM,), dist)
+    cfg = PPO(ent_coef=0.01)
+    mb = sample_minibatch(dist, policy)
+    targets = Targets.masked(torch.ones(64, dtype=torch.bool), **mb)
+
+    loss, stats = clipped_surrogate_loss(policy, dist, cfg, *targets.minibatch(torch.arange(64)))
+    expected = reference_loss(policy, dist, cfg, **mb)
+
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats[LOSS_STATS.index("loss")], expected.detach(), rtol=1e-5, atol=1e-6)
+    for got, want in zip(gradients(policy, loss), gradients(policy, expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_samples_count_for_nothing_even_when_garbage():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(3))
+    torch.manual_seed(0)
+    policy = ActorCritic((OBS_DIM,), dist)
+    cfg = PPO(ent_coef=0.01)
+    mb = sample_minibatch(dist, policy)
+    valid = torch.ones(64, dtype=torch.bool)
+    valid[::3] = False
+    garbage = {k: v.clone() for k, v in mb.items()}
+    garbage["obs"][~valid] = float("nan")
+    garbage["actions"][~valid] = 99  # out of range: must never be looked up
+    garbage["advantages"][~valid] = float("inf")
+
+    targets = Targets.masked(valid, **garbage)
+    loss, _ = clipped_surrogate_loss(policy, dist, cfg, *targets.minibatch(torch.arange(64)))
+    expected = reference_loss(policy, dist, cfg, **{k: v[valid] for k, v in mb.items()})
+
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert all(torch.isfinite(g).all() for g in gradients(policy, loss) if g is not None)
+
+
+def cartpole_like_batch(steps: int = 16, envs: int = 8, seed: int = 0) -> RolloutBatch:
+    rng = np.random.default_rng(seed)
+    return RolloutBatch(
+        obs=rng.normal(size=(steps, envs, OBS_DIM)).astype(np.float32),
+        actions=rng.integers(0, 2, size=(steps, envs)),
+        logprobs=np.full((steps, envs), np.log(0.5), dtype=np.float32),
+        values=np.zeros((steps, envs), dtype=np.float32),
+        rewards=np.ones((steps, envs), dtype=np.float32),
+        terminated=rng.random((steps, envs)) < 0.05,
+        truncated=np.zeros((steps, envs), dtype=bool),
+        trunc_values=np.zeros((steps, envs), dtype=np.float32),
+        valid=np.ones((steps, envs), dtype=bool),
+        disc_returns=np.zeros((steps, envs), dtype=np.float32),
+        versions=np.zeros((steps, envs), dtype=np.int64),
+        next_obs=rng.normal(size=(envs, OBS_DIM)).astype(np.float32),
+    )
+
+
+def make_learner(**config):
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    torch.manual_seed(0)
+    return PPO(update_epochs=2, num_minibatches=2, **config).make_learner(ActorCritic((OBS_DIM,), dist), dist, "cpu")
+
+
+def optimizer_state(learner) -> list[np.ndarray]:
+    return [
+        value.detach().clone().numpy()
+        for state in learner.optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
+def test_update_reports_every_diagnostic_finite():
+    metrics = make_learner().update(cartpole_like_batch(), progress=0.0)
+    for name in (*LOSS_STATS, "grad_norm", "learning_rate", "explained_variance"):
+        assert np.isfinite(metrics[name]), (name, metrics)
+    assert metrics["grad_norm"] > 0
+
+
+def test_a_non_finite_loss_restores_policy_and_optimizer():
+    learner = make_learner()
+    learner.update(cartpole_like_batch(seed=1), progress=0.0)  # Adam has state now
+    weights, state = flat_weights(learner.policy), optimizer_state(learner)
+
+    batch = cartpole_like_batch(seed=2)
+    batch.rewards[3, 2] = np.nan
+    with pytest.raises(LearnerError, match=r"non-finite PPO loss.*coming from the model.*restored"):
+        learner.update(batch, progress=0.0)
+
+    np.testing.assert_array_equal(flat_weights(learner.policy), weights)
+    for got, want in zip(optimizer_state(learner), state, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.isfinite(learner.update(cartpole_like_batch(seed=3), progress=0.0)["loss"])
+
+
+def test_non_finite_observations_are_named_as_the_source():
+    learner = make_learner()
+    batch = cartpole_like_batch()
+    batch.obs[0, 0, 0] = np.inf
+    with pytest.raises(LearnerError, match="coming from the observations"):
+        learner.update(batch, progress=0.0)
+
+
+def test_target_kl_stops_the_epochs_early():
+    batch = cartpole_like_batch()
+    batch.logprobs[:] = np.log(0.01)  # far from the policy: KL above any small bound after the first epoch
+    stopped = make_learner(target_kl=1e-6).update(batch, progress=0.0)
+    full = make_learner().update(batch, progress=0.0)
+    assert stopped["approx_kl"] != pytest.approx(full["approx_kl"])
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit internals
+def test_compiled_step_trains_like_the_eager_one():
+    eager, compiled = make_learner(compile=False), make_learner(compile=True)
+    for seed in range(2):  # the second update runs the compiled code without compiling
+        torch.manual_seed(seed)
+        want = eager.update(cartpole_like_batch(seed=seed), progress=0.0)
+        torch.manual_seed(seed)
+        got = compiled.update(cartpole_like_batch(seed=seed), progress=0.0)
+        assert compiled.compiled, "torch.compile fell back to eager"
+        for name in LOSS_STATS:
+            assert got[name] == pytest.approx(want[name], rel=1e-3, abs=1e-5), name
+    np.testing.assert_allclose(flat_weights(compiled.policy), flat_weights(eager.policy), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_failing_compile_falls_back_to_eager(caplog):
+    from torch._inductor import config as inductor_config
+
+    learner = make_learner(compile=True)
+    torch._dynamo.reset()
+    with (
+        inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}),
+        caplog.at_level(logging.WARNING, logger="aiorl"),
+    ):
+        metrics = learner.update(cartpole_like_batch(), progress=0.0)
+    assert not learner.compiled
+    assert "torch.compile of the learner's loss failed" in caplog.text
+    assert np.isfinite(metrics["loss"])
