@@ -127,6 +127,7 @@ def train(
             env_kwargs=experiment.env_kwargs or None,
             **{name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__},
         )
+        trainer.preset = experiment.preset
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: training {experiment.run.env} with {experiment.algo_name}, logging to {directory}", err=True)

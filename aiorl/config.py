@@ -40,13 +40,16 @@ class TrainerConfig:
     max_policy_lag: int | None = 4
     """Drop (and count) rollouts acted by a policy more than this many versions old;
     ``0`` is strict on-policy (workers wait for the newest weights); ``None`` keeps all."""
-    normalize_observations: bool = False
+    normalize_observations: bool | None = None
     """Normalise observations by a running mean/std, kept with the policy's weights
-    (:class:`~aiorl.models.ObservationNormalizer`)."""
-    normalize_rewards: bool = False
+    (:class:`~aiorl.models.ObservationNormalizer`). ``None`` (automatic): on for flat float
+    ``Box`` observations (vectors of physical quantities, as in CleanRL's continuous-action PPO),
+    off for images and encoded discrete observations. The trainer's ``config`` holds the outcome."""
+    normalize_rewards: bool | None = None
     """Divide rewards by a running standard deviation of the discounted return before each update
     (gymnasium's ``NormalizeReward``; :class:`~aiorl.algos.reward_scaling.RewardNormalizer`). Returns
-    reported to you stay unscaled."""
+    reported to you stay unscaled. ``None`` (automatic): on whenever the algorithm has a discount
+    ``gamma`` (PPO and APPO do). The trainer's ``config`` holds the outcome."""
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None
@@ -144,9 +147,11 @@ class TrainerConfig:
             )
         if not (isinstance(self.act_wait_s, int | float) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
             problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
-        for name in ("env_threads", "normalize_observations", "normalize_rewards"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} must be True or False")
+        if not isinstance(self.env_threads, bool):
+            problems.append(f"env_threads={self.env_threads!r} must be True or False")
+        for name in ("normalize_observations", "normalize_rewards"):
+            if not isinstance(getattr(self, name), bool | None):
+                problems.append(f"{name}={getattr(self, name)!r} must be True, False or None (automatic)")
         if not (_is_int(self.max_restarts) and self.max_restarts >= 0):
             problems.append(f"max_restarts={self.max_restarts!r} must be an integer >= 0")
         durations = (

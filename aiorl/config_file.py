@@ -87,6 +87,8 @@ class Experiment:
     trainer: TrainerConfig
     algo: PPO | APPO
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = field(default=None, compare=False)
+    """The preset applied under the file's settings, if any (for the log; ``config.toml`` holds its values)."""
 
     @property
     def algo_name(self) -> str:
@@ -201,6 +203,7 @@ def build_experiment(
         trainer=TrainerConfig(**trainer_values),
         algo=dataclasses.replace(base_algo, **algo_values),
         env_kwargs=dict(merged["env_kwargs"]),
+        preset=run.preset,
     )
 
 

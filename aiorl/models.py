@@ -225,6 +225,29 @@ def tie_to_flat(module: nn.Module) -> torch.Tensor:
     return flat
 
 
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Make every parameter of ``module``, and its gradient, a view into one flat tensor; return it.
+
+    The learner optimises the returned parameter: zeroing, clipping and the Adam step
+    are then one operation each instead of one per tensor of the model, while the
+    module keeps its own parameters (same names, same ``state_dict``). Backward passes
+    accumulate into the existing gradient views in place, so ``flat.grad`` always holds
+    the whole gradient. Never set the module's gradients to ``None`` (``zero_grad()``
+    does by default): zero ``flat.grad`` instead. Move the module to its device first.
+    """
+    params = list(module.parameters())
+    with torch.no_grad():
+        flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for param in params:
+        n = param.numel()
+        param.data = flat.data[offset : offset + n].view_as(param)
+        param.grad = flat.grad[offset : offset + n].view_as(param)
+        offset += n
+    return flat
+
+
 def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDistribution) -> None:
     """Check ``policy`` against the interface on a dummy batch of two observations.
 

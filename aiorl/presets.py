@@ -34,19 +34,37 @@ PRESETS: dict[str, Preset] = {
     "CartPole-v1": Preset(
         env="CartPole-v1",
         algo=APPO(learning_rate=2e-3, update_epochs=6, num_minibatches=2),
-        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
+        options={
+            "num_workers": 2,
+            "envs_per_worker": 16,
+            "rollout_length": 32,
+            "normalize_observations": False,
+            "normalize_rewards": False,
+        },
         target_return=475.0,
     ),
     "Acrobot-v1": Preset(
         env="Acrobot-v1",
-        algo=PPO(),
-        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
+        algo=PPO(update_epochs=10, num_minibatches=4),
+        options={
+            "num_workers": 2,
+            "envs_per_worker": 16,
+            "rollout_length": 32,
+            "normalize_observations": False,
+            "normalize_rewards": False,
+        },
         target_return=-100.0,
     ),
     "Pendulum-v1": Preset(
         env="Pendulum-v1",
         algo=PPO(gamma=0.9, gae_lambda=0.95, learning_rate=2e-3, update_epochs=5, num_minibatches=8),
-        options={"num_workers": 2, "envs_per_worker": 8, "rollout_length": 128, "normalize_rewards": True},
+        options={
+            "num_workers": 2,
+            "envs_per_worker": 8,
+            "rollout_length": 128,
+            "normalize_observations": False,
+            "normalize_rewards": True,
+        },
         target_return=-250.0,
     ),
 }

@@ -19,11 +19,12 @@ import random
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ from aiorl.events import (
     TrainingUpdate,
 )
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
-from aiorl.presets import get_preset
+from aiorl.presets import PRESETS, get_preset
 from aiorl.shm import RolloutLayout
 from aiorl.worker import AsyncActing
 
@@ -165,12 +166,18 @@ class Trainer:
         self.algo: Algorithm = PPO() if algo is None else algo
         if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
-        if self.config.normalize_rewards and not isinstance(getattr(self.algo, "gamma", None), float):
+        has_discount = isinstance(getattr(self.algo, "gamma", None), float)
+        if self.config.normalize_rewards and not has_discount:
             raise ConfigError(
                 f"normalize_rewards=True needs the algorithm's discount, but algo={self.algo!r} has no float `gamma`"
             )
         self.env_factory = EnvFactory.from_user(env, env_kwargs)
         self.spaces = EnvSpaces.probe(self.env_factory)
+        self.config = replace(
+            self.config,
+            normalize_observations=_choose(self.config.normalize_observations, _is_flat_float_box(self.spaces)),
+            normalize_rewards=_choose(self.config.normalize_rewards, has_discount),
+        )
         if self.spaces.is_async and self.config.env_threads:
             raise ConfigError(
                 f"env_threads=True runs blocking gymnasium envs in threads, but env={self.env_factory.describe()!r} "
@@ -205,6 +212,8 @@ class Trainer:
         self._train_time_s = 0.0  # seconds spent in finished run() calls (and before a resume)
         self._run_started: float | None = None
         self._resume_plan: RunPlan | None = None
+        self.preset: str | None = None
+        """The name of the preset this trainer was built from (:meth:`from_preset`), else ``None``."""
         self.unfinished_run: RunPlan | None = None
         """The run a loaded checkpoint was taken in, if it had not finished (see :meth:`resume`)."""
 
@@ -216,7 +225,9 @@ class Trainer:
         """
         preset = get_preset(name)
         algo = overrides.pop("algo", preset.algo)
-        return cls(preset.env, algo, **{**preset.options, **overrides})
+        trainer = cls(preset.env, algo, **{**preset.options, **overrides})
+        trainer.preset = name
+        return trainer
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **options: Any) -> Trainer:
@@ -344,6 +355,16 @@ class Trainer:
             self.env_factory.describe(),
             list(pool.pids.values()),
         )
+        if self.preset is not None:
+            log.info("settings: the tuned preset %r (aiorl.presets.PRESETS)", self.preset)
+        elif self.env_factory.env_id in PRESETS:
+            log.info(
+                "a tuned preset exists for %s: Trainer.from_preset(%r) (CLI: --preset %s); training with the "
+                "defaults and your options instead",
+                self.env_factory.env_id,
+                self.env_factory.env_id,
+                self.env_factory.env_id,
+            )
         return self
 
     async def __aexit__(
@@ -883,6 +904,17 @@ def _single(group: BaseExceptionGroup) -> BaseException:
         if isinstance(leaf, AiorlError):
             return leaf
     return leaves[0] if leaves else group
+
+
+def _choose(option: bool | None, automatic: bool) -> bool:
+    """An option the user set, or its automatic value where they left it ``None``."""
+    return automatic if option is None else option
+
+
+def _is_flat_float_box(spaces: EnvSpaces) -> bool:
+    """Whether observations are a flat float vector (where running normalisation helps)."""
+    space = spaces.observation_space
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
 
 
 async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:

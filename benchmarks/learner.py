@@ -67,11 +67,12 @@ batch again and again moves the policy away from it, but no update stops early
 
 How
 ---
-All systems run in one process, one after another per (device, net, batch).
+All systems run in one process. Per (device, net, batch) every system is built and
+makes ``--warmup`` updates (the first one timed on its own: compilation), then the
+systems take turns, one timed update each, for ``--repeats`` rounds, so drifts of the
+machine's speed hit every row alike; the table shows the median and the range.
 ``torch.set_num_threads(--threads)`` (default: all usable cores) holds for every
-row, SB3's included. Each system makes ``--warmup`` updates (the first one timed
-on its own), then ``--repeats`` timed updates; the table shows the median and the
-range. On CUDA each timing ends with ``torch.cuda.synchronize()``. ``--quick``
+row, SB3's included. On CUDA each timing ends with ``torch.cuda.synchronize()``. ``--quick``
 measures compiled learners for the MLP only (compiling the CNN's loss on a CPU
 takes a while). The CPU that other processes used during each row is measured from
 ``/proc`` (``other load``): run it on an idle machine. With several torch threads
@@ -258,22 +259,39 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_updates(
-    row: Row, update: Callable[[], Any], warmup: int, repeats: int, prepare: Callable[[], Any] | None = None
-) -> None:
-    """Run ``warmup`` then ``repeats`` updates (``prepare`` untimed before each); fill ``row``."""
-    for index in range(warmup + repeats):
-        if prepare is not None:
-            prepare()
-        _sync(row.device)
+@dataclass
+class Timed:
+    """A system ready to be timed: its row, one update, and what to do untimed before each update."""
+
+    row: Row
+    update: Callable[[], Any]
+    prepare: Callable[[], Any] | None = None
+    cleanup: Callable[[], Any] | None = None
+
+    def once(self) -> float:
+        """One update's wall time (after ``prepare``, untimed)."""
+        if self.prepare is not None:
+            self.prepare()
+        _sync(self.row.device)
         t0 = time.perf_counter()
-        update()
-        _sync(row.device)
-        elapsed = time.perf_counter() - t0
-        if index == 0:
-            row.first_s = elapsed
-        if index >= warmup:
-            row.times.append(elapsed)
+        self.update()
+        _sync(self.row.device)
+        return time.perf_counter() - t0
+
+
+def time_round_robin(systems: Sequence[Timed], warmup: int, repeats: int) -> None:
+    """Finish each system's warm-up (its first update was made and timed when it was built), then
+    time one update of each in turn, ``repeats`` rounds.
+
+    Interleaving puts slow drifts of the machine (clock speed, neighbours) on every
+    system alike, so the ratios between rows hold even when absolute times wander.
+    """
+    for system in systems:
+        for _ in range(warmup - 1):
+            system.once()
+    for _ in range(repeats):
+        for system in systems:
+            system.row.times.append(system.once())
 
 
 def compile_mode(algo: Any) -> str | None:
@@ -310,19 +328,20 @@ def pinned(data: Data) -> Data:
     return Data(batch=RolloutBatch(**arrays), next_values=data.next_values)
 
 
-def aiorl_row(
-    name: str, algo: Any, net: Net, data: Data, device: str, args: argparse.Namespace, *, compile: bool = False
-) -> Row:
-    """Time ``learner.update`` of ``algo`` on ``data``."""
+def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, compile: bool = False) -> Timed:
+    """``learner.update`` of ``algo`` on ``data``, ready to time."""
     row = Row(name, net.name, device, epochs=algo.update_epochs, minibatches=algo.num_minibatches)
     row.steps, row.envs = data.batch.rewards.shape
     dist = ActionDistribution.for_space(net.action_space)
     learner = make_learner(algo, net.make_policy(dist), dist, device, compile)
-    time_updates(row, lambda: learner.update(data.batch, progress=0.0), args.warmup, args.repeats)
-    if compile_mode(algo) is not None:
-        compiled = getattr(learner, "compiled", compile)  # False after a failed compile
-        row.compiled = "yes" if compiled else ("no (compiling failed)" if compile else "no")
-    return row
+
+    def update() -> None:
+        learner.update(data.batch, progress=0.0)
+        if compile_mode(algo) is not None:
+            compiled = getattr(learner, "compiled", compile)  # False after a failed compile
+            row.compiled = "yes" if compiled else ("no (compiling failed)" if compile else "no")
+
+    return Timed(row, update)
 
 
 class _SpacesEnv(gym.Env):
@@ -357,8 +376,8 @@ def fill_sb3_buffer(model: Any, data: Data, gamma: float) -> None:
     buffer.compute_returns_and_advantage(last_values=torch.from_numpy(data.next_values), dones=done[-1])
 
 
-def sb3_row(ppo: aiorl.PPO, net: Net, data: Data, device: str, args: argparse.Namespace) -> Row:
-    """Time SB3's ``PPO.train()`` on ``data`` with ``ppo``'s epochs, minibatches and coefficients."""
+def sb3_system(ppo: aiorl.PPO, net: Net, data: Data, device: str) -> Timed:
+    """SB3's ``PPO.train()`` on ``data`` with ``ppo``'s epochs, minibatches and coefficients, ready to time."""
     row = Row("SB3 PPO", net.name, device, epochs=ppo.update_epochs, minibatches=ppo.num_minibatches)
     row.steps, row.envs = data.batch.rewards.shape
     venv = DummyVecEnv([lambda: _SpacesEnv(net)] * row.envs)
@@ -384,9 +403,7 @@ def sb3_row(ppo: aiorl.PPO, net: Net, data: Data, device: str, args: argparse.Na
         verbose=0,
     )
     model.set_logger(Logger(folder=None, output_formats=[]))  # records, writes nothing
-    time_updates(row, model.train, args.warmup, args.repeats, prepare=lambda: fill_sb3_buffer(model, data, ppo.gamma))
-    venv.close()
-    return row
+    return Timed(row, model.train, prepare=lambda: fill_sb3_buffer(model, data, ppo.gamma), cleanup=venv.close)
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -419,21 +436,31 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 data = make_data(net, ROLLOUT_LENGTH, size // ROLLOUT_LENGTH, ppo.gamma)
                 if device.startswith("cuda") and trainer_pins_batches():
                     data = pinned(data)
+                _progress(f"{device} {net_name} batch {size:,}: building and warming up ...")
+                start = meter.snapshot()
+                timed: list[Timed] = []
                 for name, algo, compile in systems_for(net, args.compile_nets):
-                    _progress(f"{device} {net_name} batch {size:,}: {name} ...")
-                    start = meter.snapshot()
                     try:
                         if algo is None:
-                            row = sb3_row(ppo, net, data, device, args)
+                            system = sb3_system(ppo, net, data, device)
                         else:
-                            row = aiorl_row(name, algo, net, data, device, args, compile=compile)
+                            system = aiorl_system(name, algo, net, data, device, compile=compile)
+                        system.row.first_s = system.once()  # compiles; fails here, not in the rounds
+                        timed.append(system)
                     except Exception as exc:
                         row = Row(name, net_name, device, ROLLOUT_LENGTH, size // ROLLOUT_LENGTH)
                         row.note = f"failed: {type(exc).__name__}: {exc}"
-                    row.other_load = meter.cores(start, meter.snapshot())
-                    row.threads = torch.get_num_threads()
-                    rows.append(row)
-                    _progress("  " + describe_row(row))
+                        rows.append(row)
+                _progress(f"{device} {net_name} batch {size:,}: {len(timed)} systems, {args.repeats} rounds ...")
+                time_round_robin(timed, args.warmup, args.repeats)
+                load = meter.cores(start, meter.snapshot())
+                for system in timed:
+                    system.row.other_load = load
+                    system.row.threads = torch.get_num_threads()
+                    if system.cleanup is not None:
+                        system.cleanup()
+                    rows.append(system.row)
+                    _progress("  " + describe_row(system.row))
     return rows
 
 

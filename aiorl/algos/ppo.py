@@ -40,7 +40,7 @@ from aiorl.models import evaluate
 class PPO:
     """PPO hyperparameters. Every field is validated at construction."""
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """Adam step size (at the start of a run when ``lr_schedule='linear'``)."""
     lr_schedule: Literal["constant", "linear"] = "linear"
     """``'linear'`` anneals the learning rate to 0 over each ``run()``'s ``total_steps``."""
@@ -58,10 +58,12 @@ class PPO:
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
-    update_epochs: int = 10
-    """Passes over each batch."""
-    num_minibatches: int = 4
-    """Minibatches per epoch."""
+    update_epochs: int = 4
+    """Passes over each batch. (Fewer than the paper's 10: aiorl collects data faster than a
+    learner can reuse it, so fresh samples beat more passes over old ones; see ``benchmarks/README.md``.)"""
+    num_minibatches: int = 2
+    """Minibatches per epoch. The batch grows with the workers (``rollouts_per_batch`` defaults to
+    ``num_workers``), so minibatches grow with it while the gradient steps per update stay fixed."""
     normalize_advantages: bool = True
     """Normalise advantages per minibatch to zero mean, unit std."""
     compile: bool | None = None

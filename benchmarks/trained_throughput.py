@@ -1,0 +1,185 @@
+"""Trained env steps/s with the defaults against what one process can merely *sample*.
+
+What
+----
+The figure a user feels is how many env steps per second end up *trained on*, not
+how fast workers collect. This script measures, in one run on one machine:
+
+- **aiorl**: ``aiorl.Trainer("CartPole-v1", num_workers=2, envs_per_worker=32)`` with
+  every other setting at its default (algorithm, learner, normalisation), training;
+  the rate is env steps trained per second in steady state: from the first to the
+  last learner update of a window (rollouts that idle workers filled while the other
+  system ran are trained first and left out by starting at the first update).
+- **SyncVectorEnv(32)**: gymnasium's lockstep vector env in this process, *sampling
+  only* with the same MLP (one batched forward pass of ``aiorl.ActorCritic``, a
+  categorical sample, one ``step`` of every env), i.e. the speed ceiling of the
+  simplest single-process training loop before it learns anything.
+
+The windows alternate (aiorl, then SyncVectorEnv, ``--repeats`` times), so drifts of
+the machine's speed hit both alike; medians are reported, with the ratio and the
+target ``aiorl / SyncVectorEnv >= 0.65`` (issue 11). The CPU that other processes
+used during each window is measured from ``/proc``: run it on an idle machine.
+
+Run it::
+
+    python benchmarks/trained_throughput.py              # ~1 minute on 2 cores
+    python benchmarks/trained_throughput.py --quick      # ~20 s
+    python benchmarks/trained_throughput.py --seconds 10 --repeats 5
+    python benchmarks/trained_throughput.py --option 'algo=APPO(update_epochs=4)'   # another setting (repeatable)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import torch
+from other_load import OtherLoadMeter
+from throughput import VectorSampler
+
+import aiorl
+
+ENV_ID = "CartPole-v1"
+NUM_WORKERS = 2
+ENVS_PER_WORKER = 32
+VECTOR_ENVS = 32
+TARGET_RATIO = 0.65
+
+
+@dataclass(slots=True)
+class Series:
+    """Windows of one system: env steps/s and other processes' load per window."""
+
+    name: str
+    rates: list[float] = field(default_factory=list)
+    other_load: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+async def aiorl_window(trainer: aiorl.Trainer, seconds: float) -> float:
+    """Train for about ``seconds``; return env steps trained per second between the first and last update."""
+    marks: list[tuple[float, int]] = []
+    loop = asyncio.get_running_loop()
+    stop = loop.call_later(seconds, trainer.stop)
+    try:
+        await trainer.run(total_steps=10**9, on_update=lambda r: marks.append((time.perf_counter(), r.env_steps)))
+    finally:
+        stop.cancel()
+    if len(marks) < 3:
+        raise RuntimeError(f"only {len(marks)} updates in {seconds} s: give the windows more --seconds")
+    (t0, s0), (t1, s1) = marks[0], marks[-1]
+    return (s1 - s0) / (t1 - t0)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``name=value`` with a Python literal value, or ``algo=PPO(...)`` / ``algo=APPO(...)``."""
+    name, _, value = text.partition("=")
+    if name == "algo":
+        return name, eval(value, {"PPO": aiorl.PPO, "APPO": aiorl.APPO}, {})
+    try:
+        return name, eval(value, {}, {})  # literals only: numbers, True/False/None, strings
+    except Exception:
+        return name, value
+
+
+async def measure(args: argparse.Namespace) -> tuple[Series, Series]:
+    meter = OtherLoadMeter()
+    options = dict(parse_option(o) for o in args.option)
+    trainer = aiorl.Trainer(ENV_ID, num_workers=NUM_WORKERS, envs_per_worker=ENVS_PER_WORKER, **options)
+    venv = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID) for _ in range(VECTOR_ENVS)])
+    sampler = VectorSampler(venv)
+    ours = Series(f"aiorl {NUM_WORKERS} workers x {ENVS_PER_WORKER} envs, training (defaults)")
+    theirs = Series(f"SyncVectorEnv({VECTOR_ENVS}), sampling only, same MLP")
+    try:
+        async with trainer:
+            _progress(f"warming up ({args.warmup} s of training) ...")
+            await aiorl_window(trainer, args.warmup)
+            await asyncio.to_thread(sampler.run, seconds=args.warmup)
+            for index in range(args.repeats):
+                start = meter.snapshot()
+                ours.rates.append(await aiorl_window(trainer, args.seconds))
+                load = meter.cores(start, meter.snapshot())
+                if load is not None:
+                    ours.other_load.append(load)
+                start = meter.snapshot()
+                with torch.no_grad():
+                    theirs.rates.append(await asyncio.to_thread(sampler.run, seconds=args.seconds))
+                load = meter.cores(start, meter.snapshot())
+                if load is not None:
+                    theirs.other_load.append(load)
+                rates = f"aiorl {ours.rates[-1]:,.0f}, SyncVectorEnv {theirs.rates[-1]:,.0f}"
+                _progress(f"round {index + 1}: {rates} steps/s")
+    finally:
+        sampler.close()
+    return ours, theirs
+
+
+def render(ours: Series, theirs: Series, args: argparse.Namespace) -> tuple[str, bool]:
+    ratio = ours.median / theirs.median
+    met = ratio >= TARGET_RATIO
+    lines = [
+        f"- machine: {_cores()} CPUs ({platform.machine()}); Python {platform.python_version()}, "
+        f"torch {torch.__version__}, gymnasium {gym.__version__}, aiorl {aiorl.__version__}",
+        f"- {args.repeats} alternating windows of {args.seconds:g} s each after {args.warmup:g} s of warm-up; "
+        f"extra trainer options: {', '.join(args.option) or 'none'}",
+        "",
+        "| system | env steps/s (median) | min - max | other load (cores, max) |",
+        "|---|---:|---:|---:|",
+    ]
+    for series in (ours, theirs):
+        load = f"{max(series.other_load):.2f}" if series.other_load else "-"
+        lines.append(
+            f"| {series.name} | {series.median:,.0f} | {min(series.rates):,.0f} - {max(series.rates):,.0f} | {load} |"
+        )
+    lines += ["", f"ratio aiorl / SyncVectorEnv = {ratio:.2f} (target >= {TARGET_RATIO}: {'met' if met else 'MISSED'})"]
+    return "\n".join(lines), met
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 windows of 3 s")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per window (default 6; --quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="windows per system (default 5; --quick 3)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of training before the first window")
+    parser.add_argument("--option", action="append", default=[], help="extra Trainer option name=value")
+    parser.add_argument("--check", action="store_true", help="exit status 1 if the target ratio is missed")
+    args = parser.parse_args(argv)
+    args.seconds = args.seconds or (3.0 if args.quick else 6.0)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.seconds <= 0 or args.repeats < 1 or args.warmup <= 0:
+        parser.error("--seconds and --warmup must be > 0 and --repeats >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # the vector env's process, as in throughput.py; the trainer sets its own while it runs
+    ours, theirs = asyncio.run(measure(args))
+    table, met = render(ours, theirs, args)
+    print(table)
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
