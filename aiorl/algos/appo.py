@@ -48,11 +48,12 @@ from aiorl.models import evaluate
 class APPO:
     """APPO hyperparameters. Every field is validated at construction.
 
-    The defaults reach CartPole's 475 in about 50k steps with the trainer's defaults
-    (2 workers x 16 envs x 32 steps, ``max_policy_lag=4``).
+    With the trainer's defaults (2 workers x 16 envs x 32 steps, ``max_policy_lag=4``,
+    automatic normalisation) the defaults reach CartPole's 475 in about 33k env steps and
+    Pendulum's -250 in about 190k.
     """
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """Adam step size (at the start of a run when ``lr_schedule='linear'``)."""
     lr_schedule: Literal["constant", "linear"] = "linear"
     """``'linear'`` anneals the learning rate to 0 over each ``run()``'s ``total_steps``."""
@@ -73,10 +74,10 @@ class APPO:
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
-    update_epochs: int = 10
-    """Passes over each batch."""
-    num_minibatches: int = 4
-    """Minibatches per epoch."""
+    update_epochs: int = 4
+    """Passes over each batch (few: see :class:`~aiorl.algos.ppo.PPO`)."""
+    num_minibatches: int = 2
+    """Minibatches per epoch; they grow with the batch, which grows with the workers."""
     normalize_advantages: bool = True
     """Normalise advantages per minibatch to zero mean, unit std."""
     compile: bool | None = None
