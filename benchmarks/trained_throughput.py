@@ -26,6 +26,10 @@ Run it::
     python benchmarks/trained_throughput.py --quick      # ~20 s
     python benchmarks/trained_throughput.py --seconds 10 --repeats 5
     python benchmarks/trained_throughput.py --option 'algo=APPO(update_epochs=4)'   # another setting (repeatable)
+    python benchmarks/trained_throughput.py --workers 14 --device cuda              # a big machine
+
+The target ratio is defined for the defaults on 2 cores (2 workers x 32 envs); with
+``--workers``/``--device`` the table still shows the ratio to one SyncVectorEnv(32) process.
 """
 
 from __future__ import annotations
@@ -96,10 +100,10 @@ def parse_option(text: str) -> tuple[str, Any]:
 async def measure(args: argparse.Namespace) -> tuple[Series, Series]:
     meter = OtherLoadMeter()
     options = dict(parse_option(o) for o in args.option)
-    trainer = aiorl.Trainer(ENV_ID, num_workers=NUM_WORKERS, envs_per_worker=ENVS_PER_WORKER, **options)
+    trainer = aiorl.Trainer(ENV_ID, num_workers=args.workers, envs_per_worker=args.envs, device=args.device, **options)
     venv = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID) for _ in range(VECTOR_ENVS)])
     sampler = VectorSampler(venv)
-    ours = Series(f"aiorl {NUM_WORKERS} workers x {ENVS_PER_WORKER} envs, training (defaults)")
+    ours = Series(f"aiorl {args.workers} workers x {args.envs} envs, training (defaults, learner on {args.device})")
     theirs = Series(f"SyncVectorEnv({VECTOR_ENVS}), sampling only, same MLP")
     try:
         async with trainer:
@@ -163,6 +167,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="windows per system (default 5; --quick 3)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of training before the first window")
     parser.add_argument("--option", action="append", default=[], help="extra Trainer option name=value")
+    parser.add_argument("--workers", type=int, default=NUM_WORKERS, help=f"aiorl workers (default {NUM_WORKERS})")
+    parser.add_argument(
+        "--envs", type=int, default=ENVS_PER_WORKER, help=f"envs per worker (default {ENVS_PER_WORKER})"
+    )
+    parser.add_argument("--device", default="cpu", help="the learner's torch device (default cpu)")
     parser.add_argument("--check", action="store_true", help="exit status 1 if the target ratio is missed")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (3.0 if args.quick else 6.0)

@@ -217,3 +217,41 @@ def test_a_failing_compile_falls_back_to_eager(caplog):
     assert not learner.compiled
     assert "torch.compile of the learner's loss failed" in caplog.text
     assert np.isfinite(metrics["loss"])
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@needs_cuda
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit internals
+def test_cuda_learner_trains_like_the_cpu_one():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    algo = PPO(update_epochs=1, num_minibatches=1)  # one full-batch step: the sample order cannot matter
+    learners = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        learners[device] = algo.make_learner(ActorCritic((OBS_DIM,), dist), dist, device)
+    assert learners["cuda"].compiled, "a CUDA learner compiles its step by default"
+    for seed in range(3):  # the first update compiles, the next ones replay
+        want = learners["cpu"].update(cartpole_like_batch(seed=seed), progress=0.0)
+        got = learners["cuda"].update(cartpole_like_batch(seed=seed), progress=0.0)
+        for name in LOSS_STATS:
+            assert got[name] == pytest.approx(want[name], rel=1e-3, abs=1e-5), name
+    assert learners["cuda"].compiled
+    np.testing.assert_allclose(
+        flat_weights(learners["cuda"].policy), flat_weights(learners["cpu"].policy), rtol=1e-3, atol=1e-5
+    )
+
+
+@needs_cuda
+@pytest.mark.asyncio
+async def test_a_trainer_with_a_cuda_learner_trains_and_pins_its_batches():
+    from aiorl import Trainer
+
+    trainer = Trainer("CartPole-v1", device="cuda", seed=0, envs_per_worker=8)
+    async with trainer:
+        assert trainer._running is not None
+        assert trainer._running.consumer.builder.pin_memory
+        result = await trainer.run(total_steps=20_000)
+    assert result.env_steps >= 20_000 and result.updates > 0
+    assert next(trainer._learner.policy.parameters()).is_cuda

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 11's checks on a many-core machine with one CUDA GPU, in one run of under 10 minutes:
+# the learner on cuda against SB3, trained steps/s of 14 x 32 CartPole with the learner on cuda
+# and on cpu, time to 475 and trained steps/s against the number of workers, the image env.
+#
+# Usage, from the repository root (results go to $OUT, default /tmp/aiorl-big):
+#     bash benchmarks/big_machine.sh
+#
+# A machine without gymnasium & co. (the lent H200 has torch, numpy, uvloop, click, rich,
+# pytest): first download the wheels on a machine with pip access, into .whl/ (ignored by git):
+#     for p in gymnasium==1.4.0 farama-notifications==0.0.4 aiomultiprocess==0.9.1 tomli-w==1.2.0 \
+#              stable-baselines3==2.9.2 pytest-asyncio==1.5.0; do
+#         python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#             --platform manylinux_2_28_x86_64 -d .whl "$p"; done
+# then carry .whl along; this script installs them into /tmp/site when .whl/ exists.
+# Every step has its own time limit, so one slow step cannot take the rest down with it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/aiorl-big}"
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
+started=$SECONDS
+step() {  # step NAME SECONDS COMMAND...: run it with a time limit, output to $OUT/NAME.md
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s, at $((SECONDS - started))s)"
+    timeout "$limit" "$@" >"$OUT/$name.md" 2>"$OUT/$name.log"
+    echo "   exit $? after $((SECONDS - started))s"
+    cat "$OUT/$name.md"
+}
+{
+    nproc
+    python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
+} | tee "$OUT/machine.md"
+
+step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py -k cuda -rs
+cd benchmarks
+step learner 150 python3 learner.py --devices cuda --mlp-batches 2048 14336 --cnn-batches 3584 --repeats 5
+step trained_cuda 50 python3 trained_throughput.py --workers 14 --device cuda --seconds 5 --repeats 3
+step trained_cpu 50 python3 trained_throughput.py --workers 14 --device cpu --seconds 5 --repeats 3
+step scaling_cartpole 110 python3 scaling.py --tasks cartpole --device cuda --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
+step scaling_image 110 python3 scaling.py --tasks image --device cuda --workers 2 4 8 14 --seconds 12 --quiet-wait 0
+echo "total $((SECONDS - started))s"
