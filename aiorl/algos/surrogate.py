@@ -296,7 +296,7 @@ class SurrogateLearner:
         """Whether the minibatch loss runs compiled (set back to False if compiling failed)."""
         self._loss: LossFn = self._eager_loss
         if self.compiled:
-            self._loss = torch.compile(self._eager_loss)
+            self._loss = torch.compile(self._eager_loss, dynamic=False)  # fixed shapes: see Targets
         self._loss_checked = not self.compiled
 
     def _eager_loss(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
