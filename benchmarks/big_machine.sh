@@ -42,9 +42,12 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, output to $O
 
 step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py -k cuda -rs
 cd benchmarks
-step learner 150 python3 learner.py --devices cuda --mlp-batches 2048 14336 --cnn-batches 3584 --repeats 5
+step learner 130 python3 learner.py --devices cuda --mlp-batches 2048 14336 --cnn-batches 3584 --repeats 5
 step trained_cuda 50 python3 trained_throughput.py --workers 14 --device cuda --seconds 5 --repeats 3
 step trained_cpu 50 python3 trained_throughput.py --workers 14 --device cpu --seconds 5 --repeats 3
+# Learner placement: the default gives a CPU learner cores - workers = 2 threads; try 8.
+step trained_cpu_8_threads 45 python3 trained_throughput.py --workers 14 --device cpu --seconds 5 --repeats 3 \
+    --option learner_threads=8
 step scaling_cartpole 110 python3 scaling.py --tasks cartpole --device cuda --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
-step scaling_image 110 python3 scaling.py --tasks image --device cuda --workers 2 4 8 14 --seconds 12 --quiet-wait 0
+step scaling_image 100 python3 scaling.py --tasks image --device cuda --workers 2 4 8 14 --seconds 12 --quiet-wait 0
 echo "total $((SECONDS - started))s"

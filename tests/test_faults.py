@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 import threading
@@ -268,6 +269,10 @@ async def test_no_fd_or_thread_growth_across_50_restarts():
         **{**FAST, "max_restarts": 1000, "restart_backoff_s": 0.01, "restart_backoff_max_s": 0.05},
     ) as trainer:
         await replace_worker(trainer)
+        # Earlier tests' trainers may still hold torch's shared-memory fds (each tensor pickled for a
+        # worker gets one) until the garbage collector frees them: free them before the baseline,
+        # or the count falls during this test and hides growth.
+        gc.collect()
         fds, threads = open_fds(), threading.active_count()
         for _ in range(49):
             await replace_worker(trainer)

@@ -149,6 +149,7 @@ class APPOLearner(SurrogateLearner):
         # 2. PPO's clipped surrogate against the behaviour policy, on V-trace's advantages.
         targets = Targets.masked(
             valid,
+            all_valid=bool(batch.valid.all()),
             obs=obs,
             actions=b_actions,
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),

@@ -131,6 +131,7 @@ class PPOLearner(SurrogateLearner):
         # 2. The clipped surrogate against the behaviour policy's recorded log-probs.
         targets = Targets.masked(
             valid,
+            all_valid=bool(batch.valid.all()),
             obs=obs,
             actions=self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:]),
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),
