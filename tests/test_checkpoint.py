@@ -39,7 +39,12 @@ def assert_same_tensors(left: object, right: object) -> None:
 async def test_load_restores_weights_optimizer_counters_and_random_state(tmp_path):
     path = tmp_path / "checkpoint.pt"
     trainer = Trainer("CartPole-v1", PPO(), **SMALL)
-    await trainer.run(total_steps=1024, checkpoint_path=path)
+    at_last_update = {}
+
+    def remember(report):  # runs right after the checkpoint's snapshot, in the same loop turn
+        at_last_update.update(episodes=trainer.stats.episodes, returns=list(trainer.stats.recent_returns))
+
+    await trainer.run(total_steps=1024, checkpoint_path=path, on_update=remember)
     next_random = torch.rand(4)  # the learner's generator continues from here
 
     loaded = Trainer.load(path)
@@ -48,9 +53,12 @@ async def test_load_restores_weights_optimizer_counters_and_random_state(tmp_pat
     assert_same_tensors(loaded.policy.state_dict(), trainer.policy.state_dict())
     assert_same_tensors(loaded._learner.optimizer.state_dict(), trainer._learner.optimizer.state_dict())
     assert loaded.policy_version == trainer.policy_version > 0
-    for name in ("steps_trained", "episodes", "updates", "worker_restarts", "env_errors"):
+    for name in ("steps_trained", "updates", "worker_restarts", "env_errors"):
         assert getattr(loaded.stats, name) == getattr(trainer.stats, name), name
-    assert list(loaded.stats.recent_returns) == list(trainer.stats.recent_returns)
+    # Episodes that end in rollouts arriving after the last update are counted by the live trainer
+    # until its workers stop; the checkpoint holds the counts of its last update.
+    assert loaded.stats.episodes == at_last_update["episodes"] <= trainer.stats.episodes
+    assert list(loaded.stats.recent_returns) == at_last_update["returns"]
     assert loaded.stats.steps_pending == 0  # the saved pending steps count as discarded (shutdown)
     assert loaded.stats.steps_collected == loaded.stats.steps_trained + loaded.stats.steps_discarded
     assert loaded.config == trainer.config and loaded.algo == trainer.algo

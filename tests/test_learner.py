@@ -255,3 +255,21 @@ async def test_a_trainer_with_a_cuda_learner_trains_and_pins_its_batches():
         result = await trainer.run(total_steps=20_000)
     assert result.env_steps >= 20_000 and result.updates > 0
     assert next(trainer._learner.policy.parameters()).is_cuda
+
+
+def test_an_optimizer_state_saved_per_tensor_loads_into_the_flat_layout():
+    learner = make_learner()
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    torch.manual_seed(1)
+    old_policy = ActorCritic((OBS_DIM,), dist)
+    old_adam = torch.optim.Adam(old_policy.parameters(), lr=1e-3, eps=1e-5)  # aiorl 0.1's layout
+    sum(p.sum() for p in old_policy.parameters()).backward()
+    old_adam.step()
+
+    learner.load_state_dict({"policy": old_policy.state_dict(), "optimizer": old_adam.state_dict()})
+
+    (state,) = learner.optimizer.state.values()
+    expected = torch.cat([old_adam.state[p]["exp_avg"].reshape(-1) for p in old_policy.parameters()])
+    torch.testing.assert_close(state["exp_avg"], expected)
+    np.testing.assert_array_equal(flat_weights(learner.policy), flat_weights(old_policy))
+    assert np.isfinite(learner.update(cartpole_like_batch(), progress=0.0)["loss"])

@@ -398,11 +398,31 @@ class SurrogateLearner:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the policy's architecture must match)."""
+        """Restore what :meth:`state_dict` returned (the policy's architecture must match).
+
+        An optimiser state saved before the parameters were flattened (one Adam entry per
+        parameter tensor, aiorl 0.1 up to issue 11) is converted to the flat layout.
+        """
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(_flat_adam_state(state["optimizer"]))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the learner's device (copied without waiting when it sits in pinned memory)."""
         tensor = torch.from_numpy(array)
         return tensor.to(self.device, non_blocking=tensor.is_pinned()) if self.device.type != "cpu" else tensor
+
+
+def _flat_adam_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (an Adam ``state_dict``) in the layout of a learner's Adam, whose one parameter is flat."""
+    (group,) = saved["param_groups"]
+    if len(group["params"]) == 1:
+        return saved
+    per_tensor = [saved["state"].get(index) for index in group["params"]]  # the policy's parameter order
+    if any(entry is None for entry in per_tensor):  # saved before any step: nothing to carry over
+        return {"state": {}, "param_groups": [{**group, "params": [0]}]}
+    flat_state = {
+        "step": max(entry["step"] for entry in per_tensor),
+        "exp_avg": torch.cat([entry["exp_avg"].reshape(-1) for entry in per_tensor]),
+        "exp_avg_sq": torch.cat([entry["exp_avg_sq"].reshape(-1) for entry in per_tensor]),
+    }
+    return {"state": {0: flat_state}, "param_groups": [{**group, "params": [0]}]}
