@@ -11,6 +11,7 @@ from torch import nn
 
 import aiorl
 from aiorl import PPO, ConfigError, Trainer
+from aiorl.models import ObservationNormalizer
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +114,36 @@ def test_defaults_build_a_ppo_trainer():
     trainer = aiorl.Trainer("CartPole-v1")
     assert isinstance(trainer.algo, PPO)
     assert trainer.config.num_workers >= 1
+
+
+@pytest.mark.parametrize(
+    ("env", "observations"),
+    [("CartPole-v1", True), ("Pendulum-v1", True), ("FrozenLake-v1", False)],
+)
+def test_normalisation_is_chosen_for_the_env_when_left_automatic(env, observations):
+    trainer = Trainer(env)
+    assert trainer.config.normalize_observations is observations  # flat float Box observations only
+    assert trainer.config.normalize_rewards is True  # PPO has a discount
+    assert isinstance(trainer.policy, ObservationNormalizer) is observations
+
+
+def test_normalisation_set_by_the_user_is_kept():
+    trainer = Trainer("CartPole-v1", normalize_observations=False, normalize_rewards=False)
+    assert trainer.config.normalize_observations is False and trainer.config.normalize_rewards is False
+    assert trainer.reward_normalizer is None
+
+
+def test_an_algorithm_without_a_discount_gets_no_reward_normalisation():
+    class NoDiscount:
+        def make_learner(self, policy, dist, device):
+            return PPO().make_learner(policy, dist, device)
+
+    assert Trainer("CartPole-v1", NoDiscount()).config.normalize_rewards is False
+    with pytest.raises(ConfigError, match=r"normalize_rewards=True needs the algorithm's discount"):
+        Trainer("CartPole-v1", NoDiscount(), normalize_rewards=True)
+
+
+@pytest.mark.parametrize("value", [1, "yes"])
+def test_normalisation_must_be_a_bool_or_none(value):
+    with pytest.raises(ConfigError, match=rf"normalize_observations={value!r} must be True, False or None"):
+        Trainer("CartPole-v1", normalize_observations=value)

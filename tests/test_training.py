@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from conftest import SMALL
 
 from aiorl import Trainer
 
@@ -15,6 +18,26 @@ async def test_cartpole_reaches_475_with_default_settings():
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
     assert result.mean_return >= 475
     assert result.worker_restarts == 0
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_pendulum_reaches_minus_250_with_default_settings():
+    # gamma 0.99 and no preset: the automatic observation and reward normalisation make it learn.
+    trainer = Trainer("Pendulum-v1", seed=0)
+    result = await trainer.run(total_steps=800_000, target_return=-250)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_the_log_says_when_a_preset_exists_and_when_one_is_used(caplog):
+    with caplog.at_level(logging.INFO, logger="aiorl"):
+        async with Trainer("CartPole-v1", **SMALL):
+            pass
+        assert "a tuned preset exists for CartPole-v1: Trainer.from_preset('CartPole-v1')" in caplog.text
+        async with Trainer.from_preset("CartPole-v1", **SMALL) as trainer:
+            assert trainer.preset == "CartPole-v1"
+        assert "settings: the tuned preset 'CartPole-v1'" in caplog.text
 
 
 @pytest.mark.slow
