@@ -41,14 +41,10 @@ PRESETS: dict[str, Preset] = {
     ),
     "Acrobot-v1": Preset(
         env="Acrobot-v1",
-        algo=PPO(update_epochs=10, num_minibatches=4),
-        options={
-            "num_workers": 2,
-            "envs_per_worker": 16,
-            "rollout_length": 32,
-            "normalize_observations": False,
-            "normalize_rewards": False,
-        },
+        # The defaults: -100 in 42-53k env steps (3.4-4.8 s on 2 cores, seeds 0-3), where the
+        # PPO 10 x 4 settings of before took most of a 400k-step budget.
+        algo=PPO(),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
         target_return=-100.0,
     ),
     "Pendulum-v1": Preset(

@@ -75,7 +75,8 @@ class TrainResult:
     Attributes:
         env_steps: env steps trained on during this run.
         episodes: episodes that finished during this run.
-        mean_return: mean return of the last ``return_window`` finished episodes.
+        mean_return: mean return of the last ``return_window`` finished episodes when the run
+            decided to stop.
         wall_time: seconds this run took.
         worker_restarts: workers replaced during this run.
         env_errors: env exceptions recovered from during this run (env re-created).
@@ -537,11 +538,11 @@ class Trainer:
         return TrainResult(
             env_steps=stats.steps_trained - goal.trained_at_start,
             episodes=stats.episodes - episodes_at_start,
-            mean_return=stats.mean_return,
+            mean_return=stats.mean_return if goal.final_return is None else goal.final_return,
             wall_time=time.monotonic() - started,
             worker_restarts=stats.worker_restarts - restarts_at_start,
             env_errors=stats.env_errors - env_errors_at_start,
-            reached_target=goal.reached_target(stats),
+            reached_target=goal.target_reached or goal.reached_target(stats),
             updates=stats.updates - updates_at_start,
             policy_version=running.consumer.version,
             total_env_steps=stats.steps_trained,

@@ -92,6 +92,11 @@ class RunGoal:
     started: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
     """Set by ``trainer.stop()``: end after the update in progress."""
+    target_reached: bool = False
+    """Latched once a full window of episodes averaged ``target_return``."""
+    final_return: float | None = None
+    """The mean return when :meth:`done` first said stop (rollouts that arrive while the run
+    winds down still add episodes to the trainer's statistics, not to this)."""
 
     def progress(self, stats: TrainingStats) -> float:
         """Fraction of ``total_steps`` trained in this run, in [0, 1]."""
@@ -102,8 +107,12 @@ class RunGoal:
         return self.target_return is not None and stats.window_full and stats.mean_return >= self.target_return
 
     def done(self, stats: TrainingStats) -> bool:
-        """Whether the run should stop now."""
-        return self.stop_requested or self.progress(stats) >= 1.0 or self.reached_target(stats)
+        """Whether the run should stop now (the first yes latches the target and the return)."""
+        self.target_reached = self.target_reached or self.reached_target(stats)
+        done = self.stop_requested or self.progress(stats) >= 1.0 or self.target_reached
+        if done and self.final_return is None:
+            self.final_return = stats.mean_return
+        return done
 
 
 class Consumer:
