@@ -86,6 +86,18 @@ async def aiorl_window(trainer: aiorl.Trainer, seconds: float) -> float:
     return (s1 - s0) / (t1 - t0)
 
 
+def sample_one_thread(sampler: VectorSampler, seconds: float) -> float:
+    """One window of the vector env with one torch thread (the trainer sets the process's
+    thread count for its learner while it runs; the learner is idle during this window)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return sampler.run(seconds=seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     """``name=value`` with a Python literal value, or ``algo=PPO(...)`` / ``algo=APPO(...)``."""
     name, _, value = text.partition("=")
@@ -117,8 +129,7 @@ async def measure(args: argparse.Namespace) -> tuple[Series, Series]:
                 if load is not None:
                     ours.other_load.append(load)
                 start = meter.snapshot()
-                with torch.no_grad():
-                    theirs.rates.append(await asyncio.to_thread(sampler.run, seconds=args.seconds))
+                theirs.rates.append(await asyncio.to_thread(sample_one_thread, sampler, args.seconds))
                 load = meter.cores(start, meter.snapshot())
                 if load is not None:
                     theirs.other_load.append(load)
