@@ -304,7 +304,8 @@ def _print_result(result: TrainResult, logdir: Path) -> None:
     outcome = "reached the target" if result.reached_target else "finished"
     click.echo(
         f"{outcome}: mean return {result.mean_return:.2f} after {result.total_env_steps:,} steps "
-        f"({result.updates} updates, {result.wall_time:.1f} s, {result.steps_per_second:,.0f} steps/s); "
+        f"({result.updates} updates, {result.wall_time:.1f} s, {result.steps_per_second:,.0f} steps/s, "
+        f"learner busy {result.learner_busy:.0%}); "
         f"logs and checkpoint in {logdir}"
     )
 

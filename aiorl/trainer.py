@@ -90,6 +90,7 @@ class TrainResult:
         policy_lag: lag of the samples trained on over the trainer's life.
         evaluations: the periodic evaluations of this run (``eval_interval_steps``), oldest first.
         stopped: whether the run ended because ``trainer.stop()`` was called.
+        learner_time: seconds the learner spent in updates during this run (see ``learner_busy``).
     """
 
     env_steps: int
@@ -108,11 +109,21 @@ class TrainResult:
     policy_lag: LagStats | None = None
     evaluations: tuple[EvalResult, ...] = ()
     stopped: bool = False
+    learner_time: float = 0.0
 
     @property
     def steps_per_second(self) -> float:
         """Env steps trained per wall-clock second in this run."""
         return self.env_steps / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def learner_busy(self) -> float:
+        """The share of the run's wall time the learner was updating, in [0, 1].
+
+        Near 1 the learner sets the pace (fewer epochs or a GPU train faster); well below,
+        the workers do (more workers or envs collect faster).
+        """
+        return min(self.learner_time / self.wall_time, 1.0) if self.wall_time > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -516,6 +527,7 @@ class Trainer:
             stop_requested=self._stop_requested,
         )
         episodes_at_start, updates_at_start = stats.episodes, stats.updates
+        learner_s_at_start = running.consumer.learner_s
         restarts_at_start, env_errors_at_start = stats.worker_restarts, stats.env_errors
         started = self._run_started = time.monotonic()
         checkpointer = self._checkpointer(checkpointing, RunPlan(total_steps, target_return, start))
@@ -552,6 +564,7 @@ class Trainer:
             policy_lag=running.consumer.lag_summary(),
             evaluations=tuple(evaluation.results),
             stopped=goal.stop_requested,
+            learner_time=running.consumer.learner_s - learner_s_at_start,
         )
 
     def _after_update(

@@ -68,3 +68,14 @@ async def test_acrobot_preset_reaches_minus_100():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"preset='Pong' is unknown; known presets: Acrobot-v1, CartPole-v1"):
         Trainer.from_preset("Pong")
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_run_reports_how_busy_its_learner_was():
+    trainer = Trainer("CartPole-v1", **SMALL)
+    first = await trainer.run(total_steps=2048)
+    second = await trainer.run(total_steps=1024)
+    for result in (first, second):
+        assert result.updates > 0
+        assert 0 < result.learner_time <= result.wall_time
+        assert result.learner_busy == pytest.approx(result.learner_time / result.wall_time)

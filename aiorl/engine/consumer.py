@@ -145,6 +145,9 @@ class Consumer:
         self.in_batch: list[ReadyRollout] = []
         self.in_flight = 0  # env steps of the batch the learner thread is working on
         self.version = 0
+        self.learner_s = 0.0
+        """Seconds the learner spent in finished updates over the trainer's life."""
+        self._learner_s_at_run_start = 0.0
         self.last_weights = learner.weights()
         self.lag_min: int | None = None
         self.lag_max: int | None = None
@@ -162,6 +165,7 @@ class Consumer:
     async def run(self, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         """Train until ``goal`` is met or :meth:`stop` is called."""
         self._goal = goal
+        self._learner_s_at_run_start = self.learner_s
         while not goal.done(self.stats):
             rollout = await self._next_rollout(goal)
             if rollout is None:
@@ -265,6 +269,7 @@ class Consumer:
             mean_return=self.stats.mean_return,
             update_s=time.monotonic() - started,
         )
+        self.learner_s += report.update_s
         self._log_progress(report, goal)
         if on_update is not None:
             on_update(report)
@@ -338,11 +343,12 @@ class Consumer:
         elapsed = now - goal.started
         run_steps = self.stats.steps_trained - goal.trained_at_start
         log.info(
-            "update %d | steps %d | %.0f steps/s | return %.1f (%d episodes) | lag %d/%.2f/%d | "
-            "policy loss %.4f | value loss %.4f | entropy %.3f",
+            "update %d | steps %d | %.0f steps/s | learner busy %.0f%% | return %.1f (%d episodes) | "
+            "lag %d/%.2f/%d | policy loss %.4f | value loss %.4f | entropy %.3f",
             report.version,
             report.env_steps,
             run_steps / max(elapsed, 1e-9),
+            100 * (self.learner_s - self._learner_s_at_run_start) / max(elapsed, 1e-9),
             report.mean_return,
             self.stats.episodes,
             report.lag.min,
