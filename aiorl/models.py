@@ -236,6 +236,8 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
     does by default): zero ``flat.grad`` instead. Move the module to its device first.
     """
     params = list(module.parameters())
+    if not params:
+        raise ConfigError(f"policy={type(module).__name__} has no parameters to train")
     with torch.no_grad():
         flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
     flat.grad = torch.zeros_like(flat)
