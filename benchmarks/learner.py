@@ -26,15 +26,12 @@ Systems
   of its algorithm's work: the batch's copy to the device, a forward pass over the
   whole batch to recompute the values (APPO: and the target log-probs), GAE (APPO:
   V-trace) on the CPU, then the epochs of minibatch gradient steps.
-- ``aiorl PPO (compile)`` / ``aiorl APPO (compile)``: only where aiorl can compile
-  the learner (the algorithm config has a ``compile`` field, or ``make_learner``
-  takes a ``compile`` keyword), the same with ``compile=True``; the plain rows then
-  ask for ``compile=False``. A compiled learner's first update includes the
+- ``aiorl PPO (compile)`` / ``aiorl APPO (compile)``: the same with the config's
+  ``compile=True``; the plain rows ask for ``compile=False``. A compiled learner's first update includes the
   compilation (the ``first update s`` column, shown for every row); the
   ``compiled`` column says whether the learner really ran compiled (aiorl falls
   back to eager when compiling fails). On CUDA the batch's arrays are in
-  page-locked memory when the trainer's ``BatchBuilder`` supports ``pin_memory``,
-  as the trainer's are for a CUDA learner.
+  page-locked memory, as the trainer's are for a CUDA learner.
 - ``SB3 PPO`` (MLP only): ``stable_baselines3.PPO("MlpPolicy")`` with
   ``net_arch=dict(pi=[64, 64], vf=[64, 64])`` and tanh (the same network as
   aiorl's), the PPO config's epochs and minibatches (``n_epochs=10``,
@@ -95,7 +92,6 @@ markdown table and the setup to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import platform
@@ -109,11 +105,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter
+from other_load import OtherLoadMeter, busy_warning
 from torch import nn
 
 import aiorl
-from aiorl.algos.batch import BatchBuilder, RolloutBatch
+from aiorl.algos.batch import RolloutBatch
 from aiorl.distributions import ActionDistribution
 
 try:
@@ -294,32 +290,9 @@ def time_round_robin(systems: Sequence[Timed], warmup: int, repeats: int) -> Non
             system.row.times.append(system.once())
 
 
-def compile_mode(algo: Any) -> str | None:
-    """How ``algo`` is asked for a compiled learner: ``"config"`` (a ``compile`` field),
-    ``"keyword"`` (``make_learner(..., compile=...)``), or ``None`` (it cannot be)."""
-    if "compile" in getattr(algo, "__dataclass_fields__", {}):
-        return "config"
-    try:
-        if "compile" in inspect.signature(algo.make_learner).parameters:
-            return "keyword"
-    except (TypeError, ValueError):
-        pass
-    return None
-
-
 def make_learner(algo: Any, policy: nn.Module, dist: ActionDistribution, device: str, compile: bool) -> Any:
-    """``algo``'s learner, compiled or not (as far as ``algo`` lets us choose)."""
-    mode = compile_mode(algo)
-    if mode == "config":
-        return replace(algo, compile=compile).make_learner(policy, dist, device)
-    if mode == "keyword":
-        return algo.make_learner(policy, dist, device, compile=compile)
-    return algo.make_learner(policy, dist, device)
-
-
-def trainer_pins_batches() -> bool:
-    """Whether the trainer can put batches in page-locked memory (``BatchBuilder(pin_memory=...)``)."""
-    return "pin_memory" in inspect.signature(BatchBuilder).parameters
+    """``algo``'s learner, compiled or not (``compile`` is a field of PPO's and APPO's configs)."""
+    return replace(algo, compile=compile).make_learner(policy, dist, device)
 
 
 def pinned(data: Data) -> Data:
@@ -337,9 +310,8 @@ def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, com
 
     def update() -> None:
         learner.update(data.batch, progress=0.0)
-        if compile_mode(algo) is not None:
-            compiled = getattr(learner, "compiled", compile)  # False after a failed compile
-            row.compiled = "yes" if compiled else ("no (compiling failed)" if compile else "no")
+        # ``learner.compiled`` turns False when compiling failed and the learner went on eager.
+        row.compiled = "yes" if learner.compiled else ("no (compiling failed)" if compile else "no")
 
     return Timed(row, update)
 
@@ -414,7 +386,7 @@ def systems_for(net: Net, compile_nets: Sequence[str]) -> list[tuple[str, Any, b
     systems: list[tuple[str, Any, bool]] = []
     for name, algo in (("aiorl PPO", aiorl.PPO()), ("aiorl APPO", aiorl.APPO())):
         systems.append((name, algo, False))
-        if net.name in compile_nets and compile_mode(algo) is not None:
+        if net.name in compile_nets:
             systems.append((f"{name} (compile)", algo, True))
     if net.name == "mlp":
         systems.append(("SB3 PPO", None, False))
@@ -434,7 +406,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
             net = NETS[net_name]
             for size in sizes:
                 data = make_data(net, ROLLOUT_LENGTH, size // ROLLOUT_LENGTH, ppo.gamma)
-                if device.startswith("cuda") and trainer_pins_batches():
+                if device.startswith("cuda"):  # as the trainer's batches are for a CUDA learner
                     data = pinned(data)
                 _progress(f"{device} {net_name} batch {size:,}: building and warming up ...")
                 start = meter.snapshot()
@@ -520,11 +492,7 @@ def render_table(rows: Sequence[Row]) -> str:
 
 def describe_setup(args: argparse.Namespace) -> str:
     ppo, appo = aiorl.PPO(), aiorl.APPO()
-    compile_note = {
-        "config": "rows '(compile)' use the config's compile=True, the others compile=False",
-        "keyword": "rows '(compile)' use make_learner(..., compile=True), the others compile=False",
-        None: "none (no compile field or make_learner keyword): no compiled rows",
-    }[compile_mode(ppo)]
+    compile_note = "rows '(compile)' use the config's compile=True, the others compile=False"
     versions = (
         f"Python {platform.python_version()}, torch {torch.__version__}, gymnasium {gym.__version__}, "
         f"numpy {np.__version__}, aiorl {aiorl.__version__}, stable-baselines3 {sb3.__version__}"
@@ -546,13 +514,7 @@ def describe_setup(args: argparse.Namespace) -> str:
 
 
 def render_warning(rows: Sequence[Row]) -> str | None:
-    loads = [row.other_load for row in rows if row.other_load is not None]
-    if not loads or max(loads) <= 0.3:
-        return None
-    return (
-        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during a row; "
-        "rerun on an idle machine for numbers to rely on."
-    )
+    return busy_warning([row.other_load for row in rows if row.other_load is not None], 0.3, "rows")
 
 
 # ---- main --------------------------------------------------------------------------------------

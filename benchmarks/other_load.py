@@ -1,6 +1,6 @@
 """How much CPU other processes took during a measurement, so benchmarks can flag or redo it.
 
-Shared by ``throughput.py`` and ``time_to_solve.py``.
+Shared by the benchmark scripts.
 """
 
 from __future__ import annotations
@@ -70,3 +70,15 @@ class OtherLoadMeter:
             total += cpu.get(pid, 0)
             todo.extend(children.get(pid, ()))
         return total / self.tick
+
+
+def busy_warning(loads: list[float], threshold: float, what: str, why: str = "") -> str | None:
+    """A warning if other processes took more than ``threshold`` cores during any of ``loads``
+    (one per run, window or row: ``what``), else ``None``."""
+    if not loads or max(loads) <= threshold:
+        return None
+    busy = sum(load > threshold for load in loads)
+    return (
+        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
+        f"{len(loads)} {what}; {why}rerun on an idle machine for numbers to rely on."
+    )

@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter
+from other_load import OtherLoadMeter, busy_warning
 
 import aiorl
 from aiorl.distributions import ActionDistribution
@@ -385,14 +385,8 @@ def render_table(results: Sequence[Measurement]) -> str:
 def render_warning(results: Sequence[Measurement]) -> str | None:
     """A warning if other processes took noticeable CPU during any window."""
     loads = [load for m in results for load in m.other_load]
-    if not loads or max(loads) <= OTHER_LOAD_WARN:
-        return None
-    busy = sum(load > OTHER_LOAD_WARN for load in loads)
-    return (
-        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
-        f"{len(loads)} windows; aiorl (which needs every core) loses more to that than SyncVectorEnv "
-        "(one core). Rerun on an idle machine for numbers to rely on."
-    )
+    why = "aiorl (which needs every core) loses more to that than SyncVectorEnv (one core); "
+    return busy_warning(loads, OTHER_LOAD_WARN, "windows", why)
 
 
 def render_ratios(results: Sequence[Measurement]) -> tuple[str, bool]:

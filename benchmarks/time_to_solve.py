@@ -87,7 +87,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter
+from other_load import OtherLoadMeter, busy_warning
 
 import aiorl
 
@@ -513,14 +513,7 @@ def describe_setup(args: argparse.Namespace) -> str:
 
 
 def render_warning(runs: Sequence[Run]) -> str | None:
-    loads = [r.other_load for r in runs if r.other_load is not None]
-    if not loads or max(loads) <= QUIET_LOAD:
-        return None
-    busy = sum(load > QUIET_LOAD for load in loads)
-    return (
-        f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
-        f"{len(loads)} runs; rerun on an idle machine for numbers to rely on."
-    )
+    return busy_warning([r.other_load for r in runs if r.other_load is not None], QUIET_LOAD, "runs")
 
 
 # ---- main ------------------------------------------------------------------------------------

@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import torch
 from other_load import OtherLoadMeter
-from throughput import VectorSampler
+from throughput import Measurement, VectorSampler
 
 import aiorl
 
@@ -56,19 +55,6 @@ NUM_WORKERS = 2
 ENVS_PER_WORKER = 32
 VECTOR_ENVS = 32
 TARGET_RATIO = 0.65
-
-
-@dataclass(slots=True)
-class Series:
-    """Windows of one system: env steps/s and other processes' load per window."""
-
-    name: str
-    rates: list[float] = field(default_factory=list)
-    other_load: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
 
 
 async def aiorl_window(trainer: aiorl.Trainer, seconds: float) -> float:
@@ -109,14 +95,15 @@ def parse_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
-async def measure(args: argparse.Namespace) -> tuple[Series, Series]:
+async def measure(args: argparse.Namespace) -> tuple[Measurement, Measurement]:
     meter = OtherLoadMeter()
     options = dict(parse_option(o) for o in args.option)
     trainer = aiorl.Trainer(ENV_ID, num_workers=args.workers, envs_per_worker=args.envs, device=args.device, **options)
     venv = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID) for _ in range(VECTOR_ENVS)])
     sampler = VectorSampler(venv)
-    ours = Series(f"aiorl {args.workers} workers x {args.envs} envs, training (defaults, learner on {args.device})")
-    theirs = Series(f"SyncVectorEnv({VECTOR_ENVS}), sampling only, same MLP")
+    label = f"aiorl {args.workers} workers x {args.envs} envs, training (defaults, learner on {args.device})"
+    ours = Measurement("aiorl", label, args.workers * args.envs)
+    theirs = Measurement("SyncVectorEnv", f"SyncVectorEnv({VECTOR_ENVS}), sampling only, same MLP", VECTOR_ENVS)
     try:
         async with trainer:
             _progress(f"warming up ({args.warmup} s of training) ...")
@@ -140,7 +127,7 @@ async def measure(args: argparse.Namespace) -> tuple[Series, Series]:
     return ours, theirs
 
 
-def render(ours: Series, theirs: Series, args: argparse.Namespace) -> tuple[str, bool]:
+def render(ours: Measurement, theirs: Measurement, args: argparse.Namespace) -> tuple[str, bool]:
     ratio = ours.median / theirs.median
     met = ratio >= TARGET_RATIO
     lines = [
@@ -155,15 +142,13 @@ def render(ours: Series, theirs: Series, args: argparse.Namespace) -> tuple[str,
     for series in (ours, theirs):
         load = f"{max(series.other_load):.2f}" if series.other_load else "-"
         lines.append(
-            f"| {series.name} | {series.median:,.0f} | {min(series.rates):,.0f} - {max(series.rates):,.0f} | {load} |"
+            f"| {series.label} | {series.median:,.0f} | {min(series.rates):,.0f} - {max(series.rates):,.0f} | {load} |"
         )
     lines += ["", f"ratio aiorl / SyncVectorEnv = {ratio:.2f} (target >= {TARGET_RATIO}: {'met' if met else 'MISSED'})"]
     return "\n".join(lines), met
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

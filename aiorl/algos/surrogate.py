@@ -296,6 +296,7 @@ class SurrogateLearner:
         self.surrogate_config = config
         self.parameters = flatten_parameters(self.policy)
         """All of the policy's parameters as one flat tensor (the policy's own are views of it)."""
+        self._grad: torch.Tensor = self.parameters.grad  # type: ignore[assignment]  # set by flatten_parameters
         self.optimizer = make_optimizer([self.parameters], config.learning_rate)
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
         """Whether the minibatch loss runs compiled (set back to False if compiling failed)."""
@@ -322,9 +323,7 @@ class SurrogateLearner:
 
     def _backward(self, loss_fn: LossFn, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         loss, stats = loss_fn(*minibatch)
-        grad = self.parameters.grad
-        assert grad is not None
-        grad.zero_()
+        self._grad.zero_()
         loss.backward()  # accumulates into views of ``grad``
         return stats
 
@@ -336,8 +335,7 @@ class SurrogateLearner:
                 whose). :meth:`update` then puts the policy and the optimiser back.
         """
         cfg = self.surrogate_config
-        grad = self.parameters.grad
-        assert grad is not None
+        grad = self._grad
         size = targets.valid.numel()
         minibatches = min(cfg.num_minibatches, size)
         totals = torch.zeros(len(STATS), device=self.device)
