@@ -42,12 +42,14 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, output to $O
 
 step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py -k cuda -rs
 cd benchmarks
-step learner 130 python3 learner.py --devices cuda --mlp-batches 2048 14336 --cnn-batches 3584 --repeats 5
-step trained_cuda 50 python3 trained_throughput.py --workers 14 --device cuda --seconds 5 --repeats 3
-step trained_cpu 50 python3 trained_throughput.py --workers 14 --device cpu --seconds 5 --repeats 3
+# PPO only (the trainer's default; APPO's step is the same loss): eager, compiled, compiled with CUDA graphs, SB3.
+step learner 140 python3 learner.py --devices cuda --algos ppo --mlp-batches 14336 --cnn-batches 3584 --repeats 5
+step trained_cuda 45 python3 trained_throughput.py --workers 14 --device cuda --seconds 4 --repeats 3
+step trained_cpu 40 python3 trained_throughput.py --workers 14 --device cpu --seconds 4 --repeats 3
 # Learner placement: the default gives a CPU learner cores - workers = 2 threads; try 8.
-step trained_cpu_8_threads 45 python3 trained_throughput.py --workers 14 --device cpu --seconds 5 --repeats 3 \
+step trained_cpu_8_threads 35 python3 trained_throughput.py --workers 14 --device cpu --seconds 4 --repeats 2 \
     --option learner_threads=8
-step scaling_cartpole 110 python3 scaling.py --tasks cartpole --device cuda --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
-step scaling_image 100 python3 scaling.py --tasks image --device cuda --workers 2 4 8 14 --seconds 12 --quiet-wait 0
+# Time to 475 as a user scales the CartPole preset (learner on the CPU, the default device).
+step scaling_cartpole 80 python3 scaling.py --tasks cartpole --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
+step scaling_image 120 python3 scaling.py --tasks image --device cuda --workers 2 4 8 14 --seconds 10 --quiet-wait 0
 echo "total $((SECONDS - started))s"

@@ -32,6 +32,9 @@ Systems
   ``compiled`` column says whether the learner really ran compiled (aiorl falls
   back to eager when compiling fails). On CUDA the batch's arrays are in
   page-locked memory, as the trainer's are for a CUDA learner.
+- ``... (compile, CUDA graphs)`` (CUDA only): compiled with ``torch.compile``'s
+  ``mode="reduce-overhead"``, which replays the loss's forward and backward as CUDA
+  graphs (an experiment: the trainer does not use it yet).
 - ``SB3 PPO`` (MLP only): ``stable_baselines3.PPO("MlpPolicy")`` with
   ``net_arch=dict(pi=[64, 64], vf=[64, 64])`` and tanh (the same network as
   aiorl's), the PPO config's epochs and minibatches (``n_epochs=10``,
@@ -301,12 +304,18 @@ def pinned(data: Data) -> Data:
     return Data(batch=RolloutBatch(**arrays), next_values=data.next_values)
 
 
-def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, compile: bool = False) -> Timed:
-    """``learner.update`` of ``algo`` on ``data``, ready to time."""
+def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, compile: bool | str = False) -> Timed:
+    """``learner.update`` of ``algo`` on ``data``, ready to time.
+
+    ``compile`` a string: compiled with that ``torch.compile`` mode (``"reduce-overhead"``:
+    CUDA graphs), through :meth:`~aiorl.algos.surrogate.SurrogateLearner.compile_loss`.
+    """
     row = Row(name, net.name, device, epochs=algo.update_epochs, minibatches=algo.num_minibatches)
     row.steps, row.envs = data.batch.rewards.shape
     dist = ActionDistribution.for_space(net.action_space)
-    learner = make_learner(algo, net.make_policy(dist), dist, device, compile)
+    learner = make_learner(algo, net.make_policy(dist), dist, device, compile is True)
+    if isinstance(compile, str):
+        learner.compile_loss(mode=compile)
 
     def update() -> None:
         learner.update(data.batch, progress=0.0)
@@ -381,13 +390,19 @@ def sb3_system(ppo: aiorl.PPO, net: Net, data: Data, device: str) -> Timed:
 # ---- driver ------------------------------------------------------------------------------------
 
 
-def systems_for(net: Net, compile_nets: Sequence[str]) -> list[tuple[str, Any, bool]]:
+def systems_for(
+    net: Net, compile_nets: Sequence[str], device: str, algos: Sequence[str] = ("ppo", "appo")
+) -> list[tuple[str, Any, bool | str]]:
     """``(name, algo config or None for SB3, compile)`` in the order they run."""
-    systems: list[tuple[str, Any, bool]] = []
+    systems: list[tuple[str, Any, bool | str]] = []
     for name, algo in (("aiorl PPO", aiorl.PPO()), ("aiorl APPO", aiorl.APPO())):
+        if name.split()[-1].lower() not in algos:
+            continue
         systems.append((name, algo, False))
         if net.name in compile_nets:
             systems.append((f"{name} (compile)", algo, True))
+            if device.startswith("cuda"):
+                systems.append((f"{name} (compile, CUDA graphs)", algo, "reduce-overhead"))
     if net.name == "mlp":
         systems.append(("SB3 PPO", None, False))
     return systems
@@ -411,7 +426,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 _progress(f"{device} {net_name} batch {size:,}: building and warming up ...")
                 start = meter.snapshot()
                 timed: list[Timed] = []
-                for name, algo, compile in systems_for(net, args.compile_nets):
+                for name, algo, compile in systems_for(net, args.compile_nets, device, args.algos):
                     try:
                         if algo is None:
                             system = sb3_system(ppo, net, data, device)
@@ -537,6 +552,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="MLP batch 1,024, CNN batch 64, 1 warm-up, 2 repeats, compiled learners for the MLP only",
     )
     parser.add_argument("--no-compile", action="store_true", help="no compiled-learner rows")
+    parser.add_argument(
+        "--algos", nargs="+", choices=["ppo", "appo"], default=["ppo", "appo"], help="aiorl's rows (default: both)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads for every row (default: all usable cores)")
     parser.add_argument(
         "--devices", default="cpu,cuda", help="comma-separated devices (default: cpu,cuda; cuda skipped if absent)"

@@ -224,7 +224,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @needs_cuda
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit internals
-def test_cuda_learner_trains_like_the_cpu_one():
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["default", "cuda-graphs"])
+def test_cuda_learner_trains_like_the_cpu_one(mode):
     dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
     algo = PPO(update_epochs=1, num_minibatches=1)  # one full-batch step: the sample order cannot matter
     learners = {}
@@ -232,6 +233,8 @@ def test_cuda_learner_trains_like_the_cpu_one():
         torch.manual_seed(0)
         learners[device] = algo.make_learner(ActorCritic((OBS_DIM,), dist), dist, device)
     assert learners["cuda"].compiled, "a CUDA learner compiles its step by default"
+    if mode is not None:
+        learners["cuda"].compile_loss(mode=mode)
     for seed in range(3):  # the first update compiles, the next ones replay
         want = learners["cpu"].update(cartpole_like_batch(seed=seed), progress=0.0)
         got = learners["cuda"].update(cartpole_like_batch(seed=seed), progress=0.0)

@@ -280,6 +280,23 @@ def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
 
 
+_LEARNERS_PER_PROCESS = 64
+"""Compiled learners one process may build before dynamo stops compiling new ones."""
+
+
+def _allow_recompiles(count: int) -> None:
+    """Let dynamo compile the loss for ``count`` learners in one process.
+
+    Dynamo keeps one cache per code object, and every learner's ``_eager_loss`` is the
+    same code object: past torch's default limit (8 versions) it would silently run
+    further learners eager while :attr:`SurrogateLearner.compiled` says True (a
+    benchmark or a test suite builds more than 8).
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), count))
+
+
 class SurrogateLearner:
     """What PPO's and APPO's learners share: the policy on its device, Adam, the epochs, flat weights.
 
@@ -301,9 +318,20 @@ class SurrogateLearner:
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
         """Whether the minibatch loss runs compiled (set back to False if compiling failed)."""
         self._loss: LossFn = self._eager_loss
+        self._loss_checked = True
         if self.compiled:
-            self._loss = torch.compile(self._eager_loss, dynamic=False)  # fixed shapes: see Targets
-        self._loss_checked = not self.compiled
+            self.compile_loss()
+
+    def compile_loss(self, mode: str | None = None) -> None:
+        """Run the minibatch loss (forward and backward) through ``torch.compile`` from the next update on.
+
+        ``mode`` is ``torch.compile``'s (``"reduce-overhead"`` replays CUDA graphs).
+        Compiling happens at the next update's first minibatch; if it fails there, the
+        learner logs why and goes on uncompiled (:attr:`compiled` turns False).
+        """
+        _allow_recompiles(_LEARNERS_PER_PROCESS)
+        self._loss = torch.compile(self._eager_loss, mode=mode, dynamic=False)  # fixed shapes: see Targets
+        self.compiled, self._loss_checked = True, False
 
     def _eager_loss(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return clipped_surrogate_loss(self.policy, self.dist, self.surrogate_config, *minibatch)
