@@ -72,6 +72,25 @@ async def aiorl_window(trainer: aiorl.Trainer, seconds: float) -> float:
     return (s1 - s0) / (t1 - t0)
 
 
+async def warm_up(trainer: aiorl.Trainer, seconds: float) -> None:
+    """Train for ``seconds`` and at least two updates (a compiled learner's first one compiles: 10-15 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    updates = 0
+
+    def on_update(_report: Any) -> None:
+        nonlocal updates
+        updates += 1
+        if updates >= 2 and loop.time() >= deadline:
+            trainer.stop()
+
+    stop = loop.call_later(seconds, lambda: updates >= 2 and trainer.stop())
+    try:
+        await trainer.run(total_steps=10**9, on_update=on_update)
+    finally:
+        stop.cancel()
+
+
 def sample_one_thread(sampler: VectorSampler, seconds: float) -> float:
     """One window of the vector env with one torch thread (the trainer sets the process's
     thread count for its learner while it runs; the learner is idle during this window)."""
@@ -107,7 +126,7 @@ async def measure(args: argparse.Namespace) -> tuple[Measurement, Measurement]:
     try:
         async with trainer:
             _progress(f"warming up ({args.warmup} s of training) ...")
-            await aiorl_window(trainer, args.warmup)
+            await warm_up(trainer, args.warmup)
             await asyncio.to_thread(sampler.run, seconds=args.warmup)
             for index in range(args.repeats):
                 start = meter.snapshot()
@@ -161,7 +180,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 windows of 3 s")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per window (default 6; --quick 3)")
     parser.add_argument("--repeats", type=int, default=None, help="windows per system (default 5; --quick 3)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of training before the first window")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds (at least 2 updates)")
     parser.add_argument("--option", action="append", default=[], help="extra Trainer option name=value")
     parser.add_argument("--workers", type=int, default=NUM_WORKERS, help=f"aiorl workers (default {NUM_WORKERS})")
     parser.add_argument(

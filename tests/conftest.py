@@ -61,12 +61,25 @@ def descendants(root: int) -> set[int]:
 
 
 def multiprocessing_services() -> set[int]:
-    """The forkserver and resource tracker: per-interpreter services that exit with it."""
+    """Per-interpreter services that exit with it: the forkserver, the resource tracker, and
+    torch inductor's pool of compile workers (started by the first ``torch.compile`` on CUDA)."""
     pids = {
         multiprocessing.forkserver._forkserver._forkserver_pid,
         multiprocessing.resource_tracker._resource_tracker._pid,
     }
-    return {pid for pid in pids if pid is not None}
+    services = {pid for pid in pids if pid is not None}
+    for pid in descendants(os.getpid()):
+        if "torch._inductor.compile_worker" in _cmdline(pid) or "torch/_inductor/compile_worker" in _cmdline(pid):
+            services |= {pid} | descendants(pid)
+    return services
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def leftover_workers() -> set[int]:

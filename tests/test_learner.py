@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,7 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 from aiorl import PPO, LearnerError
 from aiorl.algos.batch import RolloutBatch
-from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
+from aiorl.algos.surrogate import LOSS_STATS, Targets, _compiler_warnings_ignored, clipped_surrogate_loss
 from aiorl.distributions import ActionDistribution
 from aiorl.models import ActorCritic, flat_weights
 
@@ -217,6 +218,21 @@ def test_a_failing_compile_falls_back_to_eager(caplog):
     assert not learner.compiled
     assert "torch.compile of the learner's loss failed" in caplog.text
     assert np.isfinite(metrics["loss"])
+
+
+def test_the_compilers_advice_does_not_fail_compilation_under_warnings_as_errors():
+    # torch 2.11's inductor warns "TensorFloat32 tensor cores ... available but not enabled"
+    # while compiling for CUDA; under -W error that made every CUDA learner fall back to eager.
+    def compiler_warns(module: str) -> None:
+        warnings.warn_explicit("advice", UserWarning, "compile_fx.py", 1, module=module)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _compiler_warnings_ignored():
+            compiler_warns("torch._inductor.compile_fx")
+            compiler_warns("torch._dynamo.utils")
+            with pytest.raises(UserWarning):  # everyone else's warnings stay as the caller set them
+                compiler_warns("aiorl.algos.ppo")
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

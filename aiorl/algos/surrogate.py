@@ -27,9 +27,11 @@ How it is made fast (the learner, not the workers, bounds training speed):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -297,6 +299,19 @@ def _allow_recompiles(count: int) -> None:
     setattr(config, name, max(getattr(config, name), count))
 
 
+@contextlib.contextmanager
+def _compiler_warnings_ignored() -> Iterator[None]:
+    """Ignore the warnings torch's compiler raises while it compiles.
+
+    Such as "TensorFloat32 tensor cores ... available but not enabled" on CUDA: under
+    ``-W error`` (a test suite's setting) each would fail the compilation and leave the
+    learner uncompiled (seen on an H200 with torch 2.11).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\._(inductor|dynamo|functorch)")
+        yield
+
+
 class SurrogateLearner:
     """What PPO's and APPO's learners share: the policy on its device, Adam, the epochs, flat weights.
 
@@ -338,6 +353,12 @@ class SurrogateLearner:
 
     def _gradients(self, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Set the gradients of the minibatch's loss; return its diagnostics (see :data:`LOSS_STATS`)."""
+        if not self.compiled:
+            return self._backward(self._loss, minibatch)
+        with _compiler_warnings_ignored():
+            return self._compiled_gradients(minibatch)
+
+    def _compiled_gradients(self, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if not self._loss_checked:  # the first call compiles the forward and backward: if that fails, go eager
             try:
                 return self._backward(self._loss, minibatch)
