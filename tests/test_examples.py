@@ -11,11 +11,13 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SHORT_BUDGETS = {
-    "cartpole.py": ["--steps", "4096", "--envs-per-worker", "4"],
+    "cartpole.py": ["--steps", "200000", "--envs-per-worker", "4"],  # solved in ~17k steps (seed 0)
     "checkpoint_and_deploy.py": ["--steps", "4096", "--dir", "{tmp}"],
-    "async_env.py": ["--steps", "8192", "--envs-per-worker", "32"],
+    "async_env.py": ["--steps", "400000", "--envs-per-worker", "32"],  # solved in ~40k steps
 }
-"""Arguments that keep each example short. A new example needs an entry here (or in TESTED_ELSEWHERE)."""
+"""Arguments that keep each example short (the training examples keep a budget ~10x what they need to
+reach their target, and their tests require that they reach it). A new example needs an entry here
+(or in TESTED_ELSEWHERE)."""
 TESTED_ELSEWHERE = {
     "serve_while_training.py": "tests/test_serve_while_training.py",
     "ray_cluster.py": "tests/test_ray.py",
@@ -39,13 +41,15 @@ def test_every_example_has_a_short_budget():
 def test_cartpole_example_trains_and_prints_progress(tmp_path):
     lines = run_example("cartpole.py", tmp_path)
     assert lines[0].startswith("update    1  steps"), lines
-    assert "mean return of 475" in lines[-1] and "steps/s" in lines[-1]
+    assert lines[-1].startswith("reached a mean return of 475: "), lines[-1]
+    assert "steps/s" in lines[-1]
 
 
 def test_async_env_example_overlaps_service_latency_and_trains(tmp_path):
     lines = run_example("async_env.py", tmp_path)
     assert lines[0].startswith("update    1  steps"), lines
-    assert "mean return of 475" in lines[-1] and "discarded steps by reason" in lines[-1]
+    assert lines[-1].startswith("reached a mean return of 475: "), lines[-1]
+    assert "discarded steps by reason" in lines[-1]
 
 
 def test_checkpoint_example_resumes_and_deploys(tmp_path):
