@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 
 import pytest
 from conftest import SMALL
 
-from aiorl import PPO, Trainer
+from aiorl import PPO, EvaluationFinished, Trainer, TrainingUpdate
 from aiorl.testing import AsyncCountingEnv
 
 QUICK_PPO = PPO(update_epochs=2, num_minibatches=2)
@@ -35,15 +36,29 @@ async def test_deterministic_evaluation_is_repeatable_and_does_not_count_as_coll
     assert trainer.stats.steps_collected == 0 and trainer.worker_pids == {}
 
 
+SLOW_EPISODES = functools.partial(AsyncCountingEnv, episode_length=50, latency_s=0.01)
+"""Episodes of 0.5 s (50 steps of 10 ms): an evaluation of 4 lasts ~2 s, long enough to see
+training go on meanwhile (workers step 4 such envs concurrently: ~800 steps/s, an update of
+128 steps every ~0.2 s)."""
+
+
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_evaluate_while_training_in_another_task():
-    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
-        training = asyncio.create_task(trainer.run(total_steps=6_000))
-        await asyncio.sleep(0.5)
-        result = await trainer.evaluate(episodes=2, deterministic=False)
-        assert result.episodes == 2
+async def test_evaluate_while_training_in_another_task_does_not_pause_training():
+    update_times: list[float] = []
+    async with Trainer(SLOW_EPISODES, QUICK_PPO, **SMALL) as trainer:
+        training = asyncio.create_task(
+            trainer.run(total_steps=6_000, on_update=lambda _report: update_times.append(time.monotonic()))
+        )
+        while not update_times:
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        result = await trainer.evaluate(episodes=4, deterministic=False)
+        finished = time.monotonic()
+        assert result.episodes == 4
         run = await training
     assert run.env_steps >= 6_000
+    during = [t for t in update_times if started < t < finished]
+    assert len(during) >= 2, f"{len(during)} updates during a {finished - started:.1f} s evaluation"
 
 
 def test_bad_episode_count_is_rejected():
@@ -54,12 +69,23 @@ def test_bad_episode_count_is_rejected():
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_run_evaluates_every_eval_interval_steps_without_pausing_training():
-    trainer = Trainer("CartPole-v1", QUICK_PPO, eval_interval_steps=1_000, eval_episodes=2, **SMALL)
-    result = await trainer.run(total_steps=4_000)
-    assert 1 <= len(result.evaluations) <= 4, "at most one per 1,000 trained steps, one at a time"
-    assert all(evaluation.episodes == 2 for evaluation in result.evaluations)
+    trainer = Trainer(SLOW_EPISODES, QUICK_PPO, eval_interval_steps=1_000, eval_episodes=4, **SMALL)
+    stream = trainer.events(maxsize=100_000)
+    result = await trainer.run(total_steps=5_000)  # outside `async with`: the stream ends with the run
+    events = [event async for event in stream if isinstance(event, TrainingUpdate | EvaluationFinished)]
+    assert 1 <= len(result.evaluations) <= 5, "at most one per 1,000 trained steps, one at a time"
+    assert all(evaluation.episodes == 4 for evaluation in result.evaluations)
     versions = [evaluation.policy_version for evaluation in result.evaluations]
     assert versions == sorted(versions) and versions[-1] <= result.policy_version
+    # Each evaluation starts right after the update that made its version; training goes on
+    # while it plays, so later versions are trained before it finishes.
+    for index, event in enumerate(events):
+        if isinstance(event, EvaluationFinished):
+            version = event.result.policy_version
+            trained_meanwhile = [
+                e for e in events[:index] if isinstance(e, TrainingUpdate) and e.policy_version > version
+            ]
+            assert len(trained_meanwhile) >= 2, f"evaluation of version {version}: training paused"
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])

@@ -12,6 +12,7 @@ namespace can be made.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,23 @@ def run_isolated(test_name: str) -> None:
     done = run_in_namespace(["-m", "pytest", f"{ISOLATED}::{test_name}", "-q", "-p", "no:cacheprovider"])
     output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"{test_name} failed in its namespace:\n{output}"
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    # A skip inside (ray missing there, not in a namespace) also exits 0: only a pass is a pass.
+    assert inner_test_passed(summary), f"{test_name} did not pass in its namespace ({summary!r}):\n{output}"
+
+
+def inner_test_passed(summary: str) -> bool:
+    """Whether pytest's last line says that exactly one test ran and passed."""
+    others = re.search(r"skipped|deselected|failed|error", summary)
+    return re.search(r"\b1 passed\b", summary) is not None and others is None
+
+
+def test_only_a_passing_inner_run_counts_as_a_pass():
+    assert inner_test_passed("1 passed in 12.31s")
+    assert inner_test_passed("1 passed, 2 warnings in 3.05s")
+    assert not inner_test_passed("1 skipped in 0.02s")
+    assert not inner_test_passed("no tests ran in 0.01s")
+    assert not inner_test_passed("1 passed, 1 skipped in 4.00s")
 
 
 def test_cartpole_reaches_475_with_workers_on_local_ray():

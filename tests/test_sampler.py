@@ -100,3 +100,21 @@ def test_discounted_returns_are_recorded_per_episode_for_reward_normalisation():
     finally:
         sampler.close()
         slots.close()
+
+
+def test_every_field_of_a_rollout_is_written_even_into_uninitialised_arrays():
+    # The Ray actor collects into fresh np.empty arrays, not zeroed shared memory.
+    sampler, slots = make_sampler(max_episode_steps=500, steps=5, envs=3)
+    try:
+        layout = slots.layout
+        arrays = {
+            name: np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 7, dtype)
+            for name, (shape, dtype) in layout.fields().items()
+        }
+        asyncio.run(sampler.collect(arrays, policy_version=0))
+        for name, array in arrays.items():
+            assert np.isfinite(array.astype(np.float64)).all(), f"{name} was left unwritten"
+        assert (arrays["disc_returns"] == 0).all(), "no reward normalisation: discounted returns stay 0"
+    finally:
+        sampler.close()
+        slots.close()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+import threading
 
 import pytest
 from conftest import SMALL
@@ -66,23 +65,19 @@ async def test_every_collected_step_is_trained_or_discarded_with_a_reason():
 
 
 @pytest.mark.asyncio
-async def test_event_loop_stays_responsive_while_learning():
-    worst_lag = 0.0
-    stop = asyncio.Event()
+async def test_the_learner_updates_off_the_event_loop_thread():
+    # How late the loop's other coroutines run while training is a timing, measured in
+    # benchmarks/loop_lag.py; what a test can check is where the update runs.
+    update_threads: list[int] = []
+    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+        learner = trainer._learner
+        real_update = learner.update
 
-    async def ticker() -> None:
-        nonlocal worst_lag
-        while not stop.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst_lag = max(worst_lag, time.perf_counter() - before - 0.001)
+        def recording_update(batch, progress):
+            update_threads.append(threading.get_ident())
+            return real_update(batch, progress)
 
-    heavy = PPO(update_epochs=10, num_minibatches=1)  # each update takes a while
-    update_seconds: list[float] = []
-    async with Trainer("CartPole-v1", heavy, num_workers=2, envs_per_worker=16, rollout_length=64) as trainer:
-        ticking = asyncio.create_task(ticker())
-        await trainer.run(total_steps=20_000, on_update=lambda r: update_seconds.append(r.update_s))
-        stop.set()
-        await ticking
-    assert max(update_seconds) > 0.02
-    assert worst_lag < 0.1, f"the loop stalled {worst_lag * 1000:.1f} ms"
+        learner.update = recording_update
+        result = await trainer.run(total_steps=1_000)
+    assert len(update_threads) == result.updates > 0
+    assert threading.get_ident() not in update_threads, "an update ran on the event loop's thread"

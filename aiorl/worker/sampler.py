@@ -172,7 +172,7 @@ class EnvSampler:
         k = len(self.envs)
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         gamma = self.gamma
-        disc_returns = [0.0] * k if gamma is not None else rewards  # only written when gamma is set
+        disc_returns = [0.0] * k  # stay 0 without reward normalisation (gamma None)
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         for i, env in enumerate(self.envs):
@@ -214,8 +214,7 @@ class EnvSampler:
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
-        if gamma is not None:  # else the field stays 0, as the slot was created
-            arrays["disc_returns"][t] = disc_returns
+        arrays["disc_returns"][t] = disc_returns  # written either way: a Ray actor's arrays start uninitialised
         if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
             self._recover_non_finite(arrays, t, summary)
         self.total_steps += k
