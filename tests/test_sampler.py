@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -118,3 +120,27 @@ def test_every_field_of_a_rollout_is_written_even_into_uninitialised_arrays():
     finally:
         sampler.close()
         slots.close()
+
+
+class CloseFails(gym.Wrapper):
+    """CartPole whose ``close`` raises, as a broken simulator's might."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    def close(self) -> None:
+        raise ConnectionError("simulator already gone")
+
+
+if "aiorl-test/CloseFails-v0" not in gym.registry:
+    gym.register("aiorl-test/CloseFails-v0", entry_point=CloseFails)
+
+
+def test_an_env_whose_close_fails_is_logged_not_raised(caplog):
+    sampler, slots = make_sampler(max_episode_steps=500, steps=2, envs=2, env="aiorl-test/CloseFails-v0")
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiorl"):
+            sampler.close()
+    finally:
+        slots.close()
+    assert caplog.text.count("closing env") == 2 and "ConnectionError: simulator already gone" in caplog.text

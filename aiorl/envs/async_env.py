@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from typing import Any, Generic, SupportsFloat, TypeVar
 
 import gymnasium as gym
+
+log = logging.getLogger("aiorl")
 
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
@@ -173,8 +176,10 @@ def close_in_thread(env: AsyncEnv) -> None:
     """
 
     def run() -> None:
-        with contextlib.suppress(Exception):
+        try:
             asyncio.run(env.close())
+        except Exception as exc:
+            log.warning("closing the probed env failed (ignored): %s: %s", type(exc).__name__, exc)
 
     thread = threading.Thread(target=run, name="aiorl-env-close", daemon=True)
     thread.start()

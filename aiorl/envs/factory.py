@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 
 from aiorl.envs.async_env import AsyncEnv, close_in_thread
+from aiorl.envs.closing import close_env
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.errors import ConfigError
 
@@ -117,7 +118,7 @@ class EnvSpaces:
             if isinstance(env, AsyncEnv):
                 close_in_thread(env)
             else:
-                env.close()
+                close_env(env, "the probed env")
         ObservationEncoder.for_space(spaces.observation_space)
         check_action_space(spaces.action_space)
         return spaces

@@ -5,6 +5,15 @@ reader lock, because a worker may be SIGKILLed at any instant and must never
 leave a lock held. The sequence number is odd while a write is in progress;
 a reader retries when it sees an odd or changed sequence. The published policy
 version is ``sequence // 2``.
+
+Memory ordering: there are no explicit fences. The writer stores the odd sequence,
+then the data, then the even sequence, each in its own C call (so no compiler can
+reorder them); a reader loads the sequence, the data, the sequence again. This is
+correct on x86-64, whose total store order keeps stores in program order and loads
+in program order as other cores see them. On weakly ordered CPUs (ARM, POWER) the
+hardware may reorder them, and a reader could accept a torn snapshot: aiorl is
+developed and tested on x86-64 Linux only; a port needs release/acquire fences here
+(or a checksum of the data checked by the reader).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import math
 import os
@@ -46,6 +45,7 @@ import torch
 
 from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
+from aiorl.envs.closing import aclose_env
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, RolloutSlots
 from aiorl.worker.sampler import (
@@ -279,7 +279,7 @@ class AsyncEnvSampler:
             if not np.isfinite(probe).all():
                 raise FloatingPointError(f"env {index} returned a non-finite observation from reset")
         except Exception as exc:
-            await _close(env)
+            await aclose_env(env, f"env {index}", CLOSE_TIMEOUT_S)
             raise EnvStepError(index, 0, exc) from exc
         return env, obs
 
@@ -415,7 +415,7 @@ class AsyncEnvSampler:
         if isinstance(broken, ThreadedEnv) and isinstance(exc, EnvCallTimeout):
             broken.abandon()  # its thread is stuck in the call: a close would queue behind it
         elif broken is not None:
-            await _close(broken)
+            await aclose_env(broken, f"env {i}", CLOSE_TIMEOUT_S)
         while True:
             self.failures[i] += 1
             check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
@@ -432,13 +432,7 @@ class AsyncEnvSampler:
         return obs
 
     async def aclose(self) -> None:
-        """Close every env concurrently, ignoring errors and envs that do not close in time."""
-        envs = [env for env in self.envs if env is not None]
+        """Close every env concurrently; errors and envs that do not close in time are logged."""
+        envs = [(i, env) for i, env in enumerate(self.envs) if env is not None]
         self.envs = [None] * len(self.envs)
-        await asyncio.gather(*(_close(env) for env in envs))
-
-
-async def _close(env: AsyncEnv) -> None:
-    with contextlib.suppress(Exception, TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            await env.close()
+        await asyncio.gather(*(aclose_env(env, f"env {i}", CLOSE_TIMEOUT_S) for i, env in envs))

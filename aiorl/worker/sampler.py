@@ -13,7 +13,6 @@ without finishing an episode, or whose constructor raises, is fatal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from aiorl import protocol
+from aiorl.envs.closing import close_env
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, SlotArrays
 from aiorl.worker.spec import WorkerSpec
@@ -135,8 +135,7 @@ class EnvSampler:
             if not np.isfinite(self.probe).all():
                 raise FloatingPointError(f"env {index} returned a non-finite observation from reset")
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                env.close()
+            close_env(env, f"env {index}")
             raise EnvStepError(index, 0, exc) from exc
         return env, obs
 
@@ -240,8 +239,7 @@ class EnvSampler:
         arrays["valid"][start : t + 1, i] = False
         summary.discarded_steps += discarded
         summary.env_errors.append(env_recovered(i, exc, self.policy_version, self.env_steps[i], discarded))
-        with contextlib.suppress(Exception):
-            self.envs[i].close()
+        close_env(self.envs[i], f"env {i}")
         while True:
             self.failures[i] += 1
             check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
@@ -272,8 +270,7 @@ class EnvSampler:
         self.encoder.encode_into(obs, self.obs[i])
 
     def close(self) -> None:
-        """Close every env, ignoring errors from envs that are already broken."""
-        for env in self.envs:
-            with contextlib.suppress(Exception):
-                env.close()
+        """Close every env; errors (from envs that are already broken, say) are logged, not raised."""
+        for i, env in enumerate(self.envs):
+            close_env(env, f"env {i}")
         self.envs = []

@@ -1,0 +1,43 @@
+"""Closing envs that may be broken: an error of ``close`` is logged, never raised.
+
+An env is closed after it failed (to replace it), when a worker stops, or after the
+trainer probed its spaces. Its ``close`` may fail too (a broken connection, a dead
+simulator); that must not take a worker down, but it must not vanish either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import gymnasium as gym
+
+from aiorl.envs.async_env import AsyncEnv
+
+log = logging.getLogger("aiorl")
+
+CLOSE_TIMEOUT_S = 10.0
+"""How long an :class:`~aiorl.AsyncEnv`'s ``close`` may take before it is given up on."""
+
+
+def close_env(env: gym.Env, what: str) -> None:
+    """``env.close()``; an exception is logged as a warning naming ``what`` (e.g. ``"env 3"``)."""
+    try:
+        env.close()
+    except Exception as exc:
+        _log_failure(what, exc)
+
+
+async def aclose_env(env: AsyncEnv, what: str, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """``await env.close()`` within ``timeout_s``; an exception or the timeout is logged, not raised."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await env.close()
+    except TimeoutError:
+        log.warning("closing %s gave up after %g s", what, timeout_s)
+    except Exception as exc:
+        _log_failure(what, exc)
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    log.warning("closing %s failed (ignored): %s: %s", what, type(exc).__name__, exc)
