@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+from multiprocessing.process import BaseProcess
 
 import pytest
 from conftest import SMALL, descendants, our_segments, wait_until
@@ -137,3 +139,29 @@ async def test_spawn_start_method_trains_replaces_and_closes():
         while trainer.stats.worker_restarts == 0:
             await trainer.run(total_steps=200)
     assert trainer.worker_pids == {}
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_killing_a_worker_never_waits_for_it_on_the_event_loop(monkeypatch):
+    loop_thread = threading.get_ident()
+    waits_on_loop: list[float | None] = []
+    real_join = BaseProcess.join
+
+    def recording_join(process: BaseProcess, timeout: float | None = None) -> None:
+        if threading.get_ident() == loop_thread and timeout != 0:  # join(0) only polls
+            waits_on_loop.append(timeout)
+        real_join(process, timeout)
+
+    monkeypatch.setattr(BaseProcess, "join", recording_join)
+    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+        await trainer.run(total_steps=300)
+        victim = trainer._running.pool.alive()[0]
+        victim.link.kill_now()
+        async with asyncio.timeout(10):  # reaped by the loop once its sentinel fires
+            await victim.exited.wait()
+        assert victim.link.exitcode == -signal.SIGKILL
+        async with asyncio.timeout(20):  # a replacement takes the seat
+            while trainer.worker_pids.get(victim.worker_id) in (None, victim.pid):
+                await asyncio.sleep(0.05)
+        await trainer.run(total_steps=300)
+    assert waits_on_loop == [], "process.join with a timeout ran on the event loop's thread"

@@ -37,6 +37,8 @@ KILL_WAIT_S = 2.0
 """Seconds to wait for a process to go after SIGTERM or SIGKILL."""
 REAP_WAIT_S = 1.0
 """Longest wait for an exited process to become reapable (spawn's sentinel fires a moment early)."""
+REAP_RETRY_S = 0.002
+"""How often the loop retries reaping meanwhile (it never blocks on a ``join``)."""
 STACK_DUMP_WAIT_S = 1.0
 """Seconds to wait for a hung worker's stack dump."""
 EOF_BACKSTOP_S = 0.5
@@ -56,7 +58,7 @@ class LocalBackend(Backend):
 
 @contextlib.asynccontextmanager
 async def _open_local(template: WorkerTemplate) -> AsyncIterator[WorkerHost]:
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         slots = RolloutSlots.create(template.layout, template.num_slots)
         stack.callback(slots.close)
         store = WeightStore.create(num_weights(template.policy))
@@ -64,9 +66,23 @@ async def _open_local(template: WorkerTemplate) -> AsyncIterator[WorkerHost]:
         progress = ProgressBoard.create(template.num_workers)
         stack.callback(progress.close)
         host = LocalHost(template, slots, store, progress)
-        stack.callback(host.starter.shutdown)  # waits only for a start in flight (milliseconds)
+        stack.push_async_callback(_shut_down_starter, host.starter)
         await asyncio.get_running_loop().run_in_executor(host.starter, start_forkserver, host.context)  # imports torch
         yield host
+
+
+async def _shut_down_starter(starter: ThreadPoolExecutor) -> None:
+    """End the starter thread, off the loop: a start in flight (7-30 ms, spawn: seconds) finishes first.
+
+    Even when cancelled, this waits for it (bounded): the shared memory it may attach to
+    is unlinked next.
+    """
+    shutdown = asyncio.ensure_future(asyncio.to_thread(starter.shutdown, wait=True, cancel_futures=True))
+    try:
+        await asyncio.shield(shutdown)
+    except asyncio.CancelledError:
+        await asyncio.wait({shutdown}, timeout=KILL_WAIT_S)
+        raise
 
 
 class LocalHost(WorkerHost):
@@ -145,8 +161,9 @@ def _undo_start(process: BaseProcess, sock: socket.socket) -> None:
 
 
 def _undo_finished_start(started: asyncio.Future[tuple[BaseProcess, socket.socket]]) -> None:
+    """(On the loop.) Undo a start that finished after its caller gave up, in a thread: it joins."""
     if not started.cancelled() and started.exception() is None:
-        _undo_start(*started.result())
+        threading.Thread(target=_undo_start, args=started.result(), name="aiorl-undo-start", daemon=True).start()
 
 
 class ProcessLink(WorkerLink):
@@ -178,16 +195,26 @@ class ProcessLink(WorkerLink):
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.process.sentinel)
+        self._reap(loop, loop.time() + REAP_WAIT_S)
+
+    def _reap(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Read the exit code without blocking the loop.
+
+        With spawn the pipe closes just before the process is reapable: retry every
+        ``REAP_RETRY_S`` until ``deadline``.
+        """
         try:
-            self.process.join(0)  # reap it and read the exit code
-            if self.process.exitcode is None:  # spawn: the pipe closes just before it is reapable
-                self.process.join(REAP_WAIT_S)
+            self.process.join(0)
+            if self.process.exitcode is None and loop.time() < deadline:
+                loop.call_later(REAP_RETRY_S, self._reap, loop, deadline)
+                return
             self.exitcode = self.process.exitcode
             if self.exitcode is not None:
                 self.process.close()  # releases the sentinel fd: no fd growth across restarts
-        finally:
-            self.exited.set()
-            loop.call_later(EOF_BACKSTOP_S, self.reader.feed_eof)
+        except ValueError:  # closed already
+            pass
+        self.exited.set()
+        loop.call_later(EOF_BACKSTOP_S, self.reader.feed_eof)
 
     async def receive(self) -> protocol.Message:
         """The next frame from the worker's socket (``EOFError`` once it is closed)."""
@@ -227,12 +254,11 @@ class ProcessLink(WorkerLink):
                     await self.exited.wait()
 
     def kill_now(self) -> None:
-        """SIGKILL and reap (bounded)."""
+        """SIGKILL, without waiting: the sentinel's reader reaps the process on the loop."""
         if self.exited.is_set():
             return
         with contextlib.suppress(ValueError, OSError):
             self.process.kill()
-            self.process.join(KILL_WAIT_S)
 
     def steps_taken(self) -> int:
         """The worker's counter on the shared progress board (written after every step)."""
