@@ -6,39 +6,83 @@ Quick start::
 
     result = aiorl.run(aiorl.Trainer("CartPole-v1"), total_steps=200_000, target_return=475)
     print(result.mean_return)
+
+The public names load on first use (PEP 562), so that importing a submodule (as
+every worker process does with ``aiorl.worker.main``) does not load the trainer,
+the engine and everything else this package exports.
 """
 
-from aiorl.algos import APPO, PPO
-from aiorl.config import TrainerConfig
-from aiorl.engine.consumer import LagStats, UpdateReport
-from aiorl.envs import AsyncEnv, ThreadedEnv
-from aiorl.errors import (
-    AiorlError,
-    CheckpointError,
-    ConfigError,
-    EnvError,
-    LearnerError,
-    TrainerClosed,
-    WorkerCrashed,
-    WorkerHung,
-    WorkerRestartError,
-    WorkerStartError,
-)
-from aiorl.evaluation import EvalResult
-from aiorl.events import (
-    CheckpointSaved,
-    EpisodeFinished,
-    EvaluationFinished,
-    Event,
-    EventsDropped,
-    EventStream,
-    TrainingUpdate,
-    WorkerRestarted,
-)
-from aiorl.models import ActorCritic, CNNActorCritic
-from aiorl.policy import Policy
-from aiorl.runner import run
-from aiorl.trainer import Trainer, TrainResult
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at runtime the names load lazily
+    from aiorl.algos import APPO, PPO
+    from aiorl.config import TrainerConfig
+    from aiorl.engine.consumer import LagStats, UpdateReport
+    from aiorl.envs import AsyncEnv, ThreadedEnv
+    from aiorl.errors import (
+        AiorlError,
+        CheckpointError,
+        ConfigError,
+        EnvError,
+        LearnerError,
+        TrainerClosed,
+        WorkerCrashed,
+        WorkerHung,
+        WorkerRestartError,
+        WorkerStartError,
+    )
+    from aiorl.evaluation import EvalResult
+    from aiorl.events import (
+        CheckpointSaved,
+        EpisodeFinished,
+        EvaluationFinished,
+        Event,
+        EventsDropped,
+        EventStream,
+        TrainingUpdate,
+        WorkerRestarted,
+    )
+    from aiorl.models import ActorCritic, CNNActorCritic
+    from aiorl.policy import Policy
+    from aiorl.runner import run
+    from aiorl.trainer import Trainer, TrainResult
+
+_EXPORTS: dict[str, str] = {
+    "ActorCritic": "aiorl.models",
+    "AiorlError": "aiorl.errors",
+    "APPO": "aiorl.algos",
+    "AsyncEnv": "aiorl.envs",
+    "CheckpointError": "aiorl.errors",
+    "CheckpointSaved": "aiorl.events",
+    "CNNActorCritic": "aiorl.models",
+    "ConfigError": "aiorl.errors",
+    "EnvError": "aiorl.errors",
+    "EpisodeFinished": "aiorl.events",
+    "EvalResult": "aiorl.evaluation",
+    "EvaluationFinished": "aiorl.events",
+    "Event": "aiorl.events",
+    "EventsDropped": "aiorl.events",
+    "EventStream": "aiorl.events",
+    "LagStats": "aiorl.engine.consumer",
+    "LearnerError": "aiorl.errors",
+    "Policy": "aiorl.policy",
+    "PPO": "aiorl.algos",
+    "run": "aiorl.runner",
+    "ThreadedEnv": "aiorl.envs",
+    "Trainer": "aiorl.trainer",
+    "TrainerClosed": "aiorl.errors",
+    "TrainerConfig": "aiorl.config",
+    "TrainingUpdate": "aiorl.events",
+    "TrainResult": "aiorl.trainer",
+    "UpdateReport": "aiorl.engine.consumer",
+    "WorkerCrashed": "aiorl.errors",
+    "WorkerHung": "aiorl.errors",
+    "WorkerRestarted": "aiorl.events",
+    "WorkerRestartError": "aiorl.errors",
+    "WorkerStartError": "aiorl.errors",
+}
+"""Public name -> the module that defines it (imported on first use: see ``__getattr__``)."""
 
 __version__ = "0.1.0"
 
@@ -77,3 +121,17 @@ __all__ = [
     "__version__",
     "run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines the public ``name`` on first use, and keep it here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiorl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -72,7 +72,7 @@ import torch
 from other_load import OtherLoadMeter, busy_warning
 
 import aiorl
-from aiorl.engine.process import start_forkserver, worker_context
+from aiorl.backends.local.process import start_forkserver, worker_context
 from aiorl.presets import get_preset
 
 CARTPOLE = "CartPole-v1"

@@ -2,7 +2,7 @@
 
 The host creates three shared-memory segments (rollout slots, the weight store,
 the progress board) in the trainer's process and unlinks them when it closes.
-Each worker is a persistent child process started by :mod:`aiorl.engine.process`
+Each worker is a persistent child process started by :mod:`aiorl.backends.local.process`
 (forkserver with torch preloaded, or spawn); its link reads its frames from a
 socketpair, sees its death through the process sentinel within a millisecond
 (no polling), asks it for its Python stack with ``SIGUSR1`` and ends it with
@@ -27,7 +27,7 @@ from multiprocessing.process import BaseProcess
 
 from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
-from aiorl.engine.process import start_forkserver, start_worker, worker_context
+from aiorl.backends.local.process import start_forkserver, start_worker, worker_context
 from aiorl.errors import describe_exit
 from aiorl.models import num_weights
 from aiorl.shm import ProgressBoard, RolloutSlots, SlotArrays, WeightStore

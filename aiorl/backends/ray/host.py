@@ -1,6 +1,6 @@
 """The Ray backend: workers as async Ray actors on a cluster, supervised by the trainer's loop.
 
-Each worker is a :class:`~aiorl.worker.actor.RolloutActor` (the same
+Each worker is a :class:`~aiorl.backends.ray.actor.RolloutActor` (the same
 :class:`~aiorl.worker.sampler.EnvSampler` as a local worker) created with
 ``max_restarts=0, max_task_retries=0``: Ray's own restart takes ~2 s and
 silently re-runs tasks, a fresh actor ~0.3 s, so aiorl's pool replaces lost
@@ -40,9 +40,9 @@ import numpy as np
 
 from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
+from aiorl.backends.ray.actor import ActorRollout, RolloutActor
 from aiorl.errors import ConfigError
 from aiorl.shm import SlotArrays
-from aiorl.worker.actor import ActorRollout, RolloutActor
 from aiorl.worker.spec import WorkerSpec
 
 _START, _PING, _CLOSE = "start", "heartbeat", "close"

@@ -1,0 +1,95 @@
+"""The package's shape: imports point one way, and a worker process loads only the worker side."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "aiorl"
+
+WORKER_MUST_NOT_LOAD = {
+    "aiorl.trainer",
+    "aiorl.cli",
+    "aiorl.config",
+    "aiorl.config_file",
+    "aiorl.progress",
+    "aiorl.plot",
+    "aiorl.engine",
+    "aiorl.algos",
+    "click",
+    "rich",
+}
+"""What a worker process has no use for (the trainer's side, the CLI's, plotting)."""
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def import_time_imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The aiorl modules ``module`` imports when it is imported (``TYPE_CHECKING`` blocks and
+    imports inside functions excluded), with the packages each import loads on the way."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = module.split(".")[: len(module.split(".")) - node.level + is_package]
+                    target = ".".join([*base, node.module] if node.module else base)
+                else:
+                    target = node.module or ""
+                found.add(target)
+                found.update(f"{target}.{alias.name}" for alias in node.names)  # submodules by name
+            elif isinstance(node, ast.If | ast.Try | ast.With):
+                for block in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, block, []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(ast.parse(path.read_text()).body)
+    own_ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    imported = set()
+    for target in found & known:
+        parts = target.split(".")
+        loaded = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # importing a.b.c runs a, a.b first
+        imported |= (loaded - own_ancestors - {module}) & known
+    return imported
+
+
+def test_no_module_imports_itself_through_a_cycle():
+    known = module_names()
+    graph = {name: import_time_imports(name, path, set(known)) for name, path in known.items()}
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            name, trail = stack.pop()
+            for nxt in graph[name]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:10])
+
+
+def test_a_worker_process_loads_only_the_worker_side():
+    # What the forkserver preloads for every worker, as aiorl.backends.local.process.PRELOAD says.
+    code = "import sys, torch, gymnasium, aiorl.worker.main\nprint('\\n'.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert not (loaded & WORKER_MUST_NOT_LOAD), sorted(loaded & WORKER_MUST_NOT_LOAD)
+    assert not {name for name in loaded if name.startswith(("aiorl.engine.", "aiorl.algos."))}
