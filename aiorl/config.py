@@ -53,9 +53,10 @@ class TrainerConfig:
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None
-    """Torch intra-op threads of the trainer's process while it runs (restored on exit);
-    ``None`` means the cores left over by the workers, at least 1. More threads than
-    free cores slowed training 1.5-2x in our measurement on 2 cores."""
+    """Torch intra-op threads of the learner's thread (set in that thread only, so the
+    application's threads and other trainers keep their own counts); ``None`` means the
+    cores left over by the workers, at least 1. More threads than free cores slowed
+    training 1.5-2x in our measurement on 2 cores."""
     device: str = "cpu"
     """Torch device of the learner (workers always act on CPU)."""
     heartbeat_interval_s: float = 1.0
