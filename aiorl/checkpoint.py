@@ -10,7 +10,8 @@ needed to continue training exactly where it stopped, or to act with the policy:
 - the counters (steps collected, trained and discarded by reason, episodes, updates,
   restarts, env errors, the recent returns behind ``mean_return``), the policy version and
   the seconds trained so far;
-- the random-number generator states of the trainer's process (torch, numpy, ``random``);
+- the state of the trainer's own random-number generator (the learner's, which orders the
+  minibatches); the process's global generators are not the trainer's to save or restore;
 - the run in progress (its step budget, target and where it started), so
   :meth:`aiorl.Trainer.resume` can continue it with the same learning-rate schedule.
 
@@ -44,8 +45,10 @@ log = logging.getLogger("aiorl")
 
 FORMAT = "aiorl.checkpoint"
 """The value of a checkpoint's ``"format"`` key."""
-FORMAT_VERSION = 1
-"""The layout version written into ``"format_version"``; readers refuse newer ones."""
+FORMAT_VERSION = 2
+"""The layout version written into ``"format_version"``; readers refuse newer ones.
+Version 2 saves the learner's generator (``rng["learner"]``) where version 1 saved the
+process's global generators."""
 CHECKPOINT_NAME = "checkpoint.pt"
 """The file name used inside a log directory."""
 WRITE_CHUNK = 1 << 20
@@ -152,12 +155,24 @@ class Checkpointer:
     """Saves a trainer's state to one file during a run: periodically, and when the run ends.
 
     :meth:`after_update` is called on the event loop after every learner update, when the
-    learner is idle: it takes a snapshot (a copy of the state, so it stays consistent while
-    training goes on) and, every ``interval_s``, hands it to a writer thread. :meth:`finish`
-    writes the last snapshot when the run ends, whichever way: normally, cancelled (Ctrl-C)
-    or failed. The last snapshot is always one taken between updates, so even after a
-    learner failure (whose optimiser state is not trustworthy) the file holds the last good
-    state.
+    learner is idle: it notes the cheap part of the state (``mark``: counters, versions)
+    and, every ``interval_s``, takes a full snapshot (``capture``: a copy of the state, so
+    it stays consistent while training goes on) and hands it to a writer thread; the
+    learner's state is copied only then. :meth:`finish` writes the state when the run ends,
+    whichever way: normally, cancelled (Ctrl-C) or failed, with the counters of the last
+    update and the learner as it is then (after a learner failure, restored to the last
+    good update). If the learner is still busy then (a run cancelled twice), the file
+    keeps the last periodic snapshot.
+
+    Args:
+        path: the checkpoint file.
+        capture: builds the state to save from the counters ``mark`` returned after the
+            last update (``None`` before the first); raises ``RuntimeError`` when no
+            consistent state can be taken now.
+        mark: notes the cheap part of the state after an update.
+        interval_s: seconds between periodic writes.
+        clock: the time source.
+        on_saved: called on the loop with the path and the state after each write.
 
     Resource handling:
         One writer thread, ended by :meth:`finish`. A write already started completes
@@ -167,8 +182,9 @@ class Checkpointer:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        capture: Callable[[], dict[str, Any]],
+        capture: Callable[[Any], dict[str, Any]],
         *,
+        mark: Callable[[], Any] = lambda: None,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_saved: Callable[[Path, dict[str, Any]], None] | None = None,
@@ -177,29 +193,36 @@ class Checkpointer:
         self._on_saved = on_saved
         self.interval_s = interval_s
         self._capture = capture
+        self._mark = mark
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-checkpoint")
         self._pending: Future[Path] | None = None
-        self._latest: dict[str, Any] | None = None
-        self._latest_written = False
+        self._marked: Any = None
+        self._updated = False  # an update happened since the last snapshot was written
         self._last_write = clock()
         self.saved = 0
         """Checkpoints written so far."""
+        self.snapshots = 0
+        """Full snapshots taken so far (each copies the learner's state)."""
 
     def after_update(self) -> None:
-        """Snapshot the state; start a write when ``interval_s`` has passed and none is in flight."""
-        self._latest = self._capture()
-        self._latest_written = False
+        """Note the counters; snapshot and write when ``interval_s`` has passed and no write is in flight."""
+        self._marked = self._mark()
+        self._updated = True
         if self._clock() - self._last_write >= self.interval_s and (self._pending is None or self._pending.done()):
-            self._submit()
+            self._submit(self._snapshot())
 
-    def _submit(self) -> Future[Path]:
-        assert self._latest is not None
+    def _snapshot(self) -> dict[str, Any]:
+        state = self._capture(self._marked)
+        self.snapshots += 1
+        self._updated = False
+        return state
+
+    def _submit(self, state: dict[str, Any]) -> Future[Path]:
         self._last_write = self._clock()
-        self._latest_written = True
-        self._pending = self._executor.submit(self._write, self._latest)
+        self._pending = self._executor.submit(self._write, state)
         if self._on_saved is not None:
-            self._pending.add_done_callback(functools.partial(self._saved, asyncio.get_running_loop(), self._latest))
+            self._pending.add_done_callback(functools.partial(self._saved, asyncio.get_running_loop(), state))
         return self._pending
 
     def _saved(self, loop: asyncio.AbstractEventLoop, state: dict[str, Any], write: Future[Path]) -> None:
@@ -220,7 +243,7 @@ class Checkpointer:
         return path
 
     async def finish(self, *, finished: bool) -> None:
-        """Write the last snapshot (marked finished when the run ended normally); end the thread.
+        """Write the final state (marked finished when the run ended normally); end the thread.
 
         Raises:
             OSError: the final write of a run that ended normally failed (it is also
@@ -231,15 +254,19 @@ class Checkpointer:
             if self._pending is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(asyncio.wrap_future(self._pending))
-            if self._latest is None and finished:  # the run ended before its first update
-                self._latest = self._capture()
-            if self._latest is not None and (finished or not self._latest_written):
+            if not (finished or self._updated):
+                return
+            try:
+                state = self._snapshot()
+            except RuntimeError as exc:
+                log.warning("no final checkpoint (%s); %s keeps the last one", exc, self.path)
+                return
+            if finished:
+                state["run"] = None
+            try:
+                await asyncio.shield(asyncio.wrap_future(self._submit(state)))
+            except Exception:
                 if finished:
-                    self._latest["run"] = None
-                try:
-                    await asyncio.shield(asyncio.wrap_future(self._submit()))
-                except Exception:
-                    if finished:
-                        raise
+                    raise
         finally:
             self._executor.shutdown(wait=False)

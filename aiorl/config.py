@@ -7,7 +7,7 @@ naming each field and its value, before any process starts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -53,9 +53,10 @@ class TrainerConfig:
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None
-    """Torch intra-op threads of the trainer's process while it runs (restored on exit);
-    ``None`` means the cores left over by the workers, at least 1. More threads than
-    free cores slowed training 1.5-2x in our measurement on 2 cores."""
+    """Torch intra-op threads of the learner's thread (set in that thread only, so the
+    application's threads and other trainers keep their own counts); ``None`` means the
+    cores left over by the workers, at least 1. More threads than free cores slowed
+    training 1.5-2x in our measurement on 2 cores."""
     device: str = "cpu"
     """Torch device of the learner (workers always act on CPU)."""
     heartbeat_interval_s: float = 1.0
@@ -210,6 +211,48 @@ class TrainerConfig:
             return [f"device={self.device!r} but CUDA is not available"]
         return []
 
+    def settled(self, *, algo: object, flat_float_observations: bool, async_env: bool, env: str) -> TrainerConfig:
+        """The config checked against the algorithm and the env, with its automatic choices made.
+
+        Args:
+            algo: the algorithm config; reward scaling needs its float discount ``gamma``.
+            flat_float_observations: observations are flat float vectors (where running
+                observation normalisation helps).
+            async_env: the env is an :class:`~aiorl.AsyncEnv`.
+            env: the env's description, for messages.
+
+        Raises:
+            ConfigError: the options contradict the algorithm or the env.
+        """
+        problems: list[str] = []
+        has_discount = isinstance(getattr(algo, "gamma", None), float)
+        if self.normalize_rewards and not has_discount:
+            problems.append(
+                f"normalize_rewards=True needs the algorithm's discount, but algo={algo!r} has no float `gamma`"
+            )
+        if async_env and self.env_threads:
+            problems.append(
+                f"env_threads=True runs blocking gymnasium envs in threads, but env={env!r} "
+                "returns an aiorl.AsyncEnv already"
+            )
+        elif (async_env or self.env_threads) and not self._local_backend():
+            problems.append(
+                f"backend={self.backend!r} steps gymnasium envs inline only; async envs (an aiorl.AsyncEnv "
+                "or env_threads=True) run on the local backend for now"
+            )
+        if problems:
+            raise ConfigError(problems)
+        return replace(
+            self,
+            normalize_observations=_choose(self.normalize_observations, flat_float_observations),
+            normalize_rewards=_choose(self.normalize_rewards, has_discount),
+        )
+
+    def _local_backend(self) -> bool:
+        from aiorl.backends import LocalBackend, resolve_backend
+
+        return isinstance(resolve_backend(self.backend), LocalBackend)
+
     @property
     def batch_rollouts(self) -> int:
         """Rollouts per learner update."""
@@ -234,3 +277,8 @@ class TrainerConfig:
     def batch_steps(self) -> int:
         """Env steps per learner update."""
         return self.batch_rollouts * self.envs_per_worker * self.rollout_length
+
+
+def _choose(option: bool | None, automatic: bool) -> bool:
+    """An option the user set, or its automatic value where they left it ``None``."""
+    return automatic if option is None else option

@@ -8,7 +8,9 @@ so collection and learning carry on undisturbed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.async_env import StepResult
 from aiorl.models import evaluate
+
+log = logging.getLogger("aiorl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,65 @@ async def _play(
     finally:
         await playing.close()
     return returns, lengths
+
+
+class PeriodicEvaluation:
+    """Starts an evaluation every ``interval`` trained steps during a run, one at a time.
+
+    The evaluations are tasks of the run's task group (:meth:`aiorl.engine.session.Session.supervise`):
+    the run waits for the last one when it ends normally and cancels it otherwise. An
+    evaluation that fails does not stop training; :meth:`raise_failure` raises its error
+    once the run is over.
+
+    Args:
+        evaluate: plays the evaluation episodes (``Trainer.evaluate`` with the configured count).
+        interval: trained env steps between evaluations; ``None`` never evaluates.
+        steps_trained: the trainer's trained steps when the run starts.
+        tasks: the run's task group.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], Awaitable[EvalResult]],
+        interval: int | None,
+        steps_trained: int,
+        tasks: asyncio.TaskGroup,
+    ) -> None:
+        self._play = evaluate
+        self.interval = interval
+        self.next_at = steps_trained + (interval or 0)
+        self.results: list[EvalResult] = []
+        self._tasks = tasks
+        self._task: asyncio.Task[None] | None = None
+        self._error: Exception | None = None  # of the first evaluation that failed
+
+    def after_update(self, steps_trained: int) -> None:
+        """Start an evaluation if one is due and none is running."""
+        if self.interval is None or steps_trained < self.next_at or not (self._task is None or self._task.done()):
+            return
+        self.next_at = steps_trained + self.interval
+        self._task = self._tasks.create_task(self._evaluate(), name="aiorl-evaluation")
+
+    async def _evaluate(self) -> None:
+        try:
+            result = await self._play()
+        except Exception as exc:  # kept for the end of the run: training goes on
+            if self._error is None:
+                self._error = exc
+            return
+        self.results.append(result)
+        log.info(
+            "evaluation of version %d: mean return %.1f +- %.1f over %d episodes",
+            result.policy_version,
+            result.mean_return,
+            result.std_return,
+            result.episodes,
+        )
+
+    def raise_failure(self) -> None:
+        """Raise what the first failed evaluation of the run raised, if any (call after the run)."""
+        if self._error is not None:
+            raise self._error
 
 
 class _Inline(AsyncEnv[Any, Any]):

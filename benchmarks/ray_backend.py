@@ -89,7 +89,7 @@ async def window(trainer: aiorl.Trainer, seconds: float, rate: float) -> float:
 
 async def ping_round_trip_s(trainer: aiorl.Trainer) -> float:
     """Median round trip of an empty call to one worker actor (its heartbeat method)."""
-    link = trainer._running.pool.seats[0].handle.link
+    link = trainer._session.pool.seats[0].handle.link
     times = []
     for _ in range(PINGS):
         started = time.perf_counter()

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMALL, wait_until
 
 from aiorl import PPO, CheckpointError, Trainer, WorkerRestartError
-from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import Checkpointer, RunPlan, read_checkpoint, write_checkpoint
 from aiorl.testing import FaultyEnv
 
 
@@ -41,15 +43,18 @@ async def test_load_restores_weights_optimizer_counters_and_random_state(tmp_pat
     trainer = Trainer("CartPole-v1", PPO(), **SMALL)
     at_last_update = {}
 
-    def remember(report):  # runs right after the checkpoint's snapshot, in the same loop turn
+    def remember(report):  # runs right after the checkpoint's counters are noted, in the same loop turn
         at_last_update.update(episodes=trainer.stats.episodes, returns=list(trainer.stats.recent_returns))
 
     await trainer.run(total_steps=1024, checkpoint_path=path, on_update=remember)
-    next_random = torch.rand(4)  # the learner's generator continues from here
+    global_states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
 
     loaded = Trainer.load(path)
 
-    assert torch.equal(torch.rand(4), next_random)
+    # The learner's own generator continues where it stopped; the process's generators are left alone.
+    assert torch.equal(loaded._learner.generator.get_state(), trainer._learner.generator.get_state())
+    assert torch.equal(torch.get_rng_state(), global_states[0])
+    assert (np.random.get_state()[1] == global_states[1]).all() and random.getstate() == global_states[2]
     assert_same_tensors(loaded.policy.state_dict(), trainer.policy.state_dict())
     assert_same_tensors(loaded._learner.optimizer.state_dict(), trainer._learner.optimizer.state_dict())
     assert loaded.policy_version == trainer.policy_version > 0
@@ -100,14 +105,16 @@ async def test_resume_finishes_an_interrupted_run_with_its_learning_rate_schedul
 
     resumed = Trainer.load(path)
     saved = at_interrupt[0]
-    assert resumed.policy_version == 4 and resumed.stats.steps_trained == saved.env_steps
+    extra = resumed.policy_version - 4  # an update already in the learner when cancelled is finished and kept
+    assert extra in (0, 1) and resumed.stats.steps_trained == saved.env_steps + extra * saved.batch_steps
+    trained_at_load = resumed.stats.steps_trained
     assert resumed.unfinished_run == RunPlan(total_steps=total, target_return=None, trained_at_start=0)
     reports = []
     result = await resumed.resume(on_update=reports.append)
 
-    assert reports[0].version == 5
+    assert reports[0].version == 5 + extra
     # the linear schedule goes on from the fraction of the whole run already done
-    assert reports[0].metrics["learning_rate"] == pytest.approx(algo.learning_rate * (1 - saved.env_steps / total))
+    assert reports[0].metrics["learning_rate"] == pytest.approx(algo.learning_rate * (1 - trained_at_load / total))
     assert resumed.stats.steps_trained == total and result.env_steps == total
     assert resumed.unfinished_run is None
     with pytest.raises(RuntimeError, match="no unfinished run"):
@@ -208,5 +215,62 @@ async def test_a_failed_run_leaves_a_checkpoint_of_its_last_update(tmp_path):
         await trainer.run(total_steps=100_000, on_update=lambda r: versions.append(r.version), checkpoint_path=path)
 
     loaded = Trainer.load(path)
-    assert loaded.policy_version == versions[-1] >= 1
+    # the last reported update, or the one the learner finished while the run was being cancelled
+    assert loaded.policy_version in (versions[-1], versions[-1] + 1) and versions[-1] >= 1
+    assert loaded.stats.steps_collected == loaded.stats.steps_trained + loaded.stats.steps_discarded
     assert loaded.unfinished_run == RunPlan(total_steps=100_000, target_return=None, trained_at_start=0)
+
+
+class CountingPPO:
+    """PPO whose learner counts how often its state is read (each read is copied for a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.state_reads = 0
+
+    def make_learner(self, policy, dist, device):
+        learner = PPO(update_epochs=1, num_minibatches=1).make_learner(policy, dist, device)
+        state_dict = learner.state_dict
+
+        def counted_state_dict():
+            self.state_reads += 1
+            return state_dict()
+
+        learner.state_dict = counted_state_dict
+        return learner
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_the_learner_state_is_copied_only_when_a_checkpoint_is_written(tmp_path):
+    algo = CountingPPO()
+    trainer = Trainer("CartPole-v1", algo, **SMALL)
+
+    result = await trainer.run(total_steps=1024, checkpoint_path=tmp_path / "c.pt", checkpoint_interval_s=3600)
+
+    assert result.updates >= 5
+    assert algo.state_reads == 1  # the final write; no periodic write was due
+    assert read_checkpoint(tmp_path / "c.pt")["policy_version"] == result.policy_version
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_the_checkpointer_snapshots_only_when_a_write_is_due(tmp_path):
+    now = [0.0]
+    marks = iter(range(100))
+    captured: list[object] = []
+
+    def capture(mark):
+        captured.append(mark)
+        return {"policy_version": mark, "run": {}}
+
+    checkpointer = Checkpointer(
+        tmp_path / "c.pt", capture, mark=lambda: next(marks), interval_s=10, clock=lambda: now[0]
+    )
+    for _ in range(5):
+        checkpointer.after_update()
+    assert captured == []  # five updates, no write due: nothing copied
+    now[0] = 10.0
+    checkpointer.after_update()
+    assert captured == [5]
+    checkpointer.after_update()
+    await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
+    assert captured == [5, 6]
+    assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import signal
 import threading
 
+import numpy as np
 import pytest
+import torch
 from conftest import SMALL
 
 from aiorl import PPO, Trainer, TrainingUpdate
@@ -128,3 +131,57 @@ async def test_run_leaves_the_loop_policy_and_signal_handlers_alone():
     assert seen_during_run == [(policy, handlers)]
     assert asyncio.get_event_loop_policy() is policy
     assert _signal_handlers() == handlers
+
+
+def _global_random_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _same_random_states(left: tuple, right: tuple) -> bool:
+    return torch.equal(left[0], right[0]) and (left[1] == right[1]).all() and left[2] == right[2]
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_training_leaves_the_global_random_generators_and_thread_count_alone():
+    torch.manual_seed(1234)
+    states, threads = _global_random_states(), torch.get_num_threads()
+    seen_threads: list[int] = []
+
+    trainer = Trainer("CartPole-v1", QUICK_PPO, learner_threads=threads + 1, **SMALL)  # the default policy
+    assert _same_random_states(_global_random_states(), states)
+    await trainer.run(total_steps=300, on_update=lambda _: seen_threads.append(torch.get_num_threads()))
+
+    assert seen_threads and set(seen_threads) == {threads}  # the loop's thread kept its count during the run
+    assert torch.get_num_threads() == threads
+    assert _same_random_states(_global_random_states(), states)  # the learner drew from its own generator
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_two_trainers_in_one_process_keep_their_own_learner_threads():
+    one = {**SMALL, "num_workers": 1}
+    async with (
+        Trainer("CartPole-v1", QUICK_PPO, learner_threads=1, **one) as first,
+        Trainer("CartPole-v1", QUICK_PPO, learner_threads=3, **one) as second,
+    ):
+        counts = [
+            await asyncio.get_running_loop().run_in_executor(t._session.consumer.executor, torch.get_num_threads)
+            for t in (first, second)
+        ]
+    assert counts == [1, 3]
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_the_same_seed_trains_the_same_policy():
+    async def train() -> list[torch.Tensor]:
+        trainer = Trainer("CartPole-v1", PPO(update_epochs=2, num_minibatches=4), num_workers=1, **_one_worker())
+        await trainer.run(total_steps=128)
+        return [p.detach().clone() for p in trainer.policy.parameters()]
+
+    first = await train()
+    torch.manual_seed(99)  # the application's use of the global generator changes nothing
+    second = await train()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def _one_worker() -> dict:
+    return {k: v for k, v in SMALL.items() if k != "num_workers"} | {"max_policy_lag": 0, "rollouts_per_batch": 1}

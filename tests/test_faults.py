@@ -246,7 +246,7 @@ def open_fds() -> list[str]:
 
 async def settled(trainer: Trainer) -> None:
     """Wait until every worker is up and the supervisors of lost ones have finished."""
-    pool = trainer._running.pool
+    pool = trainer._session.pool
     while len(pool._supervisors) != len(pool.seats) or any(s.live() is None for s in pool.seats.values()):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # closed transports release their sockets on the next loop turns

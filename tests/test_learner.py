@@ -269,8 +269,8 @@ async def test_a_trainer_with_a_cuda_learner_trains_and_pins_its_batches():
 
     trainer = Trainer("CartPole-v1", device="cuda", seed=0, envs_per_worker=8)
     async with trainer:
-        assert trainer._running is not None
-        assert trainer._running.consumer.builder.pin_memory
+        assert trainer._session is not None
+        assert trainer._session.consumer.builder.pin_memory
         result = await trainer.run(total_steps=20_000)
     assert result.env_steps >= 20_000 and result.updates > 0
     assert next(trainer._learner.policy.parameters()).is_cuda

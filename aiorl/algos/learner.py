@@ -20,6 +20,10 @@ class Learner(Protocol):
     Checkpoints also save the optimiser when the learner has ``state_dict()`` and
     ``load_state_dict(state)`` (as PPO's and APPO's do); without them only the policy's
     weights are saved.
+
+    A learner that draws random numbers should own a ``generator`` (a ``torch.Generator``
+    on its device, as PPO's and APPO's do): the trainer seeds it from its ``seed`` and
+    saves its state in checkpoints, leaving the process's global generators alone.
     """
 
     policy: nn.Module

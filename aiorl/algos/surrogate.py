@@ -330,6 +330,9 @@ class SurrogateLearner:
         """All of the policy's parameters as one flat tensor (the policy's own are views of it)."""
         self._grad: torch.Tensor = self.parameters.grad  # type: ignore[assignment]  # set by flatten_parameters
         self.optimizer = make_optimizer([self.parameters], config.learning_rate)
+        self.generator = torch.Generator(device=self.device)
+        """Orders the minibatches; the trainer seeds it and checkpoints its state (the global
+        generator stays the application's)."""
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
         """Whether the minibatch loss runs compiled (set back to False if compiling failed)."""
         self._loss: LossFn = self._eager_loss
@@ -390,7 +393,7 @@ class SurrogateLearner:
         totals = torch.zeros(len(STATS), device=self.device)
         steps = 0
         for _epoch in range(cfg.update_epochs):
-            order = torch.randperm(size, device=self.device)
+            order = torch.randperm(size, device=self.device, generator=self.generator)
             for index in torch.tensor_split(order, minibatches):
                 stats = self._gradients(targets.minibatch(index))
                 grad_norm = torch.linalg.vector_norm(grad)  # clip the global norm, as clip_grad_norm_ does

@@ -1,0 +1,188 @@
+"""One ``run()``: train until the goal is met, with what happens after each update, and the result.
+
+:class:`TrainingRun` drives the session's consumer in a supervised scope
+(:meth:`aiorl.engine.session.Session.supervise`), and after every update (on the loop,
+the learner idle) notes the checkpoint's counters, publishes a
+:class:`~aiorl.events.TrainingUpdate`, calls the user's ``on_update`` and starts a
+periodic evaluation when one is due. :class:`TrainResult` is what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiorl.checkpoint import Checkpointer
+from aiorl.engine.consumer import LagStats, RunGoal, UpdateCallback, UpdateReport
+from aiorl.engine.session import Session
+from aiorl.engine.stats import TrainingStats
+from aiorl.evaluation import EvalResult, PeriodicEvaluation
+from aiorl.events import EventHub, TrainingUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What one ``run()`` did.
+
+    Attributes:
+        env_steps: env steps trained on during this run.
+        episodes: episodes that finished during this run.
+        mean_return: mean return of the last ``return_window`` finished episodes when the run
+            decided to stop.
+        wall_time: seconds this run took.
+        worker_restarts: workers replaced during this run.
+        env_errors: env exceptions recovered from during this run (env re-created).
+        reached_target: whether the run stopped because ``target_return`` was reached.
+        updates: learner updates during this run.
+        policy_version: the policy version at the end of the run.
+        total_env_steps: env steps trained on over the trainer's life.
+        steps_collected: env steps collected over the trainer's life.
+        steps_discarded: discarded env steps over the trainer's life, by reason.
+        steps_pending: collected steps not yet trained or discarded (kept for the next run).
+        policy_lag: lag of the samples trained on over the trainer's life.
+        evaluations: the periodic evaluations of this run (``eval_interval_steps``), oldest first.
+        stopped: whether the run ended because ``trainer.stop()`` was called.
+        learner_time: seconds the learner spent in updates during this run (see ``learner_busy``).
+    """
+
+    env_steps: int
+    episodes: int
+    mean_return: float
+    wall_time: float
+    worker_restarts: int
+    env_errors: int
+    reached_target: bool
+    updates: int
+    policy_version: int
+    total_env_steps: int
+    steps_collected: int
+    steps_discarded: dict[str, int] = field(default_factory=dict)
+    steps_pending: int = 0
+    policy_lag: LagStats | None = None
+    evaluations: tuple[EvalResult, ...] = ()
+    stopped: bool = False
+    learner_time: float = 0.0
+
+    @property
+    def steps_per_second(self) -> float:
+        """Env steps trained per wall-clock second in this run."""
+        return self.env_steps / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def learner_busy(self) -> float:
+        """The share of the run's wall time the learner was updating, in [0, 1].
+
+        Near 1 the learner sets the pace (fewer epochs or a GPU train faster); well below,
+        the workers do (more workers or envs collect faster).
+        """
+        return min(self.learner_time / self.wall_time, 1.0) if self.wall_time > 0 else 0.0
+
+
+class TrainingRun:
+    """One ``run()`` on a started session.
+
+    Args:
+        session: the started engine session.
+        stats: the trainer's counters.
+        goal: when the run stops.
+        events: the trainer's event hub.
+        on_update: the user's callback after each update, if any.
+        checkpointer: saves the run's state, if checkpointing.
+        evaluate: plays one periodic evaluation.
+        eval_interval_steps: trained steps between periodic evaluations (``None``: never).
+    """
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        stats: TrainingStats,
+        goal: RunGoal,
+        events: EventHub,
+        on_update: UpdateCallback | None,
+        checkpointer: Checkpointer | None,
+        evaluate: Callable[[], Awaitable[EvalResult]],
+        eval_interval_steps: int | None,
+    ) -> None:
+        self.session = session
+        self.stats = stats
+        self.goal = goal
+        self.events = events
+        self.on_update = on_update
+        self.checkpointer = checkpointer
+        self._evaluate = evaluate
+        self._eval_interval = eval_interval_steps
+        self._evaluation: PeriodicEvaluation | None = None
+        self._episodes, self._updates = stats.episodes, stats.updates
+        self._restarts, self._env_errors = stats.worker_restarts, stats.env_errors
+        self._learner_s = session.consumer.learner_s
+        self.started = time.monotonic()
+
+    async def train(self) -> TrainResult:
+        """Train until the goal is met (or ``stop()``); write the final checkpoint; return the result.
+
+        Raises:
+            EnvError, WorkerCrashed, LearnerError: as :meth:`aiorl.Trainer.run` describes.
+        """
+        finished = False
+        try:
+            await self.session.supervise(self._work, broadcast=True)
+            assert self._evaluation is not None
+            self._evaluation.raise_failure()  # the run's results include its last evaluation
+            finished = True
+        finally:
+            if self.checkpointer is not None:
+                await self.checkpointer.finish(finished=finished)
+        return self._result()
+
+    async def _work(self, tasks: asyncio.TaskGroup) -> None:
+        self._evaluation = PeriodicEvaluation(self._evaluate, self._eval_interval, self.stats.steps_trained, tasks)
+        await self.session.consumer.run(self.goal, self._after_update)
+
+    def _after_update(self, report: UpdateReport) -> None:
+        """After each update (on the loop, the learner idle): checkpoint, event, callback, evaluation."""
+        if self.checkpointer is not None:
+            self.checkpointer.after_update()
+        goal = self.goal
+        if self.events.subscribed:
+            elapsed = time.monotonic() - goal.started
+            self.events.publish(
+                TrainingUpdate(
+                    policy_version=report.version,
+                    env_steps=report.env_steps,
+                    batch_steps=report.batch_steps,
+                    losses=report.metrics,
+                    lag=report.lag,
+                    steps_per_s=(report.env_steps - goal.trained_at_start) / elapsed if elapsed > 0 else 0.0,
+                    mean_return=report.mean_return,
+                    update_s=report.update_s,
+                )
+            )
+        if self.on_update is not None:
+            self.on_update(report)
+        assert self._evaluation is not None
+        self._evaluation.after_update(self.stats.steps_trained)
+
+    def _result(self) -> TrainResult:
+        stats, goal, consumer = self.stats, self.goal, self.session.consumer
+        return TrainResult(
+            env_steps=stats.steps_trained - goal.trained_at_start,
+            episodes=stats.episodes - self._episodes,
+            mean_return=stats.mean_return if goal.final_return is None else goal.final_return,
+            wall_time=time.monotonic() - self.started,
+            worker_restarts=stats.worker_restarts - self._restarts,
+            env_errors=stats.env_errors - self._env_errors,
+            reached_target=goal.target_reached or goal.reached_target(stats),
+            updates=stats.updates - self._updates,
+            policy_version=consumer.version,
+            total_env_steps=stats.steps_trained,
+            steps_collected=stats.steps_collected,
+            steps_discarded=dict(stats.discarded),
+            steps_pending=stats.steps_pending,
+            policy_lag=consumer.lag_summary(),
+            evaluations=tuple(self._evaluation.results) if self._evaluation is not None else (),
+            stopped=goal.stop_requested,
+            learner_time=consumer.learner_s - self._learner_s,
+        )

@@ -1,0 +1,236 @@
+"""The engine session: everything one started trainer runs, wired together and torn down in order.
+
+A :class:`Session` exists between ``Trainer.__aenter__`` and ``Trainer.aclose``. It opens
+the backend's worker host, publishes the initial weights, starts the learner's executor
+thread, the worker pool (whose supervisors and restarts live in the session's task group
+until it closes) and the consumer. Each ``run()`` (or ``sample()``) is a child scope,
+:meth:`Session.supervise`: one :class:`asyncio.TaskGroup` owns that run's tasks (the
+consumer's work, the failure watch, the broadcaster and the periodic evaluations), so
+cancelling the run or a failure of any of them cancels the others before it returns.
+
+Teardown (:meth:`Session.close`) runs in reverse order of creation and every step is
+bounded: workers get a stop frame, then SIGTERM, then SIGKILL; the learner thread is
+given a bounded time to finish its update; the host unlinks its shared memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from aiorl.algos.learner import Learner
+from aiorl.algos.reward_scaling import RewardNormalizer
+from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
+from aiorl.config import TrainerConfig
+from aiorl.engine.broadcaster import Broadcaster
+from aiorl.engine.consumer import Consumer
+from aiorl.engine.pool import WorkerPool
+from aiorl.engine.restarts import RestartBudget
+from aiorl.engine.stats import TrainingStats
+from aiorl.errors import AiorlError
+from aiorl.events import Event
+
+T = TypeVar("T")
+
+EXECUTOR_SHUTDOWN_S = 60.0
+"""How long closing waits for an update still running in the learner thread."""
+
+
+class Session:
+    """The running parts of one started trainer: host, broadcaster, learner thread, pool, consumer.
+
+    Build it with :meth:`open` and end it with :meth:`close`; a session is used once.
+
+    Attributes:
+        host: the backend's worker host (processes or Ray actors, and the weight store).
+        pool: the supervised workers.
+        consumer: feeds the learner from the pool's ready rollouts.
+        broadcaster: publishes new weights to the workers.
+    """
+
+    def __init__(
+        self,
+        stack: contextlib.AsyncExitStack,
+        host: WorkerHost,
+        pool: WorkerPool,
+        consumer: Consumer,
+        broadcaster: Broadcaster,
+    ) -> None:
+        self._stack = stack
+        self.host = host
+        self.pool = pool
+        self.consumer = consumer
+        self.broadcaster = broadcaster
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        config: TrainerConfig,
+        template: WorkerTemplate,
+        learner: Learner,
+        version: int,
+        stats: TrainingStats,
+        reward_normalizer: RewardNormalizer | None,
+        on_event: Callable[[Event], None],
+    ) -> Session:
+        """Start everything a trainer runs and wait until every worker said hello.
+
+        On any failure whatever was started is torn down before the error propagates.
+        """
+        stack = contextlib.AsyncExitStack()
+        try:
+            host = await stack.enter_async_context(resolve_backend(config.backend).open(template))
+            broadcaster = Broadcaster(host.weights)
+            broadcaster.publish_now(learner.weights(), version)
+            executor = learner_executor(config.learner_threads or max(1, usable_cores() - config.num_workers))
+            stack.push_async_callback(_shutdown_executor, executor)
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            pool = WorkerPool(
+                host=host,
+                seat_slots=config.seat_slots(),
+                stats=stats,
+                tasks=tasks,
+                budget=RestartBudget(
+                    max_restarts=config.max_restarts,
+                    window_s=config.restart_window_s,
+                    backoff_s=config.restart_backoff_s,
+                    backoff_max_s=config.restart_backoff_max_s,
+                ),
+                worker_timeout_s=config.worker_timeout_s,
+                start_timeout_s=config.start_timeout_s,
+            )
+            pool.on_event = on_event
+            consumer = Consumer(
+                pool=pool,
+                layout=template.layout,
+                learner=learner,
+                broadcaster=broadcaster,
+                executor=executor,
+                stats=stats,
+                rollouts_per_batch=config.batch_rollouts,
+                max_policy_lag=config.max_policy_lag,
+                log_interval_s=config.log_interval_s,
+                reward_normalizer=reward_normalizer,
+                pin_memory=torch.device(config.device).type == "cuda",
+            )
+            consumer.version = version
+            stack.push_async_callback(_close_pool, pool, consumer, stats, config.shutdown_grace_s)
+            await pool.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(stack, host, pool, consumer, broadcaster)
+
+    async def close(self) -> None:
+        """Stop the workers, end the learner thread and release the host, in that order (bounded)."""
+        await self._stack.aclose()  # every step is bounded; the pool's last is a SIGKILL
+
+    def fail(self, error: AiorlError) -> None:
+        """End the run in progress with ``error`` (the first failure wins)."""
+        self.pool.fail(error)
+
+    async def supervise(
+        self,
+        work: Callable[[asyncio.TaskGroup], Coroutine[Any, Any, T]],
+        *,
+        broadcast: bool,
+    ) -> T:
+        """Run ``work(tasks)`` in a task group with the failure watch (and the broadcaster).
+
+        ``work`` may start more tasks in ``tasks`` (periodic evaluations); the group waits
+        for them when ``work`` returns, and cancels them when anything fails or the caller
+        is cancelled. A worker's death or env error cancels ``work`` and is raised as
+        itself, not wrapped in an exception group; a remote traceback stays its
+        ``__cause__``.
+        """
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                helpers = [tasks.create_task(_raise_failure(self.pool), name="aiorl-failure-watch")]
+                if broadcast:
+                    helpers.append(tasks.create_task(self.broadcaster.run(), name="aiorl-broadcaster"))
+                result = await work(tasks)
+                for helper in helpers:
+                    helper.cancel()
+            return result
+        except BaseExceptionGroup as group:
+            error = single(group)
+            raise error from error.__cause__
+        finally:
+            self.broadcaster.flush()
+
+
+def learner_executor(threads: int) -> ThreadPoolExecutor:
+    """The learner's one thread, with ``threads`` torch intra-op threads for its own work.
+
+    The thread count is set inside the learner thread, where this torch build keeps it
+    per thread (OpenMP), so the caller's threads and other trainers in the process keep
+    theirs. Threads that torch starts later take the last count set in the process as
+    their default.
+    """
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="aiorl-learner", initializer=torch.set_num_threads, initargs=(threads,)
+    )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def single(group: BaseExceptionGroup) -> BaseException:
+    """The one meaningful exception of a task group's failure (aiorl errors first)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, AiorlError):
+            return leaf
+    return leaves[0] if leaves else group
+
+
+async def _raise_failure(pool: WorkerPool) -> None:
+    raise await asyncio.shield(pool.failure)
+
+
+async def _close_pool(pool: WorkerPool, consumer: Consumer, stats: TrainingStats, grace_s: float) -> None:
+    """Stop the workers; count what was collected and never trained as discarded (``shutdown``)."""
+    try:
+        await pool.close(grace_s)
+    finally:
+        pool.kill_now()
+        while not pool.ready.empty():
+            stats.discard(pool.ready.get_nowait().env_steps, "shutdown")
+        consumer.discard_pending("shutdown")
+
+
+async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:
+    """Let an in-flight update finish (bounded), then end the learner thread."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(EXECUTOR_SHUTDOWN_S):
+            await asyncio.to_thread(executor.shutdown, wait=True)
+
+
+def published(session: Session | None, learner: Learner, version: int) -> tuple[np.ndarray, int]:
+    """The newest published weights and their version (the learner's own when no session runs)."""
+    if session is not None:  # the learner may be mid-update: use the published weights
+        return session.consumer.last_weights, session.consumer.version
+    return learner.weights(), version
