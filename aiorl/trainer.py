@@ -47,7 +47,7 @@ from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
 from aiorl.presets import PRESETS, get_preset
-from aiorl.shm import RolloutLayout
+from aiorl.rollout import RolloutLayout
 from aiorl.worker import AsyncActing
 
 __all__ = ["TrainResult", "Trainer"]

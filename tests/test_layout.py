@@ -85,6 +85,34 @@ def test_no_module_imports_itself_through_a_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:10])
 
 
+LEAVES = ("aiorl.errors", "aiorl.protocol", "aiorl.rollout")
+"""Modules every layer may use, which use no other aiorl module but each other."""
+MUST_NOT_IMPORT = {
+    "aiorl.worker": ("aiorl.engine", "aiorl.algos", "aiorl.backends", "aiorl.trainer", "aiorl.config", "aiorl.cli"),
+    "aiorl.algos": ("aiorl.engine", "aiorl.backends", "aiorl.worker", "aiorl.shm", "aiorl.trainer", "aiorl.cli"),
+    "aiorl.backends": ("aiorl.engine", "aiorl.trainer", "aiorl.cli"),
+    "aiorl.engine": ("aiorl.trainer", "aiorl.cli"),
+}
+"""The layers, bottom up: leaves <- worker / algos <- backends <- engine <- trainer <- cli."""
+
+
+def test_imports_point_one_way():
+    known = module_names()
+    wrong = []
+    for name, path in known.items():
+        imported = import_time_imports(name, path, set(known))
+        if name in LEAVES:
+            wrong += [f"{name} imports {other}" for other in imported if other not in LEAVES]
+        for layer, forbidden in MUST_NOT_IMPORT.items():
+            if name == layer or name.startswith(layer + "."):
+                wrong += [
+                    f"{name} imports {other}"
+                    for other in imported
+                    if any(other == f or other.startswith(f + ".") for f in forbidden)
+                ]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
 def test_a_worker_process_loads_only_the_worker_side():
     # What the forkserver preloads for every worker, as aiorl.backends.local.process.PRELOAD says.
     code = "import sys, torch, gymnasium, aiorl.worker.main\nprint('\\n'.join(sorted(sys.modules)))"

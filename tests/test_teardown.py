@@ -155,7 +155,7 @@ async def test_killing_a_worker_never_waits_for_it_on_the_event_loop(monkeypatch
     monkeypatch.setattr(BaseProcess, "join", recording_join)
     async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
         await trainer.run(total_steps=300)
-        victim = trainer._running.pool.alive()[0]
+        victim = trainer._session.pool.alive()[0]
         victim.link.kill_now()
         async with asyncio.timeout(10):  # reaped by the loop once its sentinel fires
             await victim.exited.wait()

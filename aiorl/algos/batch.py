@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aiorl.shm import RolloutLayout, SlotArrays
+from aiorl.rollout import RolloutLayout, SlotArrays
 
 
 @dataclass(slots=True)

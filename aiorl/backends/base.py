@@ -24,7 +24,7 @@ from torch import nn
 from aiorl import protocol
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, ObservationEncoder
-from aiorl.shm import RolloutLayout, SlotArrays
+from aiorl.rollout import RolloutLayout, SlotArrays
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 

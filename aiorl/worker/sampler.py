@@ -26,7 +26,8 @@ import torch
 from aiorl import protocol
 from aiorl.envs.closing import close_env
 from aiorl.models import evaluate
-from aiorl.shm import ProgressBoard, SlotArrays
+from aiorl.rollout import SlotArrays
+from aiorl.shm import ProgressBoard
 from aiorl.worker.spec import WorkerSpec
 
 ENV_INDEX_VARIABLE = "AIORL_ENV_INDEX"

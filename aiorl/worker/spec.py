@@ -8,7 +8,7 @@ from torch import nn
 
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, ObservationEncoder
-from aiorl.shm import RolloutLayout
+from aiorl.rollout import RolloutLayout
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
 from aiorl.backends.local.process import start_forkserver, start_worker, worker_context
 from aiorl.errors import describe_exit
 from aiorl.models import num_weights
-from aiorl.shm import ProgressBoard, RolloutSlots, SlotArrays, WeightStore
+from aiorl.rollout import SlotArrays
+from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
 from aiorl.worker.spec import WorkerSpec
 
 KILL_WAIT_S = 2.0

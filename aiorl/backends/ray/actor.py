@@ -25,7 +25,7 @@ import torch
 
 from aiorl import protocol
 from aiorl.models import tie_to_flat
-from aiorl.shm import SlotArrays
+from aiorl.rollout import SlotArrays
 from aiorl.worker.main import INCARNATION_VARIABLE, WORKER_ID_VARIABLE
 from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec

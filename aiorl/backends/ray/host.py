@@ -42,7 +42,7 @@ from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
 from aiorl.backends.ray.actor import ActorRollout, RolloutActor
 from aiorl.errors import ConfigError
-from aiorl.shm import SlotArrays
+from aiorl.rollout import SlotArrays
 from aiorl.worker.spec import WorkerSpec
 
 _START, _PING, _CLOSE = "start", "heartbeat", "close"

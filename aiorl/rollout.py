@@ -1,0 +1,68 @@
+"""The rollout layout: what one rollout holds, shared by workers, backends, shared memory and the learner.
+
+A leaf module (numpy only): everything that fills or reads rollouts agrees on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutLayout:
+    """The shape of one rollout: the arrays a worker fills and the learner reads.
+
+    Fields of a slot (``T`` = rollout_length, ``K`` = envs_per_worker):
+
+    ============ ================= ==================================================
+    obs          [T, K, *obs]      observation the action was taken in (float32)
+    actions      [T, K, *act]      sampled action (unclipped for Gaussians)
+    logprobs     [T, K]            behaviour log-probability of the action
+    values       [T, K]            behaviour value estimate V(obs)
+    rewards      [T, K]            reward returned by ``env.step``
+    terminated   [T, K]            episode ended in a terminal state (no bootstrap)
+    truncated    [T, K]            episode was cut (time limit): bootstrap from trunc_values
+    trunc_values [T, K]            V(final observation) where ``truncated``, else 0
+    valid        [T, K]            False for steps of an episode broken by an env error
+    disc_returns [T, K]            discounted sum of the episode's rewards up to the step
+                                   (for reward normalisation; 0 when it is off)
+    versions     [T, K]            policy version that acted at each step
+    next_obs     [K, *obs]         observation after the last step (for bootstrapping)
+    ============ ================= ==================================================
+    """
+
+    rollout_length: int
+    num_envs: int
+    obs_shape: tuple[int, ...]
+    action_shape: tuple[int, ...]
+    action_dtype: str
+
+    def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Name -> (shape, dtype) of every array in a slot, in layout order."""
+        t, k = self.rollout_length, self.num_envs
+        f32 = np.dtype(np.float32)
+        return {
+            "obs": ((t, k, *self.obs_shape), f32),
+            "actions": ((t, k, *self.action_shape), np.dtype(self.action_dtype)),
+            "logprobs": ((t, k), f32),
+            "values": ((t, k), f32),
+            "rewards": ((t, k), f32),
+            "terminated": ((t, k), np.dtype(np.bool_)),
+            "truncated": ((t, k), np.dtype(np.bool_)),
+            "trunc_values": ((t, k), f32),
+            "valid": ((t, k), np.dtype(np.bool_)),
+            "disc_returns": ((t, k), f32),
+            "versions": ((t, k), np.dtype(np.int64)),
+            "next_obs": ((k, *self.obs_shape), f32),
+        }
+
+    @property
+    def steps(self) -> int:
+        """Env steps in one rollout."""
+        return self.rollout_length * self.num_envs
+
+
+SlotArrays = dict[str, np.ndarray]
+"""One rollout's arrays by field name (views of a shared-memory slot, or a Ray actor's own arrays)."""
