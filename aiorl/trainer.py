@@ -38,6 +38,7 @@ from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateCallback, UpdateReport
+from aiorl.engine.ledger import DiscardReason, discarded_at_close
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
@@ -445,8 +446,8 @@ class Trainer:
         finally:
             pool.kill_now()
             while not pool.ready.empty():
-                self.stats.discard(pool.ready.get_nowait().env_steps, "shutdown")
-            consumer.discard_pending("shutdown")
+                pool.ledger.discard(pool.ready.get_nowait().env_steps, DiscardReason.SHUTDOWN)
+            consumer.discard_pending(DiscardReason.SHUTDOWN)
 
     # ---- training ------------------------------------------------------------------------
     async def run(
@@ -710,9 +711,7 @@ class Trainer:
         learner = learner_state() if learner_state is not None else {"policy": self._learner.policy.state_dict()}
         template = self._policy_template
         stats = self.stats
-        discarded = dict(stats.discarded)
-        if stats.steps_pending:
-            discarded["shutdown"] = discarded.get("shutdown", 0) + stats.steps_pending
+        discarded = discarded_at_close(stats)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
