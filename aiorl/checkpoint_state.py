@@ -26,6 +26,7 @@ import torch
 import aiorl
 from aiorl.algos.learner import Learner
 from aiorl.checkpoint import FORMAT, FORMAT_VERSION, Checkpointer, RunPlan
+from aiorl.engine.ledger import discarded_at_close
 from aiorl.events import CheckpointSaved
 from aiorl.models import ObservationNormalizer
 
@@ -48,9 +49,7 @@ def counters(trainer: Trainer) -> dict[str, Any]:
     would be if the trainer closed now.
     """
     stats = trainer.stats
-    discarded = dict(stats.discarded)
-    if stats.steps_pending:
-        discarded["shutdown"] = discarded.get("shutdown", 0) + stats.steps_pending
+    discarded = discarded_at_close(stats)
     return {
         "policy_version": trainer.policy_version,
         "stats": {

@@ -131,7 +131,7 @@ async def test_checkpoints_are_written_periodically_during_a_run(tmp_path):
             seen.append(read_checkpoint(path)["policy_version"])
 
     trainer = Trainer("CartPole-v1", PPO(), **SMALL)
-    result = await trainer.run(total_steps=2048, on_update=look, checkpoint_path=path, checkpoint_interval_s=0.01)
+    result = await trainer.run(total_steps=4096, on_update=look, checkpoint_path=path, checkpoint_interval_s=0.01)
 
     assert len(set(seen)) >= 2, seen  # several files replaced one another while training went on
     assert max(seen) < result.policy_version == read_checkpoint(path)["policy_version"]

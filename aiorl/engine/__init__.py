@@ -1,17 +1,25 @@
-"""The main-process side: worker pool (supervisor), consumer, broadcaster, counters."""
+"""The main-process side: worker pool (supervisor), consumer, broadcaster, counters, slot ledger."""
 
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateReport
+from aiorl.engine.hang import HangVerdict, HangWatch
+from aiorl.engine.ledger import LedgerError, SlotLedger, SlotState
 from aiorl.engine.pool import ReadyRollout, WorkerPool
-from aiorl.engine.stats import DISCARD_REASONS, TrainingStats
+from aiorl.engine.stats import DISCARD_REASONS, DiscardReason, TrainingStats
 
 __all__ = [
     "DISCARD_REASONS",
     "Broadcaster",
     "Consumer",
+    "DiscardReason",
+    "HangVerdict",
+    "HangWatch",
     "LagStats",
+    "LedgerError",
     "ReadyRollout",
     "RunGoal",
+    "SlotLedger",
+    "SlotState",
     "TrainingStats",
     "UpdateReport",
     "WorkerPool",

@@ -28,6 +28,7 @@ from aiorl.algos.batch import BatchBuilder, RolloutBatch
 from aiorl.algos.learner import Learner
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.engine.broadcaster import Broadcaster
+from aiorl.engine.ledger import DiscardReason
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import LearnerError
@@ -134,6 +135,7 @@ class Consumer:
         pin_memory: bool = False,
     ) -> None:
         self.pool = pool
+        self.ledger = pool.ledger
         self.learner = learner
         self.broadcaster = broadcaster
         self.executor = executor
@@ -172,14 +174,14 @@ class Consumer:
                 return
             lag = self.version - rollout.policy_version
             if self.max_policy_lag is not None and lag > self.max_policy_lag:
-                self.stats.discard(rollout.env_steps, "policy_lag")
+                self.ledger.discard(rollout.env_steps, DiscardReason.POLICY_LAG)
                 self.pool.release(rollout)
                 continue
             columns = self.builder.add(rollout.arrays)
             if self.max_policy_lag is not None:  # async envs: a slot's columns may span versions
                 stale = self.builder.mask_older_than(columns, self.version - self.max_policy_lag)
                 if stale:
-                    self.stats.discard(stale, "policy_lag")
+                    self.ledger.discard(stale, DiscardReason.POLICY_LAG)
                     rollout = dataclasses.replace(rollout, env_steps=rollout.env_steps - stale)
             self.in_batch.append(rollout)
             if not self.strict:
@@ -217,7 +219,7 @@ class Consumer:
         taken = 0
         while taken < total_steps:
             rollout = await self.pool.ready.get()
-            self.stats.discard(rollout.env_steps, "sample_only")
+            self.ledger.discard(rollout.env_steps, DiscardReason.SAMPLE_ONLY)
             self.pool.release(rollout)
             taken += rollout.env_steps
         return taken
@@ -243,7 +245,7 @@ class Consumer:
                 if future in done and not future.cancelled() and future.exception() is None:
                     self._apply(batch, future.result()[1])
                 else:
-                    self.stats.discard(batch.env_steps, "shutdown")
+                    self.ledger.discard(batch.env_steps, DiscardReason.SHUTDOWN)
                     if future in done:  # it failed: undo whatever it changed
                         self.learner.load_weights(self.last_weights)
                 raise
@@ -279,7 +281,7 @@ class Consumer:
         lag = LagStats.of(self.version, batch.versions)
         self._record_lag(lag, batch)
         self.version += 1
-        self.stats.steps_trained += batch.env_steps
+        self.ledger.consume(batch.env_steps)
         self.stats.updates += 1
         self.last_weights = weights
         self.broadcaster.submit(weights, self.version)
@@ -289,7 +291,7 @@ class Consumer:
 
     def _learner_failed(self, batch: RolloutBatch, exc: Exception) -> LearnerError:
         """Count the batch as discarded, restore the last good weights, describe the failure."""
-        self.stats.discard(batch.env_steps, "learner_error")
+        self.ledger.discard(batch.env_steps, DiscardReason.LEARNER_ERROR)
         self.learner.load_weights(self.last_weights)
         if isinstance(exc, LearnerError):
             return exc
@@ -325,13 +327,13 @@ class Consumer:
             return None
         return LagStats(self.lag_min, self._lag_sum / self._lag_count, self.lag_max)
 
-    def discard_pending(self, reason: str) -> None:
+    def discard_pending(self, reason: DiscardReason) -> None:
         """Count the unfinished batch (and an abandoned update's batch) as discarded (at shutdown)."""
         if self.in_flight:
-            self.stats.discard(self.in_flight, reason)
+            self.ledger.discard(self.in_flight, reason)
             self.in_flight = 0
         for rollout in self.in_batch:
-            self.stats.discard(rollout.env_steps, reason)
+            self.ledger.discard(rollout.env_steps, reason)
         self.in_batch = []
         self.builder.count = 0
 

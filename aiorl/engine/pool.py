@@ -20,6 +20,11 @@ Slots belong to seats; a slot goes back to its seat's worker (a grant) when
 the consumer is done with it, so a worker whose slots all wait blocks: that
 backpressure bounds policy lag.
 
+The decisions are pure code the pool does the I/O around: the
+:class:`~aiorl.engine.ledger.SlotLedger` (slot grants, releases, reclaims and
+every counted step), the :class:`~aiorl.engine.hang.HangWatch` (the watchdog's
+verdict) and the :class:`~aiorl.engine.restarts.RestartBudget`.
+
 Teardown (:meth:`WorkerPool.close`) never waits without a deadline:
 stop -> grace -> terminate -> kill.
 """
@@ -37,6 +42,8 @@ from typing import Any
 import aiorl
 from aiorl import protocol
 from aiorl.backends.base import WorkerHost, WorkerLink
+from aiorl.engine.hang import HangWatch
+from aiorl.engine.ledger import DiscardReason, SlotLedger, SlotState
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import (
@@ -74,9 +81,8 @@ class WorkerHandle:
     """The pool's view of one worker (one incarnation of a seat)."""
 
     link: WorkerLink
+    watch: HangWatch
     hello: asyncio.Event = field(default_factory=asyncio.Event)
-    last_frame: float = field(default_factory=time.monotonic)
-    reported_steps: int = 0
     env_error: EnvError | None = None
     hang: WorkerHung | None = None
 
@@ -111,12 +117,9 @@ class WorkerHandle:
 
 @dataclass(slots=True)
 class Seat:
-    """A worker id, its slots, and the worker currently holding it."""
+    """A worker id and the worker currently holding it (its slots are in the pool's ledger)."""
 
     worker_id: int
-    slots: tuple[int, ...]
-    free: set[int]
-    granted: set[int] = field(default_factory=set)
     handle: WorkerHandle | None = None
     incarnation: int = 0
 
@@ -134,7 +137,7 @@ class WorkerPool:
     Args:
         host: starts the workers (local processes, Ray actors).
         seat_slots: the slot ids of each seat (worker id = index).
-        stats: where arriving and discarded steps are counted.
+        stats: where arriving and discarded steps are counted (through :attr:`ledger`).
         tasks: the task group that owns the pool's tasks.
         budget: the restart budget.
         worker_timeout_s: silence after which a worker is declared hung.
@@ -158,7 +161,9 @@ class WorkerPool:
         self.budget = budget
         self.worker_timeout_s = worker_timeout_s
         self.start_timeout_s = start_timeout_s
-        self.seats = {wid: Seat(wid, slots, free=set(slots)) for wid, slots in enumerate(seat_slots)}
+        self.seats = {wid: Seat(wid) for wid in range(len(seat_slots))}
+        self.ledger = SlotLedger(seat_slots, stats)
+        """Which slot is where, and every collected, consumed and discarded step."""
         self.ready: asyncio.Queue[ReadyRollout] = asyncio.Queue()
         self.failure: asyncio.Future[AiorlError] = asyncio.get_running_loop().create_future()
         self.last_env_error: EnvError | None = None
@@ -209,8 +214,10 @@ class WorkerPool:
             await seat.handle.hello.wait()
 
     async def _launch(self, seat: Seat) -> None:
-        handle = WorkerHandle(await self.host.start_worker(seat.worker_id, seat.incarnation))
+        link = await self.host.start_worker(seat.worker_id, seat.incarnation)
+        handle = WorkerHandle(link, HangWatch(self.worker_timeout_s, self.start_timeout_s, time.monotonic()))
         seat.handle = handle
+        self.ledger.enter(seat.worker_id)
         name = f"aiorl-worker-{seat.worker_id}.{seat.incarnation}"
         supervisor = self.tasks.create_task(self._supervise(seat, handle), name=f"{name}-supervisor")
         self._supervisors.add(supervisor)
@@ -238,7 +245,7 @@ class WorkerPool:
                 message = await handle.link.receive()
             except EOFError:
                 return
-            handle.last_frame = time.monotonic()
+            handle.watch.heard(time.monotonic())
             if isinstance(message, protocol.SlotReady):
                 self._on_slot_ready(seat, handle, message)
             elif isinstance(message, protocol.Hello):
@@ -250,10 +257,9 @@ class WorkerPool:
                             "sys.path preloaded another copy; restart the interpreter"
                         )
                     )
-                for slot in sorted(seat.free):
+                for slot in self.ledger.slots(seat.worker_id, SlotState.FREE):
                     if handle.link.grant(slot):
-                        seat.granted.add(slot)
-                        seat.free.discard(slot)
+                        self.ledger.grant(seat.worker_id, slot)
                 handle.hello.set()
                 if handle.incarnation:
                     log.info("worker %d is back (pid %d, restart %d)", handle.worker_id, handle.pid, handle.incarnation)
@@ -264,12 +270,8 @@ class WorkerPool:
                 self.last_env_error = handle.env_error
 
     def _on_slot_ready(self, seat: Seat, handle: WorkerHandle, message: protocol.SlotReady) -> None:
-        steps = message.env_steps + message.discarded_steps
-        handle.reported_steps += steps
-        self.stats.collected(steps, message.episode_returns)
-        if message.discarded_steps:
-            self.stats.discard(message.discarded_steps, "env_error")
-        seat.granted.discard(message.slot)
+        self.ledger.filled(seat.worker_id, message.slot, message.env_steps, message.discarded_steps)
+        self.stats.episodes_finished(message.episode_returns)
         if self.on_event is not None:
             for ret, length in zip(message.episode_returns, message.episode_lengths, strict=False):
                 self.on_event(EpisodeFinished(handle.worker_id, ret, length, message.policy_version))
@@ -292,12 +294,8 @@ class WorkerPool:
 
     def _account_lost_steps(self, seat: Seat, handle: WorkerHandle) -> None:
         """Count the steps the worker took but never reported, and take back its slots."""
-        unfinished = handle.link.steps_taken() - handle.reported_steps
-        if unfinished > 0:
-            self.stats.collected(unfinished, [])
-            self.stats.discard(unfinished, "shutdown" if self.closing else "worker_lost")
-        seat.free |= seat.granted
-        seat.granted.clear()
+        reason = DiscardReason.SHUTDOWN if self.closing else DiscardReason.WORKER_LOST
+        self.ledger.reclaim(seat.worker_id, handle.link.steps_taken(), reason)
 
     def _after_loss(self, seat: Seat, handle: WorkerHandle) -> None:
         cause = handle.cause_of_death()
@@ -342,18 +340,20 @@ class WorkerPool:
 
     async def _watch(self, handle: WorkerHandle) -> None:
         """The watchdog: declare the worker hung when it stays silent too long."""
-        check_s = min(1.0, self.worker_timeout_s / 4)
+        check_s = handle.watch.check_every_s
         while not handle.exited.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check_s):
                     await handle.exited.wait()
             if self.closing:
                 return  # close() ends every worker itself
-            limit = self.worker_timeout_s if handle.hello.is_set() else self.start_timeout_s
-            silent = time.monotonic() - handle.last_frame
-            if handle.exited.is_set() or silent <= limit:
+            if handle.exited.is_set():
+                return
+            verdict = handle.watch.verdict(time.monotonic(), greeted=handle.hello.is_set())
+            check_s = verdict.check_in_s
+            if not verdict.hung:
                 continue
-            handle.hang = WorkerHung(handle.worker_id, handle.pid, silent, await handle.link.dump_stack())
+            handle.hang = WorkerHung(handle.worker_id, handle.pid, verdict.silent_s, await handle.link.dump_stack())
             log.error("%s", handle.hang)
             await handle.link.end(grace_s=KILL_WAIT_S)
             return
@@ -365,13 +365,15 @@ class WorkerPool:
 
     # ---- slots ---------------------------------------------------------------------------
     def release(self, rollout: ReadyRollout) -> None:
-        """Give ``rollout``'s slot back to its seat (the consumer is done with it)."""
-        seat = self.seats[rollout.worker_id]
+        """Give ``rollout``'s slot back to its seat (the consumer is done with it).
+
+        It is granted again to the seat's worker if that one is alive; otherwise it
+        stays free for the next worker in the seat.
+        """
+        seat = self.seats[self.ledger.release(rollout.slot)]
         handle = seat.live()
         if handle is not None and not self.closing and handle.link.grant(rollout.slot):
-            seat.granted.add(rollout.slot)
-        else:
-            seat.free.add(rollout.slot)  # granted to the next worker in this seat
+            self.ledger.grant(seat.worker_id, rollout.slot)
 
     @property
     def pids(self) -> dict[int, int]:

@@ -31,6 +31,7 @@ from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
 from aiorl.config import TrainerConfig
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer
+from aiorl.engine.ledger import DiscardReason
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
@@ -217,8 +218,8 @@ async def _close_pool(pool: WorkerPool, consumer: Consumer, stats: TrainingStats
     finally:
         pool.kill_now()
         while not pool.ready.empty():
-            stats.discard(pool.ready.get_nowait().env_steps, "shutdown")
-        consumer.discard_pending("shutdown")
+            pool.ledger.discard(pool.ready.get_nowait().env_steps, DiscardReason.SHUTDOWN)
+        consumer.discard_pending(DiscardReason.SHUTDOWN)
 
 
 async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:

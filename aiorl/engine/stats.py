@@ -5,9 +5,28 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-DISCARD_REASONS = ("policy_lag", "worker_lost", "env_error", "learner_error", "shutdown", "sample_only")
-"""Why collected steps were not trained on. ``sample_only``: collected by ``Trainer.sample``."""
+
+class DiscardReason(StrEnum):
+    """Why collected steps were not trained on (the keys of :attr:`TrainingStats.discarded`)."""
+
+    POLICY_LAG = "policy_lag"
+    """Older than ``max_policy_lag`` when the consumer took them."""
+    WORKER_LOST = "worker_lost"
+    """Taken by a worker that died or hung before reporting them."""
+    ENV_ERROR = "env_error"
+    """The broken episode of an env that raised (masked out of its rollout)."""
+    LEARNER_ERROR = "learner_error"
+    """In the batch of a learner update that failed."""
+    SHUTDOWN = "shutdown"
+    """Collected but not trained on when the trainer stopped its workers."""
+    SAMPLE_ONLY = "sample_only"
+    """Collected by ``Trainer.sample``, which measures sampling without learning."""
+
+
+DISCARD_REASONS = tuple(reason.value for reason in DiscardReason)
+"""The reasons' strings, as they appear in ``TrainResult.steps_discarded`` and checkpoints."""
 
 
 @dataclass(slots=True)
@@ -17,7 +36,9 @@ class TrainingStats:
     The accounting identity ``steps_collected == steps_trained + steps_discarded +
     steps_pending`` holds at every moment; ``steps_pending`` counts rollouts that
     were collected but not yet trained or discarded (in the queue or in a batch
-    being built). Once the trainer is closed, ``steps_pending`` is 0.
+    being built). Once the trainer is closed, ``steps_pending`` is 0. The step
+    counters are written by the run's :class:`~aiorl.engine.ledger.SlotLedger`
+    alone (and restored from a checkpoint).
     """
 
     return_window: int
@@ -33,16 +54,10 @@ class TrainingStats:
     def __post_init__(self) -> None:
         self.recent_returns = deque(maxlen=self.return_window)
 
-    def collected(self, env_steps: int, episode_returns: list[float]) -> None:
-        """Count a rollout that arrived and the episodes that ended in it."""
-        self.steps_collected += env_steps
+    def episodes_finished(self, episode_returns: list[float]) -> None:
+        """Count the episodes that ended in an arrived rollout, with their returns."""
         self.episodes += len(episode_returns)
         self.recent_returns.extend(episode_returns)
-
-    def discard(self, env_steps: int, reason: str) -> None:
-        """Count ``env_steps`` collected steps that will not be trained on."""
-        assert reason in DISCARD_REASONS, reason
-        self.discarded[reason] += env_steps
 
     @property
     def steps_discarded(self) -> int:
