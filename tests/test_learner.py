@@ -13,7 +13,8 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 from aiorl import PPO, LearnerError
 from aiorl.algos.batch import RolloutBatch
-from aiorl.algos.surrogate import LOSS_STATS, Targets, _compiler_warnings_ignored, clipped_surrogate_loss
+from aiorl.algos.compiling import compiler_warnings_ignored
+from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
 from aiorl.distributions import ActionDistribution
 from aiorl.models import ActorCritic, flat_weights
 
@@ -228,7 +229,7 @@ def test_the_compilers_advice_does_not_fail_compilation_under_warnings_as_errors
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with _compiler_warnings_ignored():
+        with compiler_warnings_ignored():
             compiler_warns("torch._inductor.compile_fx")
             compiler_warns("torch._dynamo.utils")
             with pytest.raises(UserWarning):  # everyone else's warnings stay as the caller set them

@@ -31,12 +31,12 @@ import torch
 from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.optim import set_learning_rate
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
     config_problems,
     explained_variance,
-    set_learning_rate,
 )
 from aiorl.algos.vtrace import vtrace
 from aiorl.distributions import ActionDistribution

@@ -24,12 +24,12 @@ from torch import nn
 
 from aiorl.algos.advantages import gae
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.optim import set_learning_rate
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
     config_problems,
     explained_variance,
-    set_learning_rate,
 )
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError

@@ -27,11 +27,9 @@ How it is made fast (the learner, not the workers, bounds training speed):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,9 +38,11 @@ import torch
 from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.compiling import LEARNERS_PER_PROCESS, allow_recompiles, compiler_warnings_ignored
+from aiorl.algos.optim import Snapshot, flat_adam_state, make_optimizer
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import LearnerError
-from aiorl.models import assign_flat, evaluate, flat_weights, flatten_parameters, weight_tensors
+from aiorl.models import assign_flat, evaluate, flat_weights, flatten_parameters
 
 log = logging.getLogger("aiorl")
 
@@ -171,14 +171,6 @@ def config_problems(cfg: object, *, positive: tuple[str, ...], unit: tuple[str, 
     return problems
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: SurrogateConfig, progress: float) -> float:
-    """Apply the schedule (``'linear'`` anneals to 0 over the run) and return the rate."""
-    lr = cfg.learning_rate * (1.0 - progress if cfg.lr_schedule == "linear" else 1.0)
-    for group in optimizer.param_groups:
-        group["lr"] = max(lr, 0.0)
-    return lr
-
-
 def explained_variance(returns: np.ndarray, values: np.ndarray, valid: np.ndarray) -> float:
     """``1 - Var(R - V) / Var(R)`` over valid samples (NaN when the returns are constant)."""
     var_returns = float(np.var(returns[valid]))
@@ -241,77 +233,6 @@ def clipped_surrogate_loss(
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-class _Snapshot:
-    """The policy's weights and the optimiser's state at one moment, to go back to after a failure."""
-
-    def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        with torch.no_grad():
-            self.weights = [(t, t.detach().clone()) for t in weight_tensors(policy)]
-            self.state = {
-                param: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                for param, state in optimizer.state.items()
-            }
-
-    def restore(self) -> None:
-        """Put the weights and the optimiser state back (in place: compiled code keeps its references)."""
-        with torch.no_grad():
-            for tensor, saved in self.weights:
-                tensor.copy_(saved)
-            for param in list(self.optimizer.state):
-                if param not in self.state:
-                    del self.optimizer.state[param]
-            for param, saved_state in self.state.items():
-                live = self.optimizer.state[param]
-                for key, value in saved_state.items():
-                    if isinstance(value, torch.Tensor) and isinstance(live.get(key), torch.Tensor):
-                        live[key].copy_(value)
-                    else:
-                        live[key] = value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam (``eps=1e-5`` as in PPO2 and CleanRL), fused where torch has a fused kernel for the device.
-
-    Fused Adam on CPU took 0.15 ms per step of the default MLP here against 0.47 ms
-    multi-tensor and 0.67 ms per-tensor; devices without a fused kernel get multi-tensor.
-    """
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
-    except RuntimeError:
-        return torch.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
-
-
-_LEARNERS_PER_PROCESS = 64
-"""Compiled learners one process may build before dynamo stops compiling new ones."""
-
-
-def _allow_recompiles(count: int) -> None:
-    """Let dynamo compile the loss for ``count`` learners in one process.
-
-    Dynamo keeps one cache per code object, and every learner's ``_eager_loss`` is the
-    same code object: past torch's default limit (8 versions) it would silently run
-    further learners eager while :attr:`SurrogateLearner.compiled` says True (a
-    benchmark or a test suite builds more than 8).
-    """
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), count))
-
-
-@contextlib.contextmanager
-def _compiler_warnings_ignored() -> Iterator[None]:
-    """Ignore the warnings torch's compiler raises while it compiles.
-
-    Such as "TensorFloat32 tensor cores ... available but not enabled" on CUDA: under
-    ``-W error`` (a test suite's setting) each would fail the compilation and leave the
-    learner uncompiled (seen on an H200 with torch 2.11).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"torch\._(inductor|dynamo|functorch)")
-        yield
-
-
 class SurrogateLearner:
     """What PPO's and APPO's learners share: the policy on its device, Adam, the epochs, flat weights.
 
@@ -347,7 +268,7 @@ class SurrogateLearner:
         Compiling happens at the next update's first minibatch; if it fails there, the
         learner logs why and goes on uncompiled (:attr:`compiled` turns False).
         """
-        _allow_recompiles(_LEARNERS_PER_PROCESS)
+        allow_recompiles(LEARNERS_PER_PROCESS)
         self._loss = torch.compile(self._eager_loss, mode=mode, dynamic=False)  # fixed shapes: see Targets
         self.compiled, self._loss_checked = True, False
 
@@ -358,7 +279,7 @@ class SurrogateLearner:
         """Set the gradients of the minibatch's loss; return its diagnostics (see :data:`LOSS_STATS`)."""
         if not self.compiled:
             return self._backward(self._loss, minibatch)
-        with _compiler_warnings_ignored():
+        with compiler_warnings_ignored():
             return self._compiled_gradients(minibatch)
 
     def _compiled_gradients(self, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -424,7 +345,7 @@ class SurrogateLearner:
                 policy (observation statistics included) and the optimiser are put back
                 as they were before the update.
         """
-        snapshot = _Snapshot(self.policy, self.optimizer)
+        snapshot = Snapshot(self.policy, self.optimizer)
         try:
             return self.learn(batch, progress)
         except BaseException:
@@ -454,25 +375,9 @@ class SurrogateLearner:
         parameter tensor, aiorl 0.1 up to issue 11) is converted to the flat layout.
         """
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(_flat_adam_state(state["optimizer"]))
+        self.optimizer.load_state_dict(flat_adam_state(state["optimizer"]))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the learner's device (copied without waiting when it sits in pinned memory)."""
         tensor = torch.from_numpy(array)
         return tensor.to(self.device, non_blocking=tensor.is_pinned()) if self.device.type != "cpu" else tensor
-
-
-def _flat_adam_state(saved: dict[str, Any]) -> dict[str, Any]:
-    """``saved`` (an Adam ``state_dict``) in the layout of a learner's Adam, whose one parameter is flat."""
-    (group,) = saved["param_groups"]
-    if len(group["params"]) == 1:
-        return saved
-    per_tensor = [saved["state"].get(index) for index in group["params"]]  # the policy's parameter order
-    if any(entry is None for entry in per_tensor):  # saved before any step: nothing to carry over
-        return {"state": {}, "param_groups": [{**group, "params": [0]}]}
-    flat_state = {
-        "step": max(entry["step"] for entry in per_tensor),
-        "exp_avg": torch.cat([entry["exp_avg"].reshape(-1) for entry in per_tensor]),
-        "exp_avg_sq": torch.cat([entry["exp_avg_sq"].reshape(-1) for entry in per_tensor]),
-    }
-    return {"state": {0: flat_state}, "param_groups": [{**group, "params": [0]}]}
