@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from aiorl.backends.base import Backend
 from aiorl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aiorl.backends.base import Backend
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -186,6 +189,14 @@ class TrainerConfig:
                     f"rollouts_per_batch={self.batch_rollouts} exceeds the {slots} slots "
                     "(num_workers * slots_per_worker) that strict on-policy mode "
                     "(max_policy_lag=0) can hold for one batch"
+                )
+            elif self.batch_rollouts < self.num_workers:
+                idle = self.num_workers - self.batch_rollouts
+                problems.append(
+                    f"rollouts_per_batch={self.batch_rollouts} with num_workers={self.num_workers} in strict "
+                    f"on-policy mode (max_policy_lag=0): only {self.batch_rollouts} rollout(s) circulate per "
+                    f"update, so {idle} worker(s) would never be granted a slot and sit idle; use "
+                    f"rollouts_per_batch >= num_workers or num_workers={self.batch_rollouts}"
                 )
         if problems:
             raise ConfigError(problems)

@@ -102,6 +102,11 @@ def test_strict_on_policy_batch_must_fit_in_slots():
         Trainer("CartPole-v1", max_policy_lag=0, rollouts_per_batch=5)
 
 
+def test_strict_on_policy_batch_must_use_every_worker():
+    with pytest.raises(ValueError, match=r"rollouts_per_batch=1 with num_workers=3 .* 2 worker\(s\) would never"):
+        Trainer("CartPole-v1", max_policy_lag=0, rollouts_per_batch=1, num_workers=3)
+
+
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 @pytest.mark.parametrize("total_steps", [0, -5, 1.5])
 async def test_bad_total_steps(total_steps):

@@ -173,7 +173,7 @@ async def test_two_trainers_in_one_process_keep_their_own_learner_threads():
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_the_same_seed_trains_the_same_policy():
     async def train() -> list[torch.Tensor]:
-        trainer = Trainer("CartPole-v1", PPO(update_epochs=2, num_minibatches=4), num_workers=1, **_one_worker())
+        trainer = Trainer("CartPole-v1", PPO(update_epochs=2, num_minibatches=4), **_one_worker())
         await trainer.run(total_steps=128)
         return [p.detach().clone() for p in trainer.policy.parameters()]
 
@@ -184,4 +184,4 @@ async def test_the_same_seed_trains_the_same_policy():
 
 
 def _one_worker() -> dict:
-    return {k: v for k, v in SMALL.items() if k != "num_workers"} | {"max_policy_lag": 0, "rollouts_per_batch": 1}
+    return SMALL | {"num_workers": 1, "max_policy_lag": 0, "rollouts_per_batch": 1}
