@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -152,3 +154,29 @@ def test_an_algorithm_without_a_discount_gets_no_reward_normalisation():
 def test_normalisation_must_be_a_bool_or_none(value):
     with pytest.raises(ConfigError, match=rf"normalize_observations={value!r} must be True, False or None"):
         Trainer("CartPole-v1", normalize_observations=value)
+
+
+CLOSING, RELEASE, CLOSED = threading.Event(), threading.Event(), threading.Event()
+
+
+class SlowToClose(gym.Wrapper):
+    """CartPole whose ``close`` waits until the test releases it (as a simulator's shutdown might)."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    def close(self) -> None:
+        CLOSING.set()
+        RELEASE.wait(timeout=30)
+        CLOSED.set()
+        super().close()
+
+
+def test_building_a_trainer_does_not_wait_for_the_probed_env_to_close():
+    try:
+        Trainer(SlowToClose)  # probes one env for its spaces, then closes it
+        assert CLOSING.wait(timeout=30), "the probed env was never closed"
+        assert not CLOSED.is_set(), "Trainer() waited for the probed env's close"
+    finally:
+        RELEASE.set()
+    assert CLOSED.wait(timeout=30)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -23,8 +22,6 @@ from collections.abc import Callable
 from typing import Any, Generic, SupportsFloat, TypeVar
 
 import gymnasium as gym
-
-log = logging.getLogger("aiorl")
 
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
@@ -166,21 +163,3 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 
     with contextlib.suppress(RuntimeError):  # the loop is closed
         future.get_loop().call_soon_threadsafe(settle)
-
-
-def close_in_thread(env: AsyncEnv) -> None:
-    """Close an async env from synchronous code, on a private loop in a helper thread.
-
-    Used where the trainer builds an env only to read its spaces; works whether or
-    not the calling thread runs an event loop. Errors of ``close`` are ignored.
-    """
-
-    def run() -> None:
-        try:
-            asyncio.run(env.close())
-        except Exception as exc:
-            log.warning("closing the probed env failed (ignored): %s: %s", type(exc).__name__, exc)
-
-    thread = threading.Thread(target=run, name="aiorl-env-close", daemon=True)
-    thread.start()
-    thread.join(timeout=10.0)

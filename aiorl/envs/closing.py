@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import gymnasium as gym
 
@@ -41,3 +42,20 @@ async def aclose_env(env: AsyncEnv, what: str, timeout_s: float = CLOSE_TIMEOUT_
 
 def _log_failure(what: str, exc: Exception) -> None:
     log.warning("closing %s failed (ignored): %s: %s", what, type(exc).__name__, exc)
+
+
+def close_in_background(env: gym.Env | AsyncEnv, what: str) -> None:
+    """Close ``env`` in a daemon thread and return at once (errors and timeouts are logged).
+
+    For an env built only to read its spaces: ``Trainer()`` (often called on an event
+    loop) must not wait for a slow ``close``; an :class:`~aiorl.AsyncEnv` is closed on a
+    private loop of that thread.
+    """
+
+    def run() -> None:
+        if isinstance(env, AsyncEnv):
+            asyncio.run(aclose_env(env, what))
+        else:
+            close_env(env, what)
+
+    threading.Thread(target=run, name="aiorl-env-close", daemon=True).start()

@@ -17,8 +17,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from aiorl.envs.async_env import AsyncEnv, close_in_thread
-from aiorl.envs.closing import close_env
+from aiorl.envs.async_env import AsyncEnv
+from aiorl.envs.closing import close_in_background
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.errors import ConfigError
 
@@ -115,10 +115,8 @@ class EnvSpaces:
                 )
             spaces = cls(env.observation_space, env.action_space, isinstance(env, AsyncEnv))
         finally:
-            if isinstance(env, AsyncEnv):
-                close_in_thread(env)
-            else:
-                close_env(env, "the probed env")
+            if hasattr(env, "close"):
+                close_in_background(env, "the env built to read its spaces")
         ObservationEncoder.for_space(spaces.observation_space)
         check_action_space(spaces.action_space)
         return spaces
