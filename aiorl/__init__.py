@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # for type checkers and IDEs; at runtime the names load lazily
     from aiorl.algos import APPO, PPO
     from aiorl.config import TrainerConfig
-    from aiorl.engine.consumer import LagStats, UpdateReport
     from aiorl.envs import AsyncEnv, ThreadedEnv
     from aiorl.errors import (
         AiorlError,
@@ -45,6 +44,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at runtime the names load lazil
     )
     from aiorl.models import ActorCritic, CNNActorCritic
     from aiorl.policy import Policy
+    from aiorl.records import LagStats, UpdateReport
     from aiorl.runner import run
     from aiorl.trainer import Trainer, TrainResult
 
@@ -64,7 +64,7 @@ _EXPORTS: dict[str, str] = {
     "Event": "aiorl.events",
     "EventsDropped": "aiorl.events",
     "EventStream": "aiorl.events",
-    "LagStats": "aiorl.engine.consumer",
+    "LagStats": "aiorl.records",
     "LearnerError": "aiorl.errors",
     "Policy": "aiorl.policy",
     "PPO": "aiorl.algos",
@@ -75,7 +75,7 @@ _EXPORTS: dict[str, str] = {
     "TrainerConfig": "aiorl.config",
     "TrainingUpdate": "aiorl.events",
     "TrainResult": "aiorl.trainer",
-    "UpdateReport": "aiorl.engine.consumer",
+    "UpdateReport": "aiorl.records",
     "WorkerCrashed": "aiorl.errors",
     "WorkerHung": "aiorl.errors",
     "WorkerRestarted": "aiorl.events",

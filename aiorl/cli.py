@@ -24,7 +24,7 @@ import click
 from aiorl.checkpoint import CHECKPOINT_NAME
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
-from aiorl.metrics_log import MetricsLog, Recorder
+from aiorl.metrics_log import MetricsLog
 from aiorl.progress import ProgressDisplay
 from aiorl.trainer import Trainer, TrainResult
 
@@ -269,13 +269,11 @@ def _session(
     )
 
     async def train() -> TrainResult:
-        recorder = Recorder(trainer, trainer.config.num_workers)
         with MetricsLog(logdir, resume_after=resume_after) as metrics, display:
 
             def on_update(report: aiorl.UpdateReport) -> None:
-                record = recorder.capture(report)
-                metrics.write(record)
-                display.update(record)
+                metrics.write(report)
+                display.update(report)
 
             options: dict[str, Any] = {
                 "on_update": on_update,

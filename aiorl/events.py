@@ -22,9 +22,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aiorl.errors import ConfigError
+from aiorl.records import UpdateReport
 
 if TYPE_CHECKING:  # runtime imports would make this leaf module depend on the engine
-    from aiorl.engine.consumer import LagStats
     from aiorl.errors import AiorlError
     from aiorl.evaluation import EvalResult
 
@@ -32,30 +32,14 @@ DEFAULT_BUFFER = 1024
 """Events a subscription holds before it drops the oldest."""
 
 
-@dataclass(frozen=True, slots=True)
-class TrainingUpdate:
-    """The learner applied an update.
+TrainingUpdate = UpdateReport
+"""The learner applied an update: the update's :class:`~aiorl.records.UpdateReport` itself.
 
-    Attributes:
-        policy_version: the version the update produced.
-        env_steps: env steps trained on by the trainer so far (all runs).
-        batch_steps: env steps in this update's batch.
-        losses: losses and diagnostics returned by the learner (``policy_loss``,
-            ``value_loss``, ``entropy``, ...).
-        lag: policy lag of the batch's samples (learner version minus acting version).
-        steps_per_s: env steps trained per second since the current ``run()`` began.
-        mean_return: mean return of the last ``return_window`` finished episodes.
-        update_s: seconds the update took in the learner thread.
-    """
-
-    policy_version: int
-    env_steps: int
-    batch_steps: int
-    losses: dict[str, float]
-    lag: LagStats
-    steps_per_s: float
-    mean_return: float
-    update_s: float
+The event and the object ``run(on_update=...)`` receives are one record (the same class and,
+for one update, the same instance): ``policy_version``, ``env_steps``, ``batch_steps``,
+``learner`` (losses and diagnostics), ``lag``, ``steps_per_s``, ``mean_return``, ``update_s``
+and the trainer's counters after the update (see :class:`~aiorl.records.UpdateReport`).
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,15 @@
-"""Run logs: one record per learner update, to ``LOGDIR/metrics.jsonl`` and TensorBoard.
+"""Run logs: one line per learner update, to ``LOGDIR/metrics.jsonl`` and TensorBoard.
 
 ``metrics.jsonl`` holds one JSON object per line, one line per learner update, written
-and flushed as the update finishes. Its schema (``schema`` = 1):
+and flushed as the update finishes: the update's :class:`~aiorl.records.UpdateReport`,
+flattened by :func:`metrics_line` (nothing is recomputed). Its schema (``schema`` = 1):
 
 =====================  ===========================================================
 key                    meaning
 =====================  ===========================================================
 ``schema``             layout version of this line (1)
-``update``             the policy version the update produced (1, 2, ...)
+``update``             the policy version the update produced (1, 2, ...;
+                       ``UpdateReport.policy_version``)
 ``env_steps``          env steps trained on, over the whole run (resumes included)
 ``steps_collected``    env steps collected by the workers
 ``steps_discarded``    collected steps not trained on (policy lag, lost workers, ...)
@@ -16,13 +18,14 @@ key                    meaning
                        before the first episode ends)
 ``wall_time_s``        seconds of training so far (time in ``run()``, resumes included)
 ``time``               Unix time the line was written
-``steps_per_s``        env steps trained per second over the last 10 s
+``steps_per_s``        env steps trained per second since this ``train`` or
+                       ``resume`` command began training
 ``batch_steps``        env steps in this update's batch
 ``update_s``           seconds the learner spent on this update
 ``lag_min``            policy lag of the batch: min, mean and max (versions)
 ``lag_mean``
 ``lag_max``
-``workers_alive``      worker processes alive after the update
+``workers_alive``      worker processes running after the update
 ``num_workers``        worker processes configured
 ``worker_restarts``    worker replacements so far
 ``env_errors``         env exceptions recovered from so far
@@ -41,109 +44,44 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from aiorl.engine.consumer import UpdateReport
-from aiorl.engine.stats import TrainingStats
+from aiorl.records import UpdateReport
 
 METRICS_NAME = "metrics.jsonl"
 SCHEMA = 1
-RATE_WINDOW_S = 10.0
 
 
-class TrainerView(Protocol):
-    """What a :class:`Recorder` reads from the trainer besides the update report."""
-
-    @property
-    def stats(self) -> TrainingStats: ...  # noqa: D102
-
-    @property
-    def train_time_s(self) -> float: ...  # noqa: D102
-
-    @property
-    def worker_pids(self) -> dict[int, int]: ...  # noqa: D102
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateRecord:
-    """The state of a run after one learner update: one line of ``metrics.jsonl`` (see the module doc)."""
-
-    update: int
-    env_steps: int
-    steps_collected: int
-    steps_discarded: int
-    episodes: int
-    mean_return: float | None
-    wall_time_s: float
-    time: float
-    steps_per_s: float
-    batch_steps: int
-    update_s: float
-    lag_min: int
-    lag_mean: float
-    lag_max: int
-    workers_alive: int
-    num_workers: int
-    worker_restarts: int
-    env_errors: int
-    learner: dict[str, float | None]
-
-    def to_json(self) -> str:
-        """One JSON line (no newline); NaN and infinities become ``null``."""
-        return json.dumps({"schema": SCHEMA, **asdict(self)}, allow_nan=False)
-
-
-class Recorder:
-    """Turns each :class:`~aiorl.UpdateReport` and the trainer's counters into an :class:`UpdateRecord`.
-
-    Keeps the recent (time, steps) pairs to report a throughput over the last
-    ``RATE_WINDOW_S`` seconds.
-    """
-
-    def __init__(self, trainer: TrainerView, num_workers: int) -> None:
-        self.trainer = trainer
-        self.num_workers = num_workers
-        self._recent: deque[tuple[float, int]] = deque([(trainer.train_time_s, trainer.stats.steps_trained)])
-
-    def capture(self, report: UpdateReport) -> UpdateRecord:
-        """The record of the update ``report`` describes (call it from ``on_update``)."""
-        stats = self.trainer.stats
-        wall = self.trainer.train_time_s
-        self._recent.append((wall, report.env_steps))
-        while len(self._recent) > 2 and wall - self._recent[1][0] >= RATE_WINDOW_S:
-            self._recent.popleft()
-        first_wall, first_steps = self._recent[0]
-        rate = (report.env_steps - first_steps) / (wall - first_wall) if wall > first_wall else 0.0
-        return UpdateRecord(
-            update=report.version,
-            env_steps=report.env_steps,
-            steps_collected=stats.steps_collected,
-            steps_discarded=stats.steps_discarded,
-            episodes=stats.episodes,
-            mean_return=_finite(report.mean_return),
-            wall_time_s=wall,
-            time=time.time(),
-            steps_per_s=rate,
-            batch_steps=report.batch_steps,
-            update_s=report.update_s,
-            lag_min=report.lag.min,
-            lag_mean=report.lag.mean,
-            lag_max=report.lag.max,
-            workers_alive=len(self.trainer.worker_pids),
-            num_workers=self.num_workers,
-            worker_restarts=stats.worker_restarts,
-            env_errors=stats.env_errors,
-            learner={name: _finite(value) for name, value in report.metrics.items()},
-        )
+def metrics_line(report: UpdateReport) -> dict[str, Any]:
+    """The ``metrics.jsonl`` object of ``report`` (the module doc's schema); NaN becomes ``None``."""
+    return {
+        "schema": SCHEMA,
+        "update": report.policy_version,
+        "env_steps": report.env_steps,
+        "steps_collected": report.steps_collected,
+        "steps_discarded": report.steps_discarded,
+        "episodes": report.episodes,
+        "mean_return": _finite(report.mean_return),
+        "wall_time_s": report.wall_time_s,
+        "time": report.time,
+        "steps_per_s": report.steps_per_s,
+        "batch_steps": report.batch_steps,
+        "update_s": report.update_s,
+        "lag_min": report.lag.min,
+        "lag_mean": report.lag.mean,
+        "lag_max": report.lag.max,
+        "workers_alive": report.workers_alive,
+        "num_workers": report.num_workers,
+        "worker_restarts": report.worker_restarts,
+        "env_errors": report.env_errors,
+        "learner": {name: _finite(value) for name, value in report.learner.items()},
+    }
 
 
 class MetricsLog:
-    """Appends :class:`UpdateRecord` s to ``LOGDIR/metrics.jsonl`` (and TensorBoard when installed).
+    """Appends one line per :class:`~aiorl.records.UpdateReport` to ``LOGDIR/metrics.jsonl`` (and TensorBoard).
 
     Args:
         logdir: the run's directory (created if missing).
@@ -180,12 +118,13 @@ class MetricsLog:
         if tensorboard is None or tensorboard:
             self._tensorboard = _summary_writer(self.logdir, purge_step, required=bool(tensorboard))
 
-    def write(self, record: UpdateRecord) -> None:
-        """Append one line (flushed) and the TensorBoard scalars of ``record``."""
-        self._file.write(record.to_json() + "\n")
+    def write(self, report: UpdateReport) -> None:
+        """Append the line of ``report`` (flushed) and its TensorBoard scalars (call it from ``on_update``)."""
+        line = metrics_line(report)
+        self._file.write(json.dumps(line, allow_nan=False) + "\n")
         self._file.flush()
         if self._tensorboard is not None:
-            _write_scalars(self._tensorboard, record)
+            _write_scalars(self._tensorboard, line)
 
     def close(self) -> None:
         """Close the file and the TensorBoard writer (idempotent)."""
@@ -243,21 +182,20 @@ def _summary_writer(logdir: Path, purge_step: int | None, *, required: bool) -> 
     return SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
 
-def _write_scalars(writer: Any, record: UpdateRecord) -> None:
-    step = record.env_steps
+def _write_scalars(writer: Any, line: dict[str, Any]) -> None:
     scalars = {
-        "return/mean": record.mean_return,
-        "progress/episodes": record.episodes,
-        "progress/update": record.update,
-        "throughput/steps_per_s": record.steps_per_s,
-        "throughput/update_s": record.update_s,
-        "lag/mean": record.lag_mean,
-        "lag/max": record.lag_max,
-        "workers/alive": record.workers_alive,
-        "workers/restarts": record.worker_restarts,
-        "accounting/steps_discarded": record.steps_discarded,
-        **{f"learner/{name}": value for name, value in record.learner.items()},
+        "return/mean": line["mean_return"],
+        "progress/episodes": line["episodes"],
+        "progress/update": line["update"],
+        "throughput/steps_per_s": line["steps_per_s"],
+        "throughput/update_s": line["update_s"],
+        "lag/mean": line["lag_mean"],
+        "lag/max": line["lag_max"],
+        "workers/alive": line["workers_alive"],
+        "workers/restarts": line["worker_restarts"],
+        "accounting/steps_discarded": line["steps_discarded"],
+        **{f"learner/{name}": value for name, value in line["learner"].items()},
     }
     for tag, value in scalars.items():
         if value is not None:
-            writer.add_scalar(tag, value, global_step=step, walltime=record.time)
+            writer.add_scalar(tag, value, global_step=line["env_steps"], walltime=line["time"])

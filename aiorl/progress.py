@@ -1,6 +1,6 @@
 """Live training progress for a terminal, and plain periodic lines for logs (CI).
 
-:class:`ProgressDisplay` consumes one :class:`~aiorl.metrics_log.UpdateRecord` per learner
+:class:`ProgressDisplay` consumes one :class:`~aiorl.records.UpdateReport` per learner
 update. On a terminal it shows a live panel (rich) with steps, steps/s, episodes, mean
 return, policy lag, worker health and an ETA, refreshed four times a second; when the
 output is not a terminal it prints one plain line every ``interval_s`` seconds and a last
@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from aiorl.metrics_log import UpdateRecord
+from aiorl.records import UpdateReport
 
 
 class ProgressDisplay:
@@ -57,9 +57,9 @@ class ProgressDisplay:
         self.interval_s = interval_s
         self.console = Console(file=file, stderr=file is None, highlight=False)
         self.live = self.console.is_terminal if live is None else live
-        self.record: UpdateRecord | None = None
+        self.report: UpdateReport | None = None
         self._last_line = -math.inf
-        self._line_printed_for: UpdateRecord | None = None
+        self._line_printed_for: UpdateReport | None = None
         self._live = Live(self, console=self.console, refresh_per_second=4) if self.live else None
 
     def __enter__(self) -> ProgressDisplay:
@@ -77,82 +77,84 @@ class ProgressDisplay:
         if self._live is not None:
             self._live.stop()
             self._live = None
-        elif not self.live and self.record is not None and self._line_printed_for is not self.record:
-            self._print_line(self.record)
+        elif not self.live and self.report is not None and self._line_printed_for is not self.report:
+            self._print_line(self.report)
 
-    def update(self, record: UpdateRecord) -> None:
-        """Take the newest record; print a plain line if ``interval_s`` has passed (not live)."""
-        self.record = record
+    def update(self, report: UpdateReport) -> None:
+        """Take the newest report; print a plain line if ``interval_s`` has passed (not live)."""
+        self.report = report
         if self.live:
             return
         now = time.monotonic()
         if now - self._last_line >= self.interval_s:
             self._last_line = now
-            self._print_line(record)
+            self._print_line(report)
 
     # ---- what is shown -------------------------------------------------------------------
-    def eta_s(self, record: UpdateRecord) -> float | None:
-        """Seconds to the end of the step budget at the recent rate (``None`` when unknown)."""
-        left = self.steps_at_start + self.total_steps - record.env_steps
+    def eta_s(self, report: UpdateReport) -> float | None:
+        """Seconds to the end of the step budget at the run's rate (``None`` when unknown)."""
+        left = self.steps_at_start + self.total_steps - report.env_steps
         if left <= 0:
             return 0.0
-        return left / record.steps_per_s if record.steps_per_s > 0 else None
+        return left / report.steps_per_s if report.steps_per_s > 0 else None
 
-    def line(self, record: UpdateRecord) -> str:
-        """The plain progress line for ``record``."""
-        done = record.env_steps - self.steps_at_start
+    def line(self, report: UpdateReport) -> str:
+        """The plain progress line for ``report``."""
+        done = report.env_steps - self.steps_at_start
         return (
-            f"[{_duration(record.wall_time_s)}] steps {record.env_steps:,} "
+            f"[{_duration(report.wall_time_s)}] steps {report.env_steps:,} "
             f"({100 * min(done / self.total_steps, 1):.0f}% of {self.total_steps:,}) | "
-            f"{record.steps_per_s:,.0f} steps/s | episodes {record.episodes:,} | "
-            f"return {_number(record.mean_return)}{self._target()} | "
-            f"lag {record.lag_min}/{record.lag_mean:.2f}/{record.lag_max} | {_workers(record)} | "
-            f"ETA {_eta(self.eta_s(record))}"
+            f"{report.steps_per_s:,.0f} steps/s | episodes {report.episodes:,} | "
+            f"return {_number(report.mean_return)}{self._target()} | "
+            f"lag {report.lag.min}/{report.lag.mean:.2f}/{report.lag.max} | {_workers(report)} | "
+            f"ETA {_eta(self.eta_s(report))}"
         )
 
     def _target(self) -> str:
         return "" if self.target_return is None else f" (target {self.target_return:g})"
 
-    def _print_line(self, record: UpdateRecord) -> None:
-        self._line_printed_for = record
-        self.console.print(self.line(record), soft_wrap=True)
+    def _print_line(self, report: UpdateReport) -> None:
+        self._line_printed_for = report
+        self.console.print(self.line(report), soft_wrap=True)
 
     def __rich__(self) -> RenderableType:
         """The live panel (rich calls this on every refresh)."""
-        record = self.record
+        report = self.report
         header = Text(f"aiorl · {self.title}", style="bold")
-        if record is None:
+        if report is None:
             return Group(header, Text("starting workers, waiting for the first update ..."))
-        done = record.env_steps - self.steps_at_start
+        done = report.env_steps - self.steps_at_start
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim")
         grid.add_column()
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
             ProgressBar(total=self.total_steps, completed=min(done, self.total_steps), width=30),
-            f"{record.env_steps:,} steps ({100 * min(done / self.total_steps, 1):.0f}% of {self.total_steps:,})",
+            f"{report.env_steps:,} steps ({100 * min(done / self.total_steps, 1):.0f}% of {self.total_steps:,})",
         )
         grid.add_row("progress", bar)
-        grid.add_row("speed", f"{record.steps_per_s:,.0f} steps/s · update {record.update} ({record.update_s:.2f} s)")
-        grid.add_row("episodes", f"{record.episodes:,}")
-        grid.add_row("return", f"{_number(record.mean_return)}{self._target()}")
-        grid.add_row("policy lag", f"min {record.lag_min} · mean {record.lag_mean:.2f} · max {record.lag_max}")
-        health = Text(_workers(record), style="green" if record.workers_alive == record.num_workers else "yellow")
+        grid.add_row(
+            "speed", f"{report.steps_per_s:,.0f} steps/s · update {report.policy_version} ({report.update_s:.2f} s)"
+        )
+        grid.add_row("episodes", f"{report.episodes:,}")
+        grid.add_row("return", f"{_number(report.mean_return)}{self._target()}")
+        grid.add_row("policy lag", f"min {report.lag.min} · mean {report.lag.mean:.2f} · max {report.lag.max}")
+        health = Text(_workers(report), style="green" if report.workers_alive == report.num_workers else "yellow")
         grid.add_row("workers", health)
-        grid.add_row("time", f"{_duration(record.wall_time_s)} elapsed · ETA {_eta(self.eta_s(record))}")
+        grid.add_row("time", f"{_duration(report.wall_time_s)} elapsed · ETA {_eta(self.eta_s(report))}")
         return Group(header, grid)
 
 
-def _workers(record: UpdateRecord) -> str:
-    restarting = record.num_workers - record.workers_alive
-    state = f"{record.workers_alive}/{record.num_workers} alive"
+def _workers(report: UpdateReport) -> str:
+    restarting = report.num_workers - report.workers_alive
+    state = f"{report.workers_alive}/{report.num_workers} alive"
     if restarting > 0:
         state += f", {restarting} restarting"
-    return f"{state}, {record.worker_restarts} restarts"
+    return f"{state}, {report.worker_restarts} restarts"
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def _number(value: float) -> str:
+    return f"{value:.1f}" if math.isfinite(value) else "n/a"
 
 
 def _duration(seconds: float) -> str:

@@ -330,8 +330,9 @@ class Trainer:
             target_return: stop as soon as the mean return of the last
                 ``return_window`` finished episodes is at least this.
             on_update: called on the loop after every learner update with an
-                :class:`~aiorl.engine.consumer.UpdateReport`; keep it quick.
-                (:meth:`events` streams the same news to any number of consumers.)
+                :class:`~aiorl.records.UpdateReport`; keep it quick.
+                (:meth:`events` publishes the same object, a
+                :class:`~aiorl.events.TrainingUpdate`, to any number of consumers.)
 
         :meth:`stop` ends it early and gracefully (the result says ``stopped``);
         cancelling the task running it tears everything it started down at once.
@@ -371,7 +372,14 @@ class Trainer:
             session = self._session
             plan, self._resume_plan = self._resume_plan, None
             start = self.stats.steps_trained if plan is None else plan.trained_at_start
-            goal = RunGoal(total_steps, target_return, start, stop_requested=self._stop_requested)
+            goal = RunGoal(
+                total_steps,
+                target_return,
+                start,
+                trained_at_call=self.stats.steps_trained,
+                train_time_at_start=self._train_time_s,
+                stop_requested=self._stop_requested,
+            )
             checkpointer = None
             if checkpoint_path is not None:
                 checkpointer = run_checkpointer(
@@ -387,12 +395,12 @@ class Trainer:
                 evaluate=functools.partial(self.evaluate, self.config.eval_episodes),
                 eval_interval_steps=self.config.eval_interval_steps,
             )
-            self._run_started = training.started
+            self._run_started = goal.started
             try:
                 result = await training.train()
             finally:
                 self._stop_requested = False
-                self._train_time_s += time.monotonic() - training.started
+                self._train_time_s = goal.wall_time_s(time.monotonic())
                 self._run_started = None
             self.unfinished_run = None
             return result

@@ -93,7 +93,7 @@ def main() -> None:
             return
         last_print = time.monotonic()
         print(
-            f"update {update.version:4d}  steps {update.env_steps:8,d}  "
+            f"update {update.policy_version:4d}  steps {update.env_steps:8,d}  "
             f"return {update.mean_return:6.1f}  lag {update.lag.mean:4.2f}",
             flush=True,
         )

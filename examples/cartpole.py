@@ -41,9 +41,9 @@ def main() -> None:
             return
         last_print = time.monotonic()
         print(
-            f"update {update.version:4d}  steps {update.env_steps:8,d}  "
+            f"update {update.policy_version:4d}  steps {update.env_steps:8,d}  "
             f"return {update.mean_return:6.1f}  lag {update.lag.mean:4.2f}  "
-            f"entropy {update.metrics['entropy']:.3f}",
+            f"entropy {update.learner['entropy']:.3f}",
             flush=True,
         )
 

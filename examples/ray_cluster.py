@@ -61,7 +61,9 @@ async def train(trainer: aiorl.Trainer, steps: int, target: float) -> None:
             nonlocal last_print
             if time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
-                print(f"update {update.version:4d}  steps {update.env_steps:8,d}  return {update.mean_return:6.1f}")
+                print(
+                    f"update {update.policy_version:4d}  steps {update.env_steps:8,d}  return {update.mean_return:6.1f}"
+                )
 
         result = await trainer.run(total_steps=steps, target_return=target, on_update=progress)
     outcome = "reached" if result.reached_target else "did not reach"

@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -116,3 +117,11 @@ def no_leaks() -> Iterator[None]:
 
 SMALL = {"num_workers": 2, "envs_per_worker": 4, "rollout_length": 16, "log_interval_s": 60.0}
 """Trainer options for short behavioural tests."""
+
+
+def documented_metrics_keys() -> set[str]:
+    """The keys of a ``metrics.jsonl`` line, as the schema table in ``aiorl/metrics_log.py`` documents them."""
+    import aiorl.metrics_log
+
+    table = (aiorl.metrics_log.__doc__ or "").split("=====================  ")[2]  # between header and end rules
+    return set(re.findall(r"^``(\w+)``", table, flags=re.MULTILINE))

@@ -84,7 +84,7 @@ async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_
         first_pids = dict(trainer.worker_pids)
 
         def kill_once(report):
-            if report.version == 3:
+            if report.policy_version == 3:
                 os.kill(first_pids[1], signal.SIGKILL)  # the actor's process, as the OOM killer would
 
         result = await trainer.run(total_steps=6_000, on_update=kill_once)

@@ -27,7 +27,7 @@ from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
 from aiorl.models import ActorCritic, evaluate
 from aiorl.shm import RolloutLayout, RolloutSlots
 from aiorl.testing import AsyncCountingEnv, FaultyEnv
-from aiorl.worker import AsyncActing, WorkerSpec
+from aiorl.worker import AsyncActing, WorkerTemplate
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.sampler import RolloutSummary
 
@@ -46,25 +46,18 @@ def make_sampler(
     slots = RolloutSlots.create(layout, num_slots)
     torch.manual_seed(0)
     policy = ActorCritic(encoder.shape, dist)
-    spec = WorkerSpec(
-        worker_id=0,
-        incarnation=0,
+    spec = WorkerTemplate(
         env_factory=factory,
         seed=0,
         layout=layout,
-        slots_name=slots.segment.name,
         num_slots=num_slots,
-        weights_name="unused",
-        num_weights=0,
         policy=policy,
         dist=dist,
         obs_encoder=encoder,
         heartbeat_interval_s=1.0,
-        progress_name="unused",
         num_workers=1,
-        stack_path="unused",
         env_error_limit=3,
-    )
+    ).worker_spec(worker_id=0, incarnation=0)
     options = {"env_threads": False, "env_timeout_s": 10.0, "act_wait_s": 0.0, **acting}
     sampler = AsyncEnvSampler(spec, policy, AsyncActing(act_batch=act_batch or envs, **options), lambda: 0)
     return sampler, slots

@@ -79,7 +79,7 @@ async def test_training_after_load_continues_the_step_counters_and_versions(tmp_
 
     result = await trainer.run(total_steps=512, on_update=reports.append)
 
-    assert reports[0].version == first.policy_version + 1
+    assert reports[0].policy_version == first.policy_version + 1
     assert reports[0].env_steps == first.total_env_steps + reports[0].batch_steps
     assert result.total_env_steps == first.total_env_steps + result.env_steps
     assert result.policy_version == first.policy_version + result.updates
@@ -95,7 +95,7 @@ async def test_resume_finishes_an_interrupted_run_with_its_learning_rate_schedul
     at_interrupt = []
 
     def interrupt_after_four(report):
-        if report.version == 4:
+        if report.policy_version == 4:
             at_interrupt.append(report)
             running.cancel()
 
@@ -107,15 +107,19 @@ async def test_resume_finishes_an_interrupted_run_with_its_learning_rate_schedul
     saved = at_interrupt[0]
     extra = resumed.policy_version - 4  # an update already in the learner when cancelled is finished and kept
     assert extra in (0, 1) and resumed.stats.steps_trained == saved.env_steps + extra * saved.batch_steps
-    trained_at_load = resumed.stats.steps_trained
+    trained_at_load, wall_at_load = resumed.stats.steps_trained, resumed.train_time_s
     assert resumed.unfinished_run == RunPlan(total_steps=total, target_return=None, trained_at_start=0)
     reports = []
     result = await resumed.resume(on_update=reports.append)
 
-    assert reports[0].version == 5 + extra
+    assert reports[0].policy_version == 5 + extra
     # the linear schedule goes on from the fraction of the whole run already done
-    assert reports[0].metrics["learning_rate"] == pytest.approx(algo.learning_rate * (1 - trained_at_load / total))
+    assert reports[0].learner["learning_rate"] == pytest.approx(algo.learning_rate * (1 - trained_at_load / total))
     assert resumed.stats.steps_trained == total and result.env_steps == total
+    # throughput counts the steps of this call only, not those trained before the interruption
+    last = reports[-1]
+    assert last.steps_per_s * (last.wall_time_s - wall_at_load) == pytest.approx(last.env_steps - trained_at_load)
+    assert result.steps_per_second == pytest.approx((total - trained_at_load) / result.wall_time)
     assert resumed.unfinished_run is None
     with pytest.raises(RuntimeError, match="no unfinished run"):
         await resumed.resume()
@@ -212,7 +216,9 @@ async def test_a_failed_run_leaves_a_checkpoint_of_its_last_update(tmp_path):
     versions = []
 
     with pytest.raises(WorkerRestartError):
-        await trainer.run(total_steps=100_000, on_update=lambda r: versions.append(r.version), checkpoint_path=path)
+        await trainer.run(
+            total_steps=100_000, on_update=lambda r: versions.append(r.policy_version), checkpoint_path=path
+        )
 
     loaded = Trainer.load(path)
     # the last reported update, or the one the learner finished while the run was being cancelled

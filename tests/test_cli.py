@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import documented_metrics_keys, wait_until
 
 from aiorl import Trainer
 from aiorl.checkpoint import read_checkpoint, write_checkpoint
 from aiorl.config_file import build_experiment, load_experiment
-from aiorl.metrics_log import UpdateRecord, read_metrics
+from aiorl.metrics_log import read_metrics
 
 TESTS = Path(__file__).resolve().parent
 SMALL_FLAGS = ["--workers", "2", "--envs-per-worker", "4", "--progress", "plain"]
@@ -61,7 +61,7 @@ def test_train_writes_config_metrics_checkpoint_and_tensorboard(trained):
     records = read_metrics(logdir)
     assert [r["update"] for r in records] == list(range(1, 9))
     assert [r["env_steps"] for r in records] == [256 * u for u in range(1, 9)]
-    assert set(records[-1]) == {"schema", *UpdateRecord.__dataclass_fields__}
+    assert set(records[-1]) == documented_metrics_keys()
     assert records[-1]["mean_return"] > 0 and {"policy_loss", "entropy"} <= set(records[-1]["learner"])
 
     state = read_checkpoint(logdir / "checkpoint.pt")

@@ -112,7 +112,7 @@ async def test_subscribed_before_run_sees_every_update_and_episode_then_ends():
     episodes = [e for e in events if isinstance(e, EpisodeFinished)]
     assert [u.policy_version for u in updates] == list(range(1, result.updates + 1))
     assert updates[-1].env_steps == result.env_steps
-    assert all(u.steps_per_s > 0 and u.lag.min >= 0 and "policy_loss" in u.losses for u in updates)
+    assert all(u.steps_per_s > 0 and u.lag.min >= 0 and "policy_loss" in u.learner for u in updates)
     assert len(episodes) == trainer.stats.episodes > 0
     assert {e.worker_id for e in episodes} == {0, 1}
     assert all(e.episode_return == e.length > 0 for e in episodes)  # CartPole: reward 1 per step
@@ -125,7 +125,7 @@ async def test_subscribing_during_run_receives_the_updates_from_then_on():
     second_update = asyncio.Event()
 
     def on_update(report):
-        if report.version >= 2:
+        if report.policy_version >= 2:
             second_update.set()
 
     task = asyncio.create_task(trainer.run(total_steps=10**9, on_update=on_update))

@@ -62,7 +62,7 @@ async def test_a_worker_killed_from_outside_is_replaced():
         first_pids = dict(trainer.worker_pids)
 
         def kill_once(report):
-            if report.version == 3:
+            if report.policy_version == 3:
                 os.kill(first_pids[1], signal.SIGKILL)
 
         result = await trainer.run(total_steps=8_000, on_update=kill_once)

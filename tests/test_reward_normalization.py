@@ -56,7 +56,7 @@ def test_scaled_rewards_are_clipped_and_statistics_round_trip():
 async def test_training_with_normalized_rewards_reports_the_scale_and_unscaled_returns():
     scales = []
     trainer = Trainer("CartPole-v1", PPO(update_epochs=1, num_minibatches=1), normalize_rewards=True, **SMALL)
-    result = await trainer.run(total_steps=3_000, on_update=lambda u: scales.append(u.metrics["reward_scale"]))
+    result = await trainer.run(total_steps=3_000, on_update=lambda u: scales.append(u.learner["reward_scale"]))
     assert scales[-1] > 1.0, "CartPole's discounted returns spread by more than 1"
     assert result.mean_return >= 8.0, "returns are reported in the env's units (CartPole: episode lengths)"
     assert trainer.reward_normalizer is not None and trainer.reward_normalizer.count > 3_000

@@ -15,7 +15,7 @@ from aiorl.models import ActorCritic, evaluate
 from aiorl.shm import RolloutLayout, RolloutSlots
 from aiorl.testing import COUNTING_ENV_ID
 from aiorl.worker.sampler import EnvSampler
-from aiorl.worker.spec import WorkerSpec
+from aiorl.worker.spec import WorkerTemplate
 
 
 def make_sampler(
@@ -35,26 +35,19 @@ def make_sampler(
     slots = RolloutSlots.create(layout, 1)
     torch.manual_seed(0)
     policy = ActorCritic(encoder.shape, dist)
-    spec = WorkerSpec(
-        worker_id=0,
-        incarnation=0,
+    spec = WorkerTemplate(
         env_factory=factory,
         seed=0,
         layout=layout,
-        slots_name=slots.segment.name,
         num_slots=1,
-        weights_name="unused",
-        num_weights=0,
         policy=policy,
         dist=dist,
         obs_encoder=encoder,
         heartbeat_interval_s=1.0,
-        progress_name="unused",
         num_workers=1,
-        stack_path="unused",
         env_error_limit=3,
         reward_gamma=reward_gamma,
-    )
+    ).worker_spec(worker_id=0, incarnation=0)
     return EnvSampler(spec, policy), slots
 
 

@@ -76,7 +76,7 @@ SCRIPT = textwrap.dedent(
     import aiorl
 
     def announce(report):
-        if report.version == 2:
+        if report.policy_version == 2:
             print("training", flush=True)
 
     if __name__ == "__main__":

@@ -34,10 +34,10 @@ async def test_workers_act_with_newer_weights_and_lag_is_reported():
         result = await trainer.run(total_steps=4_000, on_update=reports.append)
     behaviour_versions = [version for report in reports for _, _, version in report.rollouts]
     assert max(behaviour_versions) >= len(reports) - 4, "workers must pick up new weights"
-    assert [r.version for r in reports] == list(range(1, len(reports) + 1))
+    assert [r.policy_version for r in reports] == list(range(1, len(reports) + 1))
     for report in reports:
         assert 0 <= report.lag.min <= report.lag.mean <= report.lag.max <= 4  # max_policy_lag
-        assert report.lag.max == report.version - 1 - min(v for _, _, v in report.rollouts)
+        assert report.lag.max == report.policy_version - 1 - min(v for _, _, v in report.rollouts)
     assert result.policy_lag is not None and result.policy_lag.max <= 4
 
 

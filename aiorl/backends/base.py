@@ -15,75 +15,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-from torch import nn
 
 from aiorl import protocol
-from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, ObservationEncoder
-from aiorl.rollout import RolloutLayout, SlotArrays
-from aiorl.worker.spec import AsyncActing, WorkerSpec
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerTemplate:
-    """What every worker of one trainer is built from, whatever runs it.
-
-    Attributes:
-        env_factory: builds each of a worker's ``layout.num_envs`` envs.
-        seed: base seed of the run.
-        layout: shape of one rollout.
-        num_workers: workers (seats) of the trainer.
-        num_slots: rollout slots over all seats (slot ids are ``0 .. num_slots - 1``).
-        policy: a CPU template of the policy; workers replace its weights with published ones.
-        dist: the action distribution.
-        obs_encoder: turns raw observations into float32 arrays.
-        heartbeat_interval_s: seconds between a worker's heartbeats.
-        env_error_limit: consecutive failures of one env that are fatal.
-        start_method: multiprocessing start method of local workers (``None``: forkserver).
-        reward_gamma: discount of the returns workers record for reward normalisation (``None``: off).
-        acting: how to step async envs (``None``: gymnasium envs, inline); local workers only.
-    """
-
-    env_factory: EnvFactory
-    seed: int
-    layout: RolloutLayout
-    num_workers: int
-    num_slots: int
-    policy: nn.Module
-    dist: ActionDistribution
-    obs_encoder: ObservationEncoder
-    heartbeat_interval_s: float
-    env_error_limit: int
-    start_method: str | None
-    reward_gamma: float | None = None
-    acting: AsyncActing | None = None
-
-    def worker_spec(self, worker_id: int, incarnation: int, **plumbing: Any) -> WorkerSpec:
-        """The spec of one worker: this template plus the backend's ``plumbing``.
-
-        ``plumbing`` holds shared-memory names and the stack file (left empty where the
-        backend has none) and, for local workers, ``acting``.
-        """
-        defaults = dict(slots_name="", num_slots=0, weights_name="", num_weights=0, progress_name="", stack_path="")
-        return WorkerSpec(
-            worker_id=worker_id,
-            incarnation=incarnation,
-            env_factory=self.env_factory,
-            seed=self.seed,
-            layout=self.layout,
-            policy=self.policy,
-            dist=self.dist,
-            obs_encoder=self.obs_encoder,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            num_workers=self.num_workers,
-            env_error_limit=self.env_error_limit,
-            reward_gamma=self.reward_gamma,
-            **{**defaults, **plumbing},
-        )
+from aiorl.rollout import SlotArrays
+from aiorl.worker.spec import WorkerTemplate
 
 
 class WeightPublisher(Protocol):

@@ -1,7 +1,7 @@
 """The main-process side: worker pool (supervisor), consumer, broadcaster, counters, slot ledger."""
 
 from aiorl.engine.broadcaster import Broadcaster
-from aiorl.engine.consumer import Consumer, LagStats, RunGoal, UpdateReport
+from aiorl.engine.consumer import Consumer, RunGoal
 from aiorl.engine.hang import HangVerdict, HangWatch
 from aiorl.engine.ledger import LedgerError, SlotLedger, SlotState
 from aiorl.engine.pool import ReadyRollout, WorkerPool
@@ -14,13 +14,11 @@ __all__ = [
     "DiscardReason",
     "HangVerdict",
     "HangWatch",
-    "LagStats",
     "LedgerError",
     "ReadyRollout",
     "RunGoal",
     "SlotLedger",
     "SlotState",
     "TrainingStats",
-    "UpdateReport",
     "WorkerPool",
 ]

@@ -32,52 +32,13 @@ from aiorl.engine.ledger import DiscardReason
 from aiorl.engine.pool import ReadyRollout, WorkerPool
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import LearnerError
+from aiorl.records import LagStats, UpdateReport, steps_per_second
 from aiorl.shm import RolloutLayout
 
 log = logging.getLogger("aiorl")
 
 CANCELLED_UPDATE_WAIT_S = 60.0
 """How long a cancelled run waits for the update already running in the learner thread."""
-
-
-@dataclass(frozen=True, slots=True)
-class LagStats:
-    """Policy lag of the samples of an update: learner version minus acting version."""
-
-    min: int
-    mean: float
-    max: int
-
-    @classmethod
-    def of(cls, learner_version: int, behaviour_versions: np.ndarray) -> LagStats:
-        """Lag statistics of ``behaviour_versions`` against ``learner_version``."""
-        lag = learner_version - behaviour_versions
-        return cls(min=int(lag.min()), mean=float(lag.mean()), max=int(lag.max()))
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateReport:
-    """What one learner update did; passed to ``run(on_update=...)`` after each update.
-
-    Attributes:
-        version: the policy version the update produced.
-        env_steps: env steps trained on by the trainer so far (all runs).
-        batch_steps: env steps in this update's batch.
-        lag: policy lag of the batch's samples.
-        rollouts: ``(worker_id, pid, policy_version)`` of each rollout in the batch.
-        metrics: losses and diagnostics returned by the learner.
-        mean_return: mean return of the last ``return_window`` episodes.
-        update_s: seconds the learner took (in its executor thread).
-    """
-
-    version: int
-    env_steps: int
-    batch_steps: int
-    lag: LagStats
-    rollouts: tuple[tuple[int, int, int], ...]
-    metrics: dict[str, float]
-    mean_return: float
-    update_s: float
 
 
 UpdateCallback = Callable[[UpdateReport], Any]
@@ -90,7 +51,13 @@ class RunGoal:
     total_steps: int
     target_return: float | None
     trained_at_start: int
+    """``steps_trained`` when the run began (for a resumed run: when the interrupted run began)."""
+    trained_at_call: int | None = None
+    """``steps_trained`` when this ``run()`` call began (``None``: ``trained_at_start``)."""
+    train_time_at_start: float = 0.0
+    """The trainer's ``train_time_s`` when this call began."""
     started: float = field(default_factory=time.monotonic)
+    """Monotonic time this call began."""
     stop_requested: bool = False
     """Set by ``trainer.stop()``: end after the update in progress."""
     target_reached: bool = False
@@ -98,6 +65,15 @@ class RunGoal:
     final_return: float | None = None
     """The mean return when :meth:`done` first said stop (rollouts that arrive while the run
     winds down still add episodes to the trainer's statistics, not to this)."""
+
+    def steps_per_s(self, stats: TrainingStats, now: float) -> float:
+        """Env steps trained per second since this call began (:func:`~aiorl.records.steps_per_second`)."""
+        at_call = self.trained_at_start if self.trained_at_call is None else self.trained_at_call
+        return steps_per_second(stats.steps_trained - at_call, now - self.started)
+
+    def wall_time_s(self, now: float) -> float:
+        """The trainer's ``train_time_s`` at ``now``."""
+        return self.train_time_at_start + (now - self.started)
 
     def progress(self, stats: TrainingStats) -> float:
         """Fraction of ``total_steps`` trained in this run, in [0, 1]."""
@@ -261,20 +237,43 @@ class Consumer:
             if self.strict:  # after the new weights are out (or the update failed): free the slots
                 for rollout in rollouts:
                     self.pool.release(rollout)
-        report = UpdateReport(
-            version=self.version,
-            env_steps=self.stats.steps_trained,
-            batch_steps=batch.env_steps,
-            lag=lag,
-            rollouts=tuple((r.worker_id, r.pid, r.policy_version) for r in rollouts),
-            metrics=metrics,
-            mean_return=self.stats.mean_return,
-            update_s=time.monotonic() - started,
-        )
+        report = self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started)
         self.learner_s += report.update_s
         self._log_progress(report, goal)
         if on_update is not None:
             on_update(report)
+
+    def _report(
+        self,
+        goal: RunGoal,
+        batch: RolloutBatch,
+        rollouts: list[ReadyRollout],
+        lag: LagStats,
+        metrics: dict[str, float],
+        update_s: float,
+    ) -> UpdateReport:
+        """The one record of the update that just finished."""
+        now, stats = time.monotonic(), self.stats
+        return UpdateReport(
+            policy_version=self.version,
+            env_steps=stats.steps_trained,
+            batch_steps=batch.env_steps,
+            lag=lag,
+            rollouts=tuple((r.worker_id, r.pid, r.policy_version) for r in rollouts),
+            learner=metrics,
+            mean_return=stats.mean_return,
+            update_s=update_s,
+            steps_per_s=goal.steps_per_s(stats, now),
+            wall_time_s=goal.wall_time_s(now),
+            time=time.time(),
+            steps_collected=stats.steps_collected,
+            steps_discarded=stats.steps_discarded,
+            episodes=stats.episodes,
+            worker_restarts=stats.worker_restarts,
+            env_errors=stats.env_errors,
+            workers_alive=len(self.pool.pids),
+            num_workers=len(self.pool.seats),
+        )
 
     def _apply(self, batch: RolloutBatch, weights: np.ndarray) -> LagStats:
         """Count a finished update and hand its weights to the broadcaster."""
@@ -343,20 +342,19 @@ class Consumer:
             return
         self._last_log = now
         elapsed = now - goal.started
-        run_steps = self.stats.steps_trained - goal.trained_at_start
         log.info(
             "update %d | steps %d | %.0f steps/s | learner busy %.0f%% | return %.1f (%d episodes) | "
             "lag %d/%.2f/%d | policy loss %.4f | value loss %.4f | entropy %.3f",
-            report.version,
+            report.policy_version,
             report.env_steps,
-            run_steps / max(elapsed, 1e-9),
+            report.steps_per_s,
             100 * (self.learner_s - self._learner_s_at_run_start) / max(elapsed, 1e-9),
             report.mean_return,
-            self.stats.episodes,
+            report.episodes,
             report.lag.min,
             report.lag.mean,
             report.lag.max,
-            report.metrics.get("policy_loss", float("nan")),
-            report.metrics.get("value_loss", float("nan")),
-            report.metrics.get("entropy", float("nan")),
+            report.learner.get("policy_loss", float("nan")),
+            report.learner.get("value_loss", float("nan")),
+            report.learner.get("entropy", float("nan")),
         )

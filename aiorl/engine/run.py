@@ -2,9 +2,10 @@
 
 :class:`TrainingRun` drives the session's consumer in a supervised scope
 (:meth:`aiorl.engine.session.Session.supervise`), and after every update (on the loop,
-the learner idle) notes the checkpoint's counters, publishes a
-:class:`~aiorl.events.TrainingUpdate`, calls the user's ``on_update`` and starts a
-periodic evaluation when one is due. :class:`TrainResult` is what it returns.
+the learner idle) notes the checkpoint's counters, publishes the update's
+:class:`~aiorl.records.UpdateReport` (the :class:`~aiorl.events.TrainingUpdate` event), passes
+the same object to the user's ``on_update`` and starts a periodic evaluation when one is due.
+:class:`TrainResult` is what it returns.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiorl.checkpoint import Checkpointer
-from aiorl.engine.consumer import LagStats, RunGoal, UpdateCallback, UpdateReport
+from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.session import Session
 from aiorl.engine.stats import TrainingStats
 from aiorl.evaluation import EvalResult, PeriodicEvaluation
-from aiorl.events import EventHub, TrainingUpdate
+from aiorl.events import EventHub
+from aiorl.records import LagStats, UpdateReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,9 @@ class TrainResult:
         evaluations: the periodic evaluations of this run (``eval_interval_steps``), oldest first.
         stopped: whether the run ended because ``trainer.stop()`` was called.
         learner_time: seconds the learner spent in updates during this run (see ``learner_busy``).
+        steps_per_second: env steps trained per wall-clock second of this call, the same
+            definition as :attr:`~aiorl.records.UpdateReport.steps_per_s` (a resumed run's steps
+            from before the interruption are not counted).
     """
 
     env_steps: int
@@ -64,11 +69,7 @@ class TrainResult:
     evaluations: tuple[EvalResult, ...] = ()
     stopped: bool = False
     learner_time: float = 0.0
-
-    @property
-    def steps_per_second(self) -> float:
-        """Env steps trained per wall-clock second in this run."""
-        return self.env_steps / self.wall_time if self.wall_time > 0 else 0.0
+    steps_per_second: float = 0.0
 
     @property
     def learner_busy(self) -> float:
@@ -118,7 +119,6 @@ class TrainingRun:
         self._episodes, self._updates = stats.episodes, stats.updates
         self._restarts, self._env_errors = stats.worker_restarts, stats.env_errors
         self._learner_s = session.consumer.learner_s
-        self.started = time.monotonic()
 
     async def train(self) -> TrainResult:
         """Train until the goal is met (or ``stop()``); write the final checkpoint; return the result.
@@ -145,21 +145,7 @@ class TrainingRun:
         """After each update (on the loop, the learner idle): checkpoint, event, callback, evaluation."""
         if self.checkpointer is not None:
             self.checkpointer.after_update()
-        goal = self.goal
-        if self.events.subscribed:
-            elapsed = time.monotonic() - goal.started
-            self.events.publish(
-                TrainingUpdate(
-                    policy_version=report.version,
-                    env_steps=report.env_steps,
-                    batch_steps=report.batch_steps,
-                    losses=report.metrics,
-                    lag=report.lag,
-                    steps_per_s=(report.env_steps - goal.trained_at_start) / elapsed if elapsed > 0 else 0.0,
-                    mean_return=report.mean_return,
-                    update_s=report.update_s,
-                )
-            )
+        self.events.publish(report)  # the record is the event (TrainingUpdate)
         if self.on_update is not None:
             self.on_update(report)
         assert self._evaluation is not None
@@ -167,11 +153,12 @@ class TrainingRun:
 
     def _result(self) -> TrainResult:
         stats, goal, consumer = self.stats, self.goal, self.session.consumer
+        now = time.monotonic()
         return TrainResult(
             env_steps=stats.steps_trained - goal.trained_at_start,
             episodes=stats.episodes - self._episodes,
             mean_return=stats.mean_return if goal.final_return is None else goal.final_return,
-            wall_time=time.monotonic() - self.started,
+            wall_time=now - goal.started,
             worker_restarts=stats.worker_restarts - self._restarts,
             env_errors=stats.env_errors - self._env_errors,
             reached_target=goal.target_reached or goal.reached_target(stats),
@@ -185,4 +172,5 @@ class TrainingRun:
             evaluations=tuple(self._evaluation.results) if self._evaluation is not None else (),
             stopped=goal.stop_requested,
             learner_time=consumer.learner_s - self._learner_s,
+            steps_per_second=goal.steps_per_s(stats, now),
         )

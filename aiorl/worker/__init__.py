@@ -3,6 +3,6 @@
 Nothing here imports the trainer or the engine.
 """
 
-from aiorl.worker.spec import AsyncActing, WorkerSpec
+from aiorl.worker.spec import AsyncActing, LocalPlumbing, WorkerSpec, WorkerTemplate
 
-__all__ = ["AsyncActing", "WorkerSpec"]
+__all__ = ["AsyncActing", "LocalPlumbing", "WorkerSpec", "WorkerTemplate"]

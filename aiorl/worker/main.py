@@ -6,7 +6,7 @@ slot and report :class:`SlotReady`. Heartbeats go out on a timer; every env
 step is also counted on the shared progress board. The worker stops on a
 :class:`Stop` frame, on EOF of its socket, or when its parent process dies
 (parent sentinel), so it never outlives the trainer. ``SIGUSR1`` dumps its
-Python stack into ``spec.stack_path`` (the trainer asks before killing a hung
+Python stack into ``spec.local.stack_path`` (the trainer asks before killing a hung
 worker).
 """
 
@@ -30,7 +30,7 @@ from aiorl.models import tie_to_flat
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
-from aiorl.worker.spec import WorkerSpec
+from aiorl.worker.spec import LocalPlumbing, WorkerSpec
 
 EXIT_OK = 0
 EXIT_ENV_ERROR = 3
@@ -49,6 +49,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process (the ``target`` of the multiprocessing Process)."""
+    local = _plumbing(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ[WORKER_ID_VARIABLE] = str(spec.worker_id)
@@ -56,7 +57,7 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(spec.torch_seed())
     try:
-        with open(spec.stack_path, "w") as stack_file:
+        with open(local.stack_path, "w") as stack_file:
             faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
             loop = new_event_loop()
             asyncio.set_event_loop(loop)
@@ -66,8 +67,15 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
                 loop.close()
     finally:  # the trainer removes it too, unless it was killed
         with contextlib.suppress(OSError):
-            os.unlink(spec.stack_path)
+            os.unlink(local.stack_path)
     sys.exit(code)
+
+
+def _plumbing(spec: WorkerSpec) -> LocalPlumbing:
+    """The shared memory a worker process attaches to (a spec built for the local backend has it)."""
+    if spec.local is None:
+        raise ValueError(f"worker {spec.worker_id}: a worker process needs a spec with local plumbing")
+    return spec.local
 
 
 class Worker:
@@ -88,9 +96,10 @@ class Worker:
     async def serve(self) -> int:
         """Run until told to stop; return the process exit code."""
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        slots = RolloutSlots.attach(self.spec.slots_name, self.spec.layout, self.spec.num_slots)
-        weights = WeightStore.attach(self.spec.weights_name, self.spec.num_weights)
-        progress = ProgressBoard.attach(self.spec.progress_name, self.spec.num_workers)
+        local = _plumbing(self.spec)
+        slots = RolloutSlots.attach(local.slots_name, self.spec.layout, self.spec.num_slots)
+        weights = WeightStore.attach(local.weights_name, local.num_weights)
+        progress = ProgressBoard.attach(local.progress_name, self.spec.num_workers)
         self._watch_parent()
         try:
             self.version = weights.read_into(self.flat_np)

@@ -32,7 +32,7 @@ from aiorl.errors import describe_exit
 from aiorl.models import num_weights
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
-from aiorl.worker.spec import WorkerSpec
+from aiorl.worker.spec import LocalPlumbing, WorkerSpec
 
 KILL_WAIT_S = 2.0
 """Seconds to wait for a process to go after SIGTERM or SIGKILL."""
@@ -138,17 +138,14 @@ class LocalHost(WorkerHost):
             raise
 
     def _spec(self, worker_id: int, incarnation: int, stack_path: str) -> WorkerSpec:
-        return self.template.worker_spec(
-            worker_id,
-            incarnation,
+        local = LocalPlumbing(
             slots_name=self.slots.segment.name,
-            num_slots=self.slots.num_slots,
             weights_name=self.store.segment.name,
             num_weights=self.store.num_weights,
             progress_name=self.progress.segment.name,
             stack_path=stack_path,
-            acting=self.template.acting,
         )
+        return self.template.worker_spec(worker_id, incarnation, local)
 
 
 class _Abandoned(Exception):

@@ -52,7 +52,7 @@ class RolloutActor:
     """Steps ``spec.layout.num_envs`` envs with a local policy copy, one rollout per call.
 
     Args:
-        spec: the worker's spec; its shared-memory names are unused (empty).
+        spec: the worker's spec (``spec.local`` is ``None``: rollouts go back as values).
     """
 
     def __init__(self, spec: WorkerSpec) -> None:

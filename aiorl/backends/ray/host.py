@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -158,7 +159,7 @@ class RayHost(WorkerHost):
     def __init__(self, ray: Any, backend: RayBackend, template: WorkerTemplate) -> None:
         self.ray = ray
         self.backend = backend
-        self.template = template
+        self.template = dataclasses.replace(template, acting=None)  # actors step gymnasium envs inline
         self.ray_weights = RayWeights(ray)  # the concrete publisher the actor links read
         self.weights = self.ray_weights
         self.actor_class = ray.remote(RolloutActor)
@@ -178,7 +179,7 @@ class RayHost(WorkerHost):
         return link
 
     def _spec(self, worker_id: int, incarnation: int) -> WorkerSpec:
-        return self.template.worker_spec(worker_id, incarnation)  # no shared memory: rollouts come back as values
+        return self.template.worker_spec(worker_id, incarnation)  # no local plumbing: rollouts come back as values
 
     def kill_all(self) -> None:
         """Kill every actor still alive (the pool has normally stopped them already)."""
