@@ -119,7 +119,7 @@ def play(
     """Play ``episodes`` whole episodes in ``env`` (episode ``i`` reset with ``seed + i``); close it at the end.
 
     Args:
-        env: the env (closed at the end, also on an error).
+        env: the env (closed at the end, also on an error or a rejected argument).
         act: the action for a raw observation.
         episodes: how many episodes.
         seed: the reset seed of the first episode.
@@ -138,17 +138,17 @@ def play(
         EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
         ConfigError: a limit is not a positive number.
     """
-    cap = episode_step_cap(env, max_episode_steps)
-    if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s < math.inf):
-        raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
     name = name or _describe(env)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    if isinstance(env, _Awaited):
-        env.deadline = deadline
     returns: list[float] = []
     lengths: list[int] = []
     capped, episode, length = 0, 0, 0
     try:
+        cap = episode_step_cap(env, max_episode_steps)
+        if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s < math.inf):
+            raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if isinstance(env, _Awaited):
+            env.deadline = deadline
         for episode in range(episodes):
             sink = on_frame if episode == 0 else None
             obs, _ = env.reset(seed=seed + episode)
@@ -190,9 +190,7 @@ def play(
 def episode_step_cap(env: object, max_episode_steps: int | None) -> int:
     """The step cap of ``env``'s episodes: ``max_episode_steps``, else the env's spec's, else the default."""
     if max_episode_steps is not None:
-        if not (isinstance(max_episode_steps, int) and not isinstance(max_episode_steps, bool)):
-            raise ConfigError(f"max_episode_steps={max_episode_steps!r} must be an integer >= 1 or None")
-        if max_episode_steps < 1:
+        if not (_is_number(max_episode_steps) and isinstance(max_episode_steps, int) and max_episode_steps >= 1):
             raise ConfigError(f"max_episode_steps={max_episode_steps!r} must be an integer >= 1 or None")
         return max_episode_steps
     from_spec = getattr(getattr(env, "spec", None), "max_episode_steps", None)

@@ -16,7 +16,7 @@ import torch
 from conftest import SMALL
 from gymnasium.envs.registration import EnvSpec
 
-from aiorl import PPO, AsyncEnv, EvaluationFinished, EvaluationTimeout, Trainer, TrainingUpdate
+from aiorl import PPO, AsyncEnv, ConfigError, EvaluationFinished, EvaluationTimeout, Trainer, TrainingUpdate
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import ObservationEncoder
 from aiorl.envs.async_env import StepResult
@@ -195,3 +195,13 @@ async def test_an_async_env_call_that_never_returns_is_cancelled_at_the_evaluati
     trainer = Trainer(NeverAnsweringEnv, QUICK_PPO, eval_timeout_s=0.3, **SMALL)
     with pytest.raises(EvaluationTimeout, match=r"'NeverAnsweringEnv' did not finish within timeout_s=0.3"):
         await asyncio.wait_for(trainer.evaluate(episodes=1), timeout=60)
+
+
+def test_bad_episode_limits_are_rejected():
+    env = EndlessEnv()
+    with pytest.raises(ConfigError, match=r"max_episode_steps=0 must be an integer >= 1"):
+        play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, max_episode_steps=0)
+    with pytest.raises(ConfigError, match=r"timeout_s=-1 must be a positive number"):
+        play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, timeout_s=-1)
+    with pytest.raises(ConfigError, match=r"eval_max_episode_steps=0 .*\n?.*eval_timeout_s=inf"):
+        Trainer("CartPole-v1", eval_max_episode_steps=0, eval_timeout_s=math.inf)

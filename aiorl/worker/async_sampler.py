@@ -22,7 +22,8 @@ never wait for each other:
   every step is acted by the newest policy. Rows record the version that acted
   them; the consumer drops rows older than ``max_policy_lag``.
 - **Faults.** A step or reset that raises, returns non-finite values or takes longer
-  than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler:
+  than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler
+  (both keep their episodes and faults with :mod:`aiorl.worker.episodes`):
   the unfinished episode's rows in the current segment are masked and counted as
   discarded, and the env is closed and re-created; ``env_error_limit`` failures in a
   row end the run.

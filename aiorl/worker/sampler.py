@@ -7,7 +7,8 @@ heartbeats and control frames keep flowing.
 An env that raises is closed and re-created; the steps of its broken episode
 that are still in the current rollout are masked out (``valid=False``) and
 reported as discarded. An env that fails ``env_error_limit`` times in a row
-without finishing an episode, or whose constructor raises, is fatal.
+without finishing an episode, or whose constructor raises, is fatal. These episode and
+fault rules are shared with the async sampler (:mod:`aiorl.worker.episodes`).
 """
 
 from __future__ import annotations
