@@ -108,6 +108,13 @@ class TrainerConfig:
     and the log."""
     eval_episodes: int = 10
     """Episodes per periodic evaluation (deterministic actions)."""
+    eval_max_episode_steps: int | None = None
+    """Evaluation (periodic and ``Trainer.evaluate``) cuts an episode that has not ended after
+    this many steps, so an env that never ends one cannot hang it (``EvalResult.capped`` counts
+    them); ``None``: the env's ``spec.max_episode_steps``, else 100,000."""
+    eval_timeout_s: float | None = None
+    """Wall-clock limit of one evaluation (all its episodes; ``None``: none); when it passes,
+    the evaluation raises ``EvaluationTimeout`` (a periodic one's error is raised after the run)."""
     backend: str | Backend = "local"
     """What runs the workers: ``"local"`` (processes on this machine), ``"ray"`` (Ray actors,
     :class:`~aiorl.backends.RayBackend` with its defaults), or a backend object such as
@@ -138,6 +145,17 @@ class TrainerConfig:
             _is_int(self.eval_interval_steps) and self.eval_interval_steps >= 1
         ):
             problems.append(f"eval_interval_steps={self.eval_interval_steps!r} must be an integer >= 1 or None")
+        if self.eval_max_episode_steps is not None and not (
+            _is_int(self.eval_max_episode_steps) and self.eval_max_episode_steps >= 1
+        ):
+            problems.append(f"eval_max_episode_steps={self.eval_max_episode_steps!r} must be an integer >= 1 or None")
+        if self.eval_timeout_s is not None and not (
+            isinstance(self.eval_timeout_s, int | float)
+            and not isinstance(self.eval_timeout_s, bool)
+            and math.isfinite(self.eval_timeout_s)
+            and self.eval_timeout_s > 0
+        ):
+            problems.append(f"eval_timeout_s={self.eval_timeout_s!r} must be a finite number of seconds > 0 or None")
         if self.learner_threads is not None and not (_is_int(self.learner_threads) and self.learner_threads >= 1):
             problems.append(f"learner_threads={self.learner_threads!r} must be an integer >= 1 or None")
         if self.max_policy_lag is not None and not (_is_int(self.max_policy_lag) and self.max_policy_lag >= 0):

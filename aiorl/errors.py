@@ -128,6 +128,13 @@ class LearnerError(AiorlError):
     """The learner raised, or produced a non-finite loss; the run stops."""
 
 
+class EvaluationTimeout(AiorlError, TimeoutError):
+    """Evaluation episodes took longer than their wall-clock limit (``timeout_s``).
+
+    The message names the env, the limit and how far evaluation got.
+    """
+
+
 class CheckpointError(AiorlError):
     """A checkpoint file is missing, unreadable, or not an aiorl checkpoint (the message says which)."""
 

@@ -1,30 +1,50 @@
 """Evaluation: play whole episodes with a snapshot of the policy, apart from the workers.
 
-Evaluation builds its own envs (seeded apart from the training envs) and runs in a
-thread of the trainer's process (async envs on a private event loop of that thread),
-so collection and learning carry on undisturbed.
+:func:`play` is the one episode loop: the trainer's evaluations (:func:`play_episodes`) and
+:meth:`aiorl.Policy.play` both run it. Every episode is bounded: it is cut after
+``max_episode_steps`` steps (default: the env's ``spec.max_episode_steps``, else
+:data:`DEFAULT_MAX_EPISODE_STEPS`) and counted in :attr:`EvalResult.capped`, so an env
+that never ends an episode cannot hang an evaluation or the run that waits for it. A
+wall-clock limit (``timeout_s``) raises :class:`~aiorl.errors.EvaluationTimeout`.
+
+The trainer's evaluation builds its own envs (seeded apart from the training envs) and
+runs in a thread of the trainer's process (async envs on a private event loop of that
+thread), so collection and learning carry on undisturbed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import statistics
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
-from aiorl.envs.async_env import StepResult
+from aiorl.envs.closing import aclose_env
+from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
 
 log = logging.getLogger("aiorl")
+
+T = TypeVar("T")
+
+DEFAULT_MAX_EPISODE_STEPS = 100_000
+"""Steps after which an evaluation episode is cut when neither the caller nor the env's
+``spec.max_episode_steps`` sets a limit."""
+
+Actor = Callable[[Any], Any]
+"""Maps one raw observation to one env action."""
+FrameSink = Callable[[np.ndarray], None]
+"""Receives rendered frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +55,14 @@ class EvalResult:
         policy_version: the version that played.
         returns: the return of each episode.
         lengths: the length of each episode.
+        capped: how many episodes were cut at ``max_episode_steps`` before the env ended
+            them (their return and length count the steps up to the cap).
     """
 
     policy_version: int
     returns: tuple[float, ...]
     lengths: tuple[int, ...]
+    capped: int = 0
 
     @property
     def episodes(self) -> int:
@@ -57,6 +80,154 @@ class EvalResult:
         return statistics.pstdev(self.returns)
 
 
+class EpisodeEnv(Protocol):
+    """What :func:`play` drives: a ``gymnasium.Env``, or an :class:`~aiorl.AsyncEnv` behind :class:`_Awaited`."""
+
+    def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Start an episode; return its first observation and info."""
+        ...
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        """``(obs, reward, terminated, truncated, info)`` after ``action``."""
+        ...
+
+    def render(self) -> Any:
+        """The current frame (used only with ``on_frame``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the env."""
+        ...
+
+
+class _Expired(Exception):
+    """The wall-clock limit passed (turned into :class:`EvaluationTimeout` by :func:`play`)."""
+
+
+def play(
+    env: EpisodeEnv,
+    act: Actor,
+    *,
+    episodes: int,
+    seed: int,
+    policy_version: int,
+    max_episode_steps: int | None = None,
+    timeout_s: float | None = None,
+    on_frame: FrameSink | None = None,
+    name: str | None = None,
+) -> EvalResult:
+    """Play ``episodes`` whole episodes in ``env`` (episode ``i`` reset with ``seed + i``); close it at the end.
+
+    Args:
+        env: the env (closed at the end, also on an error or a rejected argument).
+        act: the action for a raw observation.
+        episodes: how many episodes.
+        seed: the reset seed of the first episode.
+        policy_version: recorded in the result.
+        max_episode_steps: cut an episode after this many steps (counted in
+            :attr:`EvalResult.capped`); default: the env's ``spec.max_episode_steps``, else
+            :data:`DEFAULT_MAX_EPISODE_STEPS`.
+        timeout_s: wall-clock limit for all the episodes (``None``: none), checked after
+            every step; an :class:`~aiorl.AsyncEnv`'s pending call is cancelled when it
+            passes. A blocking ``step`` that never returns cannot be interrupted.
+        on_frame: receives ``env.render()`` after the reset and after every step of the
+            first episode.
+        name: how messages name the env (default: its spec id, else its class name).
+
+    Raises:
+        EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
+        ConfigError: a limit is not a positive number.
+    """
+    name = name or _describe(env)
+    returns: list[float] = []
+    lengths: list[int] = []
+    capped, episode, length = 0, 0, 0
+    try:
+        cap = episode_step_cap(env, max_episode_steps)
+        if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s < math.inf):
+            raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if isinstance(env, _Awaited):
+            env.deadline = deadline
+        for episode in range(episodes):
+            sink = on_frame if episode == 0 else None
+            obs, _ = env.reset(seed=seed + episode)
+            if sink is not None:
+                sink(env.render())
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                if sink is not None:
+                    sink(env.render())
+                total += float(reward)
+                length += 1
+                done = bool(terminated or truncated)
+                if not done and length >= cap:
+                    capped += 1
+                    done = True
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _Expired
+            returns.append(total)
+            lengths.append(length)
+    except _Expired:
+        raise EvaluationTimeout(
+            f"evaluation of env {name!r} did not finish within timeout_s={timeout_s:g} "
+            f"(episode {episode + 1} of {episodes}, at step {length})"
+        ) from None
+    finally:
+        env.close()
+    if capped:
+        log.warning(
+            "evaluation of env %r: %d of %d episodes did not end within max_episode_steps=%d and were cut there",
+            name,
+            capped,
+            episodes,
+            cap,
+        )
+    return EvalResult(policy_version, tuple(returns), tuple(lengths), capped)
+
+
+def episode_step_cap(env: object, max_episode_steps: int | None) -> int:
+    """The step cap of ``env``'s episodes: ``max_episode_steps``, else the env's spec's, else the default."""
+    if max_episode_steps is not None:
+        if not (_is_number(max_episode_steps) and isinstance(max_episode_steps, int) and max_episode_steps >= 1):
+            raise ConfigError(f"max_episode_steps={max_episode_steps!r} must be an integer >= 1 or None")
+        return max_episode_steps
+    from_spec = getattr(getattr(env, "spec", None), "max_episode_steps", None)
+    return from_spec if isinstance(from_spec, int) and from_spec >= 1 else DEFAULT_MAX_EPISODE_STEPS
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _describe(env: object) -> str:
+    spec_id = getattr(getattr(env, "spec", None), "id", None)
+    return str(spec_id) if spec_id else type(env).__name__
+
+
+def choose_action(
+    module: nn.Module,
+    encoder: ObservationEncoder,
+    dist: ActionDistribution,
+    obs: Any,
+    buffer: np.ndarray,
+    *,
+    deterministic: bool,
+    device: torch.device | None = None,
+) -> Any:
+    """The env action for one raw observation (``buffer``: a ``[1, *obs]`` float32 scratch array).
+
+    ``deterministic`` takes the most likely action, otherwise one is sampled. Call it
+    under ``torch.no_grad()`` or ``torch.inference_mode()``.
+    """
+    encoder.encode_into(obs, buffer[0])
+    inputs = torch.from_numpy(buffer)
+    dist_inputs, _ = evaluate(module, inputs if device is None else inputs.to(device))
+    action = dist.mode(dist_inputs) if deterministic else dist.sample(dist_inputs)[0]
+    return dist.to_env(action.cpu().numpy()[0])
+
+
 def play_episodes(
     env_factory: EnvFactory,
     encoder: ObservationEncoder,
@@ -67,48 +238,31 @@ def play_episodes(
     deterministic: bool,
     seed: int,
     policy_version: int,
+    max_episode_steps: int | None = None,
+    timeout_s: float | None = None,
 ) -> EvalResult:
-    """Play ``episodes`` episodes, one env at a time, and return what they scored (blocking).
+    """Play ``episodes`` episodes of a fresh env from ``env_factory`` with :func:`play` (blocking).
 
     An :class:`~aiorl.AsyncEnv` is played on a private event loop of the calling thread.
     """
-    env = env_factory()
-    play = _play(env, encoder, dist, policy, episodes=episodes, deterministic=deterministic, seed=seed)
-    returns, lengths = asyncio.run(play)
-    return EvalResult(policy_version, tuple(returns), tuple(lengths))
+    made = env_factory()
+    env: EpisodeEnv = _Awaited(made, env_factory.describe()) if isinstance(made, AsyncEnv) else made
+    buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
 
+    @torch.no_grad()
+    def act(obs: Any) -> Any:
+        return choose_action(policy, encoder, dist, obs, buffer, deterministic=deterministic)
 
-async def _play(
-    env: gym.Env | AsyncEnv,
-    encoder: ObservationEncoder,
-    dist: ActionDistribution,
-    policy: nn.Module,
-    *,
-    episodes: int,
-    deterministic: bool,
-    seed: int,
-) -> tuple[list[float], list[int]]:
-    returns, lengths = [], []
-    obs_buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
-    playing = env if isinstance(env, AsyncEnv) else _Inline(env)
-    try:
-        for episode in range(episodes):
-            obs, _ = await playing.reset(seed=seed + episode)
-            total, length, done = 0.0, 0, False
-            while not done:
-                encoder.encode_into(obs, obs_buffer[0])
-                with torch.no_grad():
-                    dist_inputs, _ = evaluate(policy, torch.from_numpy(obs_buffer))
-                    action = dist.mode(dist_inputs) if deterministic else dist.sample(dist_inputs)[0]
-                obs, reward, terminated, truncated, _ = await playing.step(dist.to_env(action.numpy()[0]))
-                total += float(reward)
-                length += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-    finally:
-        await playing.close()
-    return returns, lengths
+    return play(
+        env,
+        act,
+        episodes=episodes,
+        seed=seed,
+        policy_version=policy_version,
+        max_episode_steps=max_episode_steps,
+        timeout_s=timeout_s,
+        name=env_factory.describe(),
+    )
 
 
 class PeriodicEvaluation:
@@ -170,19 +324,49 @@ class PeriodicEvaluation:
             raise self._error
 
 
-class _Inline(AsyncEnv[Any, Any]):
-    """A gymnasium env behind the async interface, called inline (evaluation only)."""
+class _Awaited:
+    """An :class:`~aiorl.AsyncEnv` driven by :func:`play` on a private event loop of the calling thread.
 
-    def __init__(self, env: gym.Env) -> None:
+    Each call runs to completion on the loop, cancelled when :func:`play`'s deadline passes.
+    """
+
+    def __init__(self, env: AsyncEnv, name: str) -> None:
         self.env = env
-        self.observation_space = env.observation_space
-        self.action_space = env.action_space
+        self.name = name
+        self.spec = getattr(env, "spec", None)
+        self.deadline: float | None = None  # time.monotonic() deadline, set by play()
+        self._runner = asyncio.Runner()
 
-    async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        return self.env.reset(seed=seed, options=options)
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(self._bounded(call))
 
-    async def step(self, action: Any) -> StepResult:
-        return self.env.step(action)
+    async def _bounded(self, call: Coroutine[Any, Any, T]) -> T:
+        if self.deadline is None:
+            return await call
+        scope = asyncio.timeout(max(self.deadline - time.monotonic(), 0.0))
+        try:
+            async with scope:
+                return await call
+        except TimeoutError:
+            if scope.expired():
+                raise _Expired from None
+            raise
 
-    async def close(self) -> None:
-        self.env.close()
+    def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """``await env.reset(seed=seed)``."""
+        return self._run(self.env.reset(seed=seed))
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        """``await env.step(action)``."""
+        return self._run(self.env.step(action))
+
+    def render(self) -> Any:
+        """Async envs do not render here."""
+        raise NotImplementedError(f"{self.name} is an aiorl.AsyncEnv: frames cannot be rendered in evaluation")
+
+    def close(self) -> None:
+        """Close the env (bounded, errors logged) and the private event loop."""
+        try:
+            self._runner.run(aclose_env(self.env, self.name))
+        finally:
+            self._runner.close()

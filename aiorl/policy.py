@@ -10,6 +10,7 @@ Only torch and gymnasium are used: no worker process, no shared memory, no async
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -24,10 +25,8 @@ from aiorl.checkpoint import read_checkpoint
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.errors import ConfigError
-from aiorl.evaluation import EvalResult
-from aiorl.models import ObservationNormalizer, evaluate
-
-FrameSink = Callable[[np.ndarray], None]
+from aiorl.evaluation import EvalResult, FrameSink, choose_action, play
+from aiorl.models import ObservationNormalizer
 
 
 class Policy:
@@ -92,10 +91,9 @@ class Policy:
         ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
         the bounds); otherwise the action is sampled from the policy's distribution.
         """
-        self.obs_encoder.encode_into(obs, self._obs[0])
-        dist_inputs, _ = evaluate(self.module, torch.from_numpy(self._obs).to(self.device))
-        action = self.dist.mode(dist_inputs) if deterministic else self.dist.sample(dist_inputs)[0]
-        return self.dist.to_env(action.cpu().numpy()[0])
+        return choose_action(
+            self.module, self.obs_encoder, self.dist, obs, self._obs, deterministic=deterministic, device=self.device
+        )
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
         """A fresh instance of the env the policy was trained on.
@@ -135,8 +133,14 @@ class Policy:
         deterministic: bool = True,
         on_frame: FrameSink | None = None,
         env: gym.Env | None = None,
+        max_episode_steps: int | None = None,
+        timeout_s: float | None = None,
     ) -> EvalResult:
         """Play ``episodes`` whole episodes (episode ``i`` reset with ``seed + i``).
+
+        The episodes are bounded as the trainer's evaluations are (:func:`aiorl.evaluation.play`):
+        an episode that has not ended after ``max_episode_steps`` steps is cut there and
+        counted in :attr:`EvalResult.capped`.
 
         Args:
             episodes: how many episodes.
@@ -145,30 +149,29 @@ class Policy:
             on_frame: receives ``env.render()`` after the reset and after every step of
                 the *first* episode (make the env with ``render_mode="rgb_array"``).
             env: play in this env (closed at the end); default: :meth:`make_env`.
+            max_episode_steps: the step cap of an episode; default: the env's
+                ``spec.max_episode_steps``, else :data:`aiorl.evaluation.DEFAULT_MAX_EPISODE_STEPS`.
+            timeout_s: wall-clock limit for all the episodes (``None``: none), checked
+                after every step.
+
+        Raises:
+            EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
         """
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
+        name = self.env_factory.describe() if env is None and self.env_factory is not None else None
         env = self.make_env() if env is None else env
-        returns, lengths = [], []
-        try:
-            for episode in range(episodes):
-                sink = on_frame if episode == 0 else None
-                obs, _ = env.reset(seed=seed + episode)
-                if sink is not None:
-                    sink(env.render())  # type: ignore[arg-type]
-                total, length, done = 0.0, 0, False
-                while not done:
-                    obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic))
-                    if sink is not None:
-                        sink(env.render())  # type: ignore[arg-type]
-                    total += float(reward)
-                    length += 1
-                    done = terminated or truncated
-                returns.append(total)
-                lengths.append(length)
-        finally:
-            env.close()
-        return EvalResult(self.policy_version, tuple(returns), tuple(lengths))
+        return play(
+            env,
+            functools.partial(self.act, deterministic=deterministic),
+            episodes=episodes,
+            seed=seed,
+            policy_version=self.policy_version,
+            max_episode_steps=max_episode_steps,
+            timeout_s=timeout_s,
+            on_frame=on_frame,
+            name=name,
+        )
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:

@@ -20,7 +20,6 @@ class RolloutLayout:
     obs          [T, K, *obs]      observation the action was taken in (float32)
     actions      [T, K, *act]      sampled action (unclipped for Gaussians)
     logprobs     [T, K]            behaviour log-probability of the action
-    values       [T, K]            behaviour value estimate V(obs)
     rewards      [T, K]            reward returned by ``env.step``
     terminated   [T, K]            episode ended in a terminal state (no bootstrap)
     truncated    [T, K]            episode was cut (time limit): bootstrap from trunc_values
@@ -47,7 +46,6 @@ class RolloutLayout:
             "obs": ((t, k, *self.obs_shape), f32),
             "actions": ((t, k, *self.action_shape), np.dtype(self.action_dtype)),
             "logprobs": ((t, k), f32),
-            "values": ((t, k), f32),
             "rewards": ((t, k), f32),
             "terminated": ((t, k), np.dtype(np.bool_)),
             "truncated": ((t, k), np.dtype(np.bool_)),

@@ -518,7 +518,15 @@ class Trainer:
             taken = await session.supervise(lambda _tasks: session.consumer.drain(total_steps), broadcast=False)
             return taken / (time.monotonic() - started)
 
-    async def evaluate(self, episodes: int = 10, *, deterministic: bool = True, seed: int | None = None) -> EvalResult:
+    async def evaluate(
+        self,
+        episodes: int = 10,
+        *,
+        deterministic: bool = True,
+        seed: int | None = None,
+        max_episode_steps: int | None = None,
+        timeout_s: float | None = None,
+    ) -> EvalResult:
         """Play ``episodes`` episodes with the newest published policy, on separate envs.
 
         Runs in a thread of this process, with a snapshot of the policy, so collection and
@@ -526,6 +534,14 @@ class Trainer:
         another task). ``deterministic`` plays the most likely action; otherwise actions are
         sampled. Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus
         a large offset, apart from the training envs).
+
+        Episodes are bounded: one that has not ended after ``max_episode_steps`` steps
+        (default: ``eval_max_episode_steps``, else the env's ``spec.max_episode_steps``, else
+        100,000) is cut there and counted in ``EvalResult.capped``; ``timeout_s`` (default:
+        ``eval_timeout_s``) limits the wall-clock time of all the episodes.
+
+        Raises:
+            EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
         """
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
@@ -542,6 +558,8 @@ class Trainer:
             deterministic=deterministic,
             seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
             policy_version=version,
+            max_episode_steps=self.config.eval_max_episode_steps if max_episode_steps is None else max_episode_steps,
+            timeout_s=self.config.eval_timeout_s if timeout_s is None else timeout_s,
         )
         self._events.publish(EvaluationFinished(result))
         return result

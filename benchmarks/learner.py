@@ -58,7 +58,7 @@ The batch
 Built by hand as a :class:`aiorl.algos.batch.RolloutBatch` (the fields of
 :class:`aiorl.shm.RolloutLayout`): observations drawn at random (MLP: normal with
 CartPole-like scales; CNN: integers 0..255), actions sampled from a fresh policy
-and their log-probabilities and values from it (aiorl's learners start from that
+and their log-probabilities from it (aiorl's learners start from that
 policy's weights, so the data is on-policy at their first update), rewards 1
 (MLP) or 1 with probability 0.1 (CNN), terminations with probability 1/50 per
 step, truncations with probability 1/500, every step valid. Training on the same
@@ -175,6 +175,8 @@ class Data:
     """One batch, and what SB3's buffer needs besides it."""
 
     batch: RolloutBatch
+    values: np.ndarray
+    """V(obs) of the acting policy, ``[T, N]``: SB3's buffer holds them (aiorl's learners recompute them)."""
     next_values: np.ndarray
     """V(next_obs), ``[N]``: SB3's ``last_values``."""
 
@@ -203,7 +205,6 @@ def make_data(net: Net, steps: int, envs: int, gamma: float) -> Data:
         obs=obs,
         actions=actions.reshape(steps, envs).numpy().astype(dist.action_dtype),
         logprobs=logprobs.reshape(steps, envs).numpy().astype(np.float32),
-        values=values_np.astype(np.float32),
         rewards=rewards,
         terminated=terminated,
         truncated=truncated,
@@ -213,7 +214,8 @@ def make_data(net: Net, steps: int, envs: int, gamma: float) -> Data:
         versions=np.zeros((steps, envs), dtype=np.int64),
         next_obs=next_obs,
     )
-    return Data(batch=batch, next_values=next_values.numpy().astype(np.float32))
+    values = values_np.astype(np.float32)
+    return Data(batch=batch, values=values, next_values=next_values.numpy().astype(np.float32))
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ def make_learner(algo: Any, policy: nn.Module, dist: ActionDistribution, device:
 def pinned(data: Data) -> Data:
     """A copy of ``data`` whose batch arrays are in page-locked memory (for a CUDA learner)."""
     arrays = {f.name: torch.from_numpy(getattr(data.batch, f.name)).pin_memory().numpy() for f in fields(data.batch)}
-    return Data(batch=RolloutBatch(**arrays), next_values=data.next_values)
+    return Data(batch=RolloutBatch(**arrays), values=data.values, next_values=data.next_values)
 
 
 def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, compile: bool | str = False) -> Timed:
@@ -351,7 +353,7 @@ def fill_sb3_buffer(model: Any, data: Data, gamma: float) -> None:
     # SB3 bootstraps a truncated episode by adding gamma * V(final obs) to its last reward.
     buffer.rewards[:] = batch.rewards + gamma * batch.trunc_values
     buffer.episode_starts[1:] = done[:-1]
-    buffer.values[:] = batch.values
+    buffer.values[:] = data.values
     buffer.log_probs[:] = batch.logprobs
     buffer.pos, buffer.full = batch.rewards.shape[0], True
     buffer.compute_returns_and_advantage(last_values=torch.from_numpy(data.next_values), dones=done[-1])

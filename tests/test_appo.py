@@ -32,7 +32,7 @@ def bandit_batch(learner: APPOLearner, seed: int = 0, steps: int = 16, envs: int
     torch.manual_seed(seed)
     obs = rng.normal(size=(steps, envs, OBS_DIM)).astype(np.float32)
     with torch.no_grad():
-        dist_inputs, values = learner.policy(torch.from_numpy(obs.reshape(steps * envs, OBS_DIM)))
+        dist_inputs, _ = learner.policy(torch.from_numpy(obs.reshape(steps * envs, OBS_DIM)))
         actions, logprobs = learner.dist.sample(dist_inputs)
     actions = actions.numpy().reshape(steps, envs, *learner.dist.action_shape)
     categorical = learner.dist.kind == "categorical"
@@ -41,7 +41,6 @@ def bandit_batch(learner: APPOLearner, seed: int = 0, steps: int = 16, envs: int
         obs=obs,
         actions=actions,
         logprobs=logprobs.numpy().reshape(steps, envs),
-        values=values.numpy().reshape(steps, envs),
         rewards=rewards,
         terminated=np.ones((steps, envs), dtype=bool),
         truncated=np.zeros((steps, envs), dtype=bool),

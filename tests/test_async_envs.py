@@ -29,7 +29,7 @@ from aiorl.shm import RolloutLayout, RolloutSlots
 from aiorl.testing import AsyncCountingEnv, FaultyEnv
 from aiorl.worker import AsyncActing, WorkerTemplate
 from aiorl.worker.async_sampler import AsyncEnvSampler
-from aiorl.worker.sampler import RolloutSummary
+from aiorl.worker.episodes import RolloutSummary
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
 FAST = {**SMALL, "heartbeat_interval_s": 0.2, "worker_timeout_s": 5.0, "restart_backoff_s": 0.05}

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import time
+from collections.abc import Callable
 
+import gymnasium as gym
+import numpy as np
 import pytest
+import torch
 from conftest import SMALL
+from gymnasium.envs.registration import EnvSpec
 
-from aiorl import PPO, EvaluationFinished, Trainer, TrainingUpdate
-from aiorl.testing import AsyncCountingEnv
+from aiorl import PPO, AsyncEnv, ConfigError, EvaluationFinished, EvaluationTimeout, Trainer, TrainingUpdate
+from aiorl.distributions import ActionDistribution
+from aiorl.envs import ObservationEncoder
+from aiorl.envs.async_env import StepResult
+from aiorl.evaluation import choose_action, play
+from aiorl.models import ActorCritic
+from aiorl.testing import AsyncCountingEnv, EndlessEnv
 
 QUICK_PPO = PPO(update_epochs=2, num_minibatches=2)
 
@@ -93,3 +104,104 @@ async def test_an_async_env_is_evaluated_on_its_own_loop():
     trainer = Trainer(functools.partial(AsyncCountingEnv, episode_length=7), QUICK_PPO, **SMALL)
     result = await trainer.evaluate(episodes=2)
     assert result.returns == (7.0, 7.0) and result.lengths == (7, 7)
+
+
+# ---- bounded episodes -----------------------------------------------------------------------
+
+
+def greedy_actor(env: gym.Env) -> Callable[[object], object]:
+    """Acts with a fresh policy for ``env``'s spaces (which actions does not matter here)."""
+    encoder = ObservationEncoder.for_space(env.observation_space)
+    dist = ActionDistribution.for_space(env.action_space)
+    policy = ActorCritic(encoder.shape, dist)
+    buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
+
+    @torch.no_grad()
+    def act(obs: object) -> object:
+        return choose_action(policy, encoder, dist, obs, buffer, deterministic=True)
+
+    return act
+
+
+def test_an_episode_that_never_ends_is_cut_at_the_step_cap_of_the_envs_spec(caplog):
+    env = EndlessEnv(give_up_after=10_000)
+    env.spec = EnvSpec("aiorl-test/Endless-v0", entry_point="aiorl.testing:EndlessEnv", max_episode_steps=30)
+    with caplog.at_level(logging.WARNING, logger="aiorl"):
+        result = play(env, greedy_actor(env), episodes=2, seed=0, policy_version=3)
+    assert result.lengths == (30, 30) and result.returns == (30.0, 30.0)
+    assert result.capped == 2 and result.policy_version == 3
+    assert "'aiorl-test/Endless-v0'" in caplog.text and "max_episode_steps=30" in caplog.text
+
+
+def test_an_episode_the_env_ends_at_the_cap_is_not_counted_as_capped():
+    env = gym.make("CartPole-v1", max_episode_steps=5)  # the time limit truncates at step 5
+    result = play(env, greedy_actor(env), episodes=2, seed=0, policy_version=0, max_episode_steps=5)
+    assert result.lengths == (5, 5) and result.capped == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_evaluating_an_env_that_never_ends_an_episode_returns_at_eval_max_episode_steps():
+    trainer = Trainer(functools.partial(EndlessEnv, give_up_after=5_000), QUICK_PPO, eval_max_episode_steps=40, **SMALL)
+    result = await trainer.evaluate(episodes=2)
+    assert result.lengths == (40, 40) and result.capped == 2
+    shorter = await trainer.evaluate(episodes=1, max_episode_steps=7)  # the argument overrides the option
+    assert shorter.lengths == (7,) and shorter.capped == 1
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_periodic_evaluation_of_an_env_that_never_ends_an_episode_does_not_hang_the_run():
+    trainer = Trainer(
+        functools.partial(EndlessEnv, give_up_after=5_000),
+        QUICK_PPO,
+        eval_interval_steps=500,
+        eval_episodes=2,
+        eval_max_episode_steps=100,
+        **SMALL,
+    )
+    result = await asyncio.wait_for(trainer.run(total_steps=1_500), timeout=120)
+    assert result.env_steps >= 1_500 and result.evaluations
+    assert all(e.lengths == (100, 100) and e.capped == 2 for e in result.evaluations)
+
+
+def test_an_evaluation_past_its_wall_clock_limit_raises_naming_the_env_and_the_limit():
+    env = EndlessEnv(give_up_after=10**9)
+    started = time.monotonic()
+    with pytest.raises(EvaluationTimeout, match=r"env 'EndlessEnv' did not finish within timeout_s=0.2 \(episode 1 of"):
+        play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, max_episode_steps=10**9, timeout_s=0.2)
+    assert time.monotonic() - started < 30  # stopped by the limit, not by the env
+
+
+class NeverAnsweringEnv(AsyncEnv[np.ndarray, np.int64]):
+    """An async env whose ``step`` never returns (a request that is never answered)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    async def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """The first observation."""
+        return np.zeros(2, dtype=np.float32), {}
+
+    async def step(self, action: np.int64) -> StepResult:
+        """Wait forever."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_call_that_never_returns_is_cancelled_at_the_evaluation_timeout():
+    trainer = Trainer(NeverAnsweringEnv, QUICK_PPO, eval_timeout_s=0.3, **SMALL)
+    with pytest.raises(EvaluationTimeout, match=r"'NeverAnsweringEnv' did not finish within timeout_s=0.3"):
+        await asyncio.wait_for(trainer.evaluate(episodes=1), timeout=60)
+
+
+def test_bad_episode_limits_are_rejected():
+    env = EndlessEnv()
+    with pytest.raises(ConfigError, match=r"max_episode_steps=0 must be an integer >= 1"):
+        play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, max_episode_steps=0)
+    with pytest.raises(ConfigError, match=r"timeout_s=-1 must be a positive number"):
+        play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, timeout_s=-1)
+    with pytest.raises(ConfigError, match=r"eval_max_episode_steps=0 .*\n?.*eval_timeout_s=inf"):
+        Trainer("CartPole-v1", eval_max_episode_steps=0, eval_timeout_s=math.inf)

@@ -123,7 +123,6 @@ def cartpole_like_batch(steps: int = 16, envs: int = 8, seed: int = 0) -> Rollou
         obs=rng.normal(size=(steps, envs, OBS_DIM)).astype(np.float32),
         actions=rng.integers(0, 2, size=(steps, envs)),
         logprobs=np.full((steps, envs), np.log(0.5), dtype=np.float32),
-        values=np.zeros((steps, envs), dtype=np.float32),
         rewards=np.ones((steps, envs), dtype=np.float32),
         terminated=rng.random((steps, envs)) < 0.05,
         truncated=np.zeros((steps, envs), dtype=bool),

@@ -76,3 +76,22 @@ def test_an_env_that_cannot_render_is_named(tmp_path):
     write_checkpoint(Trainer(plain_cartpole, **SMALL).state_dict(), path)
     with pytest.raises(ConfigError, match="plain_cartpole' does not render in that mode"):
         Policy.load(path).make_env("rgb_array")
+
+
+def test_play_cuts_an_episode_that_never_ends_at_max_episode_steps():
+    from aiorl.distributions import ActionDistribution
+    from aiorl.envs import ObservationEncoder
+    from aiorl.models import ActorCritic
+    from aiorl.testing import EndlessEnv
+
+    env = EndlessEnv(give_up_after=10_000)
+    encoder = ObservationEncoder.for_space(env.observation_space)
+    dist = ActionDistribution.for_space(env.action_space)
+    policy = Policy(ActorCritic(encoder.shape, dist), encoder, dist, policy_version=4)
+    frames: list[np.ndarray] = []
+
+    result = policy.play(2, env=env, max_episode_steps=25, on_frame=frames.append)
+
+    assert result.lengths == (25, 25) and result.returns == (25.0, 25.0)
+    assert result.capped == 2 and result.policy_version == 4
+    assert [int(frame[0, 0, 0]) for frame in frames] == list(range(26))  # the reset's frame, then each step's

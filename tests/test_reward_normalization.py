@@ -18,7 +18,6 @@ def batch_with(rewards: np.ndarray, disc_returns: np.ndarray, valid: np.ndarray)
         obs=np.zeros((steps, envs, 1), np.float32),
         actions=np.zeros((steps, envs), np.int64),
         logprobs=zeros,
-        values=zeros,
         rewards=rewards.astype(np.float32),
         terminated=zeros.astype(bool),
         truncated=zeros.astype(bool),

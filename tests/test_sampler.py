@@ -64,9 +64,11 @@ def test_truncated_steps_carry_the_value_of_the_final_observation():
         assert summary.episode_lengths == [5] * 6 and summary.episode_returns == [5.0] * 6
         assert (slot["versions"] == 7).all()
         assert summary.env_steps == 36 and sampler.total_steps == 36
-        with torch.no_grad():
-            values = evaluate(sampler.policy, torch.from_numpy(slot["obs"].reshape(-1, 4)))[1]
-        np.testing.assert_allclose(slot["values"].reshape(-1), values.numpy(), rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # the behaviour log-probabilities are those of the recorded actions
+            dist_inputs = evaluate(sampler.policy, torch.from_numpy(slot["obs"].reshape(-1, 4)))[0]
+            actions = torch.from_numpy(slot["actions"].reshape(-1))
+            logprobs = sampler.dist.log_prob_entropy(dist_inputs, actions)[0]
+        np.testing.assert_allclose(slot["logprobs"].reshape(-1), logprobs.numpy(), rtol=1e-5, atol=1e-6)
     finally:
         sampler.close()
         slots.close()

@@ -21,7 +21,6 @@ class RolloutBatch:
     obs: np.ndarray
     actions: np.ndarray
     logprobs: np.ndarray
-    values: np.ndarray
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray

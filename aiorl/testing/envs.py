@@ -170,5 +170,40 @@ class CountingEnv(gym.Env):
         return self._obs(), 1.0, self.episode_step >= self.episode_length, False, {}
 
 
+class EndlessEnv(gym.Env):
+    """An env whose episodes never end (no ``spec``, so no time limit): for testing step caps.
+
+    The reward is 1 per step. So that a test of a missing cap fails instead of hanging,
+    ``step`` raises :class:`InjectedFault` once one episode has taken ``give_up_after`` steps.
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, give_up_after: int = 100_000) -> None:
+        self.give_up_after = give_up_after
+        self.episode_step = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        """Start an episode that never ends."""
+        super().reset(seed=seed)
+        self.episode_step = 0
+        return np.zeros(4, dtype=np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        """One more step of the endless episode."""
+        self.episode_step += 1
+        if self.episode_step >= self.give_up_after:
+            raise InjectedFault(f"an episode of EndlessEnv reached {self.give_up_after} steps without a cap")
+        obs = np.full(4, self.episode_step % 7, dtype=np.float32)
+        return obs, 1.0, False, False, {}
+
+    def render(self) -> np.ndarray:
+        """A 4x4 RGB frame whose red channel is the episode's step count (mod 256)."""
+        frame = np.zeros((4, 4, 3), dtype=np.uint8)
+        frame[..., 0] = self.episode_step % 256
+        return frame
+
+
 if COUNTING_ENV_ID not in gym.registry:
     gym.register(COUNTING_ENV_ID, entry_point="aiorl.testing.envs:CountingEnv")

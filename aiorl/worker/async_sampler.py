@@ -22,7 +22,8 @@ never wait for each other:
   every step is acted by the newest policy. Rows record the version that acted
   them; the consumer drops rows older than ``max_policy_lag``.
 - **Faults.** A step or reset that raises, returns non-finite values or takes longer
-  than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler:
+  than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler
+  (both keep their episodes and faults with :mod:`aiorl.worker.episodes`):
   the unfinished episode's rows in the current segment are masked and counted as
   discarded, and the env is closed and re-created; ``env_error_limit`` failures in a
   row end the run.
@@ -48,13 +49,7 @@ from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.envs.closing import aclose_env
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, RolloutSlots
-from aiorl.worker.sampler import (
-    ENV_INDEX_VARIABLE,
-    EnvStepError,
-    RolloutSummary,
-    check_failure_limit,
-    env_recovered,
-)
+from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 T = TypeVar("T")
@@ -93,7 +88,6 @@ class ActionBatcher:
         k = spec.layout.num_envs
         self.actions = np.zeros((k, *spec.layout.action_shape), dtype=spec.layout.action_dtype)
         self.logprobs = np.zeros(k, dtype=np.float32)
-        self.values = np.zeros(k, dtype=np.float32)
         self.version = -1
         self.forward_passes = 0
         self.actions_taken = 0
@@ -130,7 +124,7 @@ class ActionBatcher:
             self.version = self.pull_weights()
             rows = np.asarray(waiting)
             with torch.no_grad():
-                dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
+                dist_inputs, _ = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
                 actions, logprobs = self.dist.sample(dist_inputs)
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
             if not served.done():  # would with the synchronous sampler), rather than wait forever
@@ -138,7 +132,6 @@ class ActionBatcher:
             return
         self.actions[rows] = actions.numpy()
         self.logprobs[rows] = logprobs.numpy()
-        self.values[rows] = values.numpy()
         self.forward_passes += 1
         self.actions_taken += len(waiting)
         if not served.done():
@@ -162,7 +155,6 @@ class Trajectory:
         }
         self.length = spec.layout.rollout_length
         self.rows = 0
-        self.episode_start = 0  # row of this segment the current episode began at
 
     @property
     def full(self) -> bool:
@@ -233,12 +225,7 @@ class AsyncEnvSampler:
         self.batcher = ActionBatcher(policy, spec, self.obs, pull_weights, acting)
         self.envs: list[AsyncEnv | None] = [None] * k
         self.trajectories = [Trajectory(spec) for _ in range(k)]
-        self.episode_return = [0.0] * k
-        self.episode_length = [0] * k
-        self.env_steps = [0] * k  # steps per env since it was built
-        self.failures = [0] * k  # consecutive failures without an episode end
-        self.gamma = spec.reward_gamma
-        self.disc_return = [0.0] * k  # running discounted return of each env's episode
+        self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
         self.total_steps = 0
         self._final = np.zeros(spec.layout.obs_shape, dtype=np.float32)
         self._returns: list[float] = []  # episodes finished since the last report
@@ -338,7 +325,6 @@ class AsyncEnvSampler:
             rows["obs"][t] = self.obs[i]
             rows["actions"][t] = batcher.actions[i]
             rows["logprobs"][t] = batcher.logprobs[i]
-            rows["values"][t] = batcher.values[i]
             rows["versions"][t] = version
             rows["valid"][t] = True
             rows["trunc_values"][t] = 0.0
@@ -356,7 +342,7 @@ class AsyncEnvSampler:
                 self.progress.add(self.spec.worker_id, 1)
             if trajectory.full:
                 self.columns.fill(trajectory, self.obs[i])
-                trajectory.rows, trajectory.episode_start = 0, 0
+                trajectory.rows = self.episodes[i].start = 0
 
     async def _step(self, i: int, t: int) -> object:
         """Step env ``i`` with its action, record row ``t``, reset on episode end; return the next obs."""
@@ -364,7 +350,8 @@ class AsyncEnvSampler:
         rows = trajectory.arrays
         env = self.envs[i]
         assert env is not None
-        self.env_steps[i] += 1
+        episode = self.episodes[i]
+        episode.env_steps += 1
         try:
             obs, reward, term, trunc, _ = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
             reward = float(reward)
@@ -380,17 +367,11 @@ class AsyncEnvSampler:
             self._make_inert(trajectory, t)
             return obs
         rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = reward, bool(term), bool(trunc)
-        self.episode_return[i] += reward
-        self.episode_length[i] += 1
-        if self.gamma is not None:
-            rows["disc_returns"][t] = self.disc_return[i] = self.disc_return[i] * self.gamma + reward
+        rows["disc_returns"][t] = episode.rewarded(reward)
         if term or trunc:
-            self.disc_return[i] = 0.0
-            self._returns.append(self.episode_return[i])
-            self._lengths.append(self.episode_length[i])
-            self.episode_return[i], self.episode_length[i] = 0.0, 0
-            trajectory.episode_start = t + 1
-            self.failures[i] = 0
+            episode_return, episode_length = episode.finished(t + 1)
+            self._returns.append(episode_return)
+            self._lengths.append(episode_length)
             try:
                 obs, _ = await self._timed(env.reset(), "reset")
             except Exception as exc:
@@ -406,29 +387,24 @@ class AsyncEnvSampler:
 
     async def _recover(self, i: int, exc: Exception, t: int, mask_from: int | None = None) -> object:
         """Mask env ``i``'s broken episode in its segment, re-create the env, return its first observation."""
-        trajectory = self.trajectories[i]
-        start = trajectory.episode_start if mask_from is None else mask_from
-        discarded = max(t + 1 - start, 0)
-        trajectory.arrays["valid"][start : t + 1] = False
-        self._on_env_error(env_recovered(i, exc, self.batcher.version, self.env_steps[i], discarded))
-        broken, self.envs[i] = self.envs[i], None
-        if isinstance(broken, ThreadedEnv) and isinstance(exc, EnvCallTimeout):
-            broken.abandon()  # its thread is stuck in the call: a close would queue behind it
-        elif broken is not None:
-            await aclose_env(broken, f"env {i}", CLOSE_TIMEOUT_S)
+        episode = self.episodes[i]
+        broken = episode.broke(exc, t, self.batcher.version, mask_from)
+        self.trajectories[i].arrays["valid"][broken.start : broken.end] = False
+        self._on_env_error(broken.report)
+        broken_env, self.envs[i] = self.envs[i], None
+        if isinstance(broken_env, ThreadedEnv) and isinstance(exc, EnvCallTimeout):
+            broken_env.abandon()  # its thread is stuck in the call: a close would queue behind it
+        elif broken_env is not None:
+            await aclose_env(broken_env, f"env {i}", CLOSE_TIMEOUT_S)
         while True:
-            self.failures[i] += 1
-            check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
+            episode.retry()
             try:
                 env, obs = await self._make_env(i, seed=None)
                 break
             except EnvStepError as error:
-                if isinstance(error.original, Exception):
-                    exc = error.original
+                episode.rebuild_failed(error)
         self.envs[i] = env
-        self.env_steps[i] = 0
-        self.episode_return[i], self.episode_length[i], self.disc_return[i] = 0.0, 0, 0.0
-        trajectory.episode_start = t + 1
+        episode.rebuilt(t + 1)
         return obs
 
     async def aclose(self) -> None:

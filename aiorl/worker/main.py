@@ -29,7 +29,8 @@ from aiorl import protocol
 from aiorl.models import tie_to_flat
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
 from aiorl.worker.async_sampler import AsyncEnvSampler
-from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
+from aiorl.worker.episodes import EnvStepError, RolloutSummary
+from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import LocalPlumbing, WorkerSpec
 
 EXIT_OK = 0

@@ -7,7 +7,8 @@ heartbeats and control frames keep flowing.
 An env that raises is closed and re-created; the steps of its broken episode
 that are still in the current rollout are masked out (``valid=False``) and
 reported as discarded. An env that fails ``env_error_limit`` times in a row
-without finishing an episode, or whose constructor raises, is fatal.
+without finishing an episode, or whose constructor raises, is fatal. These episode and
+fault rules are shared with the async sampler (:mod:`aiorl.worker.episodes`).
 """
 
 from __future__ import annotations
@@ -16,81 +17,20 @@ import asyncio
 import math
 import os
 import time
-import traceback
-from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from aiorl import protocol
 from aiorl.envs.closing import close_env
 from aiorl.models import evaluate
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
+from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
-ENV_INDEX_VARIABLE = "AIORL_ENV_INDEX"
 YIELD_INTERVAL_S = 0.005
 """The sampler yields to the worker's event loop at least this often (and after each rollout)."""
-
-
-class EnvStepError(Exception):
-    """An env failed for good; carries where it happened.
-
-    ``step`` is the failing env's own step count (1 for its first ``step`` call; 0 for
-    its constructor or first ``reset``).
-    """
-
-    def __init__(self, env_index: int | None, step: int, original: BaseException, reason: str = "") -> None:
-        super().__init__(f"{type(original).__name__}: {original}")
-        self.env_index = env_index
-        self.step = step
-        self.original = original
-        self.reason = reason
-
-    def to_message(self, policy_version: int | None) -> protocol.EnvFailed:
-        """The :class:`~aiorl.protocol.EnvFailed` report of this failure, with its traceback."""
-        original = self.original
-        return protocol.EnvFailed(
-            env_index=self.env_index,
-            step=self.step,
-            policy_version=policy_version,
-            error_type=type(original).__name__,
-            message=f"{original} ({self.reason})" if self.reason else str(original),
-            traceback="".join(traceback.format_exception(original)),
-        )
-
-
-def env_recovered(i: int, exc: Exception, policy_version: int, step: int, discarded: int) -> protocol.EnvRecovered:
-    """The report of env ``i``'s failure, after which it is re-created."""
-    return protocol.EnvRecovered(
-        env_index=i,
-        policy_version=policy_version,
-        step=step,
-        error_type=type(exc).__name__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-        discarded_steps=discarded,
-    )
-
-
-def check_failure_limit(i: int, failures: int, limit: int, step: int, exc: Exception) -> None:
-    """Raise :class:`EnvStepError` once env ``i`` has failed ``limit`` times in a row."""
-    if failures >= limit:
-        reason = f"failed {failures} times in a row without finishing an episode (env_error_limit={limit})"
-        raise EnvStepError(i, step, exc, reason) from exc
-
-
-@dataclass(slots=True)
-class RolloutSummary:
-    """What the trainer needs to know about a rollout besides its arrays."""
-
-    env_steps: int
-    discarded_steps: int = 0
-    episode_returns: list[float] = field(default_factory=list)
-    episode_lengths: list[int] = field(default_factory=list)
-    env_errors: list[protocol.EnvRecovered] = field(default_factory=list)
 
 
 class EnvSampler:
@@ -107,14 +47,7 @@ class EnvSampler:
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.final_obs = np.zeros_like(self.obs)  # encoded final observations of truncated episodes
         self.probe = np.zeros(spec.layout.obs_shape, dtype=np.float32)  # checks a fresh env's first obs
-        # Per-env state as plain lists: the hot loop touches them once per env and step.
-        self.episode_return = [0.0] * k
-        self.episode_length = [0] * k
-        self.episode_start = [0] * k  # row of the current rollout the episode began at
-        self.env_steps = [0] * k  # steps per env since it was built
-        self.failures = [0] * k  # consecutive failures without an episode end
-        self.gamma = spec.reward_gamma
-        self.disc_return = [0.0] * k  # running discounted return of each env's episode
+        self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
         self.total_steps = 0
         self.policy_version = -1  # the version acting in the rollout being collected
         for i in range(k):
@@ -144,7 +77,8 @@ class EnvSampler:
         """Fill ``arrays`` with one rollout acted by ``policy_version``."""
         summary = RolloutSummary(env_steps=0)
         self.policy_version = policy_version
-        self.episode_start = [0] * len(self.envs)
+        for episode in self.episodes:
+            episode.start = 0
         yielded = time.monotonic()
         for t in range(self.spec.layout.rollout_length):
             self._step(arrays, t, policy_version, summary)
@@ -160,23 +94,23 @@ class EnvSampler:
         # written once per step.
         arrays["obs"][t] = self.obs
         with torch.no_grad():
-            dist_inputs, values = evaluate(self.policy, torch.from_numpy(self.obs))
+            dist_inputs, _ = evaluate(self.policy, torch.from_numpy(self.obs))
             actions, logprobs = self.dist.sample(dist_inputs)
         actions_np = actions.numpy()
         arrays["actions"][t] = actions_np
         arrays["logprobs"][t] = logprobs.numpy()
-        arrays["values"][t] = values.numpy()
         arrays["versions"][t] = policy_version
         arrays["valid"][t] = True
         arrays["trunc_values"][t] = 0.0
         k = len(self.envs)
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
-        gamma = self.gamma
         disc_returns = [0.0] * k  # stay 0 without reward normalisation (gamma None)
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
         to_env, encode = self.dist.to_env, self.encoder.encode_into
+        episodes = self.episodes
         for i, env in enumerate(self.envs):
-            self.env_steps[i] += 1
+            episode = episodes[i]
+            episode.env_steps += 1
             try:
                 obs, reward, term, trunc, _ = env.step(to_env(actions_np[i]))
                 reward = float(reward)
@@ -192,18 +126,12 @@ class EnvSampler:
                 truncated[i] = True  # an inert, masked row: no reward, no bootstrap
                 encode(obs, self.obs[i])
                 continue
-            self.episode_return[i] += reward
-            self.episode_length[i] += 1
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
-            if gamma is not None:
-                disc_returns[i] = self.disc_return[i] = self.disc_return[i] * gamma + reward
+            disc_returns[i] = episode.rewarded(reward)
             if term or trunc:
-                self.disc_return[i] = 0.0
-                summary.episode_returns.append(float(self.episode_return[i]))
-                summary.episode_lengths.append(self.episode_length[i])
-                self.episode_return[i], self.episode_length[i] = 0.0, 0
-                self.episode_start[i] = t + 1
-                self.failures[i] = 0
+                episode_return, episode_length = episode.finished(t + 1)
+                summary.episode_returns.append(episode_return)
+                summary.episode_lengths.append(episode_length)
                 if trunc and not term:
                     final_rows.append(i)
                 try:
@@ -235,25 +163,21 @@ class EnvSampler:
         mask_from: int | None = None,
     ) -> object:
         """Mask env ``i``'s broken episode, re-create the env, and return its first observation."""
-        start = self.episode_start[i] if mask_from is None else mask_from
-        discarded = max(t + 1 - start, 0)
-        arrays["valid"][start : t + 1, i] = False
-        summary.discarded_steps += discarded
-        summary.env_errors.append(env_recovered(i, exc, self.policy_version, self.env_steps[i], discarded))
+        episode = self.episodes[i]
+        broken = episode.broke(exc, t, self.policy_version, mask_from)
+        arrays["valid"][broken.start : broken.end, i] = False
+        summary.discarded_steps += broken.discarded
+        summary.env_errors.append(broken.report)
         close_env(self.envs[i], f"env {i}")
         while True:
-            self.failures[i] += 1
-            check_failure_limit(i, self.failures[i], self.spec.env_error_limit, self.env_steps[i], exc)
+            episode.retry()
             try:
                 env, obs = self._make_env(i, seed=None)
                 break
             except EnvStepError as error:
-                if isinstance(error.original, Exception):
-                    exc = error.original
+                episode.rebuild_failed(error)
         self.envs[i] = env
-        self.env_steps[i] = 0
-        self.episode_return[i], self.episode_length[i], self.disc_return[i] = 0.0, 0, 0.0
-        self.episode_start[i] = t + 1
+        episode.rebuilt(t + 1)
         return obs
 
     def _recover_non_finite(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:

@@ -26,8 +26,9 @@ import torch
 from aiorl import protocol
 from aiorl.models import tie_to_flat
 from aiorl.rollout import SlotArrays
+from aiorl.worker.episodes import EnvStepError, RolloutSummary
 from aiorl.worker.main import INCARNATION_VARIABLE, WORKER_ID_VARIABLE
-from aiorl.worker.sampler import EnvSampler, EnvStepError, RolloutSummary
+from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import WorkerSpec
 
 
