@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
+from aiorl.backends.base import Backend  # at runtime: config files read the field types
 from aiorl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from aiorl.backends.base import Backend
 
 START_METHODS = ("forkserver", "spawn")
 
