@@ -69,3 +69,15 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"preset={name!r} is unknown; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def describe_settings(env_id: str | None, preset: str | None) -> str:
+    """One log line: the preset in use, or the one that exists for ``env_id`` and is not used."""
+    if preset is not None:
+        return f"settings: the tuned preset {preset!r} (aiorl.presets.PRESETS)"
+    if env_id in PRESETS:
+        return (
+            f"a tuned preset exists for {env_id}: Trainer.from_preset({env_id!r}) (CLI: --preset {env_id}); "
+            "training with the defaults and your options instead"
+        )
+    return "settings: the defaults and your options (no tuned preset for this env)"

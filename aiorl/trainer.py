@@ -18,7 +18,6 @@ import contextlib
 import copy
 import functools
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -32,23 +31,20 @@ from torch import nn
 
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
-from aiorl.backends import WorkerTemplate
 from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
 from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
-from aiorl.engine.run import TrainingRun, TrainResult
-from aiorl.engine.session import Session, published
+from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
+from aiorl.engine.session import Session, published, worker_template
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
-from aiorl.presets import PRESETS, get_preset
-from aiorl.rollout import RolloutLayout
-from aiorl.worker import AsyncActing
+from aiorl.presets import describe_settings, get_preset
 
 __all__ = ["TrainResult", "Trainer"]
 
@@ -218,7 +214,16 @@ class Trainer:
         try:
             self._session = await Session.open(
                 config=cfg,
-                template=self._worker_template(),
+                template=worker_template(
+                    cfg,
+                    env_factory=self.env_factory,
+                    is_async=self.spaces.is_async,
+                    obs_encoder=self.obs_encoder,
+                    dist=self.dist,
+                    policy=self._policy_template,
+                    algo=self.algo,
+                    seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
+                ),
                 learner=self._learner,
                 version=self._version,
                 stats=self.stats,
@@ -235,16 +240,7 @@ class Trainer:
             self.env_factory.describe(),
             list(self._session.pool.pids.values()),
         )
-        if self.preset is not None:
-            log.info("settings: the tuned preset %r (aiorl.presets.PRESETS)", self.preset)
-        elif self.env_factory.env_id in PRESETS:
-            log.info(
-                "a tuned preset exists for %s: Trainer.from_preset(%r) (CLI: --preset %s); training with the "
-                "defaults and your options instead",
-                self.env_factory.env_id,
-                self.env_factory.env_id,
-                self.env_factory.env_id,
-            )
+        log.info(describe_settings(self.env_factory.env_id, self.preset))
         return self
 
     async def __aexit__(
@@ -276,39 +272,6 @@ class Trainer:
             await session.close()
         finally:
             self._events.end_streams()
-
-    def _worker_template(self) -> WorkerTemplate:
-        cfg = self.config
-        layout = RolloutLayout(
-            rollout_length=cfg.rollout_length,
-            num_envs=cfg.envs_per_worker,
-            obs_shape=self.obs_encoder.shape,
-            action_shape=self.dist.action_shape,
-            action_dtype=self.dist.action_dtype.str,
-        )
-        acting = None  # gymnasium envs are stepped inline
-        if self.spaces.is_async or cfg.env_threads:
-            acting = AsyncActing(
-                env_threads=cfg.env_threads,
-                env_timeout_s=cfg.env_timeout_s,
-                act_batch=cfg.act_batch or cfg.envs_per_worker,
-                act_wait_s=cfg.act_wait_s,
-            )
-        return WorkerTemplate(
-            env_factory=self.env_factory,
-            seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
-            layout=layout,
-            num_workers=cfg.num_workers,
-            num_slots=cfg.num_workers * cfg.slots_per_worker,
-            policy=self._policy_template,
-            dist=self.dist,
-            obs_encoder=self.obs_encoder,
-            heartbeat_interval_s=cfg.heartbeat_interval_s,
-            env_error_limit=cfg.env_error_limit,
-            start_method=cfg.start_method,
-            reward_gamma=getattr(self.algo, "gamma", None) if cfg.normalize_rewards else None,
-            acting=acting,
-        )
 
     # ---- training ------------------------------------------------------------------------
     async def run(
@@ -348,15 +311,7 @@ class Trainer:
             WorkerCrashed: a worker process died.
             LearnerError: the update raised or produced a non-finite loss.
         """
-        problems = []
-        if not (isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1):
-            problems.append(f"total_steps={total_steps!r} must be an integer >= 1")
-        if target_return is not None and not (isinstance(target_return, int | float) and math.isfinite(target_return)):
-            problems.append(f"target_return={target_return!r} must be a finite number or None")
-        if not (isinstance(checkpoint_interval_s, int | float) and checkpoint_interval_s > 0):
-            problems.append(f"checkpoint_interval_s={checkpoint_interval_s!r} must be a number of seconds > 0")
-        if problems:
-            raise ConfigError(problems)
+        check_run_arguments(total_steps, target_return, checkpoint_interval_s)
         if self._session is None:
             async with self:
                 return await self.run(

@@ -11,6 +11,7 @@ the same object to the user's ``on_update`` and starts a periodic evaluation whe
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from aiorl.checkpoint import Checkpointer
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.session import Session
 from aiorl.engine.stats import TrainingStats
+from aiorl.errors import ConfigError
 from aiorl.evaluation import EvalResult, PeriodicEvaluation
 from aiorl.events import EventHub
 from aiorl.records import LagStats, UpdateReport
@@ -174,3 +176,16 @@ class TrainingRun:
             learner_time=consumer.learner_s - self._learner_s,
             steps_per_second=goal.steps_per_s(stats, now),
         )
+
+
+def check_run_arguments(total_steps: object, target_return: object, checkpoint_interval_s: object) -> None:
+    """Raise one :class:`~aiorl.errors.ConfigError` naming every bad argument of ``Trainer.run``."""
+    problems = []
+    if not (isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1):
+        problems.append(f"total_steps={total_steps!r} must be an integer >= 1")
+    if target_return is not None and not (isinstance(target_return, int | float) and math.isfinite(target_return)):
+        problems.append(f"target_return={target_return!r} must be a finite number or None")
+    if not (isinstance(checkpoint_interval_s, int | float) and checkpoint_interval_s > 0):
+        problems.append(f"checkpoint_interval_s={checkpoint_interval_s!r} must be a number of seconds > 0")
+    if problems:
+        raise ConfigError(problems)

@@ -24,19 +24,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from aiorl.algos.learner import Learner
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
 from aiorl.config import TrainerConfig
+from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer
 from aiorl.engine.ledger import DiscardReason
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
+from aiorl.envs import EnvFactory, ObservationEncoder
 from aiorl.errors import AiorlError
 from aiorl.events import Event
+from aiorl.rollout import RolloutLayout
+from aiorl.worker import AsyncActing
 
 T = TypeVar("T")
 
@@ -235,3 +240,47 @@ def published(session: Session | None, learner: Learner, version: int) -> tuple[
     if session is not None:  # the learner may be mid-update: use the published weights
         return session.consumer.last_weights, session.consumer.version
     return learner.weights(), version
+
+
+def worker_template(
+    config: TrainerConfig,
+    *,
+    env_factory: EnvFactory,
+    is_async: bool,
+    obs_encoder: ObservationEncoder,
+    dist: ActionDistribution,
+    policy: nn.Module,
+    algo: object,
+    seed: int,
+) -> WorkerTemplate:
+    """What every worker of a trainer is built from, for its backend to turn into specs."""
+    layout = RolloutLayout(
+        rollout_length=config.rollout_length,
+        num_envs=config.envs_per_worker,
+        obs_shape=obs_encoder.shape,
+        action_shape=dist.action_shape,
+        action_dtype=dist.action_dtype.str,
+    )
+    acting = None  # gymnasium envs are stepped inline
+    if is_async or config.env_threads:
+        acting = AsyncActing(
+            env_threads=config.env_threads,
+            env_timeout_s=config.env_timeout_s,
+            act_batch=config.act_batch or config.envs_per_worker,
+            act_wait_s=config.act_wait_s,
+        )
+    return WorkerTemplate(
+        env_factory=env_factory,
+        seed=seed,
+        layout=layout,
+        num_workers=config.num_workers,
+        num_slots=config.num_workers * config.slots_per_worker,
+        policy=policy,
+        dist=dist,
+        obs_encoder=obs_encoder,
+        heartbeat_interval_s=config.heartbeat_interval_s,
+        env_error_limit=config.env_error_limit,
+        start_method=config.start_method,
+        reward_gamma=getattr(algo, "gamma", None) if config.normalize_rewards else None,
+        acting=acting,
+    )
