@@ -125,6 +125,7 @@ class Trainer:
         """Running statistics of the reward scaling (``normalize_rewards=True``), else ``None``."""
         self._version = 0
         self._session: Session | None = None
+        self._opening = False
         self._run_lock = asyncio.Lock()
         self._events = EventHub()
         self._stop_requested = False
@@ -208,9 +209,10 @@ class Trainer:
     # ---- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Trainer:
         """Create shared memory, the learner thread and the worker pool; start the workers."""
-        if self._session is not None:
-            raise RuntimeError("this Trainer is already started")
+        if self._session is not None or self._opening:
+            raise RuntimeError("this Trainer is already started (or starting in another task)")
         cfg = self.config
+        self._opening = True  # set before the first await: a concurrent start fails at once
         try:
             self._session = await Session.open(
                 config=cfg,
@@ -233,6 +235,8 @@ class Trainer:
         except BaseException:
             self._events.end_streams()
             raise
+        finally:
+            self._opening = False
         log.info(
             "started %d workers x %d envs of %s (pids %s)",
             cfg.num_workers,

@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 import pytest
 from conftest import SMALL, descendants, our_segments, wait_until
 
+import aiorl
 from aiorl import PPO, Trainer
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
@@ -165,3 +166,16 @@ async def test_killing_a_worker_never_waits_for_it_on_the_event_loop(monkeypatch
                 await asyncio.sleep(0.05)
         await trainer.run(total_steps=300)
     assert waits_on_loop == [], "process.join with a timeout ran on the event loop's thread"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_second_concurrent_run_outside_async_with_fails_at_once_and_starts_nothing():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    first, second = await asyncio.gather(
+        trainer.run(total_steps=500), trainer.run(total_steps=500), return_exceptions=True
+    )
+    assert isinstance(first, aiorl.TrainResult) and first.env_steps >= 500
+    assert isinstance(second, RuntimeError) and "already started" in str(second)
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded  # one pool's steps, all counted
+    assert trainer.worker_pids == {}
