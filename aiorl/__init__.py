@@ -7,12 +7,15 @@ Quick start::
     result = aiorl.run(aiorl.Trainer("CartPole-v1"), total_steps=200_000, target_return=475)
     print(result.mean_return)
 
-The public names load on first use (PEP 562), so that importing a submodule (as
-every worker process does with ``aiorl.worker.main``) does not load the trainer,
-the engine and everything else this package exports.
+In your process ``import aiorl`` loads the whole public API at once, so that
+nothing heavy (torch, the trainer) is imported later inside your event loop. In
+aiorl's worker processes (started with ``AIORL_WORKER_SIDE=1`` in their environment)
+the public names load on first use instead (PEP 562): a worker, which imports
+``aiorl.worker.main``, loads only the worker side.
 """
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at runtime the names load lazily
@@ -138,3 +141,11 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+WORKER_SIDE_VARIABLE = "AIORL_WORKER_SIDE"
+"""Set in the environment of aiorl's worker processes (and their forkserver): load lazily there."""
+
+if not os.environ.get(WORKER_SIDE_VARIABLE):
+    for _name in _EXPORTS:
+        __getattr__(_name)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from conftest import SMALL
+
+from aiorl import PPO, Trainer
+from aiorl.testing import WorkerSideOnly
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aiorl"
 
@@ -116,8 +123,23 @@ def test_imports_point_one_way():
 def test_a_worker_process_loads_only_the_worker_side():
     # What the forkserver preloads for every worker, as aiorl.backends.local.process.PRELOAD says.
     code = "import sys, torch, gymnasium, aiorl.worker.main\nprint('\\n'.join(sorted(sys.modules)))"
-    loaded = set(
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    )
+    env = {**os.environ, "AIORL_WORKER_SIDE": "1"}  # as the local backend starts its workers
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    loaded = set(done.stdout.split())
     assert not (loaded & WORKER_MUST_NOT_LOAD), sorted(loaded & WORKER_MUST_NOT_LOAD)
     assert not {name for name in loaded if name.startswith(("aiorl.engine.", "aiorl.algos."))}
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_real_worker_processes_load_only_the_worker_side():
+    # WorkerSideOnly raises (an env error, fatal after env_error_limit) in a worker that loaded the trainer.
+    result = await Trainer(WorkerSideOnly, PPO(update_epochs=1, num_minibatches=1), **SMALL).run(total_steps=300)
+    assert result.env_steps >= 300 and result.env_errors == 0
+
+
+def test_the_users_process_loads_the_public_api_at_import():
+    # So that nothing heavy is imported later, inside the application's event loop.
+    code = "import sys, aiorl; print('aiorl.trainer' in sys.modules and 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "AIORL_WORKER_SIDE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "True"

@@ -14,6 +14,7 @@ from aiorl.testing.envs import (
     InjectedFault,
     RaiseAtStep,
     RaiseOnCreate,
+    WorkerSideOnly,
     worker_identity,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "InjectedFault",
     "RaiseAtStep",
     "RaiseOnCreate",
+    "WorkerSideOnly",
     "worker_identity",
 ]

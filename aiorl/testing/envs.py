@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Collection
 from typing import Any, Literal
@@ -207,3 +208,22 @@ class EndlessEnv(gym.Env):
 
 if COUNTING_ENV_ID not in gym.registry:
     gym.register(COUNTING_ENV_ID, entry_point="aiorl.testing.envs:CountingEnv")
+
+
+TRAINER_SIDE_MODULES = ("aiorl.trainer", "aiorl.engine", "aiorl.algos", "aiorl.cli", "aiorl.config", "click", "rich")
+"""Modules a worker process has no use for."""
+
+
+class WorkerSideOnly(gym.Wrapper):
+    """``gym.make(env_id)`` that refuses to be built in a worker process that loaded the trainer's side.
+
+    Proves what a worker imports: inside a worker (``worker_identity()`` set) its
+    constructor raises if any of :data:`TRAINER_SIDE_MODULES` is in ``sys.modules``.
+    """
+
+    def __init__(self, env_id: str = "CartPole-v1") -> None:
+        if worker_identity()[0] >= 0:
+            loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("click", "rich") or m in TRAINER_SIDE_MODULES)
+            if loaded:
+                raise RuntimeError(f"a worker process loaded the trainer's side: {loaded}")
+        super().__init__(gym.make(env_id))

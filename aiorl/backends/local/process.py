@@ -20,12 +20,16 @@ is what :func:`aiorl.worker.main.process_main` does in a dozen lines.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import socket
+from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+from aiorl import WORKER_SIDE_VARIABLE
 from aiorl.worker.main import process_main
 from aiorl.worker.spec import WorkerSpec
 
@@ -51,7 +55,27 @@ def start_forkserver(context: BaseContext) -> None:
     milliseconds).
     """
     if context.get_start_method() == "forkserver":
-        multiprocessing.forkserver.ensure_running()
+        with _worker_side_environment():  # the forkserver imports aiorl as a worker would
+            multiprocessing.forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _worker_side_environment() -> Iterator[None]:
+    """Processes started meanwhile get ``AIORL_WORKER_SIDE=1``: their ``import aiorl`` stays lazy.
+
+    (Set in this process's environment for the duration of the start, which happens in
+    the backend's starter thread; a process another thread starts meanwhile inherits it,
+    which only makes its ``import aiorl`` lazy.)
+    """
+    previous = os.environ.get(WORKER_SIDE_VARIABLE)
+    os.environ[WORKER_SIDE_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(WORKER_SIDE_VARIABLE, None)
+        else:
+            os.environ[WORKER_SIDE_VARIABLE] = previous
 
 
 def start_worker(context: BaseContext, spec: WorkerSpec) -> tuple[BaseProcess, socket.socket]:
@@ -64,7 +88,8 @@ def start_worker(context: BaseContext, spec: WorkerSpec) -> tuple[BaseProcess, s
             name=f"aiorl-worker-{spec.worker_id}",
             daemon=True,
         )
-        process.start()
+        with _worker_side_environment():  # spawn: the new interpreter imports aiorl as a worker
+            process.start()
     except BaseException:
         ours.close()
         raise
