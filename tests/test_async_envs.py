@@ -271,6 +271,16 @@ async def test_an_env_step_that_raises_is_recreated_and_its_episode_discarded():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_observation_of_the_wrong_shape_is_an_env_error_and_its_episode_discarded(caplog):
+    env = functools.partial(AsyncCountingEnv, episode_length=50, fault="wrong_shape", fault_at=10)
+    async with Trainer(env, QUICK_PPO, **FAST) as trainer:
+        await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
+    assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+    assert trainer.stats.discarded["env_error"] == 10, "the broken episode's 10 steps"
+    assert "an observation of shape (5,), but observation_space is Box" in caplog.text
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_a_hung_env_step_is_cancelled_after_env_timeout_without_stopping_the_worker():
     env = functools.partial(AsyncCountingEnv, episode_length=50, fault="hang", fault_at=10)
     async with Trainer(env, QUICK_PPO, env_timeout_s=0.5, **FAST) as trainer:

@@ -129,9 +129,15 @@ async def test_a_nan_observation_is_handled_like_an_env_error():
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 @pytest.mark.parametrize(
     ("fault", "at", "method"),
-    [("nan_reward", 40, "step"), ("nan", 30, "step"), ("nan", 2, "reset")],  # step 40 ends an episode
+    [
+        ("nan_reward", 40, "step"),  # step 40 ends an episode
+        ("nan", 30, "step"),
+        ("nan", 2, "reset"),
+        ("wrong_shape", 30, "step"),
+        ("wrong_shape", 2, "reset"),
+    ],
 )
-async def test_non_finite_rewards_and_observations_anywhere_are_env_errors(fault, at, method):
+async def test_non_finite_or_malformed_rewards_and_observations_anywhere_are_env_errors(fault, at, method):
     env = functools.partial(FaultyEnv, COUNTING_ENV_ID, fault, at, method=method, workers=None, incarnations=None)
     async with Trainer(env, QUICK_PPO, **FAST) as trainer:
         result = await trainer.run(total_steps=3_000)
@@ -155,6 +161,15 @@ async def test_an_env_that_keeps_failing_ends_the_run_instead_of_looping():
     env = faulty("raise", at=1, workers=None, incarnations=None)  # fails on every first step
     trainer = Trainer(env, QUICK_PPO, **FAST)
     with pytest.raises(EnvError, match=r"env 0, step 1, .*InjectedFault.*failed 3 times in a row"):
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    assert trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_env_that_always_returns_the_wrong_shape_ends_the_run_with_env_error_not_restarts():
+    env = faulty("wrong_shape", at=1, workers=None, incarnations=None)  # CartPole's Box(4,) gets 5 numbers
+    trainer = Trainer(env, QUICK_PPO, **FAST)
+    with pytest.raises(EnvError, match=r"an observation of shape \(5,\), but observation_space is Box.*3 times"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.worker_restarts == 0
 

@@ -179,3 +179,19 @@ async def test_normalized_observations_reach_workers_with_the_weights():
         evaluation = await trainer.evaluate(episodes=1)
     assert float(trainer.policy.count) > 2_000 and float(trainer.policy.var[2]) > 1.0  # angular velocity
     assert np.isfinite(evaluation.mean_return)
+
+
+@pytest.mark.parametrize(
+    ("space", "obs", "message"),
+    [
+        (gym.spaces.Box(-1, 1, (4,)), np.zeros(5, np.float32), r"shape \(5,\), but observation_space is Box"),
+        (gym.spaces.Box(-1, 1, (4,)), np.zeros(1, np.float32), r"shape \(1,\)"),  # numpy would broadcast it
+        (gym.spaces.Box(-1, 1, (2, 2)), np.zeros(4, np.float32), r"shape \(4,\)"),
+        (gym.spaces.Discrete(3, start=1), 0, r"observation 0 is outside observation_space Discrete"),
+        (gym.spaces.Discrete(3), 3, r"outside"),
+    ],
+)
+def test_an_observation_outside_the_space_is_rejected_not_broadcast(space, obs, message):
+    encoder = ObservationEncoder.for_space(space)
+    with pytest.raises(ValueError, match=message):
+        encoder.encode_into(obs, np.zeros(encoder.shape, np.float32))

@@ -79,12 +79,25 @@ class ObservationEncoder:
         return cls(shape=(size,), space=space, kind="flatten")
 
     def encode_into(self, obs: object, out: np.ndarray) -> None:
-        """Write ``obs`` into ``out`` (a float32 array of :attr:`shape`) in place."""
+        """Write ``obs`` into ``out`` (a float32 array of :attr:`shape`) in place.
+
+        Raises:
+            ValueError: ``obs`` is not an observation of :attr:`space` (a Box observation
+                of another shape, which numpy would otherwise broadcast; a Discrete value
+                out of range). Workers treat it as an env error.
+        """
         if self.kind == "box":
+            shape = getattr(obs, "shape", None)
+            shape = tuple(np.shape(obs)) if shape is None else tuple(shape)  # type: ignore[arg-type]
+            if shape != self.shape:
+                raise ValueError(f"an observation of shape {shape}, but observation_space is {self.space}")
             out[...] = obs
         elif self.kind == "one_hot":
+            index = int(obs) - int(self.space.start)  # type: ignore[attr-defined, call-overload]
+            if not 0 <= index < self.shape[0]:
+                raise ValueError(f"observation {obs!r} is outside observation_space {self.space}")
             out[:] = 0.0
-            out[int(obs) - int(self.space.start)] = 1.0  # type: ignore[attr-defined, call-overload]
+            out[index] = 1.0
         else:
             out[:] = gym.spaces.flatten(self.space, obs)
 

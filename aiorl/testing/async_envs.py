@@ -19,7 +19,7 @@ import numpy as np
 from aiorl.envs.async_env import AsyncEnv, StepResult
 from aiorl.testing.envs import InjectedFault, worker_identity
 
-AsyncFault = Literal["raise", "hang", "nan", "block"]
+AsyncFault = Literal["raise", "hang", "nan", "wrong_shape", "block"]
 
 
 class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
@@ -31,7 +31,8 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
         latency_s: seconds each ``step`` awaits (``asyncio.sleep``).
         slow_envs, slow_latency_s: env indices whose steps await ``slow_latency_s`` instead.
         fault: ``"raise"`` (:class:`~aiorl.testing.InjectedFault`), ``"hang"`` (await
-            forever), ``"nan"`` (a NaN observation) or ``"block"`` (block the thread
+            forever), ``"nan"`` (a NaN observation), ``"wrong_shape"`` (an observation
+            with one element too many) or ``"block"`` (block the thread
             for ``block_s``, as a blocking call in a coroutine would), on the
             ``fault_at``-th step of the envs in ``fault_envs`` of the workers in
             ``fault_workers`` (``None``: all), first incarnation only, in the first
@@ -100,6 +101,8 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
                 await asyncio.Event().wait()
             if self.fault == "nan":
                 obs = np.full_like(obs, np.nan)
+            if self.fault == "wrong_shape":
+                obs = np.append(obs, obs[:1])
             if self.fault == "block":
                 time.sleep(self.block_s)  # noqa: ASYNC251 - the fault being simulated
         done = self.episode_step >= self.episode_length

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
-Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward"]
-FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward")
+Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward", "wrong_shape"]
+FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward", "wrong_shape")
 
 
 class InjectedFault(RuntimeError):
@@ -45,7 +45,8 @@ class FaultyEnv(gym.Wrapper):
         fault: ``"raise"`` (:class:`InjectedFault`), ``"hang"`` (sleep forever),
             ``"kill"`` (SIGKILL its own process), ``"segfault"`` (SIGSEGV),
             ``"exit"`` (``os._exit(1)``), ``"nan"`` (return a NaN observation),
-            ``"nan_reward"`` (return a NaN reward; ``step`` only).
+            ``"nan_reward"`` (return a NaN reward; ``step`` only), ``"wrong_shape"``
+            (return an observation with one element too many).
         at: fault on this call (1-based) of ``method``, counted per env instance.
         method: ``"step"``, ``"reset"``, or ``"init"`` (the constructor; ``at`` is ignored).
         workers, env_indices, incarnations: where the fault happens (``None``: everywhere).
@@ -94,7 +95,7 @@ class FaultyEnv(gym.Wrapper):
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.fault == "exit":
             os._exit(1)
-        return True  # "nan" or "nan_reward": the caller corrupts its result
+        return True  # "nan", "nan_reward" or "wrong_shape": the caller corrupts its result
 
     def step(self, action: Any) -> Any:
         """Step the wrapped env, or misbehave on schedule."""
@@ -104,6 +105,8 @@ class FaultyEnv(gym.Wrapper):
             obs = np.full_like(obs, np.nan)
         if corrupt and self.fault == "nan_reward":
             reward = float("nan")
+        if corrupt and self.fault == "wrong_shape":
+            obs = np.append(obs, obs[:1])
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs: Any) -> Any:
@@ -112,6 +115,8 @@ class FaultyEnv(gym.Wrapper):
         obs, info = self.env.reset(**kwargs)
         if corrupt and self.fault == "nan":
             obs = np.full_like(obs, np.nan)
+        if corrupt and self.fault == "wrong_shape":
+            obs = np.append(obs, obs[:1])
         return obs, info
 
 

@@ -329,9 +329,8 @@ class AsyncEnvSampler:
             rows["valid"][t] = True
             rows["trunc_values"][t] = 0.0
             obs = await self._step(i, t)
-            self.encoder.encode_into(obs, self.obs[i])
-            if not np.isfinite(self.obs[i]).all():  # e.g. a reset that returned NaN
-                error = FloatingPointError(f"env {i} returned a non-finite observation")
+            error = self._encode(i, obs)
+            if error is not None:  # e.g. a reset that returned NaN, an observation of the wrong shape
                 obs = await self._recover(i, error, t)
                 if not rows["valid"][t]:  # the row belongs to the broken episode
                     self._make_inert(trajectory, t)
@@ -343,6 +342,16 @@ class AsyncEnvSampler:
             if trajectory.full:
                 self.columns.fill(trajectory, self.obs[i])
                 trajectory.rows = self.episodes[i].start = 0
+
+    def _encode(self, i: int, obs: object) -> Exception | None:
+        """Encode env ``i``'s next observation; return why it is not a valid one, if it is not."""
+        try:
+            self.encoder.encode_into(obs, self.obs[i])
+        except Exception as exc:
+            return exc
+        if not np.isfinite(self.obs[i]).all():
+            return FloatingPointError(f"env {i} returned a non-finite observation")
+        return None
 
     async def _step(self, i: int, t: int) -> object:
         """Step env ``i`` with its action, record row ``t``, reset on episode end; return the next obs."""

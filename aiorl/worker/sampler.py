@@ -106,6 +106,7 @@ class EnvSampler:
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         disc_returns = [0.0] * k  # stay 0 without reward normalisation (gamma None)
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
+        not_encodable: list[tuple[int, Exception]] = []  # envs whose next observation is not of their space
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         episodes = self.episodes
         for i, env in enumerate(self.envs):
@@ -138,11 +139,16 @@ class EnvSampler:
                     obs, _ = env.reset()
                 except Exception as exc:
                     obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
-            encode(obs, self.obs[i])
+            try:
+                encode(obs, self.obs[i])
+            except Exception as exc:  # handled once the row is written, as a non-finite one is
+                not_encodable.append((i, exc))
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
         arrays["disc_returns"][t] = disc_returns  # written either way: a Ray actor's arrays start uninitialised
+        for i, exc in not_encodable:  # e.g. an observation of the wrong shape: the env is broken
+            self._fail_step(i, exc, arrays, t, summary)
         if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
             self._recover_non_finite(arrays, t, summary)
         self.total_steps += k
