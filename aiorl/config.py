@@ -7,6 +7,7 @@ naming each field and its value, before any process starts.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,6 +16,17 @@ from aiorl.backends.base import Backend  # at runtime: config files read the fie
 from aiorl.errors import ConfigError
 
 START_METHODS = ("forkserver", "spawn")
+WORKERS_PER_CORE = 8
+MIN_WORKER_LIMIT = 64
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def local_worker_limit() -> int:
+    """The most worker processes the local backend starts: ``max(64, 8 x usable cores)``."""
+    return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * _usable_cores())
 
 
 def _is_int(value: object) -> bool:
@@ -26,7 +38,8 @@ class TrainerConfig:
     """How the trainer collects and learns. Defaults suit a 2-core machine."""
 
     num_workers: int = 2
-    """Worker processes; each steps ``envs_per_worker`` envs with its own policy copy."""
+    """Worker processes; each steps ``envs_per_worker`` envs with its own policy copy. The local
+    backend starts at most ``max(64, 8 x usable cores)``."""
     envs_per_worker: int = 16
     """Envs stepped by one worker, batched through one policy forward pass per step."""
     rollout_length: int = 32
@@ -192,6 +205,12 @@ class TrainerConfig:
             problems.append(f"start_method={self.start_method!r} must be one of {START_METHODS} or None")
         problems += self._device_problems()
         problems += self._backend_problems()
+        if not problems and self.backend == "local" and self.num_workers > local_worker_limit():
+            problems.append(
+                f"num_workers={self.num_workers} local worker processes on {_usable_cores()} usable cores: at most "
+                f"{local_worker_limit()} (max({MIN_WORKER_LIMIT}, {WORKERS_PER_CORE} x cores)); more only compete "
+                "for the CPUs. Use more envs_per_worker, async envs for I/O-bound envs, or backend='ray'"
+            )
         if not problems and self.worker_timeout_s <= 2 * self.heartbeat_interval_s:
             problems.append(
                 f"worker_timeout_s={self.worker_timeout_s!r} must exceed twice "

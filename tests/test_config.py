@@ -180,3 +180,16 @@ def test_building_a_trainer_does_not_wait_for_the_probed_env_to_close():
     finally:
         RELEASE.set()
     assert CLOSED.wait(timeout=30)
+
+
+def test_more_local_workers_than_the_machine_can_run_is_rejected_before_any_process_starts():
+    with pytest.raises(ValueError, match=r"num_workers=10000 local worker processes on \d+ usable cores: at most"):
+        Trainer("CartPole-v1", num_workers=10_000)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_shared_memory_that_cannot_fit_in_dev_shm_is_a_config_error_at_start():
+    trainer = Trainer("CartPole-v1", envs_per_worker=10**7)  # 32 steps x 10M envs x ~50 bytes: tens of GB per slot
+    with pytest.raises(ConfigError, match=r"needs [\d,]+ bytes but /dev/shm has [\d,]+ free"):
+        await trainer.run(total_steps=1_000)
+    assert trainer.worker_pids == {}

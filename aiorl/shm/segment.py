@@ -16,6 +16,8 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from aiorl.errors import ConfigError
+
 PREFIX = "aiorl_"
 ALIGN = 64
 
@@ -23,6 +25,29 @@ ALIGN = 64
 def align(nbytes: int) -> int:
     """Round ``nbytes`` up to a cache-line multiple."""
     return -(-nbytes // ALIGN) * ALIGN
+
+
+SHM_DIR = "/dev/shm"
+"""Where POSIX shared memory lives on Linux (a tmpfs; Docker's default is 64 MiB: ``--shm-size``)."""
+
+
+def check_room(nbytes: int, directory: str = SHM_DIR) -> None:
+    """Raise :class:`~aiorl.errors.ConfigError` if ``directory`` has less than ``nbytes`` free.
+
+    Segments are created sparse (``ftruncate``) and filled later: without this check a
+    full ``/dev/shm`` shows up only as SIGBUS in a worker writing its first rollout.
+    """
+    try:
+        stat = os.statvfs(directory)
+    except OSError:  # no such tmpfs here (not Linux): nothing to check
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if nbytes > free:
+        raise ConfigError(
+            f"the trainer's shared memory needs {nbytes:,} bytes but {directory} has {free:,} free: lower "
+            "envs_per_worker, rollout_length or slots_per_worker, or give the machine more shared memory "
+            "(Docker: --shm-size)"
+        )
 
 
 class Segment:

@@ -32,6 +32,8 @@ from aiorl.errors import describe_exit
 from aiorl.models import num_weights
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
+from aiorl.shm.segment import ALIGN, check_room
+from aiorl.shm.slots import slot_nbytes
 from aiorl.worker.spec import LocalPlumbing, WorkerSpec
 
 KILL_WAIT_S = 2.0
@@ -59,10 +61,12 @@ class LocalBackend(Backend):
 
 @contextlib.asynccontextmanager
 async def _open_local(template: WorkerTemplate) -> AsyncIterator[WorkerHost]:
+    weights = num_weights(template.policy)
+    check_room(slot_nbytes(template.layout) * template.num_slots + ALIGN + 4 * weights + 8 * template.num_workers)
     async with contextlib.AsyncExitStack() as stack:
         slots = RolloutSlots.create(template.layout, template.num_slots)
         stack.callback(slots.close)
-        store = WeightStore.create(num_weights(template.policy))
+        store = WeightStore.create(weights)
         stack.callback(store.close)
         progress = ProgressBoard.create(template.num_workers)
         stack.callback(progress.close)
