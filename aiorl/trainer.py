@@ -225,6 +225,7 @@ class Trainer:
                     policy=self._policy_template,
                     algo=self.algo,
                     seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
+                    action_space=self.spaces.action_space,
                 ),
                 learner=self._learner,
                 version=self._version,

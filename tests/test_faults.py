@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import SMALL
@@ -25,7 +26,7 @@ from conftest import SMALL
 from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.errors import WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
-from aiorl.testing import COUNTING_ENV_ID, FaultyEnv
+from aiorl.testing import COUNTING_ENV_ID, FaultyEnv, worker_identity
 
 FAST = {
     **SMALL,
@@ -153,6 +154,24 @@ async def test_an_env_constructor_that_raises_in_a_worker_fails_clearly_without_
     with pytest.raises(EnvError, match=r"worker 1, env 0, step 0, .*InjectedFault") as info:
         await trainer.run(total_steps=1_000)
     assert "InjectedFault" in str(info.value.__cause__)
+    assert trainer.stats.worker_restarts == 0
+
+
+class ActionsDifferInWorker1(gym.Wrapper):
+    """CartPole, except that worker 1's envs say they take three actions."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        if worker_identity()[0] == 1:
+            self.action_space = gym.spaces.Discrete(3)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_worker_env_with_another_action_space_ends_the_run_with_env_error():
+    trainer = Trainer(ActionsDifferInWorker1, QUICK_PPO, **FAST)
+    expected = r"worker 1, .*action_space is Discrete\(3\), but the trainer's is Discrete\(2\)"
+    with pytest.raises(EnvError, match=expected):
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.worker_restarts == 0
 
 

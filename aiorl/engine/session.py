@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -252,6 +253,7 @@ def worker_template(
     policy: nn.Module,
     algo: object,
     seed: int,
+    action_space: gym.Space | None = None,
 ) -> WorkerTemplate:
     """What every worker of a trainer is built from, for its backend to turn into specs."""
     layout = RolloutLayout(
@@ -283,4 +285,5 @@ def worker_template(
         start_method=config.start_method,
         reward_gamma=getattr(algo, "gamma", None) if config.normalize_rewards else None,
         acting=acting,
+        action_space=action_space,
     )

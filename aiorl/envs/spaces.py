@@ -112,3 +112,14 @@ def check_action_space(space: gym.Space) -> None:
         raise ConfigError(f"action_space={space!r} is not supported: MultiDiscrete must be 1-D")
     if isinstance(space, gym.spaces.MultiBinary) and np.ndim(space.n) != 0:
         raise ConfigError(f"action_space={space!r} is not supported: MultiBinary must be 1-D")
+
+
+def check_same_action_space(env: object, expected: gym.Space | None) -> None:
+    """Raise ``ValueError`` if ``env``'s action space is not ``expected`` (``None``: no check).
+
+    Workers build their own envs: one whose actions differ from the trainer's (another
+    ``Discrete(n)``, other bounds) would be trained with actions it does not have.
+    """
+    actual = getattr(env, "action_space", None)
+    if expected is not None and actual != expected:
+        raise ValueError(f"the env's action_space is {actual}, but the trainer's is {expected}")

@@ -47,6 +47,7 @@ import torch
 from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.envs.closing import aclose_env
+from aiorl.envs.spaces import check_same_action_space
 from aiorl.models import evaluate
 from aiorl.shm import ProgressBoard, RolloutSlots
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
@@ -260,6 +261,7 @@ class AsyncEnvSampler:
         except Exception as exc:
             raise EnvStepError(index, 0, exc) from exc
         try:
+            check_same_action_space(env, self.spec.action_space)
             obs, _ = await self._timed(env.reset(seed=seed), "reset")
             probe = np.zeros(self.spec.layout.obs_shape, dtype=np.float32)
             self.encoder.encode_into(obs, probe)

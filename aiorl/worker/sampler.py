@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from aiorl.envs.closing import close_env
+from aiorl.envs.spaces import check_same_action_space
 from aiorl.models import evaluate
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
@@ -64,6 +65,7 @@ class EnvSampler:
         except Exception as exc:
             raise EnvStepError(index, 0, exc) from exc
         try:
+            check_same_action_space(env, self.spec.action_space)
             obs, _ = env.reset(seed=seed)
             self.encoder.encode_into(obs, self.probe)
             if not np.isfinite(self.probe).all():

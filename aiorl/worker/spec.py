@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import gymnasium as gym
 from torch import nn
 
 from aiorl.distributions import ActionDistribution
@@ -53,6 +54,8 @@ class WorkerTemplate:
         acting: how to step async envs (an :class:`~aiorl.AsyncEnv` factory or
             ``env_threads=True``); ``None`` steps gymnasium envs inline, in lockstep.
             Local workers only.
+        action_space: the trainer's action space; a worker's env with another one is an
+            env error (``None``: not checked).
     """
 
     env_factory: EnvFactory
@@ -68,6 +71,7 @@ class WorkerTemplate:
     start_method: str | None = None
     reward_gamma: float | None = None
     acting: AsyncActing | None = None
+    action_space: gym.Space | None = None
 
     def worker_spec(self, worker_id: int, incarnation: int, local: LocalPlumbing | None = None) -> WorkerSpec:
         """The spec of one worker: this template, who the worker is, and (local backend) what it attaches to."""
