@@ -27,6 +27,7 @@ import aiorl
 from aiorl.algos.learner import Learner
 from aiorl.checkpoint import FORMAT, FORMAT_VERSION, Checkpointer, RunPlan
 from aiorl.engine.ledger import discarded_at_close
+from aiorl.errors import CheckpointError
 from aiorl.events import CheckpointSaved
 from aiorl.models import ObservationNormalizer
 
@@ -91,8 +92,14 @@ def trainer_state(trainer: Trainer, taken: dict[str, Any] | None = None) -> dict
 
 
 def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
-    """Restore what :func:`trainer_state` returned into ``trainer`` (not started)."""
+    """Restore what :func:`trainer_state` returned into ``trainer`` (not started).
+
+    Raises:
+        CheckpointError: the saved policy does not fit this trainer's (another env or
+            network): checked before anything is changed.
+    """
     learner = trainer._learner
+    check_policy_fits(learner.policy, state["learner"]["policy"])
     load = getattr(learner, "load_state_dict", None)
     if load is not None and "optimizer" in state["learner"]:
         load(state["learner"])
@@ -113,6 +120,28 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.unfinished_run = RunPlan(**run) if run else None
     if trainer.reward_normalizer is not None and state.get("reward_normalizer") is not None:
         trainer.reward_normalizer.load_state_dict(state["reward_normalizer"])
+
+
+def check_policy_fits(policy: torch.nn.Module, saved: dict[str, Any]) -> None:
+    """Raise :class:`~aiorl.errors.CheckpointError` unless ``saved`` has exactly ``policy``'s tensors and shapes.
+
+    ``load_state_dict`` copies tensor by tensor and raises on the first that does not fit,
+    after the earlier ones were overwritten: this check comes first, so a failed load
+    leaves the trainer as it was.
+    """
+    live = policy.state_dict()
+    problems = [f"{name} missing" for name in live if name not in saved]
+    problems += [f"{name} unexpected" for name in saved if name not in live]
+    problems += [
+        f"{name} {tuple(saved[name].shape)} instead of {tuple(tensor.shape)}"
+        for name, tensor in live.items()
+        if name in saved and tuple(saved[name].shape) != tuple(tensor.shape)
+    ]
+    if problems:
+        shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
+        raise CheckpointError(
+            f"the checkpoint's policy does not fit this trainer's (another env or network?): {shown}"
+        )
 
 
 def _load_generator(learner: Learner, rng: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from conftest import SMALL, wait_until
 
 from aiorl import PPO, CheckpointError, Trainer, WorkerRestartError
 from aiorl.checkpoint import Checkpointer, RunPlan, read_checkpoint, write_checkpoint
+from aiorl.models import flat_weights
 from aiorl.testing import FaultyEnv
 
 
@@ -280,3 +281,13 @@ async def test_the_checkpointer_snapshots_only_when_a_write_is_due(tmp_path):
     await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
     assert captured == [5, 6]
     assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}
+
+
+def test_a_checkpoint_of_another_env_is_refused_before_anything_is_overwritten():
+    state = Trainer("CartPole-v1", seed=1).state_dict()  # 4 observations, 2 actions
+    other = Trainer("Acrobot-v1", seed=2)  # 6 observations, 3 actions: some layers have the same shape
+    before = flat_weights(other.policy).copy()
+    with pytest.raises(CheckpointError, match=r"does not fit this trainer's .*instead of"):
+        other.load_state_dict(state)
+    np.testing.assert_array_equal(flat_weights(other.policy), before)
+    assert other.policy_version == 0
