@@ -139,9 +139,7 @@ def check_policy_fits(policy: torch.nn.Module, saved: dict[str, Any]) -> None:
     ]
     if problems:
         shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
-        raise CheckpointError(
-            f"the checkpoint's policy does not fit this trainer's (another env or network?): {shown}"
-        )
+        raise CheckpointError(f"the checkpoint's policy does not fit this trainer's (another env or network?): {shown}")
 
 
 def _load_generator(learner: Learner, rng: dict[str, Any]) -> None:
