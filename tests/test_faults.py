@@ -104,6 +104,19 @@ async def test_a_hung_worker_is_dumped_killed_and_replaced(method, caplog):
     assert "_maybe_fault" in stack and f"in {method}" in stack, stack
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_stopped_worker_is_killed_without_waiting_for_a_stack_or_sigterm(caplog):
+    async with Trainer("CartPole-v1", QUICK_PPO, **FAST) as trainer:
+        await trainer.run(total_steps=300)
+        stopped_pid = trainer.worker_pids[0]
+        os.kill(stopped_pid, signal.SIGSTOP)  # as a debugger or a job-control stop would
+        await run_until_restarts(trainer, 1)
+        assert stopped_pid not in trainer.worker_pids.values()
+    hung = [r for r in caplog.records if isinstance(r.args, tuple) and r.args and isinstance(r.args[0], WorkerHung)]
+    assert hung, caplog.text
+    assert hung[0].args[0].stack == "(the process is stopped: SIGSTOP or a debugger; no stack)"
+
+
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_an_env_that_raises_is_recreated_and_its_episode_discarded(caplog):
     env = functools.partial(FaultyEnv, COUNTING_ENV_ID, "raise", 30, workers=None, incarnations=None)

@@ -245,8 +245,12 @@ class ProcessLink(WorkerLink):
         return True
 
     async def end(self, grace_s: float) -> None:
-        """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded."""
-        for send, wait_s in ((self.process.terminate, grace_s), (self.process.kill, KILL_WAIT_S)):
+        """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded.
+
+        A stopped process (SIGSTOP, a debugger) cannot act on SIGTERM: it gets SIGKILL at once.
+        """
+        steps = ((self.process.terminate, grace_s), (self.process.kill, KILL_WAIT_S))
+        for send, wait_s in steps[1:] if self.stopped() else steps:
             if self.exited.is_set():
                 return
             with contextlib.suppress(OSError, ValueError):
@@ -266,8 +270,18 @@ class ProcessLink(WorkerLink):
         """The worker's counter on the shared progress board (written after every step)."""
         return self.host.progress.read(self.worker_id)
 
+    def stopped(self) -> bool:
+        """Whether the process is stopped (state ``T``: SIGSTOP, or ``t``: traced), as ``/proc`` says."""
+        stat = _read_small_file(f"/proc/{self.pid}/stat")
+        return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t") if ")" in stat else False
+
     async def dump_stack(self) -> str:
-        """Ask the worker for its Python stack (faulthandler on SIGUSR1); '' if it can't say."""
+        """Ask the worker for its Python stack (faulthandler on SIGUSR1); '' if it can't say.
+
+        A stopped process cannot answer: it is said so at once, without waiting.
+        """
+        if self.stopped():
+            return "(the process is stopped: SIGSTOP or a debugger; no stack)"
         try:
             os.kill(self.pid, signal.SIGUSR1)
         except OSError:
