@@ -20,13 +20,17 @@ WORKERS_PER_CORE = 8
 MIN_WORKER_LIMIT = 64
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def local_worker_limit() -> int:
     """The most worker processes the local backend starts: ``max(64, 8 x usable cores)``."""
-    return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * _usable_cores())
+    return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * usable_cores())
 
 
 def _is_int(value: object) -> bool:
@@ -205,9 +209,9 @@ class TrainerConfig:
             problems.append(f"start_method={self.start_method!r} must be one of {START_METHODS} or None")
         problems += self._device_problems()
         problems += self._backend_problems()
-        if not problems and self.backend == "local" and self.num_workers > local_worker_limit():
+        if not problems and self.num_workers > local_worker_limit() and self._local_backend():
             problems.append(
-                f"num_workers={self.num_workers} local worker processes on {_usable_cores()} usable cores: at most "
+                f"num_workers={self.num_workers} local worker processes on {usable_cores()} usable cores: at most "
                 f"{local_worker_limit()} (max({MIN_WORKER_LIMIT}, {WORKERS_PER_CORE} x cores)); more only compete "
                 "for the CPUs. Use more envs_per_worker, async envs for I/O-bound envs, or backend='ray'"
             )

@@ -13,22 +13,11 @@ from conftest import SMALL
 
 from aiorl import PPO, Trainer
 from aiorl.testing import WorkerSideOnly
+from aiorl.testing.envs import TRAINER_SIDE_MODULES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aiorl"
 
-WORKER_MUST_NOT_LOAD = {
-    "aiorl.trainer",
-    "aiorl.cli",
-    "aiorl.config",
-    "aiorl.config_file",
-    "aiorl.progress",
-    "aiorl.plot",
-    "aiorl.engine",
-    "aiorl.algos",
-    "click",
-    "rich",
-}
-"""What a worker process has no use for (the trainer's side, the CLI's, plotting)."""
+WORKER_MUST_NOT_LOAD = set(TRAINER_SIDE_MODULES)
 
 
 def module_names() -> dict[str, Path]:

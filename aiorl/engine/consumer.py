@@ -52,8 +52,8 @@ class RunGoal:
     target_return: float | None
     trained_at_start: int
     """``steps_trained`` when the run began (for a resumed run: when the interrupted run began)."""
-    trained_at_call: int | None = None
-    """``steps_trained`` when this ``run()`` call began (``None``: ``trained_at_start``)."""
+    trained_at_call: int
+    """``steps_trained`` when this ``run()`` call began."""
     train_time_at_start: float = 0.0
     """The trainer's ``train_time_s`` when this call began."""
     started: float = field(default_factory=time.monotonic)
@@ -68,8 +68,7 @@ class RunGoal:
 
     def steps_per_s(self, stats: TrainingStats, now: float) -> float:
         """Env steps trained per second since this call began (:func:`~aiorl.records.steps_per_second`)."""
-        at_call = self.trained_at_start if self.trained_at_call is None else self.trained_at_call
-        return steps_per_second(stats.steps_trained - at_call, now - self.started)
+        return steps_per_second(stats.steps_trained - self.trained_at_call, now - self.started)
 
     def wall_time_s(self, now: float) -> float:
         """The trainer's ``train_time_s`` at ``now``."""
@@ -139,6 +138,11 @@ class Consumer:
     def strict(self) -> bool:
         """Strict on-policy mode: slots are freed only after new weights are published."""
         return self.max_policy_lag == 0
+
+    @property
+    def learner_s_this_run(self) -> float:
+        """Seconds the learner spent in updates finished since the current (or last) :meth:`run` began."""
+        return self.learner_s - self._learner_s_at_run_start
 
     async def run(self, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         """Train until ``goal`` is met or :meth:`stop` is called."""
@@ -348,7 +352,7 @@ class Consumer:
             report.policy_version,
             report.env_steps,
             report.steps_per_s,
-            100 * (self.learner_s - self._learner_s_at_run_start) / max(elapsed, 1e-9),
+            100 * self.learner_s_this_run / max(elapsed, 1e-9),
             report.mean_return,
             report.episodes,
             report.lag.min,

@@ -350,7 +350,6 @@ class WorkerPool:
             if handle.exited.is_set():
                 return
             verdict = handle.watch.verdict(time.monotonic(), greeted=handle.hello.is_set())
-            check_s = verdict.check_in_s
             if not verdict.hung:
                 continue
             handle.hang = WorkerHung(handle.worker_id, handle.pid, verdict.silent_s, await handle.link.dump_stack())

@@ -120,7 +120,6 @@ class TrainingRun:
         self._evaluation: PeriodicEvaluation | None = None
         self._episodes, self._updates = stats.episodes, stats.updates
         self._restarts, self._env_errors = stats.worker_restarts, stats.env_errors
-        self._learner_s = session.consumer.learner_s
 
     async def train(self) -> TrainResult:
         """Train until the goal is met (or ``stop()``); write the final checkpoint; return the result.
@@ -173,7 +172,7 @@ class TrainingRun:
             policy_lag=consumer.lag_summary(),
             evaluations=tuple(self._evaluation.results) if self._evaluation is not None else (),
             stopped=goal.stop_requested,
-            learner_time=consumer.learner_s - self._learner_s,
+            learner_time=consumer.learner_s_this_run,
             steps_per_second=goal.steps_per_s(stats, now),
         )
 

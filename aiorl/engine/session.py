@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ from torch import nn
 from aiorl.algos.learner import Learner
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
-from aiorl.config import TrainerConfig
+from aiorl.config import TrainerConfig, usable_cores
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer
@@ -185,14 +184,6 @@ def learner_executor(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="aiorl-learner", initializer=torch.set_num_threads, initargs=(threads,)
     )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under ``taskset``), else all of them."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def single(group: BaseExceptionGroup) -> BaseException:

@@ -215,8 +215,24 @@ if COUNTING_ENV_ID not in gym.registry:
     gym.register(COUNTING_ENV_ID, entry_point="aiorl.testing.envs:CountingEnv")
 
 
-TRAINER_SIDE_MODULES = ("aiorl.trainer", "aiorl.engine", "aiorl.algos", "aiorl.cli", "aiorl.config", "click", "rich")
-"""Modules a worker process has no use for."""
+TRAINER_SIDE_MODULES = (
+    "aiorl.trainer",
+    "aiorl.cli",
+    "aiorl.config",
+    "aiorl.config_file",
+    "aiorl.progress",
+    "aiorl.plot",
+    "aiorl.engine",
+    "aiorl.algos",
+    "click",
+    "rich",
+)
+"""What a worker process has no use for (the trainer's side, the CLI's, plotting), packages included."""
+
+
+def trainer_side_modules_loaded() -> list[str]:
+    """The :data:`TRAINER_SIDE_MODULES` (or their submodules) this process has imported."""
+    return sorted(m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in TRAINER_SIDE_MODULES))
 
 
 class WorkerSideOnly(gym.Wrapper):
@@ -228,7 +244,7 @@ class WorkerSideOnly(gym.Wrapper):
 
     def __init__(self, env_id: str = "CartPole-v1") -> None:
         if worker_identity()[0] >= 0:
-            loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("click", "rich") or m in TRAINER_SIDE_MODULES)
+            loaded = trainer_side_modules_loaded()
             if loaded:
                 raise RuntimeError(f"a worker process loaded the trainer's side: {loaded}")
         super().__init__(gym.make(env_id))

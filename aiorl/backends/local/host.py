@@ -116,7 +116,7 @@ class LocalHost(WorkerHost):
             reader, writer = await asyncio.open_connection(sock=sock)
         except BaseException:
             if process is not None:  # started, but we can't talk to it: it must not live on
-                _undo_start(process, sock)
+                _undo_start_off_loop(process, sock)
             with contextlib.suppress(OSError):
                 os.unlink(stack_path)
             raise
@@ -162,10 +162,15 @@ def _undo_start(process: BaseProcess, sock: socket.socket) -> None:
     process.join(KILL_WAIT_S)
 
 
+def _undo_start_off_loop(process: BaseProcess, sock: socket.socket) -> None:
+    """Undo a start from the loop: in a thread of its own, since it joins the process."""
+    threading.Thread(target=_undo_start, args=(process, sock), name="aiorl-undo-start", daemon=True).start()
+
+
 def _undo_finished_start(started: asyncio.Future[tuple[BaseProcess, socket.socket]]) -> None:
-    """(On the loop.) Undo a start that finished after its caller gave up, in a thread: it joins."""
+    """(On the loop.) Undo a start that finished after its caller gave up."""
     if not started.cancelled() and started.exception() is None:
-        threading.Thread(target=_undo_start, args=started.result(), name="aiorl-undo-start", daemon=True).start()
+        _undo_start_off_loop(*started.result())
 
 
 class ProcessLink(WorkerLink):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib.util
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -159,7 +158,7 @@ class RayHost(WorkerHost):
     def __init__(self, ray: Any, backend: RayBackend, template: WorkerTemplate) -> None:
         self.ray = ray
         self.backend = backend
-        self.template = dataclasses.replace(template, acting=None)  # actors step gymnasium envs inline
+        self.template = template  # config refuses async envs on Ray: actors step gymnasium envs inline
         self.ray_weights = RayWeights(ray)  # the concrete publisher the actor links read
         self.weights = self.ray_weights
         self.actor_class = ray.remote(RolloutActor)
