@@ -14,6 +14,7 @@ import torch
 
 from aiorl.backends.base import Backend  # at runtime: config files read the field types
 from aiorl.errors import ConfigError
+from aiorl.recurrent import RECURRENT_KINDS
 
 START_METHODS = ("forkserver", "spawn")
 WORKERS_PER_CORE = 8
@@ -67,6 +68,13 @@ class TrainerConfig:
     (gymnasium's ``NormalizeReward``; :class:`~aiorl.algos.reward_scaling.RewardNormalizer`). Returns
     reported to you stay unscaled. ``None`` (automatic): on whenever the algorithm has a discount
     ``gamma`` (PPO and APPO do). The trainer's ``config`` holds the outcome."""
+    recurrent: str | None = None
+    """``"lstm"`` or ``"gru"``: the default policy is :class:`~aiorl.recurrent.RecurrentActorCritic`
+    of that kind; workers carry each env's state across steps and the learner replays rollouts
+    from the states the workers had (:mod:`aiorl.recurrent`). ``None``: a feed-forward policy
+    (unless the ``policy`` given is recurrent)."""
+    recurrent_size: int = 128
+    """Width of the default recurrent policy's hidden state."""
     return_window: int = 20
     """Finished episodes averaged into ``mean_return``."""
     learner_threads: int | None = None
@@ -144,6 +152,7 @@ class TrainerConfig:
             "return_window",
             "env_error_limit",
             "eval_episodes",
+            "recurrent_size",
         )
         for name in positive_ints:
             value = getattr(self, name)
@@ -183,6 +192,8 @@ class TrainerConfig:
             )
         if not (isinstance(self.act_wait_s, int | float) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
             problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
+        if self.recurrent is not None and self.recurrent not in RECURRENT_KINDS:
+            problems.append(f"recurrent={self.recurrent!r} must be one of {RECURRENT_KINDS} or None")
         if not isinstance(self.env_threads, bool):
             problems.append(f"env_threads={self.env_threads!r} must be True or False")
         for name in ("normalize_observations", "normalize_rewards"):

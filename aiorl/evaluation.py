@@ -32,6 +32,7 @@ from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
 from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
+from aiorl.recurrent import state_size, step
 
 log = logging.getLogger("aiorl")
 
@@ -45,6 +46,21 @@ Actor = Callable[[Any], Any]
 """Maps one raw observation to one env action."""
 FrameSink = Callable[[np.ndarray], None]
 """Receives rendered frames."""
+
+
+@dataclass(slots=True)
+class RecurrentMemory:
+    """A recurrent policy's state in one env between its steps (see :mod:`aiorl.recurrent`).
+
+    ``state`` is ``None`` when the next step is the first of an episode: the policy then
+    starts from its initial state.
+    """
+
+    state: torch.Tensor | None = None
+
+    def forget(self) -> None:
+        """The next step starts an episode."""
+        self.state = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +131,14 @@ def play(
     timeout_s: float | None = None,
     on_frame: FrameSink | None = None,
     name: str | None = None,
+    memory: RecurrentMemory | None = None,
 ) -> EvalResult:
     """Play ``episodes`` whole episodes in ``env`` (episode ``i`` reset with ``seed + i``); close it at the end.
 
     Args:
         env: the env (closed at the end, also on an error or a rejected argument).
         act: the action for a raw observation.
+        memory: the recurrent state ``act`` keeps (a recurrent policy's): forgotten at every reset.
         episodes: how many episodes.
         seed: the reset seed of the first episode.
         policy_version: recorded in the result.
@@ -152,6 +170,8 @@ def play(
         for episode in range(episodes):
             sink = on_frame if episode == 0 else None
             obs, _ = env.reset(seed=seed + episode)
+            if memory is not None:
+                memory.forget()
             if sink is not None:
                 sink(env.render())
             total, length, done = 0.0, 0, False
@@ -215,15 +235,23 @@ def choose_action(
     *,
     deterministic: bool,
     device: torch.device | None = None,
+    memory: RecurrentMemory | None = None,
 ) -> Any:
     """The env action for one raw observation (``buffer``: a ``[1, *obs]`` float32 scratch array).
 
-    ``deterministic`` takes the most likely action, otherwise one is sampled. Call it
+    ``deterministic`` takes the most likely action, otherwise one is sampled. A recurrent
+    ``module`` needs ``memory``, its state in this env, which the step advances. Call it
     under ``torch.no_grad()`` or ``torch.inference_mode()``.
     """
     encoder.encode_into(obs, buffer[0])
     inputs = torch.from_numpy(buffer)
-    dist_inputs, _ = evaluate(module, inputs if device is None else inputs.to(device))
+    inputs = inputs if device is None else inputs.to(device)
+    if memory is None:
+        dist_inputs, _ = evaluate(module, inputs)
+    else:
+        start = memory.state is None
+        state = module.initial_state(1).to(inputs.device) if memory.state is None else memory.state  # type: ignore[operator]
+        dist_inputs, _, memory.state = step(module, inputs, state, torch.full((1,), float(start), device=inputs.device))
     action = dist.mode(dist_inputs) if deterministic else dist.sample(dist_inputs)[0]
     return dist.to_env(action.cpu().numpy()[0])
 
@@ -248,10 +276,11 @@ def play_episodes(
     made = env_factory()
     env: EpisodeEnv = _Awaited(made, env_factory.describe()) if isinstance(made, AsyncEnv) else made
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
+    memory = RecurrentMemory() if state_size(policy) else None
 
     @torch.no_grad()
     def act(obs: Any) -> Any:
-        return choose_action(policy, encoder, dist, obs, buffer, deterministic=deterministic)
+        return choose_action(policy, encoder, dist, obs, buffer, deterministic=deterministic, memory=memory)
 
     return play(
         env,
@@ -262,6 +291,7 @@ def play_episodes(
         max_episode_steps=max_episode_steps,
         timeout_s=timeout_s,
         name=env_factory.describe(),
+        memory=memory,
     )
 
 

@@ -84,6 +84,43 @@ class ActorCritic(nn.Module):
         return out, self.critic(x).squeeze(-1)
 
 
+def conv_trunk(channels: int) -> nn.Sequential:
+    """The default CNN's convolutions: two strided 3x3 layers, flattened (input ``[B, C, H, W]``)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
+
+
+class ImageEncoder(nn.Module):
+    """The default CNN's trunk and 256-unit layer as a feature extractor (for recurrent policies).
+
+    Images may be channel-last or channel-first, as for :class:`CNNActorCritic`.
+    """
+
+    def __init__(self, obs_shape: Sequence[int], scale: float = 1.0) -> None:
+        super().__init__()
+        if len(obs_shape) != 3:
+            raise ConfigError(f"ImageEncoder needs 3-D image observations, got obs_shape={tuple(obs_shape)}")
+        self.channel_last = obs_shape[-1] <= 4 < obs_shape[0]
+        self.scale = scale
+        self.trunk = conv_trunk(obs_shape[-1] if self.channel_last else obs_shape[0])
+        with torch.no_grad():
+            flat = self.trunk(self._to_nchw(torch.zeros(1, *obs_shape))).shape[1]
+        self.body = nn.Sequential(_layer(flat, 256, np.sqrt(2.0)), nn.ReLU())
+        self.features = 256
+
+    def _to_nchw(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.permute(0, 3, 1, 2) if self.channel_last else obs
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[B, 256]`` features of a batch of images."""
+        return self.body(self.trunk(self._to_nchw(obs * self.scale)))
+
+
 class CNNActorCritic(nn.Module):
     """A small convolutional actor-critic for image observations (default for 3-D ``Box``).
 
@@ -107,13 +144,7 @@ class CNNActorCritic(nn.Module):
         self.channel_last = obs_shape[-1] <= 4 < obs_shape[0]
         channels = obs_shape[-1] if self.channel_last else obs_shape[0]
         self.scale = scale
-        self.trunk = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        self.trunk = conv_trunk(channels)
         with torch.no_grad():
             flat = self.trunk(self._to_nchw(torch.zeros(1, *obs_shape))).shape[1]
         self.body = nn.Sequential(_layer(flat, 256, np.sqrt(2.0)), nn.ReLU())
@@ -169,10 +200,20 @@ class ObservationNormalizer(nn.Module):
         )
         self.count.copy_(total)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalise ``obs`` and run the wrapped policy."""
+    @property
+    def state_size(self) -> int:
+        """The wrapped policy's recurrent state width (0: feed-forward; see :mod:`aiorl.recurrent`)."""
+        size = getattr(self.policy, "state_size", 0)
+        return size if isinstance(size, int) and not isinstance(size, bool) else 0
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The wrapped recurrent policy's initial state."""
+        return self.policy.initial_state(batch)  # type: ignore[operator]
+
+    def forward(self, obs: torch.Tensor, *recurrent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalise ``obs`` and run the wrapped policy (a recurrent one also gets its state and episode starts)."""
         normalised = ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
-        return self.policy(normalised)
+        return self.policy(normalised, *recurrent)
 
 
 def default_policy(obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution) -> nn.Module:

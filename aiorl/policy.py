@@ -5,12 +5,15 @@
     obs, _ = env.reset(seed=0)
     action = policy.act(obs)  # deterministic (the most likely action) by default
 
+A recurrent policy (``policy.recurrent``) carries a state from one step to the next:
+``action, state = policy.act(obs, state)``, with ``state=None`` at the first observation
+of every episode.
+
 Only torch and gymnasium are used: no worker process, no shared memory, no asyncio.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -25,8 +28,9 @@ from aiorl.checkpoint import read_checkpoint
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.errors import ConfigError
-from aiorl.evaluation import EvalResult, FrameSink, choose_action, play
+from aiorl.evaluation import EvalResult, FrameSink, RecurrentMemory, choose_action, play
 from aiorl.models import ObservationNormalizer
+from aiorl.recurrent import state_size
 
 
 class Policy:
@@ -58,6 +62,8 @@ class Policy:
         self.env_factory = env_factory
         self.policy_version = policy_version
         self._obs = np.zeros((1, *obs_encoder.shape), dtype=np.float32)
+        self.recurrent = state_size(self.module) > 0
+        """Whether the policy carries a state between steps (:meth:`act` then takes and returns it)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Policy:
@@ -85,14 +91,36 @@ class Policy:
         )
 
     @torch.inference_mode()
-    def act(self, obs: Any, deterministic: bool = True) -> Any:
+    def act(self, obs: Any, state: torch.Tensor | None = None, *, deterministic: bool = True) -> Any:
         """The action for one raw observation, ready for ``env.step``.
 
         ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
         the bounds); otherwise the action is sampled from the policy's distribution.
+
+        A recurrent policy (:attr:`recurrent`) returns ``(action, state)``: pass that state
+        back with the next observation of the same episode, and ``state=None`` with the
+        first observation of an episode (the policy starts from its initial state). One
+        state per env; it is a ``[1, state_size]`` tensor on the policy's device.
+
+        Raises:
+            ConfigError: ``state`` given to a feed-forward policy.
         """
+        if state is not None and not self.recurrent:
+            raise ConfigError(f"state={type(state).__name__}: this policy is not recurrent and keeps no state")
+        memory = RecurrentMemory(state) if self.recurrent else None
+        action = self._act(obs, deterministic, memory)
+        return action if memory is None else (action, memory.state)
+
+    def _act(self, obs: Any, deterministic: bool, memory: RecurrentMemory | None) -> Any:
         return choose_action(
-            self.module, self.obs_encoder, self.dist, obs, self._obs, deterministic=deterministic, device=self.device
+            self.module,
+            self.obs_encoder,
+            self.dist,
+            obs,
+            self._obs,
+            deterministic=deterministic,
+            device=self.device,
+            memory=memory,
         )
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
@@ -161,9 +189,15 @@ class Policy:
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         name = self.env_factory.describe() if env is None and self.env_factory is not None else None
         env = self.make_env() if env is None else env
+        memory = RecurrentMemory() if self.recurrent else None
+
+        @torch.inference_mode()
+        def act(obs: Any) -> Any:
+            return self._act(obs, deterministic, memory)
+
         return play(
             env,
-            functools.partial(self.act, deterministic=deterministic),
+            act,
             episodes=episodes,
             seed=seed,
             policy_version=self.policy_version,
@@ -171,6 +205,7 @@ class Policy:
             timeout_s=timeout_s,
             on_frame=on_frame,
             name=name,
+            memory=memory,
         )
 
 

@@ -30,6 +30,16 @@ class RolloutLayout:
     versions     [T, K]            policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
     ============ ================= ==================================================
+
+    With a recurrent policy (``state_size > 0``, see :mod:`aiorl.recurrent`) a slot also has:
+
+    ============== ========== ===============================================================
+    episode_starts [T, K]     step ``t`` is the first of an episode (the state was reset before it)
+    initial_state  [K, S]     each env's recurrent state before the rollout's first step
+    next_starts    [K]        ``next_obs`` begins a new episode (for replaying the bootstrap step)
+    ============== ========== ===============================================================
+
+    Fields listed in :data:`PER_ENV_FIELDS` have no time axis.
     """
 
     rollout_length: int
@@ -37,12 +47,14 @@ class RolloutLayout:
     obs_shape: tuple[int, ...]
     action_shape: tuple[int, ...]
     action_dtype: str
+    state_size: int = 0
+    """Width of a recurrent policy's state (``S``); 0 for feed-forward policies."""
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Name -> (shape, dtype) of every array in a slot, in layout order."""
         t, k = self.rollout_length, self.num_envs
         f32 = np.dtype(np.float32)
-        return {
+        fields = {
             "obs": ((t, k, *self.obs_shape), f32),
             "actions": ((t, k, *self.action_shape), np.dtype(self.action_dtype)),
             "logprobs": ((t, k), f32),
@@ -55,12 +67,20 @@ class RolloutLayout:
             "versions": ((t, k), np.dtype(np.int64)),
             "next_obs": ((k, *self.obs_shape), f32),
         }
+        if self.state_size:
+            fields["episode_starts"] = ((t, k), np.dtype(np.bool_))
+            fields["initial_state"] = ((k, self.state_size), f32)
+            fields["next_starts"] = ((k,), np.dtype(np.bool_))
+        return fields
 
     @property
     def steps(self) -> int:
         """Env steps in one rollout."""
         return self.rollout_length * self.num_envs
 
+
+PER_ENV_FIELDS = frozenset({"next_obs", "initial_state", "next_starts"})
+"""Fields of a rollout shaped ``[K, ...]`` (one row per env, no time axis)."""
 
 SlotArrays = dict[str, np.ndarray]
 """One rollout's arrays by field name (views of a shared-memory slot, or a Ray actor's own arrays)."""

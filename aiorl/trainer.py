@@ -45,6 +45,7 @@ from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
 from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
 from aiorl.presets import describe_settings, get_preset
+from aiorl.recurrent import default_recurrent_policy, state_size, validate_recurrent_policy
 
 __all__ = ["TrainResult", "Trainer"]
 
@@ -111,8 +112,16 @@ class Trainer:
         if policy is None:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
                 torch.manual_seed(self.config.seed)
-                policy = default_policy(self.spaces.observation_space, self.obs_encoder.shape, self.dist)
-        validate_policy(policy, self.obs_encoder.shape, self.dist)
+                policy = self._default_policy()
+        if state_size(policy):
+            validate_recurrent_policy(policy, self.obs_encoder.shape, self.dist)
+        elif self.config.recurrent is not None:
+            raise ConfigError(
+                f"recurrent={self.config.recurrent!r} but policy={type(policy).__name__} is not recurrent "
+                "(no state_size; see aiorl.recurrent): pass a recurrent policy, or no policy"
+            )
+        else:
+            validate_policy(policy, self.obs_encoder.shape, self.dist)
         if self.config.normalize_observations:
             policy = ObservationNormalizer(policy, self.obs_encoder.shape)
         self.stats = TrainingStats(return_window=self.config.return_window)
@@ -137,6 +146,12 @@ class Trainer:
         """The name of the preset this trainer was built from (:meth:`from_preset`), else ``None``."""
         self.unfinished_run: RunPlan | None = None
         """The run a loaded checkpoint was taken in, if it had not finished (see :meth:`resume`)."""
+
+    def _default_policy(self) -> nn.Module:
+        space, shape, cfg = self.spaces.observation_space, self.obs_encoder.shape, self.config
+        if cfg.recurrent is not None:
+            return default_recurrent_policy(space, shape, self.dist, cfg.recurrent, cfg.recurrent_size)
+        return default_policy(space, shape, self.dist)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Trainer:

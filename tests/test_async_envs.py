@@ -130,7 +130,7 @@ async def test_every_column_is_one_envs_contiguous_trajectory_and_segments_chain
 async def test_truncated_steps_bootstrap_from_the_value_of_the_final_observation():
     env = functools.partial(AsyncCountingEnv, episode_length=3, truncate=True)
     sampler, slots = make_sampler(env, envs=2, steps=6)
-    policy = sampler.batcher.policy
+    policy = sampler.batcher.acting.policy
     [(summary, slot)] = await collect(sampler, slots, count=1)
     truncated = slot["truncated"]
     assert truncated[[2, 5]].all() and not slot["terminated"].any()
@@ -171,7 +171,7 @@ class FailingPolicy(torch.nn.Module):
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_a_failing_forward_pass_fails_the_sampler_instead_of_leaving_envs_waiting():
     sampler, slots = make_sampler(functools.partial(AsyncCountingEnv, latency_s=0.001), envs=4, steps=8)
-    sampler.batcher.policy = FailingPolicy()
+    sampler.batcher.acting.policy = FailingPolicy()
     granted: asyncio.Queue[int] = asyncio.Queue()
     granted.put_nowait(0)
     try:

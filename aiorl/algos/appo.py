@@ -41,7 +41,6 @@ from aiorl.algos.surrogate import (
 from aiorl.algos.vtrace import vtrace
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
-from aiorl.models import evaluate
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,10 +124,9 @@ class APPOLearner(SurrogateLearner):
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
             observe(obs[valid])
+        dist_inputs, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
         with torch.no_grad():
-            dist_inputs, b_values = evaluate(self.policy, obs)
             b_target_logprobs = self.dist.log_prob_entropy(dist_inputs, b_actions)[0]
-            next_value = evaluate(self.policy, self._tensor(batch.next_obs))[1]
         values = b_values.reshape(steps, envs).cpu().numpy()
         target_logprobs = b_target_logprobs.reshape(steps, envs).cpu().numpy()
         # Masked steps form episodes of their own that end truncated with no value, so
@@ -150,6 +148,7 @@ class APPOLearner(SurrogateLearner):
         targets = Targets.masked(
             valid,
             all_valid=bool(batch.valid.all()),
+            sequences=sequences,
             obs=obs,
             actions=b_actions,
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),

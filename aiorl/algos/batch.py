@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aiorl.rollout import RolloutLayout, SlotArrays
+from aiorl.rollout import PER_ENV_FIELDS, RolloutLayout, SlotArrays
 
 
 @dataclass(slots=True)
 class RolloutBatch:
     """Arrays shaped ``[T, N, ...]`` (``T`` steps, ``N`` env trajectories).
 
-    Field meanings are those of :class:`aiorl.shm.RolloutLayout`; ``next_obs`` is
-    ``[N, *obs]``.
+    Field meanings are those of :class:`aiorl.rollout.RolloutLayout`; ``next_obs`` is
+    ``[N, *obs]``. The recurrent fields are ``None`` for a feed-forward policy.
     """
 
     obs: np.ndarray
@@ -29,6 +29,12 @@ class RolloutBatch:
     disc_returns: np.ndarray
     versions: np.ndarray
     next_obs: np.ndarray
+    episode_starts: np.ndarray | None = None
+    """``[T, N]`` bool: an episode starts at the step (recurrent policies)."""
+    initial_state: np.ndarray | None = None
+    """``[N, S]``: each trajectory's recurrent state before its first step."""
+    next_starts: np.ndarray | None = None
+    """``[N]`` bool: ``next_obs`` starts a new episode."""
 
     @property
     def env_steps(self) -> int:
@@ -57,7 +63,7 @@ class BatchBuilder:
         t, n = self.layout.rollout_length, self.layout.num_envs * self.rollouts
         arrays = {}
         for name, (shape, dtype) in self.layout.fields().items():
-            full_shape = (n, *shape[1:]) if name == "next_obs" else (t, n, *shape[2:])
+            full_shape = (n, *shape[1:]) if name in PER_ENV_FIELDS else (t, n, *shape[2:])
             arrays[name] = self._zeros(full_shape, dtype)
         return arrays
 
@@ -77,7 +83,7 @@ class BatchBuilder:
         k = self.layout.num_envs
         cols = slice(self.count * k, (self.count + 1) * k)
         for name, array in self._arrays.items():
-            if name == "next_obs":
+            if name in PER_ENV_FIELDS:
                 array[cols] = slot[name]
             else:
                 array[:, cols] = slot[name]

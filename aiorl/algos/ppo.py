@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from aiorl.algos.advantages import gae
@@ -33,7 +32,6 @@ from aiorl.algos.surrogate import (
 )
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
-from aiorl.models import evaluate
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,9 +111,8 @@ class PPOLearner(SurrogateLearner):
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
             observe(obs[valid])
-        with torch.no_grad():
-            values = evaluate(self.policy, obs)[1].reshape(steps, envs)
-            next_value = evaluate(self.policy, self._tensor(batch.next_obs))[1]
+        _, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
+        values = b_values.reshape(steps, envs)
         values_np = values.cpu().numpy()
         advantages, returns = gae(
             batch.rewards,
@@ -132,6 +129,7 @@ class PPOLearner(SurrogateLearner):
         targets = Targets.masked(
             valid,
             all_valid=bool(batch.valid.all()),
+            sequences=sequences,
             obs=obs,
             actions=self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:]),
             behaviour_logprobs=self._tensor(batch.logprobs).reshape(-1),

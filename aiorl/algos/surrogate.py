@@ -43,6 +43,7 @@ from aiorl.algos.optim import Snapshot, flat_adam_state, make_optimizer
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import LearnerError
 from aiorl.models import assign_flat, evaluate, flat_weights, flatten_parameters
+from aiorl.recurrent import unroll
 
 log = logging.getLogger("aiorl")
 
@@ -90,12 +91,35 @@ class SurrogateConfig(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Sequences:
+    """What replaying a recurrent policy over a batch needs (see :mod:`aiorl.recurrent`).
+
+    ``initial_state`` ``[N, S]`` is each trajectory's state before its first step, as the
+    worker had it; ``episode_starts`` ``[T, N]`` (float) marks the steps the state was reset at.
+    """
+
+    initial_state: torch.Tensor
+    episode_starts: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        """``T``, the length of every sequence."""
+        return self.episode_starts.shape[0]
+
+
+@dataclass(frozen=True, slots=True)
 class Targets:
     """Flat ``[B, ...]`` tensors of one batch (``B = T * N``), ready for the epochs.
 
     ``valid`` is 1.0 for samples to train on and 0.0 for steps of an episode broken by
     an env error (or too old to use); the other fields of masked samples are zeroed so
     they can never put a NaN into a minibatch. ``old_values`` are V(s) before the update.
+
+    With ``sequences`` (a recurrent policy) the samples are ``T`` steps of ``N``
+    trajectories, time-major, and minibatches are whole trajectories: a minibatch replays
+    its trajectories from their recorded states (truncated backpropagation through time).
+    Their observations are kept as they are, masked or not, so a replay passes through
+    the same inputs the worker's policy did.
     """
 
     obs: torch.Tensor
@@ -105,24 +129,44 @@ class Targets:
     advantages: torch.Tensor
     returns: torch.Tensor
     valid: torch.Tensor
+    sequences: Sequences | None = None
 
     @classmethod
-    def masked(cls, valid: torch.Tensor, *, all_valid: bool = False, **fields: torch.Tensor) -> Targets:
+    def masked(
+        cls,
+        valid: torch.Tensor,
+        *,
+        all_valid: bool = False,
+        sequences: Sequences | None = None,
+        **fields: torch.Tensor,
+    ) -> Targets:
         """Targets with every sample where ``valid`` (bool ``[B]``) is False zeroed.
 
         ``all_valid=True`` (the caller knows no sample is masked) skips the copies.
         """
 
-        def zero_invalid(tensor: torch.Tensor) -> torch.Tensor:
-            if all_valid:
+        def zero_invalid(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            if all_valid or (name == "obs" and sequences is not None):
                 return tensor
             keep = valid.reshape(-1, *([1] * (tensor.dim() - 1)))
             return torch.where(keep, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
 
-        return cls(valid=valid.float(), **{name: zero_invalid(t) for name, t in fields.items()})
+        zeroed = {name: zero_invalid(name, t) for name, t in fields.items()}
+        return cls(valid=valid.float(), sequences=sequences, **zeroed)
+
+    @property
+    def units(self) -> int:
+        """What minibatches are drawn from: samples, or whole trajectories with ``sequences``."""
+        return self.valid.numel() if self.sequences is None else self.sequences.initial_state.shape[0]
 
     def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The samples at ``index``, in the argument order of :func:`clipped_surrogate_loss`."""
+        """The units at ``index``, in the argument order of :func:`clipped_surrogate_loss`."""
+        recurrent: tuple[torch.Tensor, ...] = ()
+        if self.sequences is not None:  # trajectories ``index``: their samples, time-major
+            seq = self.sequences
+            steps = torch.arange(seq.steps, device=index.device).unsqueeze(1)
+            recurrent = (seq.initial_state[index], seq.episode_starts[:, index])
+            index = (steps * seq.initial_state.shape[0] + index).reshape(-1)
         return (
             self.obs[index],
             self.actions[index],
@@ -131,6 +175,7 @@ class Targets:
             self.advantages[index],
             self.returns[index],
             self.valid[index],
+            *recurrent,
         )
 
 
@@ -188,17 +233,24 @@ def clipped_surrogate_loss(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     valid: torch.Tensor,
+    *recurrent: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of one minibatch, and its diagnostics (a tensor ordered as :data:`LOSS_STATS`).
 
-    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample).
+    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample). A
+    recurrent policy's minibatch also has ``recurrent = (initial_state [n, S],
+    episode_starts [T, n])``: its samples are ``T`` steps of ``n`` trajectories, replayed.
     """
     count = valid.sum().clamp(min=1.0)
 
     def mean(x: torch.Tensor) -> torch.Tensor:
         return (x * valid).sum() / count
 
-    dist_inputs, new_value = evaluate(policy, obs)
+    if recurrent:
+        state, starts = recurrent
+        dist_inputs, new_value = unroll(policy, obs.reshape(*starts.shape, *obs.shape[1:]), state, starts)
+    else:
+        dist_inputs, new_value = evaluate(policy, obs)
     new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions)
     log_ratio = new_logprob - behaviour_logprobs
     ratio = log_ratio.exp()
@@ -309,7 +361,7 @@ class SurrogateLearner:
         """
         cfg = self.surrogate_config
         grad = self._grad
-        size = targets.valid.numel()
+        size = targets.units
         minibatches = min(cfg.num_minibatches, size)
         totals = torch.zeros(len(STATS), device=self.device)
         steps = 0
@@ -355,6 +407,30 @@ class SurrogateLearner:
     def learn(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
         """The algorithm's update (PPO's or APPO's); :meth:`update` undoes it if it fails."""
         raise NotImplementedError
+
+    def evaluate_batch(
+        self, batch: RolloutBatch, obs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequences | None]:
+        """The network as it is now on a whole batch (no gradients); ``obs`` is the batch's ``[T * N, *obs]``.
+
+        Returns ``dist_inputs`` ``[T * N, D]``, the values ``[T * N]``, ``next_value`` ``[N]``
+        (V of ``next_obs``) and, for a recurrent policy, the batch's :class:`Sequences`:
+        each trajectory is replayed from its recorded state, with one more step for ``next_obs``.
+        """
+        next_obs = self._tensor(batch.next_obs)
+        with torch.no_grad():
+            if batch.initial_state is None or batch.episode_starts is None or batch.next_starts is None:
+                dist_inputs, values = evaluate(self.policy, obs)
+                return dist_inputs, values, evaluate(self.policy, next_obs)[1], None
+            steps, envs = batch.rewards.shape
+            sequences = Sequences(self._tensor(batch.initial_state), self._tensor(batch.episode_starts).float())
+            replay_obs = torch.cat([obs.reshape(steps, envs, *obs.shape[1:]), next_obs.unsqueeze(0)])
+            next_starts = self._tensor(batch.next_starts).float().unsqueeze(0)
+            dist_inputs, values = unroll(
+                self.policy, replay_obs, sequences.initial_state, torch.cat([sequences.episode_starts, next_starts])
+            )
+        cut = steps * envs
+        return dist_inputs[:cut], values[:cut], values[cut:], sequences
 
     def weights(self) -> np.ndarray:
         """The policy's current weights as one flat float32 CPU array."""

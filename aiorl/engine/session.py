@@ -40,6 +40,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, ObservationEncoder
 from aiorl.errors import AiorlError
 from aiorl.events import Event
+from aiorl.recurrent import state_size
 from aiorl.rollout import RolloutLayout
 from aiorl.worker import AsyncActing
 
@@ -253,6 +254,7 @@ def worker_template(
         obs_shape=obs_encoder.shape,
         action_shape=dist.action_shape,
         action_dtype=dist.action_dtype.str,
+        state_size=state_size(policy),
     )
     acting = None  # gymnasium envs are stepped inline
     if is_async or config.env_threads:

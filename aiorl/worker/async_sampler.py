@@ -48,8 +48,9 @@ from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.envs.closing import aclose_env
 from aiorl.envs.spaces import check_same_action_space
-from aiorl.models import evaluate
+from aiorl.rollout import PER_ENV_FIELDS
 from aiorl.shm import ProgressBoard, RolloutSlots
+from aiorl.worker.acting import ActingPolicy
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
@@ -80,7 +81,7 @@ class ActionBatcher:
         pull_weights: Callable[[], int],
         acting: AsyncActing,
     ) -> None:
-        self.policy = policy
+        self.acting = ActingPolicy(policy, spec.layout.num_envs)
         self.dist = spec.dist
         self.obs = obs  # [K, *obs]: each lane keeps its env's current observation in its row
         self.pull_weights = pull_weights
@@ -124,8 +125,8 @@ class ActionBatcher:
         try:
             self.version = self.pull_weights()
             rows = np.asarray(waiting)
+            dist_inputs = self.acting.act(self.obs[rows], rows)
             with torch.no_grad():
-                dist_inputs, _ = evaluate(self.policy, torch.from_numpy(self.obs[rows]))
                 actions, logprobs = self.dist.sample(dist_inputs)
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
             if not served.done():  # would with the synchronous sampler), rather than wait forever
@@ -138,10 +139,9 @@ class ActionBatcher:
         if not served.done():
             served.set_result(self.version)
 
-    def value(self, obs: np.ndarray) -> float:
-        """V(obs) of one encoded observation (a truncated episode's final observation)."""
-        with torch.no_grad():
-            return float(evaluate(self.policy, torch.from_numpy(obs[None]))[1][0])
+    def value(self, i: int, obs: np.ndarray) -> float:
+        """V of env ``i``'s encoded observation ``obs`` that continues its episode (a truncated one's final one)."""
+        return float(self.acting.values(obs[None], [i])[0])
 
 
 class Trajectory:
@@ -152,8 +152,10 @@ class Trajectory:
         self.arrays = {
             name: np.zeros((shape[0], *shape[2:]), dtype=dtype)
             for name, (shape, dtype) in fields.items()
-            if name != "next_obs"
+            if name not in PER_ENV_FIELDS
         }
+        self.initial_state = np.zeros(spec.layout.state_size, dtype=np.float32)
+        """The env's recurrent state before the segment's first step (recurrent policies)."""
         self.length = spec.layout.rollout_length
         self.rows = 0
 
@@ -190,14 +192,20 @@ class ColumnAllocator:
             for _ in range(self.num_columns):
                 self.capacity.release()
 
-    def fill(self, trajectory: Trajectory, next_obs: np.ndarray) -> None:
-        """Copy a full trajectory (admitted through ``capacity``) into the next free column."""
+    def fill(self, trajectory: Trajectory, next_obs: np.ndarray, next_start: bool) -> None:
+        """Copy a full trajectory (admitted through ``capacity``) into the next free column.
+
+        ``next_start``: ``next_obs`` begins a new episode (recorded for recurrent policies).
+        """
         slot = self._open[0]
         column = self._filled[slot]
         arrays = self.slots[slot]
         for name, rows in trajectory.arrays.items():
             arrays[name][:, column] = rows
         arrays["next_obs"][column] = next_obs
+        if "initial_state" in arrays:
+            arrays["initial_state"][column] = trajectory.initial_state
+            arrays["next_starts"][column] = next_start
         self._filled[slot] = column + 1
         if column + 1 == self.num_columns:
             self._open.popleft()
@@ -319,11 +327,16 @@ class AsyncEnvSampler:
         trajectory = self.trajectories[i]
         rows = trajectory.arrays
         batcher = self.batcher
+        acting = batcher.acting
         while True:
-            if trajectory.rows == 0:
-                await self.columns.capacity.acquire()
-            version = await batcher.act(i)
             t = trajectory.rows
+            if t == 0:
+                await self.columns.capacity.acquire()
+                if acting.state is not None:  # the learner replays the segment from here
+                    trajectory.initial_state[:] = acting.state[i].numpy()
+            if acting.recurrent:
+                rows["episode_starts"][t] = acting.starts[i]
+            version = await batcher.act(i)
             rows["obs"][t] = self.obs[i]
             rows["actions"][t] = batcher.actions[i]
             rows["logprobs"][t] = batcher.logprobs[i]
@@ -342,7 +355,7 @@ class AsyncEnvSampler:
             if self.progress is not None:  # counted once the row is fully written
                 self.progress.add(self.spec.worker_id, 1)
             if trajectory.full:
-                self.columns.fill(trajectory, self.obs[i])
+                self.columns.fill(trajectory, self.obs[i], bool(acting.starts[i]))
                 trajectory.rows = self.episodes[i].start = 0
 
     def _encode(self, i: int, obs: object) -> Exception | None:
@@ -372,7 +385,7 @@ class AsyncEnvSampler:
                 self.encoder.encode_into(obs, self._final)
                 if not np.isfinite(self._final).all():
                     raise FloatingPointError(f"env {i} returned a non-finite observation")
-                rows["trunc_values"][t] = self.batcher.value(self._final)
+                rows["trunc_values"][t] = self.batcher.value(i, self._final)
         except Exception as exc:
             obs = await self._recover(i, exc, t)
             self._make_inert(trajectory, t)
@@ -380,6 +393,7 @@ class AsyncEnvSampler:
         rows["rewards"][t], rows["terminated"][t], rows["truncated"][t] = reward, bool(term), bool(trunc)
         rows["disc_returns"][t] = episode.rewarded(reward)
         if term or trunc:
+            self.batcher.acting.episode_started(i)
             episode_return, episode_length = episode.finished(t + 1)
             self._returns.append(episode_return)
             self._lengths.append(episode_length)
@@ -416,6 +430,7 @@ class AsyncEnvSampler:
                 episode.rebuild_failed(error)
         self.envs[i] = env
         episode.rebuilt(t + 1)
+        self.batcher.acting.episode_started(i)
         return obs
 
     async def aclose(self) -> None:

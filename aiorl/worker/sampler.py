@@ -24,9 +24,9 @@ import torch
 
 from aiorl.envs.closing import close_env
 from aiorl.envs.spaces import check_same_action_space
-from aiorl.models import evaluate
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
+from aiorl.worker.acting import ActingPolicy
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
@@ -40,6 +40,7 @@ class EnvSampler:
     def __init__(self, spec: WorkerSpec, policy: torch.nn.Module, progress: ProgressBoard | None = None) -> None:
         self.spec = spec
         self.policy = policy
+        self.acting = ActingPolicy(policy, spec.layout.num_envs)
         self.progress = progress
         self.dist = spec.dist
         self.encoder = spec.obs_encoder
@@ -81,6 +82,8 @@ class EnvSampler:
         self.policy_version = policy_version
         for episode in self.episodes:
             episode.start = 0
+        if self.acting.state is not None:  # the learner replays the rollout from here
+            arrays["initial_state"][:] = self.acting.state.numpy()
         yielded = time.monotonic()
         for t in range(self.spec.layout.rollout_length):
             self._step(arrays, t, policy_version, summary)
@@ -88,6 +91,8 @@ class EnvSampler:
                 await asyncio.sleep(0)  # let heartbeats and control frames through
                 yielded = time.monotonic()
         arrays["next_obs"][:] = self.obs
+        if self.acting.recurrent:
+            arrays["next_starts"][:] = self.acting.starts
         summary.env_steps = self.spec.layout.steps - summary.discarded_steps
         return summary
 
@@ -95,8 +100,11 @@ class EnvSampler:
         # This is the hot loop: per env only the env call and list updates; arrays are
         # written once per step.
         arrays["obs"][t] = self.obs
+        acting = self.acting
+        if acting.recurrent:
+            arrays["episode_starts"][t] = acting.starts
+        dist_inputs = acting.act(self.obs)
         with torch.no_grad():
-            dist_inputs, _ = evaluate(self.policy, torch.from_numpy(self.obs))
             actions, logprobs = self.dist.sample(dist_inputs)
         actions_np = actions.numpy()
         arrays["actions"][t] = actions_np
@@ -132,6 +140,7 @@ class EnvSampler:
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
             disc_returns[i] = episode.rewarded(reward)
             if term or trunc:
+                acting.episode_started(i)
                 episode_return, episode_length = episode.finished(t + 1)
                 summary.episode_returns.append(episode_return)
                 summary.episode_lengths.append(episode_length)
@@ -157,9 +166,7 @@ class EnvSampler:
         if self.progress is not None:  # counted once the step's row is fully written
             self.progress.add(self.spec.worker_id, k)
         if final_rows:
-            with torch.no_grad():
-                final_values = evaluate(self.policy, torch.from_numpy(self.final_obs[: len(final_rows)]))[1]
-            arrays["trunc_values"][t, final_rows] = final_values.numpy()
+            arrays["trunc_values"][t, final_rows] = acting.values(self.final_obs[: len(final_rows)], final_rows)
 
     def _recover(
         self,
@@ -186,6 +193,7 @@ class EnvSampler:
                 episode.rebuild_failed(error)
         self.envs[i] = env
         episode.rebuilt(t + 1)
+        self.acting.episode_started(i)
         return obs
 
     def _recover_non_finite(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:

@@ -1,0 +1,59 @@
+"""A worker's policy copy acting for its envs, feed-forward or recurrent.
+
+Both samplers act through :class:`ActingPolicy`: one forward pass for a batch of envs.
+With a recurrent policy (:mod:`aiorl.recurrent`) it also keeps each env's state across
+steps and rollouts, and whether the env's next step starts an episode (its state is then
+reset by the policy). The samplers record both in the slot, so the learner replays each
+rollout from the state the worker had.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from aiorl.models import evaluate
+from aiorl.recurrent import initial_state, state_size, step
+
+
+class ActingPolicy:
+    """``policy`` acting for ``num_envs`` envs.
+
+    Attributes:
+        recurrent: whether the policy carries a state.
+        state: ``[num_envs, S]`` each env's state before its next step (``None`` if feed-forward).
+        starts: ``[num_envs]`` bool, the env's next step is the first of an episode.
+    """
+
+    def __init__(self, policy: nn.Module, num_envs: int) -> None:
+        self.policy = policy
+        self.recurrent = state_size(policy) > 0
+        self.state = initial_state(policy, num_envs) if self.recurrent else None
+        self.starts = np.ones(num_envs, dtype=np.bool_)
+
+    def act(self, obs: np.ndarray, rows: np.ndarray | None = None) -> torch.Tensor:
+        """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states."""
+        with torch.no_grad():
+            if self.state is None:
+                return evaluate(self.policy, torch.from_numpy(obs))[0]
+            index = slice(None) if rows is None else torch.from_numpy(rows)
+            starts = self.starts if rows is None else self.starts[rows]
+            dist_inputs, _, new_state = step(
+                self.policy, torch.from_numpy(obs), self.state[index], torch.from_numpy(starts)
+            )
+            self.state[index] = new_state
+            self.starts[index if rows is None else rows] = False
+            return dist_inputs
+
+    def values(self, obs: np.ndarray, rows: list[int] | np.ndarray) -> np.ndarray:
+        """V of observations ``obs`` that continue the episodes of envs ``rows`` (truncated episodes' final ones)."""
+        with torch.no_grad():
+            if self.state is None:
+                return evaluate(self.policy, torch.from_numpy(obs))[1].numpy()
+            index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+            return step(self.policy, torch.from_numpy(obs), self.state[index], torch.zeros(len(index)))[1].numpy()
+
+    def episode_started(self, i: int) -> None:
+        """Env ``i``'s next step is the first of an episode (a reset, or a re-created env)."""
+        self.starts[i] = True
