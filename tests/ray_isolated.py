@@ -32,6 +32,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from aiorl import PPO, EnvError, Trainer  # noqa: E402
 from aiorl.backends import RayBackend  # noqa: E402
 from aiorl.testing import FaultyEnv, RaiseAtStep  # noqa: E402
+from aiorl.testing.memory import CueRecallEnv  # noqa: E402
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
 FAST = {
@@ -72,6 +73,18 @@ async def test_cartpole_preset_reaches_475_on_local_ray():
     assert stats.steps_pending == 0
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
     assert not ray.is_initialized()  # the trainer started Ray, so it shut it down
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray():
+    options = {**FAST, "rollout_length": 16, "recurrent_size": 32}
+    async with Trainer(CueRecallEnv, recurrent="lstm", backend=local_ray(), **options) as trainer:
+        result = await trainer.run(total_steps=25_000, target_return=0.98)
+        remembered = await trainer.evaluate(episodes=50)
+    assert remembered.mean_return > 0.9, f"{remembered} after {result.env_steps} steps"
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
 
 
 @pytest.mark.timeout(150)

@@ -114,6 +114,10 @@ def test_cartpole_reaches_475_with_workers_on_local_ray():
     run_isolated("test_cartpole_preset_reaches_475_on_local_ray")
 
 
+def test_a_recurrent_policy_learns_on_local_ray():
+    run_isolated("test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray")
+
+
 def test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor():
     run_isolated("test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced")
 
