@@ -1,5 +1,6 @@
 """Environments: factories that travel to workers and adapters for their spaces."""
 
+from aiorl.envs import registry as registry  # registers aiorl's env ids
 from aiorl.envs.async_env import AsyncEnv, ThreadedEnv
 from aiorl.envs.factory import EnvFactory, EnvSource, EnvSpaces
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
