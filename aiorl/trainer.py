@@ -33,7 +33,7 @@ from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
-from aiorl.config import TrainerConfig
+from aiorl.config import TrainerConfig, did_you_mean
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
@@ -73,7 +73,9 @@ class Trainer:
 
     Raises:
         ConfigError: (a ``ValueError``) for any invalid value, naming the field and
-            the value: before any process starts.
+            the value, and for an unknown option, with the closest option's name
+            (``num_worker=2 is not a Trainer option; did you mean 'num_workers'?``);
+            every problem in one error, before any process starts.
 
     Resource handling:
         Processes, shared memory and the learner thread exist only inside
@@ -91,10 +93,7 @@ class Trainer:
         policy: nn.Module | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - set(TrainerConfig.__dataclass_fields__))
-        if unknown:
-            raise ConfigError([f"{name}={options[name]!r} is not a Trainer option" for name in unknown])
-        config = TrainerConfig(**options)
+        config = _trainer_config(options)
         self.algo: Algorithm = PPO() if algo is None else algo
         if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
@@ -529,3 +528,20 @@ def _is_flat_float_box(spaces: EnvSpaces) -> bool:
     """Whether observations are a flat float vector (where running normalisation helps)."""
     space = spaces.observation_space
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
+
+
+def _trainer_config(options: dict[str, Any]) -> TrainerConfig:
+    """The :class:`TrainerConfig` of ``Trainer``'s keyword options; one error names every unknown and bad one."""
+    known = TrainerConfig.__dataclass_fields__
+    problems = [
+        f"{name}={value!r} is not a Trainer option{did_you_mean(name, known)}"
+        for name, value in sorted(options.items())
+        if name not in known
+    ]
+    try:
+        config = TrainerConfig(**{name: value for name, value in options.items() if name in known})
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return config

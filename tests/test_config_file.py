@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from aiorl import APPO, ConfigError, TrainerConfig
-from aiorl.config_file import build_experiment, load_experiment, read_toml
+from aiorl.config_file import build_experiment, load_experiment
 from aiorl.presets import PRESETS
 
 
@@ -65,7 +65,39 @@ def test_every_unknown_key_and_bad_value_is_named(tmp_path):
 
 def test_an_unknown_table_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"\[trainr\] is not a config table; did you mean 'trainer'\?"):
-        read_toml(write(tmp_path, "[trainr]\nnum_workers = 2\n"))
+        load_experiment(write(tmp_path, '[run]\nenv = "CartPole-v1"\n[trainr]\nnum_workers = 2\n'))
+
+
+def test_bad_tables_keys_and_values_of_every_table_are_named_in_one_error(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [run]
+        env = "CartPole-v1"
+        total_step = 100
+        checkpoint_interval_s = 0
+        [trainr]
+        num_workers = 2
+        [trainer]
+        num_workers = 0
+        seeed = 1
+        [algo]
+        gamma = 2.0
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    problems = caught.value.problems
+    assert problems[:3] == [
+        "[trainr] is not a config table; did you mean 'trainer'?; tables: run, env_kwargs, trainer, algo",
+        "run.total_step: unknown key; did you mean 'total_steps'?",
+        "trainer.seeed: unknown key; did you mean 'seed'?",
+    ]
+    assert problems[3:] == [
+        "run.checkpoint_interval_s=0 must be > 0",
+        "algo.gamma=2.0 must be in [0, 1]",
+        "trainer.num_workers=0 must be an integer >= 1",
+    ]
 
 
 def test_values_are_validated_by_the_dataclasses(tmp_path):
