@@ -31,7 +31,7 @@ from torch import nn
 
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
-from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
 from aiorl.config import TrainerConfig, did_you_mean
 from aiorl.distributions import ActionDistribution
@@ -306,16 +306,21 @@ class Trainer:
             checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
                 every ``checkpoint_interval_s`` and when the run ends, normally, cancelled
                 (Ctrl-C) or failed; each write is atomic. After a learner failure the file
-                holds the state after the last good update.
+                holds the state after the last good update. Its directory is created, and
+                a file is written and removed there before anything starts.
             checkpoint_interval_s: seconds between periodic checkpoints.
 
         Raises:
             ConfigError: invalid ``total_steps`` or ``target_return``.
+            CheckpointError: no file can be written at ``checkpoint_path`` (raised before
+                any process starts), or the run's first checkpoint could not be written.
             EnvError: an env raised inside a worker.
             WorkerCrashed: a worker process died.
             LearnerError: the update raised or produced a non-finite loss.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s)
+        if checkpoint_path is not None:  # before any process starts
+            await asyncio.to_thread(prepare_checkpoint_path, checkpoint_path)
         if self._session is None:
             async with self:
                 return await self.run(
