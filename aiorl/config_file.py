@@ -102,6 +102,33 @@ class Experiment:
         assert self.run.env is not None
         return resolve_env(self.run.env)
 
+    def differences(
+        self, *, env: str, env_kwargs: Mapping[str, Any], algo: object, trainer: TrainerConfig
+    ) -> list[str]:
+        """Where this experiment and a checkpoint's run disagree, one line each naming both values.
+
+        ``env`` is the checkpoint's env as ``run.env`` writes it (an id or ``module:factory``),
+        ``trainer`` its (settled) trainer config. A trainer field left automatic (``None``)
+        here agrees with whatever the trainer chose for it.
+        """
+        found = []
+
+        def differ(name: str, mine: Any, theirs: Any) -> None:
+            if mine != theirs:
+                found.append(f"{name} = {mine!r} in config.toml, {theirs!r} in the checkpoint")
+
+        differ("run.env", self.run.env, env)
+        differ("env_kwargs", dict(self.env_kwargs), dict(env_kwargs))
+        if type(algo) is not type(self.algo):
+            differ("run.algo", self.algo_name, _algo_name(algo))
+        else:
+            for f in dataclasses.fields(self.algo):
+                differ(f"algo.{f.name}", getattr(self.algo, f.name), getattr(algo, f.name))
+        for f in dataclasses.fields(self.trainer):
+            if getattr(self.trainer, f.name) is not None:
+                differ(f"trainer.{f.name}", getattr(self.trainer, f.name), getattr(trainer, f.name))
+        return found
+
     def to_toml(self) -> str:
         """The experiment as a TOML file that :func:`load_experiment` reads back to an equal one."""
         document: dict[str, Any] = {
@@ -111,6 +138,11 @@ class Experiment:
             "algo": _table(self.algo),
         }
         return tomli_w.dumps(document)
+
+
+def _algo_name(algo: object) -> str:
+    """``run.algo``'s name of an algorithm config, else its class name."""
+    return next((name for name, cls in ALGORITHMS.items() if type(algo) is cls), type(algo).__name__)
 
 
 def resolve_env(env: str) -> EnvSource:
