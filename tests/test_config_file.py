@@ -129,3 +129,24 @@ def test_the_written_file_reads_back_to_the_same_experiment(tmp_path):
 def test_an_env_is_required():
     with pytest.raises(ConfigError, match=r"run\.env is not set"):
         build_experiment({"trainer": {"seed": 1}})
+
+
+def test_differences_from_a_checkpoints_run_name_each_field_with_both_values():
+    experiment = build_experiment({"run": {"env": "CartPole-v1"}, "trainer": {"num_workers": 3}})
+    settled = dataclasses.replace(experiment.trainer, normalize_observations=True)  # automatic (None) here
+    same = {"env": "CartPole-v1", "env_kwargs": {}, "algo": experiment.algo}
+    assert experiment.differences(**same, trainer=settled) == []
+    assert experiment.differences(
+        env="Acrobot-v1",
+        env_kwargs={"g": 9.8},
+        algo=dataclasses.replace(experiment.algo, gamma=0.9),
+        trainer=dataclasses.replace(settled, num_workers=2),
+    ) == [
+        "run.env = 'CartPole-v1' in config.toml, 'Acrobot-v1' in the checkpoint",
+        "env_kwargs = {} in config.toml, {'g': 9.8} in the checkpoint",
+        "algo.gamma = 0.99 in config.toml, 0.9 in the checkpoint",
+        "trainer.num_workers = 3 in config.toml, 2 in the checkpoint",
+    ]
+    assert experiment.differences(**{**same, "algo": APPO()}, trainer=settled) == [
+        "run.algo = 'ppo' in config.toml, 'appo' in the checkpoint"
+    ]
