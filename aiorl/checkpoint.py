@@ -79,6 +79,36 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return resolved / CHECKPOINT_NAME if resolved.is_dir() else resolved
 
 
+def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """Make sure checkpoints can be written to ``path``; return it.
+
+    Creates the directory (and its parents) and really writes and removes the
+    temporary file that :func:`write_checkpoint` writes through, so that a read-only
+    directory, a full disk or a path under a regular file is found before a run starts
+    rather than at its first save (a permission check alone would say yes to root).
+
+    Raises:
+        CheckpointError: the file cannot be written there; the message names the path
+            and the reason.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise CheckpointError(f"checkpoint path {str(target)!r} is a directory; name a file such as {CHECKPOINT_NAME}")
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, FORMAT.encode())
+        finally:
+            os.close(fd)
+            temporary.unlink()
+    except OSError as exc:
+        reason = f"{str(exc.filename)!r} is not a directory" if isinstance(exc, FileExistsError) else str(exc)
+        raise CheckpointError(f"checkpoints cannot be written to {str(target)!r}: {reason}") from exc
+    return target
+
+
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to ``path`` atomically and durably; return the path.
 
@@ -199,6 +229,7 @@ class Checkpointer:
         self._pending: Future[Path] | None = None
         self._marked: Any = None
         self._updated = False  # an update happened since the last snapshot was written
+        self._failed = False  # the first write failed: the run ends with a CheckpointError
         self._last_write = clock()
         self.saved = 0
         """Checkpoints written so far."""
@@ -206,11 +237,37 @@ class Checkpointer:
         """Full snapshots taken so far (each copies the learner's state)."""
 
     def after_update(self) -> None:
-        """Note the counters; snapshot and write when ``interval_s`` has passed and no write is in flight."""
+        """Note the counters; snapshot and write when ``interval_s`` has passed and no write is in flight.
+
+        Raises:
+            CheckpointError: the run's first write failed (the path names where): a run
+                that cannot save stops early instead of training for nothing. A later
+                write that fails (a full disk) is logged, and tried again ``interval_s``
+                later; the file keeps the last state written.
+        """
+        self._check_last_write()
         self._marked = self._mark()
         self._updated = True
         if self._clock() - self._last_write >= self.interval_s and (self._pending is None or self._pending.done()):
             self._submit(self._snapshot())
+
+    def _check_last_write(self) -> None:
+        """Raise if the first write failed; log a later failed write (once)."""
+        write = self._pending
+        if write is None or not write.done():
+            return
+        self._pending = None
+        error = None if write.cancelled() else write.exception()
+        if error is None:
+            return
+        if self.saved == 0:
+            self._failed = True
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} could not be written ({type(error).__name__}: {error})"
+            ) from error
+        log.error(
+            "could not write the checkpoint %s (%s: %s); trying again later", self.path, type(error).__name__, error
+        )
 
     def _snapshot(self) -> dict[str, Any]:
         state = self._capture(self._marked)
@@ -233,11 +290,7 @@ class Checkpointer:
             loop.call_soon_threadsafe(self._on_saved, write.result(), state)
 
     def _write(self, state: dict[str, Any]) -> Path:
-        try:
-            path = write_checkpoint(state, self.path)
-        except Exception:
-            log.exception("could not write the checkpoint %s", self.path)
-            raise
+        path = write_checkpoint(state, self.path)
         self.saved += 1
         log.debug("checkpoint %s: policy version %d", path, state["policy_version"])
         return path
@@ -246,15 +299,16 @@ class Checkpointer:
         """Write the final state (marked finished when the run ended normally); end the thread.
 
         Raises:
-            OSError: the final write of a run that ended normally failed (it is also
-                logged). After a failed or cancelled run a failed write is only logged,
-                so the run's own exception is the one that propagates.
+            CheckpointError: the final write of a run that ended normally failed. After
+                a failed or cancelled run a failed write is only logged, so the run's own
+                exception is the one that propagates; after the first write failed (the
+                run's error then says why), no final write is tried.
         """
         try:
             if self._pending is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(asyncio.wrap_future(self._pending))
-            if not (finished or self._updated):
+            if self._failed or not (finished or self._updated):
                 return
             try:
                 state = self._snapshot()
@@ -265,8 +319,10 @@ class Checkpointer:
                 state["run"] = None
             try:
                 await asyncio.shield(asyncio.wrap_future(self._submit(state)))
-            except Exception:
+            except Exception as exc:
+                message = f"checkpoint {str(self.path)!r} could not be written ({type(exc).__name__}: {exc})"
                 if finished:
-                    raise
+                    raise CheckpointError(message) from exc
+                log.error("%s; the run's last checkpoint is the one written before", message)
         finally:
             self._executor.shutdown(wait=False)

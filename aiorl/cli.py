@@ -7,31 +7,44 @@
 
 Exit codes: 0 done; 1 training failed (an env, worker or learner error; the last good
 checkpoint is kept); 2 bad input (an unknown config key, a bad value, a missing
-checkpoint); 130 interrupted by Ctrl-C (a checkpoint was saved: ``aiorl resume`` goes on).
+checkpoint, a log directory where nothing can be written, a ``config.toml`` that does not
+match the checkpoint beside it, a missing optional dependency); 130 interrupted by Ctrl-C
+(SIGINT) and 143 terminated by SIGTERM (``kill``, ``docker stop``): both save a checkpoint
+first, so ``aiorl resume`` goes on. A second SIGTERM while that checkpoint is being written
+ends the process at once (the previous checkpoint stays readable).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from aiorl.checkpoint import CHECKPOINT_NAME
+from aiorl.checkpoint import CHECKPOINT_NAME, prepare_checkpoint_path
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import MetricsLog
 from aiorl.progress import ProgressDisplay
 from aiorl.trainer import Trainer, TrainResult
 
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+    from aiorl.policy import Policy
+
 CONFIG_NAME = "config.toml"
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
 
 log = logging.getLogger("aiorl")
 
@@ -128,7 +141,7 @@ def train(
             **{name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__},
         )
         trainer.preset = experiment.preset
-    directory.mkdir(parents=True, exist_ok=True)
+        prepare_checkpoint_path(directory / CHECKPOINT_NAME)  # creates the directory; fails here, not at a save
     write_text_atomic(directory / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: training {experiment.run.env} with {experiment.algo_name}, logging to {directory}", err=True)
     result = _session(
@@ -152,13 +165,18 @@ def resume(logdir: Path, steps: int | None, progress: str) -> None:
     """Continue the run in LOGDIR from its checkpoint, with the same step counters.
 
     Without --steps, the interrupted run goes on to its step budget and target with the
-    same learning-rate schedule; with --steps it trains that many more steps.
+    same learning-rate schedule; with --steps it trains that many more steps. The run
+    continues as the checkpoint holds it: LOGDIR/config.toml must agree with it (env,
+    env_kwargs, algorithm and trainer settings), else nothing starts and each difference
+    is named.
     """
-    with _bad_input():
-        experiment = load_experiment(logdir / CONFIG_NAME)
-        trainer = Trainer.load(logdir / CHECKPOINT_NAME)
     if steps is not None and steps < 1:
         raise BadInput(f"--steps={steps} must be >= 1")
+    with _bad_input():
+        experiment = load_experiment(logdir / CONFIG_NAME)
+        prepare_checkpoint_path(logdir / CHECKPOINT_NAME)
+        trainer = Trainer.load(logdir / CHECKPOINT_NAME)
+    _check_same_run(experiment, trainer, logdir)
     plan = trainer.unfinished_run
     if steps is None and plan is None:
         click.echo(
@@ -186,25 +204,67 @@ def resume(logdir: Path, steps: int | None, progress: str) -> None:
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
-@click.option("--episodes", type=int, default=10, show_default=True, help="Episodes to play.")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Episodes to play.")
 @click.option("--render", type=click.Choice(["rgb_array"]), help="Record the first episode to a GIF.")
-@click.option("--video", type=click.Path(dir_okay=False, path_type=Path), help="GIF path (default: beside CHECKPOINT).")
+@click.option(
+    "--video",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="GIF path (implies --render rgb_array; default: eval.gif beside CHECKPOINT).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
-def eval_(checkpoint: Path, episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool) -> None:
-    """Play episodes with the policy in CHECKPOINT (a file or a log directory) and print the returns."""
+def eval_(
+    checkpoints: tuple[Path, ...], episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool
+) -> None:
+    """Play episodes with the policy in each CHECKPOINT (a file or a log directory) and print the returns.
+
+    Several checkpoints (``aiorl eval runs/CartPole-v1-ppo-*/``) are evaluated one after the
+    other, each under a line naming it. --video implies --render rgb_array; with several
+    checkpoints each GIF goes beside its checkpoint.
+    """
     from aiorl.policy import Policy
 
+    if video is not None:
+        if len(checkpoints) > 1:
+            raise BadInput(f"--video names one file, but {len(checkpoints)} checkpoints were given; leave it out")
+        render = render or "rgb_array"
+    if render is not None:  # no window: keep SDL (pygame) from looking for a display or a sound server
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     with _bad_input():
-        policy = Policy.load(checkpoint)
+        policies = [Policy.load(checkpoint) for checkpoint in checkpoints]
+    for checkpoint, policy in zip(checkpoints, policies, strict=True):
+        header = f"{checkpoint}:" if len(checkpoints) > 1 else None
+        _evaluate(policy, checkpoint, header, episodes, render, video, seed, stochastic)
+
+
+def _evaluate(
+    policy: Policy,
+    checkpoint: Path,
+    header: str | None,
+    episodes: int,
+    render: str | None,
+    video: Path | None,
+    seed: int,
+    stochastic: bool,
+) -> None:
+    """Play and print one checkpoint's episodes (and record the first to a GIF when rendering)."""
+    with _bad_input():
         env = policy.make_env(render)
     recorder = None
     if render is not None:
         from aiorl.video import GifRecorder
 
-        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        recorder = GifRecorder(video or base / "eval.gif", fps=float(env.metadata.get("render_fps") or 30))
+        try:
+            _check_renders(env, render, seed)
+            base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+            recorder = GifRecorder(video or base / "eval.gif", fps=float(env.metadata.get("render_fps") or 30))
+        except ImportError as exc:  # Pillow
+            env.close()
+            raise BadInput(str(exc)) from exc
+    if header is not None:
+        click.echo(header)
     with _bad_input():
         result = policy.play(episodes, seed=seed, deterministic=not stochastic, on_frame=recorder, env=env)
     for index, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=True), start=1):
@@ -240,6 +300,22 @@ def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
     click.echo(experiment.to_toml(), nl=False)
 
 
+def _check_renders(env: gym.Env, render: str, seed: int) -> None:
+    """Render one frame now, so that a missing renderer (pygame) is one clear error before any output.
+
+    Raises:
+        BadInput: the env's renderer is not installed (gymnasium's message says what to install).
+    """
+    import gymnasium as gym
+
+    try:
+        env.reset(seed=seed)
+        env.render()
+    except gym.error.DependencyNotInstalled as exc:
+        env.close()
+        raise BadInput(f"--render {render}: {exc}") from exc
+
+
 # ---- the training session ------------------------------------------------------------------
 
 
@@ -268,7 +344,24 @@ def _session(
         interval_s=max(experiment.trainer.log_interval_s, 1.0),
     )
 
+    terminated = False
+
+    def on_sigterm(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        nonlocal terminated
+        terminated = True
+        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM ends the process at once
+        task.cancel()  # as Ctrl-C does: the run tears down and writes its checkpoint
+
     async def train() -> TrainResult:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm, loop, task)
+        try:
+            return await train_logged()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    async def train_logged() -> TrainResult:
         with MetricsLog(logdir, resume_after=resume_after) as metrics, display:
 
             def on_update(report: aiorl.UpdateReport) -> None:
@@ -288,6 +381,13 @@ def _session(
         return aiorl.run(train())  # type: ignore[return-value]
     except KeyboardInterrupt:
         _exit(EXIT_INTERRUPTED, f"interrupted; {_checkpoint_note(checkpoint)}; continue with: aiorl resume {logdir}")
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        _exit(
+            EXIT_TERMINATED,
+            f"terminated (SIGTERM); {_checkpoint_note(checkpoint)}; continue with: aiorl resume {logdir}",
+        )
     except ConfigError as exc:
         raise BadInput(str(exc)) from exc
     except AiorlError as exc:
@@ -320,8 +420,30 @@ class _bad_input:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+            raise BadInput("\n".join([f"{len(exc.problems)} problems:", *(f"  {p}" for p in exc.problems)])) from exc
         if isinstance(exc, ConfigError | CheckpointError):
             raise BadInput(str(exc)) from exc
+
+
+def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> None:
+    """Refuse to resume when ``config.toml`` describes another run than the checkpoint beside it.
+
+    Raises:
+        BadInput: naming each setting that differs, with both values.
+    """
+    factory = trainer.env_factory
+    env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
+    differences = experiment.differences(
+        env=env, env_kwargs=dict(factory.kwargs), algo=trainer.algo, trainer=trainer.config
+    )
+    if differences:
+        listed = "".join(f"\n  {difference}" for difference in differences)
+        raise BadInput(
+            f"{logdir / CONFIG_NAME} does not describe the run in {logdir / CHECKPOINT_NAME}:{listed}\n"
+            "resume continues the checkpoint's run: put config.toml back as it was, "
+            "or start a new run with `aiorl train`"
+        )
 
 
 def _given(**values: Any) -> dict[str, Any]:

@@ -12,39 +12,41 @@ A file has four tables, each optional::
     [algo]                 # fields of the algorithm named by run.algo (PPO or APPO)
 
 Every key is a field of the dataclass of its table; an unknown key or table is an error
-naming it. A field whose type allows ``None`` takes the string ``"none"`` for it (TOML has
-no null). Settings are layered: dataclass defaults, then the preset (``run.preset``), then
-the file, then command-line flags.
+naming it (with the closest known name), and one error names every problem of the file:
+each unknown table and key and each bad value. A field whose type allows ``None`` takes
+the string ``"none"`` for it (TOML has no null). Settings are layered: dataclass defaults,
+then the preset (``run.preset``), then the file, then command-line flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import os
+import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import tomli_w
 
 from aiorl.algos import APPO, PPO
-from aiorl.config import TrainerConfig, _is_int
+from aiorl.config import TrainerConfig, _is_int, did_you_mean
 from aiorl.envs import EnvSource
 from aiorl.errors import ConfigError
-from aiorl.presets import get_preset
+from aiorl.presets import Preset, get_preset
 
 ALGORITHMS: dict[str, type[PPO] | type[APPO]] = {"ppo": PPO, "appo": APPO}
 """``run.algo`` name -> algorithm config class."""
 NONE = "none"
 """How ``None`` is written in a TOML file."""
 TABLES = ("run", "env_kwargs", "trainer", "algo")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,6 +102,33 @@ class Experiment:
         assert self.run.env is not None
         return resolve_env(self.run.env)
 
+    def differences(
+        self, *, env: str, env_kwargs: Mapping[str, Any], algo: object, trainer: TrainerConfig
+    ) -> list[str]:
+        """Where this experiment and a checkpoint's run disagree, one line each naming both values.
+
+        ``env`` is the checkpoint's env as ``run.env`` writes it (an id or ``module:factory``),
+        ``trainer`` its (settled) trainer config. A trainer field left automatic (``None``)
+        here agrees with whatever the trainer chose for it.
+        """
+        found = []
+
+        def differ(name: str, mine: Any, theirs: Any) -> None:
+            if mine != theirs:
+                found.append(f"{name} = {mine!r} in config.toml, {theirs!r} in the checkpoint")
+
+        differ("run.env", self.run.env, env)
+        differ("env_kwargs", dict(self.env_kwargs), dict(env_kwargs))
+        if type(algo) is not type(self.algo):
+            differ("run.algo", self.algo_name, _algo_name(algo))
+        else:
+            for f in dataclasses.fields(self.algo):
+                differ(f"algo.{f.name}", getattr(self.algo, f.name), getattr(algo, f.name))
+        for f in dataclasses.fields(self.trainer):
+            if getattr(self.trainer, f.name) is not None:
+                differ(f"trainer.{f.name}", getattr(self.trainer, f.name), getattr(trainer, f.name))
+        return found
+
     def to_toml(self) -> str:
         """The experiment as a TOML file that :func:`load_experiment` reads back to an equal one."""
         document: dict[str, Any] = {
@@ -109,6 +138,11 @@ class Experiment:
             "algo": _table(self.algo),
         }
         return tomli_w.dumps(document)
+
+
+def _algo_name(algo: object) -> str:
+    """``run.algo``'s name of an algorithm config, else its class name."""
+    return next((name for name, cls in ALGORITHMS.items() if type(algo) is cls), type(algo).__name__)
 
 
 def resolve_env(env: str) -> EnvSource:
@@ -130,81 +164,109 @@ def resolve_env(env: str) -> EnvSource:
     return typing.cast(EnvSource, factory)
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Parse a config file and check its tables and keys (values are checked by :func:`build_experiment`).
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a config file into its tables, as written (:func:`build_experiment` checks them all).
+
+    Tables, keys and values are checked by :func:`build_experiment`, which names every
+    problem at once (an unknown table as well as the bad keys of the others).
 
     Raises:
-        ConfigError: unreadable file, invalid TOML, or an unknown table or key (named).
+        ConfigError: the file cannot be read or is not valid TOML.
     """
     try:
         with open(path, "rb") as file:
-            document = tomllib.load(file)
+            return tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
-    problems = []
-    for name, table in document.items():
-        if name not in TABLES:
-            problems.append(f"[{name}] is not a config table{_did_you_mean(name, TABLES)}; tables: {', '.join(TABLES)}")
-        elif not isinstance(table, dict):
-            problems.append(f"{name}={table!r} must be a table ([{name}])")
-    if problems:
-        raise ConfigError(problems)
-    return {name: dict(document.get(name, {})) for name in TABLES}
 
 
 def build_experiment(
-    layers: Mapping[str, Mapping[str, Any]] | None = None,
+    layers: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Experiment:
     """Resolve an experiment from defaults, the preset, file ``layers`` and ``overrides``.
 
     ``layers`` is what :func:`read_toml` returned; ``overrides`` has the same tables (the
-    command line's flags). Keys of both are checked against the dataclass fields and types.
+    command line's flags). Tables, keys and their types are checked against the dataclass
+    fields, then the values by the dataclasses themselves.
 
     Raises:
-        ConfigError: an unknown key or a bad value, named with its table
-            (``trainer.num_workers=0 must be an integer >= 1``); every problem is listed.
+        ConfigError: an unknown table or key, or a bad value, named with its table
+            (``trainer.num_workers=0 must be an integer >= 1``). Every problem is listed
+            in one error (:attr:`~aiorl.errors.ConfigError.problems`), in the order
+            tables, ``run``, ``algo``, ``trainer`` keys, then the values of each.
     """
-    merged = {name: {**(layers or {}).get(name, {}), **(overrides or {}).get(name, {})} for name in TABLES}
     problems: list[str] = []
+    tables = _checked_tables(layers or {}, problems)
+    merged = {name: {**tables.get(name, {}), **(overrides or {}).get(name, {})} for name in TABLES}
     run_values = _checked("run", RunConfig, merged["run"], problems)
-    if problems:
-        raise ConfigError(problems)
-    run = RunConfig(**run_values)
-    preset = get_preset(run.preset) if run.preset is not None else None
-    algo_cls: type[PPO] | type[APPO] = PPO
-    if run.algo:
-        algo_cls = ALGORITHMS[run.algo]
-    elif preset is not None and isinstance(preset.algo, PPO | APPO):
-        algo_cls = type(preset.algo)
-    elif preset is not None:  # pragma: no cover - presets only use PPO and APPO
-        raise ConfigError(f"run.preset={run.preset!r} uses an algorithm the config file cannot describe")
-    base_algo: PPO | APPO = algo_cls()
-    if preset is not None and isinstance(preset.algo, algo_cls):  # the preset's tuned values
-        base_algo = preset.algo
+    preset = _collect(problems, get_preset, run_values["preset"]) if run_values.get("preset") else None
+    algo_cls = _algo_class(run_values.get("algo"), preset)
     algo_values = _checked("algo", algo_cls, merged["algo"], problems, label=algo_cls.__name__)
     trainer_values = _checked("trainer", TrainerConfig, merged["trainer"], problems)
-    if problems:
-        raise ConfigError(problems)
     if preset is not None:
         trainer_values = {**preset.options, **trainer_values}
-        run = dataclasses.replace(
-            run,
-            env=run.env or preset.env,
-            target_return=run.target_return if "target_return" in merged["run"] else preset.target_return,
-        )
-    if run.env is None:
-        raise ConfigError("run.env is not set: give an env id (aiorl train CartPole-v1), a preset or [run] env")
+    run = _collect(problems, RunConfig, **run_values)
+    base_algo: PPO | APPO = preset.algo if preset is not None and isinstance(preset.algo, algo_cls) else algo_cls()
+    algo = _collect(problems, dataclasses.replace, base_algo, **algo_values, table="algo")
+    trainer = _collect(problems, TrainerConfig, **trainer_values, table="trainer")
+    if run is not None and preset is not None:
+        target = run.target_return if "target_return" in merged["run"] else preset.target_return
+        run = dataclasses.replace(run, env=run.env or preset.env, target_return=target)
+    if run is not None and run.env is None:
+        problems.append("run.env is not set: give an env id (aiorl train CartPole-v1), a preset or [run] env")
+    if problems or run is None or algo is None or trainer is None:
+        raise ConfigError(problems)
     return Experiment(
         run=dataclasses.replace(run, algo=None, preset=None),  # both are applied: the algo is the object
-        trainer=TrainerConfig(**trainer_values),
-        algo=dataclasses.replace(base_algo, **algo_values),
+        trainer=trainer,
+        algo=algo,
         env_kwargs=dict(merged["env_kwargs"]),
         preset=run.preset,
     )
+
+
+def _checked_tables(layers: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The known tables of ``layers``; unknown names and values that are not tables go to ``problems``."""
+    tables = {}
+    for name, table in layers.items():
+        if name not in TABLES:
+            problems.append(f"[{name}] is not a config table{did_you_mean(name, TABLES)}; tables: {', '.join(TABLES)}")
+        elif not isinstance(table, Mapping):
+            problems.append(f"{name}={table!r} must be a table ([{name}])")
+        else:
+            tables[name] = dict(table)
+    return tables
+
+
+def _algo_class(name: object, preset: Preset | None) -> type[PPO] | type[APPO]:
+    """The algorithm's config class: ``run.algo``'s, else the preset's, else PPO (a bad name is RunConfig's problem)."""
+    if isinstance(name, str) and name in ALGORITHMS:
+        return ALGORITHMS[name]
+    if name is None and preset is not None and isinstance(preset.algo, PPO | APPO):
+        return type(preset.algo)
+    return PPO
+
+
+def _collect(
+    problems: list[str], build: Callable[..., T], /, *args: Any, table: str | None = None, **kwargs: Any
+) -> T | None:
+    """``build(*args, **kwargs)``, or ``None`` with its :class:`ConfigError`'s problems added to ``problems``.
+
+    With ``table``, a problem that starts with a field's name (``num_workers=0 ...``, or
+    ``PPO.gamma=2.0 ...``) is named as the file names it (``trainer.num_workers=0 ...``).
+    """
+    try:
+        return build(*args, **kwargs)
+    except ConfigError as exc:
+        if table is None:
+            problems.extend(exc.problems)
+        else:
+            problems.extend(re.sub(r"^(?:[A-Z]\w*\.)?(?=\w+=)", f"{table}.", problem) for problem in exc.problems)
+        return None
 
 
 def load_experiment(path: str | os.PathLike[str], **overrides: Mapping[str, Any]) -> Experiment:
@@ -232,7 +294,7 @@ def _checked(
     for key, value in values.items():
         if key not in fields:
             where = f" ({label} has no such field)" if label else ""
-            problems.append(f"{table}.{key}: unknown key{where}{_did_you_mean(key, fields)}")
+            problems.append(f"{table}.{key}: unknown key{where}{did_you_mean(key, fields)}")
             continue
         allowed = _allowed_types(hints[key])
         if value == NONE and type(None) in allowed:
@@ -292,8 +354,3 @@ def _table(config: Any) -> dict[str, Any]:
             value = NONE
         table[f.name] = value
     return table
-
-
-def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""

@@ -31,9 +31,9 @@ from torch import nn
 
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
-from aiorl.checkpoint import RunPlan, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
-from aiorl.config import TrainerConfig
+from aiorl.config import TrainerConfig, did_you_mean
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
@@ -74,7 +74,9 @@ class Trainer:
 
     Raises:
         ConfigError: (a ``ValueError``) for any invalid value, naming the field and
-            the value: before any process starts.
+            the value, and for an unknown option, with the closest option's name
+            (``num_worker=2 is not a Trainer option; did you mean 'num_workers'?``);
+            every problem in one error, before any process starts.
 
     Resource handling:
         Processes, shared memory and the learner thread exist only inside
@@ -92,10 +94,7 @@ class Trainer:
         policy: nn.Module | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - set(TrainerConfig.__dataclass_fields__))
-        if unknown:
-            raise ConfigError([f"{name}={options[name]!r} is not a Trainer option" for name in unknown])
-        config = TrainerConfig(**options)
+        config = _trainer_config(options)
         self.algo: Algorithm = PPO() if algo is None else algo
         if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
@@ -322,16 +321,21 @@ class Trainer:
             checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
                 every ``checkpoint_interval_s`` and when the run ends, normally, cancelled
                 (Ctrl-C) or failed; each write is atomic. After a learner failure the file
-                holds the state after the last good update.
+                holds the state after the last good update. Its directory is created, and
+                a file is written and removed there before anything starts.
             checkpoint_interval_s: seconds between periodic checkpoints.
 
         Raises:
             ConfigError: invalid ``total_steps`` or ``target_return``.
+            CheckpointError: no file can be written at ``checkpoint_path`` (raised before
+                any process starts), or the run's first checkpoint could not be written.
             EnvError: an env raised inside a worker.
             WorkerCrashed: a worker process died.
             LearnerError: the update raised or produced a non-finite loss.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s)
+        if checkpoint_path is not None:  # before any process starts
+            await asyncio.to_thread(prepare_checkpoint_path, checkpoint_path)
         if self._session is None:
             async with self:
                 return await self.run(
@@ -544,3 +548,20 @@ def _is_flat_float_box(spaces: EnvSpaces) -> bool:
     """Whether observations are a flat float vector (where running normalisation helps)."""
     space = spaces.observation_space
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
+
+
+def _trainer_config(options: dict[str, Any]) -> TrainerConfig:
+    """The :class:`TrainerConfig` of ``Trainer``'s keyword options; one error names every unknown and bad one."""
+    known = TrainerConfig.__dataclass_fields__
+    problems = [
+        f"{name}={value!r} is not a Trainer option{did_you_mean(name, known)}"
+        for name, value in sorted(options.items())
+        if name not in known
+    ]
+    try:
+        config = TrainerConfig(**{name: value for name, value in options.items() if name in known})
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return config

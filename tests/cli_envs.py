@@ -52,3 +52,12 @@ class SlowStep(gym.Wrapper):
     def step(self, action):
         time.sleep(0.002)
         return self.env.step(action)
+
+
+class UndrawableCartPole(DrawnCartPole):
+    """DrawnCartPole whose renderer is "not installed", as gymnasium's envs say when pygame is missing."""
+
+    def render(self) -> np.ndarray:
+        raise gym.error.DependencyNotInstalled(
+            'pygame is not installed, run `pip install "gymnasium[classic-control]"`'
+        )

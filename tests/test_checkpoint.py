@@ -291,3 +291,32 @@ def test_a_checkpoint_of_another_env_is_refused_before_anything_is_overwritten()
         other.load_state_dict(state)
     np.testing.assert_array_equal(flat_weights(other.policy), before)
     assert other.policy_version == 0
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_the_run_starts(tmp_path):
+    (tmp_path / "file").write_text("a regular file, not a directory (refused to root too)")
+    trainer = Trainer("CartPole-v1", **SMALL)
+    target = tmp_path / "file" / "c.pt"
+    with pytest.raises(
+        CheckpointError, match=f"checkpoints cannot be written to '{target}': '{target.parent}' is not a directory"
+    ):
+        await trainer.run(total_steps=256, checkpoint_path=target)
+    assert trainer.stats.steps_collected == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_failed_first_checkpoint_write_ends_the_run_naming_the_path(tmp_path):
+    now = [0.0]
+    target = tmp_path / "gone" / "c.pt"
+    target.parent.mkdir()
+    checkpointer = Checkpointer(target, lambda _: {"policy_version": 1}, interval_s=10, clock=lambda: now[0])
+    target.parent.rmdir()  # the directory goes away after the run started: the write fails, even for root
+    now[0] = 10.0
+    checkpointer.after_update()  # the first write is due; it fails in the writer thread
+    with pytest.raises(CheckpointError, match=f"checkpoint '{target}' could not be written \\(FileNotFoundError"):
+        for _ in range(1000):  # the next update after the failed write raises
+            await asyncio.sleep(0.01)
+            checkpointer.after_update()
+    await checkpointer.finish(finished=False)  # no second attempt at a path known to fail
+    assert checkpointer.saved == 0 and checkpointer.snapshots == 1

@@ -96,7 +96,7 @@ def test_eval_records_the_first_episode_to_a_gif(tmp_path):
     from PIL import Image
 
     write_checkpoint(Trainer(DrawnCartPole, num_workers=1, envs_per_worker=2).state_dict(), tmp_path / "c.pt")
-    done = aiorl("eval", "c.pt", "--episodes", "1", "--render", "rgb_array", "--video", "ep.gif", cwd=tmp_path)
+    done = aiorl("eval", "c.pt", "--episodes", "1", "--video", "ep.gif", cwd=tmp_path)  # --video implies --render
 
     assert done.returncode == 0, done.stderr
     steps = int(done.stdout.split("(")[1].split()[0])  # "episode 1: return 12.00 (12 steps)"
@@ -108,6 +108,34 @@ def test_eval_records_the_first_episode_to_a_gif(tmp_path):
             gif.seek(index)
             total_ms += gif.info["duration"]
     assert total_ms == (steps + 1) * 20  # the reset frame and one per step, at the env's 50 fps
+
+
+def test_eval_of_several_run_directories_evaluates_each_and_records_beside_each(tmp_path):
+    from cli_envs import DrawnCartPole
+
+    for name in ("run-a", "run-b"):
+        (tmp_path / name).mkdir()
+        write_checkpoint(Trainer(DrawnCartPole, num_workers=1).state_dict(), tmp_path / name / "checkpoint.pt")
+    done = aiorl("eval", "run-a", "run-b/", "--episodes", "1", "--render", "rgb_array", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [lines[0], lines[4]] == ["run-a:", "run-b:"]
+    assert [lines[3], lines[7]] == ["video: run-a/eval.gif", "video: run-b/eval.gif"]
+    assert (tmp_path / "run-a" / "eval.gif").stat().st_size > 0 and (tmp_path / "run-b" / "eval.gif").stat().st_size > 0
+
+
+def test_eval_with_a_renderer_that_is_not_installed_says_what_to_install_in_one_line(tmp_path):
+    from cli_envs import UndrawableCartPole
+
+    write_checkpoint(Trainer(UndrawableCartPole, num_workers=1).state_dict(), tmp_path / "c.pt")
+    done = aiorl("eval", "c.pt", "--render", "rgb_array", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        'Error: --render rgb_array: pygame is not installed, run `pip install "gymnasium[classic-control]"`'
+    ]
+    assert not (tmp_path / "eval.gif").exists()
 
 
 def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, tmp_path):
@@ -125,6 +153,45 @@ def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, t
 
     again = aiorl("resume", str(logdir), cwd=tmp_path)
     assert again.returncode == 0 and "finished (3,072 steps); pass --steps N to train N more" in again.stdout
+
+
+def test_resume_refuses_a_config_toml_that_names_another_env(trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace('env = "CartPole-v1"', 'env = "Acrobot-v1"'))
+    done = aiorl("resume", "run", "--steps", "256", cwd=tmp_path, timeout=120)
+
+    assert done.returncode == 2, done.stderr
+    assert "run/config.toml does not describe the run in run/checkpoint.pt:" in done.stderr
+    assert "run.env = 'Acrobot-v1' in config.toml, 'CartPole-v1' in the checkpoint" in done.stderr
+    assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
+    total = 32 * 256
+    flags = ["--steps", str(total), "--checkpoint-interval", "60", *SMALL_FLAGS, "--logdir", "run"]
+    child = subprocess.Popen(  # about 8 s for the whole budget, so SIGTERM lands mid-run
+        [sys.executable, "-m", "aiorl", "train", "cli_envs:slow_cartpole", *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(),
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    try:
+        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout_s=120)
+        child.terminate()  # what `kill PID` and `docker stop` send
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 143, stderr
+    assert "terminated (SIGTERM); checkpoint: run/checkpoint.pt; continue with: aiorl resume run" in stderr
+    interrupted = Trainer.load(tmp_path / "run")  # no periodic save was due: this is the one SIGTERM wrote
+    assert interrupted.unfinished_run is not None and 0 < interrupted.stats.steps_trained < total
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
@@ -167,6 +234,25 @@ def test_an_unknown_config_key_exits_with_2_naming_it(tmp_path):
     assert done.returncode == 2
     assert "trainer.num_wrokers: unknown key; did you mean 'num_workers'?" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_with_several_problems_lists_each_on_a_line(tmp_path):
+    (tmp_path / "bad.toml").write_text('[run]\nenv = "CartPole-v1"\ntotal_step = 5\n[trainer]\nnum_workers = 0\n')
+    done = aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "Error: 2 problems:",
+        "  run.total_step: unknown key; did you mean 'total_steps'?",
+        "  trainer.num_workers=0 must be an integer >= 1",
+    ]
+
+
+def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(tmp_path):
+    (tmp_path / "file").write_text("a regular file: no directory can be made under it, even by root")
+    done = aiorl("train", "CartPole-v1", "--logdir", "file/run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "Error: checkpoints cannot be written to 'file/run/checkpoint.pt': " in done.stderr
+    assert "training" not in done.stderr
 
 
 def test_a_bad_value_or_a_missing_checkpoint_exits_with_2(tmp_path):

@@ -44,6 +44,16 @@ def test_bad_trainer_option_names_field_and_value(options, needle):
     assert needle in str(info.value)
 
 
+def test_a_mistyped_option_names_the_close_match_along_with_the_other_problems():
+    with pytest.raises(ConfigError) as info:
+        Trainer("CartPole-v1", num_worker=2, envs_per_worker=0, colour="red")
+    assert info.value.problems == [
+        "colour='red' is not a Trainer option",
+        "num_worker=2 is not a Trainer option; did you mean 'num_workers'?",
+        "envs_per_worker=0 must be an integer >= 1",
+    ]
+
+
 def test_every_problem_is_listed_at_once():
     with pytest.raises(ConfigError) as info:
         Trainer("CartPole-v1", num_workers=0, envs_per_worker=0)

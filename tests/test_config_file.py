@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from aiorl import APPO, ConfigError, TrainerConfig
-from aiorl.config_file import build_experiment, load_experiment, read_toml
+from aiorl.config_file import build_experiment, load_experiment
 from aiorl.presets import PRESETS
 
 
@@ -65,7 +65,39 @@ def test_every_unknown_key_and_bad_value_is_named(tmp_path):
 
 def test_an_unknown_table_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"\[trainr\] is not a config table; did you mean 'trainer'\?"):
-        read_toml(write(tmp_path, "[trainr]\nnum_workers = 2\n"))
+        load_experiment(write(tmp_path, '[run]\nenv = "CartPole-v1"\n[trainr]\nnum_workers = 2\n'))
+
+
+def test_bad_tables_keys_and_values_of_every_table_are_named_in_one_error(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [run]
+        env = "CartPole-v1"
+        total_step = 100
+        checkpoint_interval_s = 0
+        [trainr]
+        num_workers = 2
+        [trainer]
+        num_workers = 0
+        seeed = 1
+        [algo]
+        gamma = 2.0
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    problems = caught.value.problems
+    assert problems[:3] == [
+        "[trainr] is not a config table; did you mean 'trainer'?; tables: run, env_kwargs, trainer, algo",
+        "run.total_step: unknown key; did you mean 'total_steps'?",
+        "trainer.seeed: unknown key; did you mean 'seed'?",
+    ]
+    assert problems[3:] == [
+        "run.checkpoint_interval_s=0 must be > 0",
+        "algo.gamma=2.0 must be in [0, 1]",
+        "trainer.num_workers=0 must be an integer >= 1",
+    ]
 
 
 def test_values_are_validated_by_the_dataclasses(tmp_path):
@@ -97,3 +129,24 @@ def test_the_written_file_reads_back_to_the_same_experiment(tmp_path):
 def test_an_env_is_required():
     with pytest.raises(ConfigError, match=r"run\.env is not set"):
         build_experiment({"trainer": {"seed": 1}})
+
+
+def test_differences_from_a_checkpoints_run_name_each_field_with_both_values():
+    experiment = build_experiment({"run": {"env": "CartPole-v1"}, "trainer": {"num_workers": 3}})
+    settled = dataclasses.replace(experiment.trainer, normalize_observations=True)  # automatic (None) here
+    same = {"env": "CartPole-v1", "env_kwargs": {}, "algo": experiment.algo}
+    assert experiment.differences(**same, trainer=settled) == []
+    assert experiment.differences(
+        env="Acrobot-v1",
+        env_kwargs={"g": 9.8},
+        algo=dataclasses.replace(experiment.algo, gamma=0.9),
+        trainer=dataclasses.replace(settled, num_workers=2),
+    ) == [
+        "run.env = 'CartPole-v1' in config.toml, 'Acrobot-v1' in the checkpoint",
+        "env_kwargs = {} in config.toml, {'g': 9.8} in the checkpoint",
+        "algo.gamma = 0.99 in config.toml, 0.9 in the checkpoint",
+        "trainer.num_workers = 3 in config.toml, 2 in the checkpoint",
+    ]
+    assert experiment.differences(**{**same, "algo": APPO()}, trainer=settled) == [
+        "run.algo = 'ppo' in config.toml, 'appo' in the checkpoint"
+    ]
