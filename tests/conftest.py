@@ -61,6 +61,15 @@ def descendants(root: int) -> set[int]:
     return {pid for pid in found if table[pid][1] != "Z"}
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's parent may be slow to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def multiprocessing_services() -> set[int]:
     """Per-interpreter services that exit with it: the forkserver, the resource tracker, and
     torch inductor's pool of compile workers (started by the first ``torch.compile`` on CUDA)."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -21,12 +22,12 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import SMALL
+from conftest import SMALL, alive, wait_until
 
 from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.errors import WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
-from aiorl.testing import COUNTING_ENV_ID, FaultyEnv, worker_identity
+from aiorl.testing import COUNTING_ENV_ID, ChildProcessEnv, FaultyEnv, env_child_pids, worker_identity
 
 FAST = {
     **SMALL,
@@ -115,6 +116,64 @@ async def test_a_stopped_worker_is_killed_without_waiting_for_a_stack_or_sigterm
     hung = [r for r in caplog.records if isinstance(r.args, tuple) and r.args and isinstance(r.args[0], WorkerHung)]
     assert hung, caplog.text
     assert hung[0].args[0].stack == "(the process is stopped: SIGSTOP or a debugger; no stack)"
+
+
+async def until(predicate, timeout_s: float = 30) -> None:
+    """Poll ``predicate`` without blocking the loop (the trainer keeps running meanwhile)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def kill_the_forkserver() -> int:
+    """SIGKILL the forkserver the workers came from; return its pid once it is dead."""
+    forkserver = multiprocessing.forkserver._forkserver._forkserver_pid
+    os.kill(forkserver, signal.SIGKILL)
+    await until(lambda: not alive(forkserver))
+    return forkserver
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_workers_keep_working_when_the_forkserver_is_killed():
+    async with Trainer("CartPole-v1", QUICK_PPO, **FAST) as trainer:
+        await trainer.run(total_steps=300)
+        workers = dict(trainer.worker_pids)
+        await kill_the_forkserver()
+        result = await trainer.run(total_steps=3_000)
+        assert result.worker_restarts == 0 and trainer.worker_pids == workers
+        assert_accounted(trainer, result)
+    # No longer children of this process's children, so the no_leaks fixture cannot see them:
+    assert wait_until(lambda: not any(alive(pid) for pid in workers.values())), "orphaned workers outlived the trainer"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_worker_lost_after_the_forkserver_died_is_replaced_from_a_new_one(caplog):
+    async with Trainer("CartPole-v1", QUICK_PPO, **FAST) as trainer:
+        await trainer.run(total_steps=300)
+        dead_forkserver = await kill_the_forkserver()
+        victim = trainer.worker_pids[1]
+        await until(lambda: trainer._session.pool.seats[1].handle.link.watch.orphaned)  # it saw the forkserver die
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: trainer.worker_pids.get(1) not in (None, victim), timeout_s=60)  # torch loads again
+        result = await trainer.run(total_steps=1_000)
+        assert trainer.stats.worker_restarts == 1
+        assert multiprocessing.forkserver._forkserver._forkserver_pid not in (None, dead_forkserver)
+        assert_accounted(trainer, result)
+    assert f"worker 1 (pid {victim}) died: ended with an unknown exit code (the forkserver" in caplog.text
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_hung_worker_is_killed_with_the_processes_its_envs_started(tmp_path):
+    env = functools.partial(ChildProcessEnv, faulty("hang", at=40), str(tmp_path))  # worker 0 hangs once
+    async with Trainer(env, QUICK_PPO, **{**FAST, "envs_per_worker": 2}) as trainer:
+        await run_until_restarts(trainer, 1)
+        children = env_child_pids(str(tmp_path))
+        of_the_hung_worker = [
+            pid for (worker, incarnation, _), pid in children.items() if (worker, incarnation) == (0, 0)
+        ]
+        assert len(of_the_hung_worker) == 2
+        await until(lambda: not any(alive(pid) for pid in of_the_hung_worker), timeout_s=10)
+        assert alive(children[1, 0, 0]) and alive(children[1, 0, 1]), "the other worker's are still in use"
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])

@@ -6,6 +6,7 @@ The autouse ``no_leaks`` fixture (conftest.py) checks every test here after it e
 from __future__ import annotations
 
 import asyncio
+import functools
 import glob
 import os
 import signal
@@ -17,10 +18,11 @@ import threading
 from multiprocessing.process import BaseProcess
 
 import pytest
-from conftest import SMALL, descendants, our_segments, wait_until
+from conftest import SMALL, alive, descendants, our_segments, wait_until
 
 import aiorl
 from aiorl import PPO, Trainer
+from aiorl.testing import ChildProcessEnv, env_child_pids
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
 
@@ -58,6 +60,17 @@ async def test_cancelling_the_task_running_run_tears_down():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_closing_the_trainer_ends_the_processes_its_workers_envs_started(tmp_path):
+    env = functools.partial(ChildProcessEnv, "CartPole-v1", str(tmp_path))  # its close() leaves them running
+    async with Trainer(env, QUICK_PPO, **SMALL) as trainer:
+        await trainer.run(total_steps=300)
+        children = env_child_pids(str(tmp_path))
+        assert len(children) == 8 and all(alive(pid) for pid in children.values())
+    # Orphaned once their worker exits, so the no_leaks fixture cannot see them:
+    assert wait_until(lambda: not any(alive(pid) for pid in children.values())), "env children outlived the trainer"
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
 @pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.02, 0.08, 0.3])
 async def test_cancelling_while_workers_start_leaves_no_process(delay_s):
     async def enter() -> None:
@@ -73,24 +86,29 @@ async def test_cancelling_while_workers_start_leaves_no_process(delay_s):
 
 SCRIPT = textwrap.dedent(
     """
+    import functools
     import sys
     import aiorl
+    from aiorl.testing import ChildProcessEnv
 
     def announce(report):
         if report.policy_version == 2:
             print("training", flush=True)
 
     if __name__ == "__main__":
-        trainer = aiorl.Trainer("CartPole-v1", num_workers=2, envs_per_worker=4, rollout_length=16)
+        env = functools.partial(ChildProcessEnv, "CartPole-v1", sys.argv[1]) if sys.argv[1:] else "CartPole-v1"
+        trainer = aiorl.Trainer(env, num_workers=2, envs_per_worker=4, rollout_length=16)
         aiorl.run(trainer, total_steps=10**9, on_update=announce)
     """
 )
 
 
-def start_script(tmp_path) -> subprocess.Popen:
+def start_script(tmp_path, *args: str) -> subprocess.Popen:
     script = tmp_path / "train_forever.py"
     script.write_text(SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = process.stdout.readline()
     assert line.strip() == "training", process.stderr.read() if process.poll() is not None else line
     return process
@@ -107,29 +125,23 @@ def test_ctrl_c_in_a_script_stops_workers_and_frees_memory(tmp_path):
     assert our_segments(process.pid) == []
 
 
-def test_parent_killed_workers_exit_on_their_own(tmp_path):
-    process = start_script(tmp_path)
+def test_parent_killed_workers_and_their_envs_children_exit_on_their_own(tmp_path):
+    pid_dir = tmp_path / "env_children"
+    pid_dir.mkdir()
+    process = start_script(tmp_path, str(pid_dir))  # each env starts a child process and leaves it running
     children = descendants(process.pid)
-    assert len(children) >= 2
+    assert len(env_child_pids(str(pid_dir))) == 8 and set(env_child_pids(str(pid_dir)).values()) <= children
     process.kill()
     process.wait(timeout=10)
 
     def all_gone() -> bool:
-        return not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in children)
+        return not any(os.path.exists(f"/proc/{pid}") and alive(pid) for pid in children)
 
-    assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if _alive(pid)]}"
+    assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if alive(pid)]}"
     assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
     assert glob.glob(f"{tempfile.gettempdir()}/aiorl_{process.pid}_*") == [], "stack files left behind"
     process.stdout.close()
     process.stderr.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])

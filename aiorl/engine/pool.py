@@ -6,7 +6,7 @@ the pool sees each one through a :class:`~aiorl.backends.WorkerLink` and owns
 two tasks per worker: a supervisor that reads its messages (hello, heartbeats,
 slot ready, env errors) and a watchdog that declares it hung when it goes
 silent for ``worker_timeout_s``. Its death ends the link's messages at once
-(process sentinel, ``RayActorError``), without polling.
+(a pidfd, ``RayActorError``), without polling.
 
 When a worker is lost (killed, crashed, hung) its granted slots are reclaimed,
 its unfinished rollout is counted as discarded (``worker_lost``; the link says

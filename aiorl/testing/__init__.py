@@ -8,6 +8,7 @@ from aiorl.testing.async_envs import AsyncCountingEnv
 from aiorl.testing.envs import (
     COUNTING_ENV_ID,
     FAULTS,
+    ChildProcessEnv,
     CountingEnv,
     EndlessEnv,
     FaultyEnv,
@@ -15,6 +16,7 @@ from aiorl.testing.envs import (
     RaiseAtStep,
     RaiseOnCreate,
     WorkerSideOnly,
+    env_child_pids,
     worker_identity,
 )
 
@@ -22,6 +24,7 @@ __all__ = [
     "COUNTING_ENV_ID",
     "AsyncCountingEnv",
     "FAULTS",
+    "ChildProcessEnv",
     "CountingEnv",
     "EndlessEnv",
     "FaultyEnv",
@@ -29,5 +32,6 @@ __all__ = [
     "RaiseAtStep",
     "RaiseOnCreate",
     "WorkerSideOnly",
+    "env_child_pids",
     "worker_identity",
 ]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -118,6 +119,43 @@ class FaultyEnv(gym.Wrapper):
         if corrupt and self.fault == "wrong_shape":
             obs = np.append(obs, obs[:1])
         return obs, info
+
+
+class ChildProcessEnv(gym.Wrapper):
+    """An env that starts a child process, as one driving a simulator would, and leaves it running.
+
+    A leaky env: its ``close()`` does not end the child, which sleeps for ten minutes.
+    Each env writes its child's pid into a file named ``{worker_id}.{incarnation}.{env_index}``
+    in ``pid_dir`` (read them back with :func:`env_child_pids`), so a test can check the child
+    is gone when its worker is. Built outside a worker (the trainer's probe env), it starts no
+    child.
+
+    Args:
+        env: a gymnasium id, or a function that builds the wrapped env.
+        pid_dir: an existing directory for the pid files.
+    """
+
+    def __init__(self, env: str | Callable[[], gym.Env], pid_dir: str) -> None:
+        super().__init__(gym.make(env) if isinstance(env, str) else env())
+        self.child: subprocess.Popen[bytes] | None = None
+        worker, incarnation, env_index = worker_identity()
+        if worker < 0:
+            return
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.DEVNULL)
+        path = os.path.join(pid_dir, f"{worker}.{incarnation}.{env_index}")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(self.child.pid))
+        os.replace(path + ".tmp", path)  # a reader sees the whole pid or no file
+
+
+def env_child_pids(pid_dir: str) -> dict[tuple[int, int, int], int]:
+    """``(worker_id, incarnation, env_index)`` -> pid of the child each :class:`ChildProcessEnv` started."""
+    pids = {}
+    for name in os.listdir(pid_dir):
+        if not name.endswith(".tmp"):
+            with open(os.path.join(pid_dir, name)) as f:
+                pids[tuple(int(part) for part in name.split("."))] = int(f.read())
+    return pids  # type: ignore[return-value]
 
 
 class RaiseAtStep(FaultyEnv):

@@ -8,6 +8,15 @@ step is also counted on the shared progress board. The worker stops on a
 (parent sentinel), so it never outlives the trainer. ``SIGUSR1`` dumps its
 Python stack into ``spec.local.stack_path`` (the trainer asks before killing a hung
 worker).
+
+A worker process leads a session of its own (``setsid`` first thing), so the
+processes its envs start (a simulator) are in its process group: the trainer
+signals the whole group to end a worker, and kills what is left of it once the
+worker has ended, however it ended. An env's ``close()`` (called when the worker
+stops) is where it ends its children cleanly; a worker that exits sends SIGTERM to
+what they left (which also covers a trainer that died first). Its own session also
+keeps a terminal's Ctrl-C from its envs' children: the trainer handles Ctrl-C and
+stops the workers in order.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process (the ``target`` of the multiprocessing Process)."""
+    os.setsid()  # its own session and process group, which what its envs start joins (see below)
     local = _plumbing(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -69,7 +79,20 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     finally:  # the trainer removes it too, unless it was killed
         with contextlib.suppress(OSError):
             os.unlink(local.stack_path)
+        _end_own_group()
     sys.exit(code)
+
+
+def _end_own_group() -> None:
+    """SIGTERM what this worker's envs left in its process group (their ``close()`` has run).
+
+    The trainer kills what is left once it sees the worker end; this also covers a
+    trainer that died first. The worker ignores the signal from here on: it is exiting.
+    """
+    if os.getpgid(0) != os.getpid():  # not the leader of its own group: the group is not its own
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
 
 
 def _plumbing(spec: WorkerSpec) -> LocalPlumbing:

@@ -4,15 +4,17 @@ The host creates three shared-memory segments (rollout slots, the weight store,
 the progress board) in the trainer's process and unlinks them when it closes.
 Each worker is a persistent child process started by :mod:`aiorl.backends.local.process`
 (forkserver with torch preloaded, or spawn); its link reads its frames from a
-socketpair, sees its death through the process sentinel within a millisecond
-(no polling), asks it for its Python stack with ``SIGUSR1`` and ends it with
-SIGTERM, then SIGKILL.
+socketpair, sees its end through :mod:`aiorl.backends.local.lifetime` within a
+millisecond (a pidfd, no polling; a dead forkserver is not taken for dead workers),
+asks it for its Python stack with ``SIGUSR1`` and ends it, with what its envs
+started, by SIGTERM, then SIGKILL to its process group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -27,6 +29,7 @@ from multiprocessing.process import BaseProcess
 
 from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
+from aiorl.backends.local.lifetime import ExitWatch, kill_group
 from aiorl.backends.local.process import start_forkserver, start_worker, worker_context
 from aiorl.errors import describe_exit
 from aiorl.models import num_weights
@@ -36,10 +39,12 @@ from aiorl.shm.segment import ALIGN, check_room
 from aiorl.shm.slots import slot_nbytes
 from aiorl.worker.spec import LocalPlumbing, WorkerSpec
 
+log = logging.getLogger("aiorl")
+
 KILL_WAIT_S = 2.0
 """Seconds to wait for a process to go after SIGTERM or SIGKILL."""
 REAP_WAIT_S = 1.0
-"""Longest wait for an exited process to become reapable (spawn's sentinel fires a moment early)."""
+"""Longest wait for an ended process's exit code (the forkserver writes it a moment after the end)."""
 REAP_RETRY_S = 0.002
 """How often the loop retries reaping meanwhile (it never blocks on a ``join``)."""
 STACK_DUMP_WAIT_S = 1.0
@@ -104,6 +109,19 @@ class LocalHost(WorkerHost):
         self.progress = progress
         self.starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-start")
         """Starts processes off the loop: a fork through the forkserver blocks 7-30 ms, spawn seconds."""
+        self.forkserver = self.context.get_start_method() == "forkserver"
+        self._forkserver_loss_told = False
+
+    def forkserver_lost(self, worker_id: int, pid: int) -> None:
+        """(A link's watch saw it.) Say once per loss that the forkserver died and what follows."""
+        if not self._forkserver_loss_told:
+            self._forkserver_loss_told = True
+            log.warning(
+                "the forkserver died (seen by worker %d, pid %d): the workers it started keep running, "
+                "the next worker start runs a new one",
+                worker_id,
+                pid,
+            )
 
     async def start_worker(self, worker_id: int, incarnation: int) -> WorkerLink:
         """Start a worker process; its link is connected when this returns."""
@@ -120,6 +138,7 @@ class LocalHost(WorkerHost):
             with contextlib.suppress(OSError):
                 os.unlink(stack_path)
             raise
+        self._forkserver_loss_told = False  # the start ran a new forkserver if the last one had died
         return ProcessLink(worker_id, incarnation, process, reader, writer, stack_path, self)
 
     async def _start_off_loop(self, spec: WorkerSpec) -> tuple[BaseProcess, socket.socket]:
@@ -157,9 +176,13 @@ class _Abandoned(Exception):
 
 
 def _undo_start(process: BaseProcess, sock: socket.socket) -> None:
+    """(In a thread.) Kill a worker nobody will take, with anything its envs started already."""
     sock.close()
-    process.kill()
+    if process.pid is not None and not kill_group(process.pid, signal.SIGKILL):
+        process.kill()  # not in a group of its own yet
     process.join(KILL_WAIT_S)
+    if process.pid is not None:
+        kill_group(process.pid, signal.SIGKILL)  # it may have made its group after the first kill
 
 
 def _undo_start_off_loop(process: BaseProcess, sock: socket.socket) -> None:
@@ -174,7 +197,7 @@ def _undo_finished_start(started: asyncio.Future[tuple[BaseProcess, socket.socke
 
 
 class ProcessLink(WorkerLink):
-    """A worker process: its socket, its sentinel and its stack file."""
+    """A worker process: its socket, its exit watch and its stack file."""
 
     def __init__(
         self,
@@ -189,6 +212,7 @@ class ProcessLink(WorkerLink):
         self.worker_id = worker_id
         self.incarnation = incarnation
         self.process = process
+        """Kept until the process has ended: it holds the pipe the worker watches as its parent's sentinel."""
         self.pid = process.pid or -1
         self.node = "local"
         self.reader = reader
@@ -197,29 +221,35 @@ class ProcessLink(WorkerLink):
         self.host = host
         self.exited = asyncio.Event()
         self.exitcode: int | None = None
-        asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit)
+        self.watch = ExitWatch(
+            process,
+            forkserver=host.forkserver,
+            on_exit=self._on_exit,
+            on_orphaned=lambda: host.forkserver_lost(worker_id, self.pid),
+        )
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self.process.sentinel)
         self._reap(loop, loop.time() + REAP_WAIT_S)
 
     def _reap(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        """Read the exit code without blocking the loop.
+        """Read the exit code without blocking the loop, then release the process.
 
-        With spawn the pipe closes just before the process is reapable: retry every
-        ``REAP_RETRY_S`` until ``deadline``.
+        The process has ended; its exit code comes a moment later (the forkserver writes
+        it after reaping; with spawn we reap it): retry every ``REAP_RETRY_S`` until
+        ``deadline``. An orphaned worker's code died with its forkserver: it stays None.
         """
         try:
             self.process.join(0)
             if self.process.exitcode is None and loop.time() < deadline:
                 loop.call_later(REAP_RETRY_S, self._reap, loop, deadline)
                 return
-            self.exitcode = self.process.exitcode
-            if self.exitcode is not None:
+            self.exitcode = None if self.watch.orphaned else self.process.exitcode
+            if self.process.exitcode is not None:
                 self.process.close()  # releases the sentinel fd: no fd growth across restarts
         except ValueError:  # closed already
             pass
+        self.watch.close()
         self.exited.set()
         loop.call_later(EOF_BACKSTOP_S, self.reader.feed_eof)
 
@@ -252,24 +282,25 @@ class ProcessLink(WorkerLink):
     async def end(self, grace_s: float) -> None:
         """SIGTERM, wait ``grace_s``, SIGKILL, wait: never unbounded.
 
+        Each goes to the worker's process group: what its envs started ends with it.
         A stopped process (SIGSTOP, a debugger) cannot act on SIGTERM: it gets SIGKILL at once.
         """
-        steps = ((self.process.terminate, grace_s), (self.process.kill, KILL_WAIT_S))
-        for send, wait_s in steps[1:] if self.stopped() else steps:
+        steps = ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S))
+        for signum, wait_s in steps[1:] if self.stopped() else steps:
             if self.exited.is_set():
                 return
-            with contextlib.suppress(OSError, ValueError):
-                send()
+            with contextlib.suppress(OSError):
+                self.watch.send_signal(signum)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self.exited.wait()
 
     def kill_now(self) -> None:
-        """SIGKILL, without waiting: the sentinel's reader reaps the process on the loop."""
+        """SIGKILL to its process group, without waiting: the exit watch reaps it on the loop."""
         if self.exited.is_set():
             return
-        with contextlib.suppress(ValueError, OSError):
-            self.process.kill()
+        with contextlib.suppress(OSError):
+            self.watch.send_signal(signal.SIGKILL)
 
     def steps_taken(self) -> int:
         """The worker's counter on the shared progress board (written after every step)."""
@@ -303,6 +334,10 @@ class ProcessLink(WorkerLink):
 
     def how_it_ended(self) -> str:
         """The exit code or signal, in words."""
+        if self.exitcode is None and self.watch.orphaned and self.exited.is_set():
+            return (
+                "ended with an unknown exit code (the forkserver that started it, which alone could read it, had died)"
+            )
         return describe_exit(self.exitcode)
 
     def close(self) -> None:
