@@ -26,6 +26,7 @@ dummy sequence when the trainer is built (:func:`validate_recurrent_policy`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -40,6 +41,9 @@ from aiorl.models import ImageEncoder, _layer, _mlp
 
 RecurrentKind = Literal["lstm", "gru"]
 RECURRENT_KINDS: tuple[str, ...] = ("lstm", "gru")
+
+SEGMENTS_PER_STEP = 3
+"""The built-in policy replays a sequence in fused runs when it has at most one run per this many steps."""
 
 
 class RecurrentActorCritic(nn.Module):
@@ -88,15 +92,46 @@ class RecurrentActorCritic(nn.Module):
             )
             self.encoder.append(nn.Tanh())
             features = encoder_sizes[-1]
-        self.cell: nn.LSTMCell | nn.GRUCell = (
-            nn.LSTMCell(features, hidden_size) if kind == "lstm" else nn.GRUCell(features, hidden_size)
-        )
+        self.rnn: nn.LSTM | nn.GRU = nn.LSTM(features, hidden_size) if kind == "lstm" else nn.GRU(features, hidden_size)
         self.gaussian = dist.kind == "gaussian"
         actor_outputs = dist.num_inputs // 2 if self.gaussian else dist.num_inputs
         self.actor = _layer(hidden_size, actor_outputs, 0.01)
         self.critic = _layer(hidden_size, 1, 1.0)
         if self.gaussian:
             self.log_std = nn.Parameter(torch.full((actor_outputs,), float(log_std_init)))
+
+    def _split(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The flat state as the RNN's own: ``(h, c)`` for an LSTM, ``(h,)`` for a GRU."""
+        return tuple(state.split(self.hidden_size, dim=-1)) if self.kind == "lstm" else (state,)
+
+    def _segments(
+        self, features: torch.Tensor, state: torch.Tensor, keep: torch.Tensor, bounds: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = []
+        for start, end in itertools.pairwise(bounds):
+            parts = tuple((part * keep[start]).unsqueeze(0) for part in self._split(state))
+            output, carried = self.rnn(features[start:end], parts if self.kind == "lstm" else parts[0])
+            state = torch.cat([part.squeeze(0) for part in carried], dim=-1) if self.kind == "lstm" else carried[0]
+            outputs.append(output)
+        return torch.cat(outputs), state
+
+    def _steps(
+        self, features: torch.Tensor, state: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rnn = self.rnn
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        hidden_states = []
+        if self.kind == "lstm":
+            h, c = self._split(state)
+            for t in range(features.shape[0]):
+                h, c = torch.lstm_cell(features[t], (h * keep[t], c * keep[t]), *weights)
+                hidden_states.append(h)
+            return torch.stack(hidden_states), torch.cat([h, c], dim=-1)
+        h = state
+        for t in range(features.shape[0]):
+            h = torch.gru_cell(features[t], h * keep[t], *weights)
+            hidden_states.append(h)
+        return torch.stack(hidden_states), h
 
     def initial_state(self, batch: int) -> torch.Tensor:
         """Zeros: the state every episode starts from, ``[batch, state_size]``."""
@@ -109,20 +144,15 @@ class RecurrentActorCritic(nn.Module):
         steps, batch = obs.shape[:2]
         features = self.encoder(obs.reshape(steps * batch, *obs.shape[2:])).reshape(steps, batch, -1)
         keep = (1.0 - episode_start.to(features.dtype)).unsqueeze(-1)  # 0 where an episode starts: zero state
-        hidden_states = []
-        if isinstance(self.cell, nn.LSTMCell):
-            h, c = state.split(self.hidden_size, dim=-1)
-            for t in range(steps):
-                h, c = self.cell(features[t], (h * keep[t], c * keep[t]))
-                hidden_states.append(h)
-            new_state = torch.cat([h, c], dim=-1)
+        # Runs between steps where some env starts an episode go through the fused nn.LSTM/GRU
+        # at once (2x faster than a cell per step on CPU); when episodes start at most steps,
+        # a cell per step is cheaper than many short runs.
+        restarts = (torch.nonzero(episode_start[1:].any(dim=1)).flatten() + 1).tolist()
+        bounds = [0, *restarts, steps]
+        if len(bounds) - 1 <= max(1, steps // SEGMENTS_PER_STEP):
+            hidden, new_state = self._segments(features, state, keep, bounds)
         else:
-            h = state
-            for t in range(steps):
-                h = self.cell(features[t], h * keep[t])
-                hidden_states.append(h)
-            new_state = h
-        hidden = torch.stack(hidden_states)
+            hidden, new_state = self._steps(features, state, keep)
         out = self.actor(hidden)
         if self.gaussian:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)

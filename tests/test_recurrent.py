@@ -240,3 +240,18 @@ def test_recurrent_options_and_policies_are_checked_before_anything_starts():
 
     with pytest.raises(ConfigError, match=r"initial_state\(2\) returned \(2, 3\), expected \(2, 1\)"):
         Trainer("CartPole-v1", policy=WrongState((4,), ActionDistribution.for_space(CueRecallEnv.action_space)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_fused_and_the_stepwise_replay_of_the_built_in_policy_agree(kind):
+    torch.manual_seed(0)
+    policy = RecurrentActorCritic((3,), ActionDistribution.for_space(CueRecallEnv.action_space), kind, 8)
+    obs, state = torch.randn(12, 4, 3), torch.randn(4, policy.state_size)
+    starts = torch.zeros(12, 4)
+    starts[[0, 5, 9], [1, 2, 0]] = 1.0
+    features = policy.encoder(obs.reshape(48, 3)).reshape(12, 4, -1)
+    keep = (1.0 - starts).unsqueeze(-1)
+    fused_hidden, fused_state = policy._segments(features, state, keep, [0, 5, 9, 12])
+    step_hidden, step_state = policy._steps(features, state, keep)
+    torch.testing.assert_close(fused_hidden, step_hidden)
+    torch.testing.assert_close(fused_state, step_state)
