@@ -5,12 +5,14 @@
     obs, _ = env.reset(seed=0)
     action = policy.act(obs)  # deterministic (the most likely action) by default
 
+With an env that gives action masks, pass the mask of the observation's info:
+``policy.act(obs, action_mask=info["action_mask"])`` (:meth:`Policy.play` does).
+
 Only torch and gymnasium are used: no worker process, no shared memory, no asyncio.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -85,14 +87,32 @@ class Policy:
         )
 
     @torch.inference_mode()
-    def act(self, obs: Any, deterministic: bool = True) -> Any:
+    def act(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> Any:
         """The action for one raw observation, ready for ``env.step``.
 
         ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
         the bounds); otherwise the action is sampled from the policy's distribution.
+
+        ``action_mask`` restricts the choice to the valid actions, for envs with action
+        masks: pass the ``info["action_mask"]`` that came with ``obs``, in the env's format
+        (``Discrete(n)``: an int8 or bool array of ``n``, nonzero = valid; ``MultiDiscrete``:
+        one such array per component, or one of ``sum(nvec)``). ``None`` (the default):
+        every action is valid. The policy was trained never to choose an invalid action,
+        but only a given mask guarantees it.
+
+        Raises:
+            ConfigError: a mask was given for a ``Box`` or ``MultiBinary`` action space.
+            InvalidActionMask: (a ``ValueError``) the mask is malformed or allows no action.
         """
         return choose_action(
-            self.module, self.obs_encoder, self.dist, obs, self._obs, deterministic=deterministic, device=self.device
+            self.module,
+            self.obs_encoder,
+            self.dist,
+            obs,
+            self._obs,
+            deterministic=deterministic,
+            device=self.device,
+            action_mask=action_mask,
         )
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
@@ -163,7 +183,7 @@ class Policy:
         env = self.make_env() if env is None else env
         return play(
             env,
-            functools.partial(self.act, deterministic=deterministic),
+            lambda obs, action_mask: self.act(obs, deterministic, action_mask),
             episodes=episodes,
             seed=seed,
             policy_version=self.policy_version,

@@ -29,6 +29,8 @@ class RolloutLayout:
                                    (for reward normalisation; 0 when it is off)
     versions     [T, K]            policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
+    action_masks [T, K, mask]      valid actions in the step's observation (bool); only
+                                   when ``mask_width > 0`` (the env gives action masks)
     ============ ================= ==================================================
     """
 
@@ -37,12 +39,14 @@ class RolloutLayout:
     obs_shape: tuple[int, ...]
     action_shape: tuple[int, ...]
     action_dtype: str
+    mask_width: int = 0
+    """Entries of one action mask (the action distribution's logits); 0: the env gives no masks."""
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Name -> (shape, dtype) of every array in a slot, in layout order."""
         t, k = self.rollout_length, self.num_envs
         f32 = np.dtype(np.float32)
-        return {
+        fields = {
             "obs": ((t, k, *self.obs_shape), f32),
             "actions": ((t, k, *self.action_shape), np.dtype(self.action_dtype)),
             "logprobs": ((t, k), f32),
@@ -55,6 +59,9 @@ class RolloutLayout:
             "versions": ((t, k), np.dtype(np.int64)),
             "next_obs": ((k, *self.obs_shape), f32),
         }
+        if self.mask_width:
+            fields["action_masks"] = ((t, k, self.mask_width), np.dtype(np.bool_))
+        return fields
 
     @property
     def steps(self) -> int:

@@ -226,6 +226,7 @@ class Trainer:
                     algo=self.algo,
                     seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
                     action_space=self.spaces.action_space,
+                    action_masks=self.spaces.action_masks,
                 ),
                 learner=self._learner,
                 version=self._version,

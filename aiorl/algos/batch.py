@@ -15,7 +15,7 @@ class RolloutBatch:
     """Arrays shaped ``[T, N, ...]`` (``T`` steps, ``N`` env trajectories).
 
     Field meanings are those of :class:`aiorl.shm.RolloutLayout`; ``next_obs`` is
-    ``[N, *obs]``.
+    ``[N, *obs]``; ``action_masks`` is ``None`` when the env gives no action masks.
     """
 
     obs: np.ndarray
@@ -29,6 +29,7 @@ class RolloutBatch:
     disc_returns: np.ndarray
     versions: np.ndarray
     next_obs: np.ndarray
+    action_masks: np.ndarray | None = None
 
     @property
     def env_steps(self) -> int:

@@ -96,6 +96,8 @@ class Targets:
     ``valid`` is 1.0 for samples to train on and 0.0 for steps of an episode broken by
     an env error (or too old to use); the other fields of masked samples are zeroed so
     they can never put a NaN into a minibatch. ``old_values`` are V(s) before the update.
+    ``action_masks`` (bool ``[B, num_inputs]``, or ``None`` without action masks) are the
+    valid actions of each sample: log-probs and entropies are taken over them.
     """
 
     obs: torch.Tensor
@@ -105,12 +107,14 @@ class Targets:
     advantages: torch.Tensor
     returns: torch.Tensor
     valid: torch.Tensor
+    action_masks: torch.Tensor | None = None
 
     @classmethod
-    def masked(cls, valid: torch.Tensor, *, all_valid: bool = False, **fields: torch.Tensor) -> Targets:
+    def masked(cls, valid: torch.Tensor, *, all_valid: bool = False, **fields: torch.Tensor | None) -> Targets:
         """Targets with every sample where ``valid`` (bool ``[B]``) is False zeroed.
 
-        ``all_valid=True`` (the caller knows no sample is masked) skips the copies.
+        ``all_valid=True`` (the caller knows no sample is masked) skips the copies. A field
+        given as ``None`` (``action_masks`` without masks) stays ``None``.
         """
 
         def zero_invalid(tensor: torch.Tensor) -> torch.Tensor:
@@ -119,11 +123,11 @@ class Targets:
             keep = valid.reshape(-1, *([1] * (tensor.dim() - 1)))
             return torch.where(keep, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
 
-        return cls(valid=valid.float(), **{name: zero_invalid(t) for name, t in fields.items()})
+        return cls(valid=valid.float(), **{name: None if t is None else zero_invalid(t) for name, t in fields.items()})
 
     def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The samples at ``index``, in the argument order of :func:`clipped_surrogate_loss`."""
-        return (
+        samples = (
             self.obs[index],
             self.actions[index],
             self.behaviour_logprobs[index],
@@ -132,6 +136,7 @@ class Targets:
             self.returns[index],
             self.valid[index],
         )
+        return samples if self.action_masks is None else (*samples, self.action_masks[index])
 
 
 def _number(value: object) -> bool:
@@ -188,10 +193,12 @@ def clipped_surrogate_loss(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     valid: torch.Tensor,
+    action_masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of one minibatch, and its diagnostics (a tensor ordered as :data:`LOSS_STATS`).
 
-    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample).
+    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample). With
+    ``action_masks`` the new log-probs and the entropy are over each sample's valid actions.
     """
     count = valid.sum().clamp(min=1.0)
 
@@ -199,7 +206,7 @@ def clipped_surrogate_loss(
         return (x * valid).sum() / count
 
     dist_inputs, new_value = evaluate(policy, obs)
-    new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions)
+    new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions, action_masks)
     log_ratio = new_logprob - behaviour_logprobs
     ratio = log_ratio.exp()
     with torch.no_grad():
@@ -376,6 +383,12 @@ class SurrogateLearner:
         """
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(flat_adam_state(state["optimizer"]))
+
+    def _masks(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """The batch's action masks as ``[T * N, num_inputs]`` on the device (``None`` without masks)."""
+        if batch.action_masks is None:
+            return None
+        return self._tensor(batch.action_masks).reshape(-1, batch.action_masks.shape[-1])
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the learner's device (copied without waiting when it sits in pinned memory)."""

@@ -6,12 +6,16 @@ Use them to check your own setup's fault handling, e.g.
 
 from aiorl.testing.async_envs import AsyncCountingEnv
 from aiorl.testing.envs import (
+    BAD_MASKS,
     COUNTING_ENV_ID,
     FAULTS,
+    MASKED_CHOICE_ENV_ID,
     CountingEnv,
     EndlessEnv,
     FaultyEnv,
     InjectedFault,
+    InvalidAction,
+    MaskedChoiceEnv,
     RaiseAtStep,
     RaiseOnCreate,
     WorkerSideOnly,
@@ -19,13 +23,17 @@ from aiorl.testing.envs import (
 )
 
 __all__ = [
+    "BAD_MASKS",
     "COUNTING_ENV_ID",
+    "MASKED_CHOICE_ENV_ID",
     "AsyncCountingEnv",
     "FAULTS",
     "CountingEnv",
     "EndlessEnv",
     "FaultyEnv",
     "InjectedFault",
+    "InvalidAction",
+    "MaskedChoiceEnv",
     "RaiseAtStep",
     "RaiseOnCreate",
     "WorkerSideOnly",
