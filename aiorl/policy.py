@@ -158,6 +158,7 @@ class Policy:
     ) -> EvalResult:
         """Play ``episodes`` whole episodes (episode ``i`` reset with ``seed + i``).
 
+        Actions respect the env's action masks (``info["action_mask"]``) when it gives them.
         The episodes are bounded as the trainer's evaluations are (:func:`aiorl.evaluation.play`):
         an episode that has not ended after ``max_episode_steps`` steps is cut there and
         counted in :attr:`EvalResult.capped`.

@@ -493,8 +493,9 @@ class Trainer:
         Runs in a thread of this process, with a snapshot of the policy, so collection and
         learning go on meanwhile (it may be called while ``run()`` is in progress, from
         another task). ``deterministic`` plays the most likely action; otherwise actions are
-        sampled. Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus
-        a large offset, apart from the training envs).
+        sampled, in both cases only among the valid actions when the env gives action masks.
+        Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus a large
+        offset, apart from the training envs).
 
         Episodes are bounded: one that has not ended after ``max_episode_steps`` steps
         (default: ``eval_max_episode_steps``, else the env's ``spec.max_episode_steps``, else
