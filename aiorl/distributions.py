@@ -10,6 +10,13 @@ turns them into sampled actions, log-probabilities and entropies:
 - ``MultiDiscrete(nvec)``: ``sum(nvec)`` logits, one independent categorical per
   component (log-probs and entropies add up).
 - ``MultiBinary(n)``: ``n`` logits, one independent Bernoulli per component.
+
+Categorical kinds take an optional action ``mask`` (bool, ``[B, num_inputs]``, True =
+valid; see :mod:`aiorl.envs.masks`): the logits of invalid actions are replaced by
+:data:`MASKED_LOGIT` before anything else, so they are never sampled nor chosen, and
+log-probabilities and entropies are those of the categorical renormalised over the valid
+actions. (A large finite number rather than ``-inf``, as sb3-contrib's MaskablePPO does:
+the entropy stays finite, and a row with no valid action cannot produce NaN.)
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ import numpy as np
 import torch
 from torch.distributions import Bernoulli, Categorical, Normal
 
+from aiorl.envs.masks import ActionMasks
 from aiorl.envs.spaces import check_action_space
 
+MASKED_LOGIT = -1e8
+"""The logit an invalid action gets (its probability is exactly 0 in float32)."""
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -102,8 +112,26 @@ class ActionDistribution:
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
         return Normal(mean, std, validate_args=False)
 
-    def sample(self, dist_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample actions; return ``(actions, log_probs)``."""
+    @property
+    def action_masks(self) -> ActionMasks | None:
+        """How env action masks map onto these logits (``None``: the space cannot be masked)."""
+        if self.kind == "categorical":
+            return ActionMasks((self.num_inputs,))
+        if self.kind == "multi_categorical":
+            return ActionMasks(self.nvec)
+        return None
+
+    def masked(self, dist_inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``dist_inputs`` with the logits of invalid actions (``mask`` False) set to :data:`MASKED_LOGIT`."""
+        if mask is None:
+            return dist_inputs
+        if self.kind not in ("categorical", "multi_categorical"):
+            raise ValueError(f"an action mask was given, but {self.kind} actions cannot be masked")
+        return dist_inputs.masked_fill(~mask, MASKED_LOGIT)
+
+    def sample(self, dist_inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample actions (only valid ones, given a ``mask``); return ``(actions, log_probs)``."""
+        dist_inputs = self.masked(dist_inputs, mask)
         if self.kind == "categorical":  # the same as Categorical, without its overhead (hot path)
             log_probs = torch.log_softmax(dist_inputs, dim=-1)
             actions = torch.multinomial(log_probs.exp(), 1)
@@ -117,8 +145,9 @@ class ActionDistribution:
         log_probs = self._sum(dist.log_prob(actions))
         return (actions.long() if self.kind == "bernoulli" else actions), log_probs
 
-    def mode(self, dist_inputs: torch.Tensor) -> torch.Tensor:
-        """The most likely action (for deterministic evaluation)."""
+    def mode(self, dist_inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely action (the most likely valid one, given a ``mask``), for deterministic evaluation."""
+        dist_inputs = self.masked(dist_inputs, mask)
         if self.kind == "categorical":
             return dist_inputs.argmax(dim=-1)
         if self.kind == "multi_categorical":
@@ -127,13 +156,17 @@ class ActionDistribution:
             return (dist_inputs > 0).long()
         return dist_inputs.chunk(2, dim=-1)[0]
 
-    def log_prob_entropy(self, dist_inputs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_prob_entropy(
+        self, dist_inputs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of ``actions`` and the entropy, each of shape ``[B]``.
 
+        Given a ``mask``, both are over the valid actions only (the renormalised categorical).
         Written out with plain tensor ops (no ``torch.distributions`` objects): this runs
         in every minibatch step of the learner, where building distribution objects and
         their argument checks cost more than the arithmetic.
         """
+        dist_inputs = self.masked(dist_inputs, mask)
         if self.kind == "categorical":
             return _categorical_log_prob_entropy(dist_inputs, actions)
         if self.kind == "multi_categorical":

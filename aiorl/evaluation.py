@@ -19,7 +19,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +30,7 @@ from torch import nn
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
+from aiorl.envs.masks import ACTION_MASK_KEY
 from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
 from aiorl.recurrent import state_size, step
@@ -42,8 +43,9 @@ DEFAULT_MAX_EPISODE_STEPS = 100_000
 """Steps after which an evaluation episode is cut when neither the caller nor the env's
 ``spec.max_episode_steps`` sets a limit."""
 
-Actor = Callable[[Any], Any]
-"""Maps one raw observation to one env action."""
+Actor = Callable[[Any, Any], Any]
+"""Maps one raw observation and its action mask (the env's ``info["action_mask"]`` as the env
+gave it, ``None`` when the info has none) to one env action."""
 FrameSink = Callable[[np.ndarray], None]
 """Receives rendered frames."""
 
@@ -137,7 +139,8 @@ def play(
 
     Args:
         env: the env (closed at the end, also on an error or a rejected argument).
-        act: the action for a raw observation.
+        act: the action for a raw observation and the action mask of the info that came
+            with it (``None`` when the env gives none).
         memory: the recurrent state ``act`` keeps (a recurrent policy's): forgotten at every reset.
         episodes: how many episodes.
         seed: the reset seed of the first episode.
@@ -169,14 +172,14 @@ def play(
             env.deadline = deadline
         for episode in range(episodes):
             sink = on_frame if episode == 0 else None
-            obs, _ = env.reset(seed=seed + episode)
+            obs, info = env.reset(seed=seed + episode)
             if memory is not None:
                 memory.forget()
             if sink is not None:
                 sink(env.render())
             total, length, done = 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                obs, reward, terminated, truncated, info = env.step(act(obs, _action_mask(info)))
                 if sink is not None:
                     sink(env.render())
                 total += float(reward)
@@ -205,6 +208,10 @@ def play(
             cap,
         )
     return EvalResult(policy_version, tuple(returns), tuple(lengths), capped)
+
+
+def _action_mask(info: object) -> Any:
+    return info.get(ACTION_MASK_KEY) if isinstance(info, Mapping) else None
 
 
 def episode_step_cap(env: object, max_episode_steps: int | None) -> int:
@@ -236,12 +243,18 @@ def choose_action(
     deterministic: bool,
     device: torch.device | None = None,
     memory: RecurrentMemory | None = None,
+    action_mask: Any = None,
 ) -> Any:
     """The env action for one raw observation (``buffer``: a ``[1, *obs]`` float32 scratch array).
 
     ``deterministic`` takes the most likely action, otherwise one is sampled. A recurrent
-    ``module`` needs ``memory``, its state in this env, which the step advances. Call it
-    under ``torch.no_grad()`` or ``torch.inference_mode()``.
+    ``module`` needs ``memory``, its state in this env, which the step advances. Given an
+    ``action_mask`` (as an env puts it into ``info["action_mask"]``), only a valid action is
+    chosen. Call it under ``torch.no_grad()`` or ``torch.inference_mode()``.
+
+    Raises:
+        ConfigError: a mask was given for an action space that cannot be masked.
+        InvalidActionMask: the mask is malformed or allows no action.
     """
     encoder.encode_into(obs, buffer[0])
     inputs = torch.from_numpy(buffer)
@@ -252,7 +265,13 @@ def choose_action(
         start = memory.state is None
         state = module.initial_state(1).to(inputs.device) if memory.state is None else memory.state  # type: ignore[operator]
         dist_inputs, _, memory.state = step(module, inputs, state, torch.full((1,), float(start), device=inputs.device))
-    action = dist.mode(dist_inputs) if deterministic else dist.sample(dist_inputs)[0]
+    mask = None
+    if action_mask is not None:
+        masks = dist.action_masks
+        if masks is None:
+            raise ConfigError(f"action_mask was given, but {dist.kind} actions cannot be masked")
+        mask = torch.from_numpy(masks.from_raw(action_mask)[None]).to(dist_inputs.device)
+    action = dist.mode(dist_inputs, mask) if deterministic else dist.sample(dist_inputs, mask)[0]
     return dist.to_env(action.cpu().numpy()[0])
 
 
@@ -279,8 +298,10 @@ def play_episodes(
     memory = RecurrentMemory() if state_size(policy) else None
 
     @torch.no_grad()
-    def act(obs: Any) -> Any:
-        return choose_action(policy, encoder, dist, obs, buffer, deterministic=deterministic, memory=memory)
+    def act(obs: Any, action_mask: Any) -> Any:
+        return choose_action(
+            policy, encoder, dist, obs, buffer, deterministic=deterministic, memory=memory, action_mask=action_mask
+        )
 
     return play(
         env,

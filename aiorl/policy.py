@@ -9,6 +9,9 @@ A recurrent policy (``policy.recurrent``) carries a state from one step to the n
 ``action, state = policy.act(obs, state)``, with ``state=None`` at the first observation
 of every episode.
 
+With an env that gives action masks, pass the mask of the observation's info:
+``policy.act(obs, action_mask=info["action_mask"])`` (:meth:`Policy.play` does).
+
 Only torch and gymnasium are used: no worker process, no shared memory, no asyncio.
 """
 
@@ -91,11 +94,20 @@ class Policy:
         )
 
     @torch.inference_mode()
-    def act(self, obs: Any, state: torch.Tensor | None = None, *, deterministic: bool = True) -> Any:
+    def act(
+        self, obs: Any, state: torch.Tensor | None = None, *, deterministic: bool = True, action_mask: Any = None
+    ) -> Any:
         """The action for one raw observation, ready for ``env.step``.
 
         ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
         the bounds); otherwise the action is sampled from the policy's distribution.
+
+        ``action_mask`` restricts the choice to the valid actions, for envs with action
+        masks: pass the ``info["action_mask"]`` that came with ``obs``, in the env's format
+        (``Discrete(n)``: an int8 or bool array of ``n``, nonzero = valid; ``MultiDiscrete``:
+        one such array per component, or one of ``sum(nvec)``). ``None`` (the default):
+        every action is valid. The policy was trained never to choose an invalid action,
+        but only a given mask guarantees it.
 
         A recurrent policy (:attr:`recurrent`) returns ``(action, state)``: pass that state
         back with the next observation of the same episode, and ``state=None`` with the
@@ -103,15 +115,17 @@ class Policy:
         state per env; it is a ``[1, state_size]`` tensor on the policy's device.
 
         Raises:
-            ConfigError: ``state`` given to a feed-forward policy.
+            ConfigError: ``state`` given to a feed-forward policy, or a mask for a ``Box``
+                or ``MultiBinary`` action space.
+            InvalidActionMask: (a ``ValueError``) the mask is malformed or allows no action.
         """
         if state is not None and not self.recurrent:
             raise ConfigError(f"state={type(state).__name__}: this policy is not recurrent and keeps no state")
         memory = RecurrentMemory(state) if self.recurrent else None
-        action = self._act(obs, deterministic, memory)
+        action = self._act(obs, deterministic, memory, action_mask)
         return action if memory is None else (action, memory.state)
 
-    def _act(self, obs: Any, deterministic: bool, memory: RecurrentMemory | None) -> Any:
+    def _act(self, obs: Any, deterministic: bool, memory: RecurrentMemory | None, action_mask: Any) -> Any:
         return choose_action(
             self.module,
             self.obs_encoder,
@@ -121,6 +135,7 @@ class Policy:
             deterministic=deterministic,
             device=self.device,
             memory=memory,
+            action_mask=action_mask,
         )
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
@@ -166,6 +181,7 @@ class Policy:
     ) -> EvalResult:
         """Play ``episodes`` whole episodes (episode ``i`` reset with ``seed + i``).
 
+        Actions respect the env's action masks (``info["action_mask"]``) when it gives them.
         The episodes are bounded as the trainer's evaluations are (:func:`aiorl.evaluation.play`):
         an episode that has not ended after ``max_episode_steps`` steps is cut there and
         counted in :attr:`EvalResult.capped`.
@@ -192,8 +208,8 @@ class Policy:
         memory = RecurrentMemory() if self.recurrent else None
 
         @torch.inference_mode()
-        def act(obs: Any) -> Any:
-            return self._act(obs, deterministic, memory)
+        def act(obs: Any, action_mask: Any) -> Any:
+            return self._act(obs, deterministic, memory, action_mask)
 
         return play(
             env,

@@ -59,6 +59,15 @@ PRESETS: dict[str, Preset] = {
         },
         target_return=-250.0,
     ),
+    "Taxi-v4": Preset(
+        env="Taxi-v4",
+        # Masked by the env's info["action_mask"]. The defaults at lr 5e-3 reached a mean return
+        # of 5 in 38-43k env steps (seeds 0-1) against 45k at 2e-3; gamma 0.95 or APPO did not
+        # need fewer steps.
+        algo=PPO(learning_rate=5e-3),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
+        target_return=5.0,
+    ),
 }
 """Preset name -> preset. Names are the gymnasium ids they solve."""
 

@@ -29,6 +29,8 @@ class RolloutLayout:
                                    (for reward normalisation; 0 when it is off)
     versions     [T, K]            policy version that acted at each step
     next_obs     [K, *obs]         observation after the last step (for bootstrapping)
+    action_masks [T, K, mask]      valid actions in the step's observation (bool); only
+                                   when ``mask_width > 0`` (the env gives action masks)
     ============ ================= ==================================================
 
     With a recurrent policy (``state_size > 0``, see :mod:`aiorl.recurrent`) a slot also has:
@@ -49,6 +51,8 @@ class RolloutLayout:
     action_dtype: str
     state_size: int = 0
     """Width of a recurrent policy's state (``S``); 0 for feed-forward policies."""
+    mask_width: int = 0
+    """Entries of one action mask (the action distribution's logits); 0: the env gives no masks."""
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Name -> (shape, dtype) of every array in a slot, in layout order."""
@@ -71,6 +75,8 @@ class RolloutLayout:
             fields["episode_starts"] = ((t, k), np.dtype(np.bool_))
             fields["initial_state"] = ((k, self.state_size), f32)
             fields["next_starts"] = ((k,), np.dtype(np.bool_))
+        if self.mask_width:
+            fields["action_masks"] = ((t, k, self.mask_width), np.dtype(np.bool_))
         return fields
 
     @property

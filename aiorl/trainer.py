@@ -240,6 +240,7 @@ class Trainer:
                     algo=self.algo,
                     seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
                     action_space=self.spaces.action_space,
+                    action_masks=self.spaces.action_masks,
                 ),
                 learner=self._learner,
                 version=self._version,
@@ -511,8 +512,9 @@ class Trainer:
         Runs in a thread of this process, with a snapshot of the policy, so collection and
         learning go on meanwhile (it may be called while ``run()`` is in progress, from
         another task). ``deterministic`` plays the most likely action; otherwise actions are
-        sampled. Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus
-        a large offset, apart from the training envs).
+        sampled, in both cases only among the valid actions when the env gives action masks.
+        Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus a large
+        offset, apart from the training envs).
 
         Episodes are bounded: one that has not ended after ``max_episode_steps`` steps
         (default: ``eval_max_episode_steps``, else the env's ``spec.max_episode_steps``, else

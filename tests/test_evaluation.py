@@ -109,7 +109,7 @@ async def test_an_async_env_is_evaluated_on_its_own_loop():
 # ---- bounded episodes -----------------------------------------------------------------------
 
 
-def greedy_actor(env: gym.Env) -> Callable[[object], object]:
+def greedy_actor(env: gym.Env) -> Callable[[object, object], object]:
     """Acts with a fresh policy for ``env``'s spaces (which actions does not matter here)."""
     encoder = ObservationEncoder.for_space(env.observation_space)
     dist = ActionDistribution.for_space(env.action_space)
@@ -117,8 +117,8 @@ def greedy_actor(env: gym.Env) -> Callable[[object], object]:
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
 
     @torch.no_grad()
-    def act(obs: object) -> object:
-        return choose_action(policy, encoder, dist, obs, buffer, deterministic=True)
+    def act(obs: object, action_mask: object) -> object:
+        return choose_action(policy, encoder, dist, obs, buffer, deterministic=True, action_mask=action_mask)
 
     return act
 

@@ -124,9 +124,10 @@ class APPOLearner(SurrogateLearner):
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
             observe(obs[valid])
+        b_masks = self._masks(batch)
         dist_inputs, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
         with torch.no_grad():
-            b_target_logprobs = self.dist.log_prob_entropy(dist_inputs, b_actions)[0]
+            b_target_logprobs = self.dist.log_prob_entropy(dist_inputs, b_actions, b_masks)[0]
         values = b_values.reshape(steps, envs).cpu().numpy()
         target_logprobs = b_target_logprobs.reshape(steps, envs).cpu().numpy()
         # Masked steps form episodes of their own that end truncated with no value, so
@@ -155,6 +156,7 @@ class APPOLearner(SurrogateLearner):
             old_values=b_values,
             advantages=self._tensor(pg_advantages).reshape(-1),
             returns=self._tensor(vs).reshape(-1),
+            action_masks=b_masks,
         )
         report = self.optimise(targets, name="APPO")
         log_ratios = target_logprobs[batch.valid] - batch.logprobs[batch.valid]

@@ -15,7 +15,8 @@ class RolloutBatch:
     """Arrays shaped ``[T, N, ...]`` (``T`` steps, ``N`` env trajectories).
 
     Field meanings are those of :class:`aiorl.rollout.RolloutLayout`; ``next_obs`` is
-    ``[N, *obs]``. The recurrent fields are ``None`` for a feed-forward policy.
+    ``[N, *obs]``. The recurrent fields are ``None`` for a feed-forward policy; ``action_masks``
+    is ``None`` when the env gives no action masks.
     """
 
     obs: np.ndarray
@@ -35,6 +36,8 @@ class RolloutBatch:
     """``[N, S]``: each trajectory's recurrent state before its first step."""
     next_starts: np.ndarray | None = None
     """``[N]`` bool: ``next_obs`` starts a new episode."""
+    action_masks: np.ndarray | None = None
+    """``[T, N, mask]`` bool: the valid actions at each step."""
 
     @property
     def env_steps(self) -> int:

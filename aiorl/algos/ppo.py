@@ -136,6 +136,7 @@ class PPOLearner(SurrogateLearner):
             old_values=values.reshape(-1),
             advantages=self._tensor(advantages).reshape(-1),
             returns=self._tensor(returns).reshape(-1),
+            action_masks=self._masks(batch),
         )
         report = self.optimise(targets, cfg.target_kl)
         report.update(learning_rate=lr, explained_variance=explained_variance(returns, values_np, batch.valid))

@@ -120,6 +120,9 @@ class Targets:
     its trajectories from their recorded states (truncated backpropagation through time).
     Their observations are kept as they are, masked or not, so a replay passes through
     the same inputs the worker's policy did.
+
+    ``action_masks`` (bool ``[B, num_inputs]``, or ``None`` without action masks) are the
+    valid actions of each sample: log-probs and entropies are taken over them.
     """
 
     obs: torch.Tensor
@@ -129,6 +132,7 @@ class Targets:
     advantages: torch.Tensor
     returns: torch.Tensor
     valid: torch.Tensor
+    action_masks: torch.Tensor | None = None
     sequences: Sequences | None = None
 
     @classmethod
@@ -138,11 +142,12 @@ class Targets:
         *,
         all_valid: bool = False,
         sequences: Sequences | None = None,
-        **fields: torch.Tensor,
+        **fields: torch.Tensor | None,
     ) -> Targets:
         """Targets with every sample where ``valid`` (bool ``[B]``) is False zeroed.
 
-        ``all_valid=True`` (the caller knows no sample is masked) skips the copies.
+        ``all_valid=True`` (the caller knows no sample is masked) skips the copies. A field
+        given as ``None`` (``action_masks`` without masks) stays ``None``.
         """
 
         def zero_invalid(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -151,21 +156,21 @@ class Targets:
             keep = valid.reshape(-1, *([1] * (tensor.dim() - 1)))
             return torch.where(keep, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
 
-        zeroed = {name: zero_invalid(name, t) for name, t in fields.items()}
-        return cls(valid=valid.float(), sequences=sequences, **zeroed)
+        zeroed = {name: None if t is None else zero_invalid(name, t) for name, t in fields.items()}
+        return cls(valid=valid.float(), sequences=sequences, **zeroed)  # type: ignore[arg-type]
 
     @property
     def units(self) -> int:
         """What minibatches are drawn from: samples, or whole trajectories with ``sequences``."""
         return self.valid.numel() if self.sequences is None else self.sequences.initial_state.shape[0]
 
-    def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """The units at ``index``, in the argument order of :func:`clipped_surrogate_loss`."""
-        recurrent: tuple[torch.Tensor, ...] = ()
+        initial_state = episode_starts = None
         if self.sequences is not None:  # trajectories ``index``: their samples, time-major
             seq = self.sequences
             steps = torch.arange(seq.steps, device=index.device).unsqueeze(1)
-            recurrent = (seq.initial_state[index], seq.episode_starts[:, index])
+            initial_state, episode_starts = seq.initial_state[index], seq.episode_starts[:, index]
             index = (steps * seq.initial_state.shape[0] + index).reshape(-1)
         return (
             self.obs[index],
@@ -175,7 +180,9 @@ class Targets:
             self.advantages[index],
             self.returns[index],
             self.valid[index],
-            *recurrent,
+            None if self.action_masks is None else self.action_masks[index],
+            initial_state,
+            episode_starts,
         )
 
 
@@ -233,25 +240,28 @@ def clipped_surrogate_loss(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     valid: torch.Tensor,
-    *recurrent: torch.Tensor,
+    action_masks: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    episode_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of one minibatch, and its diagnostics (a tensor ordered as :data:`LOSS_STATS`).
 
-    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample). A
-    recurrent policy's minibatch also has ``recurrent = (initial_state [n, S],
-    episode_starts [T, n])``: its samples are ``T`` steps of ``n`` trajectories, replayed.
+    Every mean is over the valid samples only (``valid`` is 1.0 or 0.0 per sample). With
+    ``action_masks`` the new log-probs and the entropy are over each sample's valid actions.
+    A recurrent policy's minibatch also has ``initial_state`` ``[n, S]`` and
+    ``episode_starts`` ``[T, n]``: its samples are ``T`` steps of ``n`` trajectories, replayed.
     """
     count = valid.sum().clamp(min=1.0)
 
     def mean(x: torch.Tensor) -> torch.Tensor:
         return (x * valid).sum() / count
 
-    if recurrent:
-        state, starts = recurrent
-        dist_inputs, new_value = unroll(policy, obs.reshape(*starts.shape, *obs.shape[1:]), state, starts)
+    if initial_state is not None and episode_starts is not None:
+        steps_obs = obs.reshape(*episode_starts.shape, *obs.shape[1:])
+        dist_inputs, new_value = unroll(policy, steps_obs, initial_state, episode_starts)
     else:
         dist_inputs, new_value = evaluate(policy, obs)
-    new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions)
+    new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions, action_masks)
     log_ratio = new_logprob - behaviour_logprobs
     ratio = log_ratio.exp()
     with torch.no_grad():
@@ -452,6 +462,12 @@ class SurrogateLearner:
         """
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(flat_adam_state(state["optimizer"]))
+
+    def _masks(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """The batch's action masks as ``[T * N, num_inputs]`` on the device (``None`` without masks)."""
+        if batch.action_masks is None:
+            return None
+        return self._tensor(batch.action_masks).reshape(-1, batch.action_masks.shape[-1])
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the learner's device (copied without waiting when it sits in pinned memory)."""

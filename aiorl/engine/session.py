@@ -37,7 +37,7 @@ from aiorl.engine.ledger import DiscardReason
 from aiorl.engine.pool import WorkerPool
 from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
-from aiorl.envs import EnvFactory, ObservationEncoder
+from aiorl.envs import ActionMasks, EnvFactory, ObservationEncoder
 from aiorl.errors import AiorlError
 from aiorl.events import Event
 from aiorl.recurrent import state_size
@@ -246,8 +246,12 @@ def worker_template(
     algo: object,
     seed: int,
     action_space: gym.Space | None = None,
+    action_masks: ActionMasks | None = None,
 ) -> WorkerTemplate:
-    """What every worker of a trainer is built from, for its backend to turn into specs."""
+    """What every worker of a trainer is built from, for its backend to turn into specs.
+
+    ``action_masks``: the env's action masks, if it gives any (the rollouts then carry them).
+    """
     layout = RolloutLayout(
         rollout_length=config.rollout_length,
         num_envs=config.envs_per_worker,
@@ -255,6 +259,7 @@ def worker_template(
         action_shape=dist.action_shape,
         action_dtype=dist.action_dtype.str,
         state_size=state_size(policy),
+        mask_width=0 if action_masks is None else action_masks.width,
     )
     acting = None  # gymnasium envs are stepped inline
     if is_async or config.env_threads:

@@ -3,9 +3,12 @@
 from aiorl.envs import registry as registry  # registers aiorl's env ids
 from aiorl.envs.async_env import AsyncEnv, ThreadedEnv
 from aiorl.envs.factory import EnvFactory, EnvSource, EnvSpaces
+from aiorl.envs.masks import ActionMasks, InvalidActionMask
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 
 __all__ = [
+    "ActionMasks",
+    "InvalidActionMask",
     "AsyncEnv",
     "ThreadedEnv",
     "EnvFactory",

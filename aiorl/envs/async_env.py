@@ -19,7 +19,7 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Generic, SupportsFloat, TypeVar
+from typing import Any, ClassVar, Generic, SupportsFloat, TypeVar
 
 import gymnasium as gym
 
@@ -62,10 +62,15 @@ class AsyncEnv(ABC, Generic[ObsType, ActType]):
     - ``step`` must await (or return) rather than block the thread: a CPU-bound step
       is fine, but a blocking call stalls every env of the worker (use
       :class:`ThreadedEnv` or ``env_threads=True`` for blocking envs).
+    - An env with action masks (``info["action_mask"]`` on every reset and step, see
+      :mod:`aiorl.envs.masks`) sets the class attribute ``action_masks = True``: the
+      trainer does not reset an async env to find out.
     """
 
     observation_space: gym.Space[ObsType]
     action_space: gym.Space[ActType]
+    action_masks: ClassVar[bool] = False
+    """Whether ``reset`` and ``step`` put ``info["action_mask"]`` (set True in such a subclass)."""
 
     @abstractmethod
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[ObsType, dict]:

@@ -19,6 +19,7 @@ import gymnasium as gym
 
 from aiorl.envs.async_env import AsyncEnv
 from aiorl.envs.closing import close_in_background
+from aiorl.envs.masks import ActionMasks, detect_action_masks
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.errors import ConfigError
 
@@ -88,20 +89,27 @@ class EnvFactory:
 class EnvSpaces:
     """The observation and action spaces of an environment, probed once.
 
-    ``is_async`` tells whether the factory returns an :class:`~aiorl.AsyncEnv`.
+    ``is_async`` tells whether the factory returns an :class:`~aiorl.AsyncEnv`;
+    ``action_masks`` how its action masks are read, if it gives any (see :mod:`aiorl.envs.masks`).
     """
 
     observation_space: gym.Space
     action_space: gym.Space
     is_async: bool = False
+    action_masks: ActionMasks | None = None
 
     @classmethod
     def probe(cls, factory: EnvFactory) -> EnvSpaces:
-        """Make one env in this process, read its spaces, close it, and check them.
+        """Make one env in this process, read its spaces, look for action masks, close it, and check them.
+
+        A gymnasium env is reset once: if the info has an ``"action_mask"``, the env is
+        masked. An :class:`~aiorl.AsyncEnv` is not reset here (its ``reset`` may open
+        connections): it says so with its ``action_masks`` attribute.
 
         Raises:
-            ConfigError: the factory failed, did not return an env, or an env space
-                is unsupported.
+            ConfigError: the factory failed, did not return an env, its reset failed, an env
+                space is unsupported, or the env gives action masks for an action space
+                that cannot be masked.
         """
         try:
             env = factory()
@@ -113,10 +121,26 @@ class EnvSpaces:
                     f"env={factory.describe()!r} returned {type(env).__name__}, "
                     "which has no observation_space/action_space"
                 )
-            spaces = cls(env.observation_space, env.action_space, isinstance(env, AsyncEnv))
+            is_async = isinstance(env, AsyncEnv)
+            if is_async:
+                info: object = {"action_mask": True} if getattr(env, "action_masks", False) is True else {}
+            else:
+                info = _reset_info(env, factory)
+            ObservationEncoder.for_space(env.observation_space)
+            check_action_space(env.action_space)
+            masks = detect_action_masks(info, env.action_space)
+            return cls(env.observation_space, env.action_space, is_async, masks)
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")
-        ObservationEncoder.for_space(spaces.observation_space)
-        check_action_space(spaces.action_space)
-        return spaces
+
+
+def _reset_info(env: gym.Env, factory: EnvFactory) -> object:
+    """The info of one ``reset`` of the probe env (where an action mask would be)."""
+    try:
+        return env.reset()[1]
+    except Exception as exc:
+        raise ConfigError(
+            f"env={factory.describe()!r} could not be reset (the trainer resets one env to look for "
+            f"info['action_mask']): {type(exc).__name__}: {exc}"
+        ) from exc

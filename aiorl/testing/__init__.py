@@ -6,13 +6,17 @@ Use them to check your own setup's fault handling, e.g.
 
 from aiorl.testing.async_envs import AsyncCountingEnv
 from aiorl.testing.envs import (
+    BAD_MASKS,
     COUNTING_ENV_ID,
     FAULTS,
+    MASKED_CHOICE_ENV_ID,
     ChildProcessEnv,
     CountingEnv,
     EndlessEnv,
     FaultyEnv,
     InjectedFault,
+    InvalidAction,
+    MaskedChoiceEnv,
     RaiseAtStep,
     RaiseOnCreate,
     WorkerSideOnly,
@@ -21,7 +25,9 @@ from aiorl.testing.envs import (
 )
 
 __all__ = [
+    "BAD_MASKS",
     "COUNTING_ENV_ID",
+    "MASKED_CHOICE_ENV_ID",
     "AsyncCountingEnv",
     "FAULTS",
     "ChildProcessEnv",
@@ -29,6 +35,8 @@ __all__ = [
     "EndlessEnv",
     "FaultyEnv",
     "InjectedFault",
+    "InvalidAction",
+    "MaskedChoiceEnv",
     "RaiseAtStep",
     "RaiseOnCreate",
     "WorkerSideOnly",

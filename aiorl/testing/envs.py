@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -286,3 +286,116 @@ class WorkerSideOnly(gym.Wrapper):
             if loaded:
                 raise RuntimeError(f"a worker process loaded the trainer's side: {loaded}")
         super().__init__(gym.make(env_id))
+
+
+class InvalidAction(InjectedFault):
+    """:class:`MaskedChoiceEnv` was sent an action its mask did not allow."""
+
+
+BadMask = Literal["missing", "wrong_shape", "wrong_dtype", "none_valid"]
+BAD_MASKS: tuple[str, ...] = ("missing", "wrong_shape", "wrong_dtype", "none_valid")
+MASKED_CHOICE_ENV_ID = "aiorl-testing/MaskedChoice-v0"
+
+
+class MaskedChoiceEnv(gym.Env):
+    """Choose the target among the actions valid now; an invalid action raises :class:`InvalidAction`.
+
+    At every step each component (``Discrete(sizes[0])`` for one size, else
+    ``MultiDiscrete(sizes)``) has a target action and a random set of valid actions, new
+    every step, that always holds the target and each other action with probability one
+    half. The mask is in ``info["action_mask"]`` after every reset and step, in gymnasium's
+    convention (int8; one array per component for ``MultiDiscrete``). The observation is
+    the targets' one-hot vectors, then the masks (as floats), so tests can check which mask
+    belonged to which observation.
+
+    The reward is the share of components whose action hit its target; episodes last
+    ``episode_length`` steps (truncated). The best return is ``episode_length``; a policy
+    that picks uniformly among the valid actions gets about 0.39 per step with 5 actions.
+    Without masking, the first invalid action raises.
+
+    Bad masks, for fault tests: ``bad_mask`` (``"missing"``, ``"wrong_shape"``,
+    ``"wrong_dtype"`` (float32) or ``"none_valid"``) in the info of the ``bad_mask_at``-th
+    step of the first ``bad_mask_times`` envs built at each env index of a process
+    (``None``: every env, so that the failure persists when the env is re-created).
+    """
+
+    _built_at: ClassVar[dict[int, int]] = {}  # envs built per env index in this process
+
+    def __init__(
+        self,
+        sizes: tuple[int, ...] = (5,),
+        episode_length: int = 10,
+        *,
+        bad_mask: BadMask | None = None,
+        bad_mask_at: int = 1,
+        bad_mask_times: int | None = 1,
+    ) -> None:
+        if bad_mask is not None and bad_mask not in BAD_MASKS:
+            raise ValueError(f"bad_mask={bad_mask!r} must be one of {BAD_MASKS}")
+        self.sizes = tuple(int(n) for n in sizes)
+        width = sum(self.sizes)
+        self.action_space = (
+            gym.spaces.Discrete(self.sizes[0]) if len(self.sizes) == 1 else gym.spaces.MultiDiscrete(self.sizes)
+        )
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (2 * width,), np.float32)
+        self.episode_length = episode_length
+        index = worker_identity()[2]
+        built_here = MaskedChoiceEnv._built_at.get(index, 0)
+        MaskedChoiceEnv._built_at[index] = built_here + 1
+        armed = bad_mask_times is None or built_here < bad_mask_times
+        self.bad_mask = bad_mask if armed else None
+        self.bad_mask_at = bad_mask_at
+        self.steps = 0  # since the env was built
+        self.episode_step = 0
+        self.targets = np.zeros(len(self.sizes), dtype=np.int64)
+        self.masks = [np.zeros(n, dtype=np.int8) for n in self.sizes]
+
+    def _draw(self) -> tuple[np.ndarray, dict[str, Any]]:
+        obs_targets, obs_masks = [], []
+        for c, n in enumerate(self.sizes):
+            target = int(self.np_random.integers(n))
+            mask = (self.np_random.random(n) < 0.5).astype(np.int8)
+            mask[target] = 1
+            self.targets[c], self.masks[c] = target, mask
+            obs_targets.append(np.eye(n, dtype=np.float32)[target])
+            obs_masks.append(mask.astype(np.float32))
+        obs = np.concatenate(obs_targets + obs_masks)
+        mask_info: Any = self.masks[0].copy() if len(self.sizes) == 1 else tuple(m.copy() for m in self.masks)
+        return obs, {"action_mask": mask_info}
+
+    def _corrupt(self, info: dict[str, Any]) -> dict[str, Any]:
+        if self.bad_mask is None or self.steps != self.bad_mask_at:
+            return info
+        flat = np.concatenate(self.masks)
+        if self.bad_mask == "missing":
+            return {}
+        if self.bad_mask == "wrong_shape":
+            return {"action_mask": np.append(flat, 1).astype(np.int8)}
+        if self.bad_mask == "wrong_dtype":
+            return {"action_mask": flat.astype(np.float32)}
+        return {"action_mask": np.zeros_like(flat)}  # "none_valid"
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        """Start an episode: new targets and masks."""
+        super().reset(seed=seed)
+        self.episode_step = 0
+        return self._draw()
+
+    def step(self, action: Any) -> Any:
+        """Reward the components that hit their target; raise :class:`InvalidAction` on an invalid action."""
+        chosen = np.atleast_1d(np.asarray(action, dtype=np.int64))
+        for c, a in enumerate(chosen):
+            if not (0 <= a < self.sizes[c] and self.masks[c][a]):
+                raise InvalidAction(
+                    f"action {action} is invalid in component {c} (mask {self.masks[c].tolist()}) "
+                    f"at step {self.steps + 1}"
+                )
+        reward = float(np.mean(chosen == self.targets))
+        self.steps += 1
+        self.episode_step += 1
+        obs, info = self._draw()
+        return obs, reward, False, self.episode_step >= self.episode_length, self._corrupt(info)
+
+
+if MASKED_CHOICE_ENV_ID not in gym.registry:
+    gym.register(MASKED_CHOICE_ENV_ID, entry_point="aiorl.testing.envs:MaskedChoiceEnv")

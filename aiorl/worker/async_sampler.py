@@ -21,7 +21,10 @@ never wait for each other:
   mode (``max_policy_lag=0``, slots granted only once the newest weights are out)
   every step is acted by the newest policy. Rows record the version that acted
   them; the consumer drops rows older than ``max_policy_lag``.
-- **Faults.** A step or reset that raises, returns non-finite values or takes longer
+- **Masks.** An env with action masks has its ``info["action_mask"]`` read after every
+  reset and step, into its row of the batcher's masks: the forward pass samples only
+  valid actions, and the lane stores the mask in the row of the step it applied to.
+- **Faults.** A step or reset that raises, returns a bad action mask, returns non-finite values or takes longer
   than ``env_timeout_s`` (it is cancelled) is handled as in the synchronous sampler
   (both keep their episodes and faults with :mod:`aiorl.worker.episodes`):
   the unfinished episode's rows in the current segment are masked and counted as
@@ -47,6 +50,7 @@ import torch
 from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
 from aiorl.envs.closing import aclose_env
+from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import PER_ENV_FIELDS
 from aiorl.shm import ProgressBoard, RolloutSlots
@@ -88,6 +92,8 @@ class ActionBatcher:
         self.act_batch = acting.act_batch
         self.act_wait_s = acting.act_wait_s
         k = spec.layout.num_envs
+        self.masks = np.ones((k, spec.layout.mask_width), dtype=np.bool_)  # each lane's current action mask
+        self.masked = spec.layout.mask_width > 0
         self.actions = np.zeros((k, *spec.layout.action_shape), dtype=spec.layout.action_dtype)
         self.logprobs = np.zeros(k, dtype=np.float32)
         self.version = -1
@@ -127,7 +133,8 @@ class ActionBatcher:
             rows = np.asarray(waiting)
             dist_inputs = self.acting.act(self.obs[rows], rows)
             with torch.no_grad():
-                actions, logprobs = self.dist.sample(dist_inputs)
+                mask = torch.from_numpy(self.masks[rows]) if self.masked else None
+                actions, logprobs = self.dist.sample(dist_inputs, mask)
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
             if not served.done():  # would with the synchronous sampler), rather than wait forever
                 served.set_exception(exc)
@@ -232,6 +239,8 @@ class AsyncEnvSampler:
         k = spec.layout.num_envs
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.batcher = ActionBatcher(policy, spec, self.obs, pull_weights, acting)
+        self.action_masks = spec.dist.action_masks if spec.layout.mask_width else None
+        self.masks = self.batcher.masks
         self.envs: list[AsyncEnv | None] = [None] * k
         self.trajectories = [Trajectory(spec) for _ in range(k)]
         self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
@@ -270,7 +279,11 @@ class AsyncEnvSampler:
             raise EnvStepError(index, 0, exc) from exc
         try:
             check_same_action_space(env, self.spec.action_space)
-            obs, _ = await self._timed(env.reset(seed=seed), "reset")
+            obs, info = await self._timed(env.reset(seed=seed), "reset")
+            if self.action_masks is None:
+                check_no_action_mask(info)
+            else:
+                self.action_masks.read_info(info, self.masks[index])
             probe = np.zeros(self.spec.layout.obs_shape, dtype=np.float32)
             self.encoder.encode_into(obs, probe)
             if not np.isfinite(probe).all():
@@ -338,6 +351,8 @@ class AsyncEnvSampler:
                 rows["episode_starts"][t] = acting.starts[i]
             version = await batcher.act(i)
             rows["obs"][t] = self.obs[i]
+            if self.action_masks is not None:
+                rows["action_masks"][t] = self.masks[i]
             rows["actions"][t] = batcher.actions[i]
             rows["logprobs"][t] = batcher.logprobs[i]
             rows["versions"][t] = version
@@ -377,10 +392,12 @@ class AsyncEnvSampler:
         episode = self.episodes[i]
         episode.env_steps += 1
         try:
-            obs, reward, term, trunc, _ = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
+            obs, reward, term, trunc, info = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
             reward = float(reward)
             if not math.isfinite(reward):
                 raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
+            if self.action_masks is not None and not (term or trunc):  # the mask of the next observation
+                self.action_masks.read_info(info, self.masks[i])
             if trunc and not term:  # bootstrap from V(final observation)
                 self.encoder.encode_into(obs, self._final)
                 if not np.isfinite(self._final).all():
@@ -398,7 +415,9 @@ class AsyncEnvSampler:
             self._returns.append(episode_return)
             self._lengths.append(episode_length)
             try:
-                obs, _ = await self._timed(env.reset(), "reset")
+                obs, info = await self._timed(env.reset(), "reset")
+                if self.action_masks is not None:
+                    self.action_masks.read_info(info, self.masks[i])
             except Exception as exc:
                 obs = await self._recover(i, exc, t, mask_from=t + 1)
         return obs

@@ -4,6 +4,11 @@ The sampler is synchronous per step (one batched policy forward pass, then one
 ``env.step`` per env) and yields to the worker's event loop between steps so
 heartbeats and control frames keep flowing.
 
+An env with action masks (``spec.layout.mask_width > 0``) has its ``info["action_mask"]``
+read after every reset and step: the mask is stored in the row of the step it applies to
+and only valid actions are sampled. A mask that is missing, malformed or leaves no valid
+action is an env error (:mod:`aiorl.envs.masks`).
+
 An env that raises is closed and re-created; the steps of its broken episode
 that are still in the current rollout are masked out (``valid=False``) and
 reported as discarded. An env that fails ``env_error_limit`` times in a row
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 from aiorl.envs.closing import close_env
+from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
@@ -52,6 +58,8 @@ class EnvSampler:
         self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
         self.total_steps = 0
         self.policy_version = -1  # the version acting in the rollout being collected
+        self.action_masks = spec.dist.action_masks if spec.layout.mask_width else None
+        self.masks = np.ones((k, spec.layout.mask_width), dtype=np.bool_)  # of each env's current observation
         for i in range(k):
             env, obs = self._make_env(i, seed=spec.env_seed(i))
             self.envs.append(env)
@@ -67,7 +75,11 @@ class EnvSampler:
             raise EnvStepError(index, 0, exc) from exc
         try:
             check_same_action_space(env, self.spec.action_space)
-            obs, _ = env.reset(seed=seed)
+            obs, info = env.reset(seed=seed)
+            if self.action_masks is None:
+                check_no_action_mask(info)
+            else:
+                self.action_masks.read_info(info, self.masks[index])
             self.encoder.encode_into(obs, self.probe)
             if not np.isfinite(self.probe).all():
                 raise FloatingPointError(f"env {index} returned a non-finite observation from reset")
@@ -100,12 +112,15 @@ class EnvSampler:
         # This is the hot loop: per env only the env call and list updates; arrays are
         # written once per step.
         arrays["obs"][t] = self.obs
+        masks = self.action_masks
+        if masks is not None:
+            arrays["action_masks"][t] = self.masks
         acting = self.acting
         if acting.recurrent:
             arrays["episode_starts"][t] = acting.starts
         dist_inputs = acting.act(self.obs)
         with torch.no_grad():
-            actions, logprobs = self.dist.sample(dist_inputs)
+            actions, logprobs = self.dist.sample(dist_inputs, None if masks is None else torch.from_numpy(self.masks))
         actions_np = actions.numpy()
         arrays["actions"][t] = actions_np
         arrays["logprobs"][t] = logprobs.numpy()
@@ -123,10 +138,12 @@ class EnvSampler:
             episode = episodes[i]
             episode.env_steps += 1
             try:
-                obs, reward, term, trunc, _ = env.step(to_env(actions_np[i]))
+                obs, reward, term, trunc, info = env.step(to_env(actions_np[i]))
                 reward = float(reward)
                 if not math.isfinite(reward):
                     raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
+                if masks is not None and not (term or trunc):  # the mask of the next observation
+                    masks.read_info(info, self.masks[i])
                 if trunc and not term:  # bootstrap from V(final observation), checked here
                     final = self.final_obs[len(final_rows)]
                     encode(obs, final)
@@ -147,7 +164,9 @@ class EnvSampler:
                 if trunc and not term:
                     final_rows.append(i)
                 try:
-                    obs, _ = env.reset()
+                    obs, info = env.reset()
+                    if masks is not None:
+                        masks.read_info(info, self.masks[i])
                 except Exception as exc:
                     obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
             try:
