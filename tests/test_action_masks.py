@@ -303,9 +303,12 @@ def test_a_mask_that_stays_bad_is_fatal_after_env_error_limit_failures():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-@pytest.mark.parametrize("algo", [PPO(), APPO()], ids=["PPO", "APPO"])
-async def test_a_masked_env_that_raises_on_invalid_actions_trains_without_env_errors(algo):
-    trainer = Trainer(MaskedChoiceEnv, algo, num_workers=2, envs_per_worker=8, rollout_length=16, seed=0)
+@pytest.mark.parametrize(
+    ("algo", "recurrent"), [(PPO(), None), (APPO(), None), (PPO(), "lstm")], ids=["PPO", "APPO", "PPO-lstm"]
+)
+async def test_a_masked_env_that_raises_on_invalid_actions_trains_without_env_errors(algo, recurrent):
+    options = {"num_workers": 2, "envs_per_worker": 8, "rollout_length": 16, "seed": 0, "recurrent": recurrent}
+    trainer = Trainer(MaskedChoiceEnv, algo, recurrent_size=32, **options)
     result = await trainer.run(total_steps=60_000, target_return=9.0)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
     assert trainer.stats.env_errors == 0
