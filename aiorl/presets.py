@@ -68,6 +68,13 @@ PRESETS: dict[str, Preset] = {
         options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32},
         target_return=5.0,
     ),
+    "aiorl/CartPoleNoVel-v1": Preset(
+        env="aiorl/CartPoleNoVel-v1",
+        # CartPole without velocities needs memory: the default LSTM (128 units) on the defaults.
+        algo=PPO(),
+        options={"num_workers": 2, "envs_per_worker": 16, "rollout_length": 32, "recurrent": "lstm"},
+        target_return=475.0,
+    ),
 }
 """Preset name -> preset. Names are the gymnasium ids they solve."""
 

@@ -10,7 +10,12 @@ episodes first reaches the task's target, and the env steps collected by then:
 - ``Taxi-v4`` with its ``info["action_mask"]``, target 5 (gymnasium 1.x renamed
   ``Taxi-v3`` to ``Taxi-v4``), against sb3-contrib's ``MaskablePPO``; aiorl is
   also run with the masks stripped from the infos (``aiorl unmasked``, the preset's
-  settings), for comparison.
+  settings), for comparison;
+- ``aiorl/CartPoleNoVel-v1`` (CartPole-v1 observing only the cart position and the
+  pole angle, a memory task; :class:`aiorl.testing.memory.CartPoleNoVelocity`), target
+  475: aiorl with ``recurrent="lstm"`` against sb3-contrib's ``RecurrentPPO`` with
+  rl-zoo3's ``CartPoleNoVel-v1`` settings (``hyperparams/ppo_lstm.yml``; the zoo's
+  env zeroes the velocities where this one drops them, the same information).
 
 Per task the median over ``--seeds`` seeds (default 3) is reported for each
 system, with the ratio aiorl / SB3 of the medians (the goal is <= 0.5 for the
@@ -83,6 +88,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 import math
 import os
@@ -108,6 +114,7 @@ try:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import VecNormalize
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("this benchmark needs stable-baselines3 and sb3-contrib: pip install 'aiorl[bench]'")
 
@@ -129,7 +136,10 @@ class Task:
     target: float
     zoo: dict[str, Any]
     baseline: str = "PPO"
-    """The SB3 algorithm: ``"PPO"`` or ``"MaskablePPO"`` (sb3-contrib; the env's action masks)."""
+    """The SB3 algorithm: ``"PPO"``, or sb3-contrib's ``"MaskablePPO"`` (the env's action masks)
+    or ``"RecurrentPPO"``."""
+    aiorl_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Trainer options of the ``aiorl defaults`` system besides ``num_workers=2`` (``recurrent``)."""
 
     @property
     def masked(self) -> bool:
@@ -195,6 +205,34 @@ TASKS: dict[str, Task] = {
             "learning_rate": 1e-3,
         },
         baseline="MaskablePPO",
+    ),
+    # rl-zoo3 2.9.2, hyperparams/ppo_lstm.yml (CartPoleNoVel-v1); ``normalize``: VecNormalize.
+    "aiorl/CartPoleNoVel-v1": Task(
+        env="aiorl/CartPoleNoVel-v1",
+        target=475.0,
+        zoo={
+            "normalize": True,
+            "n_envs": 8,
+            "n_timesteps": 100_000,
+            "policy": "MlpLstmPolicy",
+            "n_steps": 32,
+            "batch_size": 256,
+            "gae_lambda": 0.8,
+            "gamma": 0.98,
+            "n_epochs": 20,
+            "ent_coef": 0.0,
+            "learning_rate": "lin_0.001",
+            "clip_range": "lin_0.2",
+            "policy_kwargs": {
+                "ortho_init": False,
+                "activation_fn": torch.nn.ReLU,
+                "lstm_hidden_size": 64,
+                "enable_critic_lstm": True,
+                "net_arch": {"pi": [64], "vf": [64]},
+            },
+        },
+        baseline="RecurrentPPO",
+        aiorl_options={"recurrent": "lstm"},
     ),
 }
 
@@ -291,7 +329,7 @@ async def aiorl_solve(task: Task, seed: int, system: str = "aiorl preset") -> Ru
     update_s: list[float] = []
     t0 = time.perf_counter()
     if system == "aiorl defaults":
-        trainer = aiorl.Trainer(task.env, num_workers=2, seed=seed)
+        trainer = aiorl.Trainer(task.env, num_workers=2, seed=seed, **task.aiorl_options)
     elif system == "aiorl unmasked":
         preset = aiorl.presets.get_preset(task.env)
         env = functools.partial(unmasked_env, task.env)
@@ -336,7 +374,7 @@ def zoo_kwargs(zoo: dict[str, Any]) -> dict[str, Any]:
     """``stable_baselines3.PPO`` keyword arguments from zoo hyperparameters (``lin_X`` -> schedule)."""
     kwargs: dict[str, Any] = {}
     for key, value in zoo.items():
-        if key in ("n_envs", "n_timesteps", "policy"):
+        if key in ("n_envs", "n_timesteps", "policy", "normalize"):
             continue
         if isinstance(value, str) and value.startswith("lin_"):
             value = linear_schedule(float(value.removeprefix("lin_")))
@@ -403,8 +441,12 @@ def sb3_solve(task: Task, seed: int, budget: int, threads: int | None = None) ->
     t0 = time.perf_counter()
     masker = {"wrapper_class": ActionMasker, "wrapper_kwargs": {"action_mask_fn": taxi_mask}} if task.masked else {}
     env = make_vec_env(task.env, n_envs=task.zoo["n_envs"], seed=seed, **masker)  # DummyVecEnv + Monitor
+    if task.zoo.get("normalize"):
+        env = VecNormalize(env)  # the zoo's ``normalize: True`` (observations and rewards)
     try:
-        algorithm = sb3_contrib.MaskablePPO if task.masked else sb3.PPO
+        algorithm = {"PPO": sb3.PPO, "MaskablePPO": sb3_contrib.MaskablePPO, "RecurrentPPO": sb3_contrib.RecurrentPPO}[
+            task.baseline
+        ]
         model = algorithm(task.zoo["policy"], env, seed=seed, verbose=0, **zoo_kwargs(task.zoo))
         model.set_logger(Logger(folder=None, output_formats=[]))  # as verbose=0, minus an empty /tmp/SB3-* dir
         callback = SolveCallback(task.target)
@@ -508,7 +550,7 @@ def _cell(runs: Sequence[Run]) -> str:
 
 def render_summary(runs: Sequence[Run], tasks: Sequence[str], aiorl_systems: Sequence[str]) -> str:
     lines = [
-        "| task | target | system | median s (steps) | SB3 (Taxi: MaskablePPO) median s (steps) "
+        "| task | target | system | median s (steps) | SB3 (Taxi: MaskablePPO, NoVel: RecurrentPPO) median s (steps) "
         "| ratio to SB3 (target) | training-only ratio |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
@@ -573,6 +615,8 @@ def describe_setup(args: argparse.Namespace) -> str:
             "- aiorl preset: Trainer.from_preset(task, seed=seed); aiorl defaults: Trainer(task, num_workers=2, "
             f"seed=seed); then run(total_steps={AIORL_TOTAL_STEPS:,}, target_return=target); time to solve "
             "includes building the trainer and starting its workers",
+            "- aiorl/CartPoleNoVel-v1: SB3 is sb3-contrib RecurrentPPO with rl-zoo3's ppo_lstm.yml settings "
+            "(VecNormalize); aiorl defaults: Trainer(task, num_workers=2, recurrent='lstm', seed=seed)",
             "- Taxi-v4: SB3 is sb3-contrib MaskablePPO with the settings in TASKS (ActionMasker); aiorl unmasked: "
             "the preset's settings on the env with info['action_mask'] dropped",
             "- SB3: PPO with rl-zoo3 2.9.2 hyperparams/ppo.yml, make_vec_env (DummyVecEnv + Monitor), SB3 defaults "
@@ -594,8 +638,8 @@ def render_warning(runs: Sequence[Run]) -> str | None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Wall time to solve CartPole-v1 / Pendulum-v1 / Taxi-v4: aiorl presets vs SB3 PPO "
-        "(rl-zoo3 settings) and sb3-contrib MaskablePPO (Taxi)."
+        description="Wall time to solve CartPole-v1 / Pendulum-v1 / Taxi-v4 / CartPoleNoVel: aiorl presets vs "
+        "SB3 PPO (rl-zoo3 settings), sb3-contrib MaskablePPO (Taxi) and RecurrentPPO (CartPoleNoVel)."
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per task and system (default: 3)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
