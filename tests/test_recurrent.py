@@ -225,6 +225,15 @@ async def test_a_killed_worker_is_replaced_and_a_recurrent_run_stays_accounted()
         assert_accounted(trainer, result)  # its unfinished rollout, if any, is discarded as worker_lost
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_async_envs_train_a_recurrent_policy_with_exact_accounting():
+    env = functools.partial(AsyncCountingEnv, episode_length=8, latency_s=0.001, slow_envs=(0,), slow_latency_s=0.003)
+    async with Trainer(env, PPO(update_epochs=1, num_minibatches=1), recurrent="gru", **MEMORY) as trainer:
+        result = await trainer.run(total_steps=3_000)
+        assert result.env_steps >= 3_000 and result.episodes > 0
+        assert_accounted(trainer, result)
+
+
 def test_recurrent_options_and_policies_are_checked_before_anything_starts():
     with pytest.raises(ConfigError, match="recurrent='rnn'"):
         Trainer("CartPole-v1", recurrent="rnn")
