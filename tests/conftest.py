@@ -10,9 +10,18 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import torch
 import uvloop
+
+from aiorl.distributions import ActionDistribution
+from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
+from aiorl.models import ActorCritic
+from aiorl.recurrent import state_size
+from aiorl.rollout import RolloutLayout
+from aiorl.worker.spec import WorkerTemplate
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     # Started in the background by a non-interactive shell (`cmd &`, nohup), this process and
@@ -134,3 +143,50 @@ def documented_metrics_keys() -> set[str]:
 
     table = (aiorl.metrics_log.__doc__ or "").split("=====================  ")[2]  # between header and end rules
     return set(re.findall(r"^``(\w+)``", table, flags=re.MULTILINE))
+
+
+def sampler_template(
+    env: Any,
+    *,
+    envs: int,
+    steps: int,
+    num_slots: int = 1,
+    env_kwargs: dict[str, Any] | None = None,
+    policy_for: Callable[[tuple[int, ...], ActionDistribution], torch.nn.Module] | None = None,
+    **options: Any,
+) -> tuple[WorkerTemplate, torch.nn.Module]:
+    """What a worker's sampler is built from, for tests that run samplers in this process.
+
+    The env is probed as the trainer does; the layout has its action masks and the policy's
+    recurrent state; the policy (``policy_for(obs_shape, dist)``, default the MLP) is seeded.
+    ``options`` are further ``WorkerTemplate`` fields (``reward_gamma``).
+    """
+    factory = EnvFactory.from_user(env, env_kwargs)
+    spaces = EnvSpaces.probe(factory)
+    encoder = ObservationEncoder.for_space(spaces.observation_space)
+    dist = ActionDistribution.for_space(spaces.action_space)
+    torch.manual_seed(0)
+    policy = (policy_for or ActorCritic)(encoder.shape, dist)
+    layout = RolloutLayout(
+        steps,
+        envs,
+        encoder.shape,
+        dist.action_shape,
+        dist.action_dtype.str,
+        state_size=state_size(policy),
+        mask_width=0 if spaces.action_masks is None else spaces.action_masks.width,
+    )
+    template = WorkerTemplate(
+        env_factory=factory,
+        seed=0,
+        layout=layout,
+        num_slots=num_slots,
+        policy=policy,
+        dist=dist,
+        obs_encoder=encoder,
+        heartbeat_interval_s=1.0,
+        num_workers=1,
+        env_error_limit=3,
+        **options,
+    )
+    return template, policy

@@ -15,13 +15,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, sampler_template
 
 from aiorl import APPO, PPO, AsyncEnv, ConfigError, EnvError, Policy, Trainer
 from aiorl.distributions import MASKED_LOGIT, ActionDistribution
 from aiorl.envs import ActionMasks, EnvFactory, EnvSpaces, InvalidActionMask, ObservationEncoder
 from aiorl.models import ActorCritic
-from aiorl.rollout import RolloutLayout
 from aiorl.shm import RolloutSlots
 from aiorl.testing import MASKED_CHOICE_ENV_ID, FaultyEnv, InvalidAction, MaskedChoiceEnv
 from aiorl.worker import AsyncActing, WorkerTemplate
@@ -156,29 +155,10 @@ def test_masks_on_a_box_action_space_are_a_config_error_naming_the_space():
 
 
 def template(env: Any, *, envs: int, steps: int, num_slots: int = 1) -> tuple[WorkerTemplate, RolloutSlots]:
-    factory = EnvFactory.from_user(env)
-    spaces = EnvSpaces.probe(factory)
-    assert spaces.action_masks is not None
-    encoder = ObservationEncoder.for_space(spaces.observation_space)
-    dist = ActionDistribution.for_space(spaces.action_space)
-    layout = RolloutLayout(
-        steps, envs, encoder.shape, dist.action_shape, dist.action_dtype.str, mask_width=spaces.action_masks.width
-    )
-    torch.manual_seed(0)
+    spec, _ = sampler_template(env, envs=envs, steps=steps, num_slots=num_slots)
+    assert spec.layout.mask_width > 0
     MaskedChoiceEnv._built_at.clear()  # the probe env was built here too: count the sampler's envs from 0
-    spec = WorkerTemplate(
-        env_factory=factory,
-        seed=0,
-        layout=layout,
-        num_slots=num_slots,
-        policy=ActorCritic(encoder.shape, dist),
-        dist=dist,
-        obs_encoder=encoder,
-        heartbeat_interval_s=1.0,
-        num_workers=1,
-        env_error_limit=3,
-    )
-    return spec, RolloutSlots.create(layout, num_slots)
+    return spec, RolloutSlots.create(spec.layout, num_slots)
 
 
 def assert_rows_were_acted_under_their_masks(arrays: dict[str, np.ndarray], sizes: tuple[int, ...]) -> None:

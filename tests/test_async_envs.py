@@ -18,16 +18,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, sampler_template
 
 from aiorl import APPO, PPO, AsyncEnv, ConfigError, EnvError, Trainer
-from aiorl.distributions import ActionDistribution
 from aiorl.engine.stats import TrainingStats
-from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
-from aiorl.models import ActorCritic, evaluate
-from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.models import evaluate
+from aiorl.shm import RolloutSlots
 from aiorl.testing import AsyncCountingEnv, FaultyEnv
-from aiorl.worker import AsyncActing, WorkerTemplate
+from aiorl.worker import AsyncActing
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import RolloutSummary
 
@@ -38,26 +36,9 @@ FAST = {**SMALL, "heartbeat_interval_s": 0.2, "worker_timeout_s": 5.0, "restart_
 def make_sampler(
     env: Callable[[], Any], *, envs: int, steps: int, num_slots: int = 2, act_batch: int | None = None, **acting: Any
 ) -> tuple[AsyncEnvSampler, RolloutSlots]:
-    factory = EnvFactory.from_user(env)
-    spaces = EnvSpaces.probe(factory)
-    encoder = ObservationEncoder.for_space(spaces.observation_space)
-    dist = ActionDistribution.for_space(spaces.action_space)
-    layout = RolloutLayout(steps, envs, encoder.shape, dist.action_shape, dist.action_dtype.str)
-    slots = RolloutSlots.create(layout, num_slots)
-    torch.manual_seed(0)
-    policy = ActorCritic(encoder.shape, dist)
-    spec = WorkerTemplate(
-        env_factory=factory,
-        seed=0,
-        layout=layout,
-        num_slots=num_slots,
-        policy=policy,
-        dist=dist,
-        obs_encoder=encoder,
-        heartbeat_interval_s=1.0,
-        num_workers=1,
-        env_error_limit=3,
-    ).worker_spec(worker_id=0, incarnation=0)
+    template, policy = sampler_template(env, envs=envs, steps=steps, num_slots=num_slots)
+    slots = RolloutSlots.create(template.layout, num_slots)
+    spec = template.worker_spec(worker_id=0, incarnation=0)
     options = {"env_threads": False, "env_timeout_s": 10.0, "act_wait_s": 0.0, **acting}
     sampler = AsyncEnvSampler(spec, policy, AsyncActing(act_batch=act_batch or envs, **options), lambda: 0)
     return sampler, slots

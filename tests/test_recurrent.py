@@ -12,22 +12,19 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, sampler_template
 from test_faults import FAST, assert_accounted
 
 from aiorl import APPO, PPO, ConfigError, Policy, Trainer
 from aiorl.algos.batch import BatchBuilder
 from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
 from aiorl.recurrent import RecurrentActorCritic, unroll
-from aiorl.rollout import RolloutLayout
 from aiorl.shm import RolloutSlots
 from aiorl.testing import AsyncCountingEnv
 from aiorl.testing.memory import CartPoleNoVelocity, CueRecallEnv
 from aiorl.worker import AsyncActing
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.sampler import EnvSampler
-from aiorl.worker.spec import WorkerTemplate
 
 MEMORY = {**SMALL, "envs_per_worker": 8, "recurrent_size": 32}
 
@@ -54,26 +51,8 @@ class StepsSinceReset(torch.nn.Module):
 
 
 def template(env, policy_for, *, envs: int, steps: int, num_slots: int = 1):
-    factory = EnvFactory.from_user(env)
-    spaces = EnvSpaces.probe(factory)
-    encoder = ObservationEncoder.for_space(spaces.observation_space)
-    dist = ActionDistribution.for_space(spaces.action_space)
-    torch.manual_seed(0)
-    policy = policy_for(encoder.shape, dist)
-    layout = RolloutLayout(steps, envs, encoder.shape, dist.action_shape, dist.action_dtype.str, policy.state_size)
-    spec = WorkerTemplate(
-        env_factory=factory,
-        seed=0,
-        layout=layout,
-        num_slots=num_slots,
-        policy=policy,
-        dist=dist,
-        obs_encoder=encoder,
-        heartbeat_interval_s=1.0,
-        num_workers=1,
-        env_error_limit=3,
-    ).worker_spec(worker_id=0, incarnation=0)
-    return spec, policy, RolloutSlots.create(layout, num_slots)
+    template, policy = sampler_template(env, envs=envs, steps=steps, num_slots=num_slots, policy_for=policy_for)
+    return template.worker_spec(worker_id=0, incarnation=0), policy, RolloutSlots.create(template.layout, num_slots)
 
 
 def collect_sync(env, policy_for, *, envs: int, steps: int, rollouts: int):

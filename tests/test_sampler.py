@@ -8,46 +8,22 @@ import logging
 import gymnasium as gym
 import numpy as np
 import torch
+from conftest import sampler_template
 
-from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
-from aiorl.models import ActorCritic, evaluate
-from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.models import evaluate
+from aiorl.shm import RolloutSlots
 from aiorl.testing import COUNTING_ENV_ID
 from aiorl.worker.sampler import EnvSampler
-from aiorl.worker.spec import WorkerTemplate
 
 
 def make_sampler(
     max_episode_steps: int, steps: int, envs: int, reward_gamma: float | None = None, env: str = "CartPole-v1"
 ) -> tuple[EnvSampler, RolloutSlots]:
-    factory = EnvFactory.from_user(env, {"max_episode_steps": max_episode_steps})
-    spaces = EnvSpaces.probe(factory)
-    encoder = ObservationEncoder.for_space(spaces.observation_space)
-    dist = ActionDistribution.for_space(spaces.action_space)
-    layout = RolloutLayout(
-        rollout_length=steps,
-        num_envs=envs,
-        obs_shape=encoder.shape,
-        action_shape=dist.action_shape,
-        action_dtype=dist.action_dtype.str,
+    template, policy = sampler_template(
+        env, envs=envs, steps=steps, env_kwargs={"max_episode_steps": max_episode_steps}, reward_gamma=reward_gamma
     )
-    slots = RolloutSlots.create(layout, 1)
-    torch.manual_seed(0)
-    policy = ActorCritic(encoder.shape, dist)
-    spec = WorkerTemplate(
-        env_factory=factory,
-        seed=0,
-        layout=layout,
-        num_slots=1,
-        policy=policy,
-        dist=dist,
-        obs_encoder=encoder,
-        heartbeat_interval_s=1.0,
-        num_workers=1,
-        env_error_limit=3,
-        reward_gamma=reward_gamma,
-    ).worker_spec(worker_id=0, incarnation=0)
+    slots = RolloutSlots.create(template.layout, 1)
+    spec = template.worker_spec(worker_id=0, incarnation=0)
     return EnvSampler(spec, policy), slots
 
 

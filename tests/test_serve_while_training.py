@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import descendants, wait_until
+from conftest import alive, descendants, wait_until
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "serve_while_training.py"
 
@@ -61,11 +61,3 @@ def test_status_shows_learning_and_stop_exits_cleanly(loop):
     assert process.returncode == 0, stderr
     assert stdout.strip().startswith("stopped after"), stdout
     assert wait_until(lambda: not [pid for pid in children if alive(pid)], 10), "orphans left"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
