@@ -174,6 +174,7 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         self.action_space = env.single_action_space
         self.metadata = dict(getattr(env, "metadata", {}) or {})
         self.spec = getattr(env, "spec", None)
+        self.render_mode = getattr(env, "render_mode", None)
         self._started = False
         self._ended = False
 
