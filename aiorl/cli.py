@@ -30,6 +30,7 @@ import click
 
 from aiorl.checkpoint import CHECKPOINT_NAME, prepare_checkpoint_path
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
+from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import MetricsLog
 from aiorl.progress import ProgressDisplay
@@ -101,6 +102,11 @@ _progress_option = click.option(
 @click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-TIME.")
 @click.option("--seed", type=int, help="Seed of the policy, the envs and the sampling.")
 @click.option("--checkpoint-interval", type=float, help="Seconds between checkpoints (default 60).")
+@click.option(
+    "--vector",
+    type=click.Choice(["gymnasium", "envpool"]),
+    help="Each worker steps one vector env of --envs-per-worker sub-envs of ENV_ID (gymnasium.make_vec or EnvPool).",
+)
 @_progress_option
 def train(
     env_id: str | None,
@@ -114,6 +120,7 @@ def train(
     logdir: Path | None,
     seed: int | None,
     checkpoint_interval: float | None,
+    vector: str | None,
     progress: str,
 ) -> None:
     """Train on ENV_ID (a gymnasium id, or module:factory) and log to LOGDIR.
@@ -123,7 +130,7 @@ def train(
     events when tensorboard is installed.
     """
     run = _given(env=env_id, algo=algo, total_steps=steps, target_return=target_return, preset=preset)
-    run |= _given(checkpoint_interval_s=checkpoint_interval)
+    run |= _given(checkpoint_interval_s=checkpoint_interval, vector=vector)
     trainer_options = _given(num_workers=workers, envs_per_worker=envs_per_worker, seed=seed)
     with _bad_input():
         layers = read_toml(config_file) if config_file is not None else None
@@ -137,7 +144,7 @@ def train(
         trainer = Trainer(
             experiment.env_source(),
             experiment.algo,
-            env_kwargs=experiment.env_kwargs or None,
+            env_kwargs=experiment.trainer_env_kwargs(),
             **{name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__},
         )
         trainer.preset = experiment.preset
@@ -434,8 +441,11 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
     """
     factory = trainer.env_factory
     env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
+    env_kwargs, vector = dict(factory.kwargs), None
+    if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
+        env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
     differences = experiment.differences(
-        env=env, env_kwargs=dict(factory.kwargs), algo=trainer.algo, trainer=trainer.config
+        env=env, env_kwargs=env_kwargs, algo=trainer.algo, trainer=trainer.config, vector=vector
     )
     if differences:
         listed = "".join(f"\n  {difference}" for difference in differences)

@@ -279,7 +279,16 @@ class TrainerConfig:
             return [f"device={self.device!r} but CUDA is not available"]
         return []
 
-    def settled(self, *, algo: object, flat_float_observations: bool, async_env: bool, env: str) -> TrainerConfig:
+    def settled(
+        self,
+        *,
+        algo: object,
+        flat_float_observations: bool,
+        async_env: bool,
+        env: str,
+        vector_envs: int | None = None,
+        envs_per_worker_given: bool = True,
+    ) -> TrainerConfig:
         """The config checked against the algorithm and the env, with its automatic choices made.
 
         Args:
@@ -288,6 +297,10 @@ class TrainerConfig:
                 observation normalisation helps).
             async_env: the env is an :class:`~aiorl.AsyncEnv`.
             env: the env's description, for messages.
+            vector_envs: the env factory returns vector envs of this many sub-envs (``None``:
+                single envs). ``envs_per_worker`` becomes it when it was not given
+                (``envs_per_worker_given=False``); one given that differs is a problem.
+            envs_per_worker_given: the user set ``envs_per_worker``.
 
         Raises:
             ConfigError: the options contradict the algorithm or the env.
@@ -308,10 +321,28 @@ class TrainerConfig:
                 f"backend={self.backend!r} steps gymnasium envs inline only; async envs (an aiorl.AsyncEnv "
                 "or env_threads=True) run on the local backend for now"
             )
+        envs_per_worker = self.envs_per_worker
+        if vector_envs is not None:
+            if envs_per_worker_given and self.envs_per_worker != vector_envs:
+                problems.append(
+                    f"envs_per_worker={self.envs_per_worker!r}, but env={env!r} returns vector envs of "
+                    f"num_envs={vector_envs}: each worker steps one, so leave envs_per_worker out or make them equal"
+                )
+            if self.env_threads:
+                problems.append(
+                    f"env_threads=True runs single gymnasium envs in threads, but env={env!r} returns vector envs"
+                )
+            if self.act_batch is not None:
+                problems.append(
+                    f"act_batch={self.act_batch!r} batches async envs, but env={env!r} returns vector envs, "
+                    "which act as one batch"
+                )
+            envs_per_worker = vector_envs
         if problems:
             raise ConfigError(problems)
         return replace(
             self,
+            envs_per_worker=envs_per_worker,
             normalize_observations=_choose(self.normalize_observations, flat_float_observations),
             normalize_rewards=_choose(self.normalize_rewards, has_discount),
         )

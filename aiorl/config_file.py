@@ -38,6 +38,7 @@ import tomli_w
 from aiorl.algos import APPO, PPO
 from aiorl.config import TrainerConfig, _is_int, did_you_mean
 from aiorl.envs import EnvSource
+from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError
 from aiorl.presets import Preset, get_preset
 
@@ -68,11 +69,22 @@ class RunConfig:
     (default: the preset's target, if any)."""
     checkpoint_interval_s: float = 60.0
     """Seconds between periodic checkpoints (one is also written when the run ends)."""
+    vector: str | None = None
+    """``"gymnasium"`` (``gymnasium.make_vec``) or ``"envpool"`` (``envpool.make``): each worker
+    steps one vector env of ``trainer.envs_per_worker`` sub-envs of ``env`` (an id), built with
+    ``env_kwargs`` (:class:`~aiorl.envs.vector.VectorEnvs`); ``None``: single envs."""
 
     def __post_init__(self) -> None:
         problems = []
         if self.algo is not None and self.algo not in ALGORITHMS:
             problems.append(f"run.algo={self.algo!r} must be one of {sorted(ALGORITHMS)}")
+        if self.vector is not None and self.vector not in VECTOR_KINDS:
+            problems.append(f"run.vector={self.vector!r} must be one of {VECTOR_KINDS} or {NONE!r}")
+        elif self.vector is not None and self.env is not None and ":" in self.env and self.env not in gym.registry:
+            problems.append(
+                f"run.vector={self.vector!r} builds vector envs of an env id, but run.env={self.env!r} is a "
+                "module:factory (a factory may return a gymnasium.vector.VectorEnv itself)"
+            )
         if not (_is_int(self.total_steps) and self.total_steps >= 1):
             problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
         if not (isinstance(self.checkpoint_interval_s, int | float) and self.checkpoint_interval_s > 0):
@@ -98,12 +110,28 @@ class Experiment:
         return next(name for name, cls in ALGORITHMS.items() if isinstance(self.algo, cls))
 
     def env_source(self) -> EnvSource:
-        """The env as the trainer takes it: a gymnasium id or an imported factory."""
+        """The env as the trainer takes it: a gymnasium id, an imported factory, or a vector env factory.
+
+        With ``run.vector``: a :class:`~aiorl.envs.vector.VectorEnvs` of ``trainer.envs_per_worker`` sub-envs.
+        """
         assert self.run.env is not None
+        if self.run.vector is not None:
+            kind = typing.cast(VectorKind, self.run.vector)
+            return VectorEnvs(self.run.env, self.trainer.envs_per_worker, kind, kwargs=dict(self.env_kwargs))
         return resolve_env(self.run.env)
 
+    def trainer_env_kwargs(self) -> dict[str, Any] | None:
+        """``Trainer(env_kwargs=...)``: ``env_kwargs`` for an env id (a vector env's factory holds them)."""
+        return None if self.run.vector is not None else (dict(self.env_kwargs) or None)
+
     def differences(
-        self, *, env: str, env_kwargs: Mapping[str, Any], algo: object, trainer: TrainerConfig
+        self,
+        *,
+        env: str,
+        env_kwargs: Mapping[str, Any],
+        algo: object,
+        trainer: TrainerConfig,
+        vector: str | None = None,
     ) -> list[str]:
         """Where this experiment and a checkpoint's run disagree, one line each naming both values.
 
@@ -118,6 +146,7 @@ class Experiment:
                 found.append(f"{name} = {mine!r} in config.toml, {theirs!r} in the checkpoint")
 
         differ("run.env", self.run.env, env)
+        differ("run.vector", self.run.vector, vector)
         differ("env_kwargs", dict(self.env_kwargs), dict(env_kwargs))
         if type(algo) is not type(self.algo):
             differ("run.algo", self.algo_name, _algo_name(algo))

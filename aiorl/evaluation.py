@@ -31,6 +31,7 @@ from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
 from aiorl.envs.masks import ACTION_MASK_KEY
+from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
 from aiorl.recurrent import state_size, step
@@ -293,6 +294,8 @@ def play_episodes(
     An :class:`~aiorl.AsyncEnv` is played on a private event loop of the calling thread.
     """
     made = env_factory()
+    if is_vector_env(made):  # the workers' vector env: play in its first sub-env
+        made = FirstSubEnv(made)  # type: ignore[arg-type]
     env: EpisodeEnv = _Awaited(made, env_factory.describe()) if isinstance(made, AsyncEnv) else made
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
     memory = RecurrentMemory() if state_size(policy) else None

@@ -30,6 +30,7 @@ from torch import nn
 from aiorl.checkpoint import read_checkpoint
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
+from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError
 from aiorl.evaluation import EvalResult, FrameSink, RecurrentMemory, choose_action, play
 from aiorl.models import ObservationNormalizer
@@ -155,6 +156,8 @@ class Policy:
             made = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
         else:
             made = factory()
+        if is_vector_env(made):  # a trainer's workers step vector envs: play in one of its sub-envs
+            made = FirstSubEnv(made)  # type: ignore[arg-type]
         if not isinstance(made, gym.Env):
             raise ConfigError(f"env={factory.describe()!r} is an aiorl.AsyncEnv; drive it yourself with policy.act()")
         env = made

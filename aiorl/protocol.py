@@ -60,9 +60,11 @@ class EnvRecovered:
     """An env raised; the worker re-created it and goes on.
 
     ``discarded_steps`` of its broken episode were masked out of the current rollout.
+    ``env_index`` is ``None`` for a worker's vector env (re-created as a whole, with every
+    sub-env's unfinished episode).
     """
 
-    env_index: int
+    env_index: int | None
     step: int
     policy_version: int
     error_type: str

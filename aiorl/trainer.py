@@ -63,7 +63,10 @@ class Trainer:
 
     Args:
         env: a gymnasium id, or a picklable zero-argument callable returning a
-            ``gymnasium.Env`` (a module-level function, a class, ``functools.partial``).
+            ``gymnasium.Env`` (a module-level function, a class, ``functools.partial``),
+            an :class:`~aiorl.AsyncEnv`, or a ``gymnasium.vector.VectorEnv`` (EnvPool's
+            included: each worker steps one as a batch, ``envs_per_worker`` is its
+            ``num_envs``; see :mod:`aiorl.envs.vector`).
         algo: the algorithm and its hyperparameters; defaults to ``PPO()``.
         env_kwargs: keyword arguments for ``gymnasium.make`` (with an id only).
         policy: a ``torch.nn.Module`` following the policy interface of
@@ -105,6 +108,8 @@ class Trainer:
             flat_float_observations=_is_flat_float_box(self.spaces),
             async_env=self.spaces.is_async,
             env=self.env_factory.describe(),
+            vector_envs=self.spaces.num_envs,
+            envs_per_worker_given="envs_per_worker" in options,
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
@@ -241,6 +246,7 @@ class Trainer:
                     seed=cfg.seed + self._launches * LAUNCH_SEED_STRIDE,
                     action_space=self.spaces.action_space,
                     action_masks=self.spaces.action_masks,
+                    vector=self.spaces.num_envs is not None,
                 ),
                 learner=self._learner,
                 version=self._version,

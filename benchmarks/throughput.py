@@ -20,6 +20,21 @@ Systems (all measured in one run, so the numbers are comparable):
   envs (``context="forkserver"``, shared memory, default ``NEXT_STEP``
   autoreset); the policy runs in the main process.
 
+Native vector envs as each worker's env (one run, measured with the others; ``--vector-only``
+runs just these):
+
+- ``aiorl+envpool``: the same trainer, each worker stepping one EnvPool CartPole of 32 envs
+  (``aiorl.envs.VectorEnvs(kind="envpool")``, one EnvPool thread) as one batch per step.
+- ``envpool alone``: EnvPool CartPole with the same policy work in this process: 32 envs
+  and 1 thread (what one worker's env steps alone; the sum over both workers is twice it),
+  and 64 envs with 2 threads (the same work on the same cores in one process).
+- ``aiorl+gymnasium`` and ``gymnasium alone``: the same with gymnasium's own vectorized
+  CartPole (``gymnasium.make_vec(vectorization_mode="vector_entry_point")``, numpy).
+
+Their targets: aiorl(2x32) >= 0.8x the sum of what each worker's vector env steps alone
+(2 x the 32-env row), and aiorl(2x32, EnvPool) >= 0.9x EnvPool alone with 64 envs and 2
+threads. EnvPool's rows are skipped when envpool is not installed (``pip install 'aiorl[envpool]'``).
+
 The main process runs with ``torch.set_num_threads(1)``: a single process steps
 its envs on one core anyway, and aiorl's workers use one thread each as well.
 The forkserver has torch and gymnasium preloaded, which only makes starting the
@@ -83,6 +98,7 @@ from other_load import OtherLoadMeter, busy_warning
 
 import aiorl
 from aiorl.distributions import ActionDistribution
+from aiorl.envs.vector import seeds_at_construction
 
 ENV_ID = "CartPole-v1"
 NUM_WORKERS = 2
@@ -108,6 +124,31 @@ class Target:
 
 
 TARGETS = (Target("SyncVectorEnv", 64, 1.6), Target("AsyncVectorEnv", 64, 5.0))
+NATIVE_KINDS = ("envpool", "gymnasium")
+"""Native vector envs measured as each worker's env (``envpool`` only where it is installed)."""
+NATIVE_ENVS_PER_WORKER = 32
+NATIVE_SUM_TARGET = 0.8
+"""aiorl(2 x 32, a native vector env each) / (2 x that vector env of 32 alone) must reach this."""
+ENVPOOL_ALONE_TARGET = 0.9
+"""aiorl(2 x 32 EnvPool) / EnvPool alone (64 envs, 2 threads) must reach this."""
+
+
+def native_kinds() -> tuple[str, ...]:
+    """The native vector envs this machine can run."""
+    try:
+        import envpool  # noqa: F401
+    except ImportError:
+        return tuple(kind for kind in NATIVE_KINDS if kind != "envpool")
+    return NATIVE_KINDS
+
+
+def make_native(kind: str, num_envs: int, threads: int = 1) -> gym.vector.VectorEnv:
+    """A native vector env of ``ENV_ID``: EnvPool's (with ``threads``) or gymnasium's own vectorized one."""
+    if kind == "envpool":
+        import envpool
+
+        return envpool.make(ENV_ID, env_type="gymnasium", num_envs=num_envs, num_threads=threads, seed=SEED)
+    return gym.make_vec(ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +176,8 @@ class Measurement:
     system: str
     label: str
     envs: int
+    family: str = "python"
+    """``"python"`` (CartPole stepped one Python env at a time) or a native vector env's kind."""
     rates: list[float] = field(default_factory=list)
     other_load: list[float] = field(default_factory=list)
     """Per window: CPU cores used by processes outside this benchmark (empty where unknown)."""
@@ -155,12 +198,22 @@ class AiorlSystem:
     """An ``aiorl.Trainer`` with ``NUM_WORKERS`` workers x ``envs_per_worker`` envs, sampling only."""
 
     system = "aiorl"
+    family = "python"
 
     def __init__(self, trainer: aiorl.Trainer, envs_per_worker: int) -> None:
         self.trainer = trainer
         self.envs = NUM_WORKERS * envs_per_worker
         self.label = f"aiorl {NUM_WORKERS} workers x {envs_per_worker} envs"
         self.rate = 0.0
+
+    @classmethod
+    async def start_native(cls, stack: contextlib.AsyncExitStack, kind: str) -> AiorlSystem:
+        """aiorl with each worker stepping one native vector env of ``NATIVE_ENVS_PER_WORKER`` envs."""
+        env = aiorl.envs.VectorEnvs(ENV_ID, NATIVE_ENVS_PER_WORKER, kind)  # type: ignore[arg-type]
+        system = await cls.start(stack, NATIVE_ENVS_PER_WORKER, env)
+        system.system, system.family = f"aiorl+{kind}", kind
+        system.label = f"aiorl {NUM_WORKERS} workers x {NATIVE_ENVS_PER_WORKER} envs, one {kind} vector env each"
+        return system
 
     @classmethod
     async def start(
@@ -213,7 +266,7 @@ class VectorSampler:
         assert obs_shape is not None
         torch.manual_seed(SEED)
         self.policy = aiorl.ActorCritic(obs_shape, self.dist)
-        self.obs, _ = venv.reset(seed=SEED)
+        self.obs, _ = venv.reset(seed=None if seeds_at_construction(venv) else SEED)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -251,11 +304,31 @@ class VectorSampler:
 class VectorSystem:
     """A ``SyncVectorEnv`` or ``AsyncVectorEnv`` of ``CartPole-v1`` with the policy in this process."""
 
+    family = "python"
+
     def __init__(self, system: str, sampler: VectorSampler) -> None:
         self.system = system
         self.sampler = sampler
         self.envs = sampler.venv.num_envs
         self.label = f"{system} ({self.envs} envs)"
+
+    @classmethod
+    async def start_native(
+        cls, stack: contextlib.AsyncExitStack, kind: str, num_envs: int, threads: int = 1
+    ) -> VectorSystem:
+        """A native vector env alone in this process, stepped with the same policy work."""
+        venv = await asyncio.to_thread(make_native, kind, num_envs, threads)
+        try:
+            sampler = VectorSampler(venv)
+        except BaseException:
+            venv.close()
+            raise
+        stack.push_async_callback(asyncio.to_thread, sampler.close)
+        system = cls(f"{kind} alone", sampler)
+        system.family = kind
+        threads_text = f", {threads} thread{'s' if threads > 1 else ''}" if kind == "envpool" else ""
+        system.label = f"{kind} alone ({num_envs} envs{threads_text}), one process"
+        return system
 
     @classmethod
     async def start(
@@ -299,17 +372,26 @@ class VectorSystem:
 System = AiorlSystem | VectorSystem
 
 
-async def measure_all(budget: Budget) -> list[Measurement]:
-    """Start every system, warm each up, then time ``budget.repeats`` round-robin rounds."""
+async def measure_all(budget: Budget, python: bool = True, native: bool = True) -> list[Measurement]:
+    """Start every system, warm each up, then time ``budget.repeats`` round-robin rounds.
+
+    ``python``: the CartPole rows stepped one Python env at a time; ``native``: the native vector env rows.
+    """
     async with contextlib.AsyncExitStack() as stack:
         systems: list[System] = []
-        # The aiorl trainers first: they start the forkserver the AsyncVectorEnv processes reuse.
-        for envs_per_worker in ENVS_PER_WORKER:
-            systems.append(await AiorlSystem.start(stack, envs_per_worker))
-        for envs_per_worker in ENVS_PER_WORKER:
-            for name in ("SyncVectorEnv", "AsyncVectorEnv"):
-                systems.append(await VectorSystem.start(stack, name, NUM_WORKERS * envs_per_worker))
-        systems.sort(key=lambda s: s.envs)  # stable: aiorl, Sync, Async for each envs total
+        if python:
+            # The aiorl trainers first: they start the forkserver the AsyncVectorEnv processes reuse.
+            for envs_per_worker in ENVS_PER_WORKER:
+                systems.append(await AiorlSystem.start(stack, envs_per_worker))
+            for envs_per_worker in ENVS_PER_WORKER:
+                for name in ("SyncVectorEnv", "AsyncVectorEnv"):
+                    systems.append(await VectorSystem.start(stack, name, NUM_WORKERS * envs_per_worker))
+            systems.sort(key=lambda s: s.envs)  # stable: aiorl, Sync, Async for each envs total
+        for kind in native_kinds() if native else ():
+            systems.append(await AiorlSystem.start_native(stack, kind))
+            systems.append(await VectorSystem.start_native(stack, kind, NATIVE_ENVS_PER_WORKER))
+            total = NUM_WORKERS * NATIVE_ENVS_PER_WORKER
+            systems.append(await VectorSystem.start_native(stack, kind, total, NUM_WORKERS))
         return await time_systems(systems, budget)
 
 
@@ -318,7 +400,7 @@ async def time_systems(systems: Sequence[System], budget: Budget, name: str = ""
     _progress(f"{name}started {len(systems)} systems; warming up")
     for system in systems:
         await system.warm_up(budget)
-    results = [Measurement(system.system, system.label, system.envs) for system in systems]
+    results = [Measurement(system.system, system.label, system.envs, system.family) for system in systems]
     meter = OtherLoadMeter()
     for round_ in range(1, budget.repeats + 1):
         for system, result in zip(systems, results, strict=True):
@@ -358,8 +440,12 @@ def _find(results: Sequence[Measurement], system: str, envs: int) -> Measurement
     return next((m for m in results if m.system == system and m.envs == envs), None)
 
 
+def _aiorl_system(family: str) -> str:
+    return "aiorl" if family == "python" else f"aiorl+{family}"
+
+
 def _aiorl_ratio(results: Sequence[Measurement], baseline: Measurement) -> float | None:
-    ours = _find(results, "aiorl", baseline.envs)
+    ours = _find(results, _aiorl_system(baseline.family), baseline.envs)
     return None if ours is None else ours.median / baseline.median
 
 
@@ -404,13 +490,42 @@ def render_ratios(results: Sequence[Measurement]) -> tuple[str, bool]:
             f"- target: aiorl({_config(target.envs)}) / {target.baseline}({target.envs}) "
             f"= **{ratio:.2f}x** (target >= {target.minimum:g}): {'met' if met else 'MISSED'}"
         )
-    targeted = {(t.baseline, t.envs) for t in TARGETS}
+    native_lines, native_met = _native_ratios(results)
+    lines += native_lines
+    all_met = all_met and native_met
+    targeted = {(t.baseline, t.envs) for t in TARGETS} | {("envpool alone", NUM_WORKERS * NATIVE_ENVS_PER_WORKER)}
     for m in results:
         ratio = _aiorl_ratio(results, m)
-        if m.system == "aiorl" or (m.system, m.envs) in targeted or ratio is None:
+        if m.system.startswith("aiorl") or (m.system, m.envs) in targeted or ratio is None:
             continue
-        lines.append(f"- aiorl({_config(m.envs)}) / {m.system}({m.envs}) = {ratio:.2f}x (no target)")
+        ours = _aiorl_system(m.family)
+        lines.append(f"- {ours}({_config(m.envs)}) / {m.system}({m.envs}) = {ratio:.2f}x (no target)")
     return "\n".join(lines), all_met
+
+
+def _native_ratios(results: Sequence[Measurement]) -> tuple[list[str], bool]:
+    """The native vector env targets: against the sum of each worker's env alone, and EnvPool (64, 2 threads)."""
+    lines, all_met = [], True
+    total = NUM_WORKERS * NATIVE_ENVS_PER_WORKER
+    for kind in NATIVE_KINDS:
+        ours = _find(results, f"aiorl+{kind}", total)
+        one = _find(results, f"{kind} alone", NATIVE_ENVS_PER_WORKER)
+        if ours is None or one is None:
+            continue
+        one_name = f"{NUM_WORKERS} x {kind} alone({NATIVE_ENVS_PER_WORKER})"
+        checks = [(one_name, NUM_WORKERS * one.median, NATIVE_SUM_TARGET)]
+        together = _find(results, f"{kind} alone", total)
+        if kind == "envpool" and together is not None:
+            checks.append((f"envpool alone({total}, {NUM_WORKERS} threads)", together.median, ENVPOOL_ALONE_TARGET))
+        for name, baseline, minimum in checks:
+            ratio = ours.median / baseline
+            met = ratio >= minimum
+            all_met = all_met and met
+            lines.append(
+                f"- target: aiorl+{kind}({_config(total)}) / {name} = **{ratio:.2f}x** "
+                f"(target >= {minimum:g}): {'met' if met else 'MISSED'}"
+            )
+    return lines, all_met
 
 
 def describe_setup(budget: Budget) -> str:
@@ -428,6 +543,8 @@ def describe_setup(budget: Budget) -> str:
             "worker; measured with Trainer.sample",
             "- SyncVectorEnv / AsyncVectorEnv: policy in the main process with torch.set_num_threads(1); "
             "AsyncVectorEnv: context='forkserver', one process per env",
+            f"- native vector envs ({', '.join(native_kinds())}): aiorl's workers each step one of "
+            f"{NATIVE_ENVS_PER_WORKER} envs (EnvPool: 1 thread); alone: the same policy work in the main process",
             f"- timing: warm-up, then {budget.repeats} round(s) of one {window} window per system "
             "(round-robin); median reported",
             f"- machine: {os.cpu_count()} CPUs ({platform.machine()}); {versions}",
@@ -452,6 +569,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"redo a window up to this many times while other processes use > {OTHER_LOAD_WARN} cores (default: 2)",
     )
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target ratio is missed")
+    parser.add_argument(
+        "--vector-only", action="store_true", help="only the native vector env rows (EnvPool, gymnasium's vectorized)"
+    )
+    parser.add_argument("--no-vector", action="store_true", help="leave the native vector env rows out")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.repeats < 1 or args.busy_retries < 0:
         parser.error("--seconds must be > 0, --warmup >= 0, --repeats >= 1 and --busy-retries >= 0")
@@ -486,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     started = time.monotonic()
     try:
-        results = aiorl.run(measure_all(budget))
+        results = aiorl.run(measure_all(budget, python=not args.vector_only, native=not args.no_vector))
     except KeyboardInterrupt:
         print("interrupted; every worker and env process was stopped", file=sys.stderr)
         return 130

@@ -247,10 +247,12 @@ def worker_template(
     seed: int,
     action_space: gym.Space | None = None,
     action_masks: ActionMasks | None = None,
+    vector: bool = False,
 ) -> WorkerTemplate:
     """What every worker of a trainer is built from, for its backend to turn into specs.
 
     ``action_masks``: the env's action masks, if it gives any (the rollouts then carry them).
+    ``vector``: the env factory returns a vector env of ``config.envs_per_worker`` sub-envs.
     """
     layout = RolloutLayout(
         rollout_length=config.rollout_length,
@@ -284,4 +286,5 @@ def worker_template(
         reward_gamma=getattr(algo, "gamma", None) if config.normalize_rewards else None,
         acting=acting,
         action_space=action_space,
+        vector=vector,
     )

@@ -5,6 +5,7 @@ from aiorl.envs.async_env import AsyncEnv, ThreadedEnv
 from aiorl.envs.factory import EnvFactory, EnvSource, EnvSpaces
 from aiorl.envs.masks import ActionMasks, InvalidActionMask
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
+from aiorl.envs.vector import FirstSubEnv, VectorEnvs
 
 __all__ = [
     "ActionMasks",
@@ -16,4 +17,6 @@ __all__ = [
     "EnvSpaces",
     "ObservationEncoder",
     "check_action_space",
+    "FirstSubEnv",
+    "VectorEnvs",
 ]

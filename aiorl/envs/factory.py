@@ -1,7 +1,8 @@
 """Env factories: how a worker builds its envs from what the user passed.
 
 ``Trainer(env=...)`` takes a gymnasium id (plus ``env_kwargs``) or a picklable
-zero-argument callable returning a ``gymnasium.Env`` or an :class:`~aiorl.AsyncEnv`.
+zero-argument callable returning a ``gymnasium.Env``, an :class:`~aiorl.AsyncEnv`, or a
+``gymnasium.vector.VectorEnv`` (one per worker: :mod:`aiorl.envs.vector`).
 :class:`EnvFactory` wraps either, checks it in the main process (unknown id,
 unpicklable callable, wrong return type, unsupported spaces) and is what travels to
 worker processes.
@@ -16,14 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.vector import VectorEnv
 
 from aiorl.envs.async_env import AsyncEnv
 from aiorl.envs.closing import close_in_background
 from aiorl.envs.masks import ActionMasks, detect_action_masks
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
+from aiorl.envs.vector import VectorEnvs, autoreset_mode, is_vector_env
 from aiorl.errors import ConfigError
 
-EnvSource = str | Callable[[], gym.Env | AsyncEnv]
+EnvSource = str | Callable[[], gym.Env | AsyncEnv | VectorEnv]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,7 @@ class EnvFactory:
     """
 
     env_id: str | None = None
-    make_fn: Callable[[], gym.Env | AsyncEnv] | None = None
+    make_fn: Callable[[], gym.Env | AsyncEnv | VectorEnv] | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -68,10 +71,10 @@ class EnvFactory:
             return cls(make_fn=env)
         raise ConfigError(
             f"env={env!r} must be a gymnasium id (str) or a zero-argument callable returning "
-            "a gymnasium.Env or an aiorl.AsyncEnv"
+            "a gymnasium.Env, an aiorl.AsyncEnv or a gymnasium.vector.VectorEnv"
         )
 
-    def __call__(self) -> gym.Env | AsyncEnv:
+    def __call__(self) -> gym.Env | AsyncEnv | VectorEnv:
         """Make one fresh environment."""
         if self.env_id is not None:
             return gym.make(self.env_id, **self.kwargs)
@@ -82,6 +85,8 @@ class EnvFactory:
         """A short human-readable name for logs and errors."""
         if self.env_id is not None:
             return self.env_id
+        if isinstance(self.make_fn, VectorEnvs):
+            return self.make_fn.describe()
         return getattr(self.make_fn, "__qualname__", repr(self.make_fn))
 
 
@@ -90,26 +95,29 @@ class EnvSpaces:
     """The observation and action spaces of an environment, probed once.
 
     ``is_async`` tells whether the factory returns an :class:`~aiorl.AsyncEnv`;
-    ``action_masks`` how its action masks are read, if it gives any (see :mod:`aiorl.envs.masks`).
+    ``action_masks`` how its action masks are read, if it gives any (see :mod:`aiorl.envs.masks`);
+    ``num_envs`` the sub-envs of the ``gymnasium.vector.VectorEnv`` it returns (``None``: it
+    returns single envs). The spaces of a vector env are those of one sub-env.
     """
 
     observation_space: gym.Space
     action_space: gym.Space
     is_async: bool = False
     action_masks: ActionMasks | None = None
+    num_envs: int | None = None
 
     @classmethod
     def probe(cls, factory: EnvFactory) -> EnvSpaces:
         """Make one env in this process, read its spaces, look for action masks, close it, and check them.
 
-        A gymnasium env is reset once: if the info has an ``"action_mask"``, the env is
-        masked. An :class:`~aiorl.AsyncEnv` is not reset here (its ``reset`` may open
+        A gymnasium env (or vector env) is reset once: if the info has an ``"action_mask"``,
+        the env is masked. An :class:`~aiorl.AsyncEnv` is not reset here (its ``reset`` may open
         connections): it says so with its ``action_masks`` attribute.
 
         Raises:
             ConfigError: the factory failed, did not return an env, its reset failed, an env
-                space is unsupported, or the env gives action masks for an action space
-                that cannot be masked.
+                space is unsupported, the env gives action masks for an action space
+                that cannot be masked, or a vector env does not reset its sub-envs itself.
         """
         try:
             env = factory()
@@ -122,20 +130,26 @@ class EnvSpaces:
                     "which has no observation_space/action_space"
                 )
             is_async = isinstance(env, AsyncEnv)
+            num_envs = None
+            observation_space, action_space = env.observation_space, env.action_space
+            if is_vector_env(env):
+                autoreset_mode(env)
+                num_envs = int(env.num_envs)
+                observation_space, action_space = env.single_observation_space, env.single_action_space
             if is_async:
                 info: object = {"action_mask": True} if getattr(env, "action_masks", False) is True else {}
             else:
                 info = _reset_info(env, factory)
-            ObservationEncoder.for_space(env.observation_space)
-            check_action_space(env.action_space)
-            masks = detect_action_masks(info, env.action_space)
-            return cls(env.observation_space, env.action_space, is_async, masks)
+            ObservationEncoder.for_space(observation_space)
+            check_action_space(action_space)
+            masks = detect_action_masks(info, action_space)
+            return cls(observation_space, action_space, is_async, masks, num_envs)
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")
 
 
-def _reset_info(env: gym.Env, factory: EnvFactory) -> object:
+def _reset_info(env: gym.Env | VectorEnv, factory: EnvFactory) -> object:
     """The info of one ``reset`` of the probe env (where an action mask would be)."""
     try:
         return env.reset()[1]

@@ -101,6 +101,37 @@ class ObservationEncoder:
         else:
             out[:] = gym.spaces.flatten(self.space, obs)
 
+    def encode_batch_into(self, obs: object, out: np.ndarray) -> None:
+        """Write a vector env's batch of observations ``obs`` into ``out`` (float32, ``[K, *shape]``).
+
+        ``obs`` is batched as ``gymnasium.vector.utils.batch_space`` batches :attr:`space`
+        (a Box: one array ``[K, *shape]``; a Dict: a dict of batched arrays).
+
+        Raises:
+            ValueError: ``obs`` is not a batch of ``K`` observations of :attr:`space`.
+        """
+        k = out.shape[0]
+        if self.kind == "box":
+            shape = tuple(np.shape(obs))
+            if shape != out.shape:
+                raise ValueError(f"a batch of observations of shape {shape}, expected {out.shape} ({self.space})")
+            out[...] = obs
+        elif self.kind == "one_hot":
+            values = np.asarray(obs)
+            if values.shape != (k,) or values.dtype.kind not in "iu":
+                raise ValueError(f"a batch of observations {values!r}, expected {k} values of {self.space}")
+            index = values - int(self.space.start)  # type: ignore[attr-defined]
+            if ((index < 0) | (index >= self.shape[0])).any():
+                raise ValueError(f"observations {values!r} are outside observation_space {self.space}")
+            out[...] = 0.0
+            out[np.arange(k), index] = 1.0
+        else:
+            rows = gym.vector.utils.iterate(gym.vector.utils.batch_space(self.space, k), obs)
+            for i, row in enumerate(rows):
+                if i >= k:
+                    raise ValueError(f"a batch of more than {k} observations of {self.space}")
+                out[i] = gym.spaces.flatten(self.space, row)
+
 
 def check_action_space(space: gym.Space) -> None:
     """Raise :class:`ConfigError` unless aiorl has a distribution for ``space``."""

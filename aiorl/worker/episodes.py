@@ -84,13 +84,14 @@ class EnvBookkeeping:
     """One env's running episode and fault state; the samplers call it as they step the env.
 
     Args:
-        index: the env's index in its worker.
+        index: the env's index in its worker (``None``: a worker's vector env as a whole,
+            whose fault state is kept once, see :mod:`aiorl.worker.vector_sampler`).
         gamma: discount of the running return kept for reward normalisation (``None``: off,
             the discounted return stays 0).
         error_limit: failures in a row (without a finished episode) that are fatal.
     """
 
-    index: int
+    index: int | None
     gamma: float | None
     error_limit: int
     episode_return: float = field(default=0.0, init=False)
@@ -130,9 +131,13 @@ class EnvBookkeeping:
         the episode had ended and the reset after it failed) up to ``row``.
         """
         start = self.start if mask_from is None else mask_from
-        discarded = max(row + 1 - start, 0)
+        report = self.failed(exc, policy_version, discarded=max(row + 1 - start, 0))
+        return Breakage(start, row + 1, report)
+
+    def failed(self, exc: Exception, policy_version: int, discarded: int) -> protocol.EnvRecovered:
+        """The env broke, costing ``discarded`` steps: the report of the failure (:meth:`retry` follows)."""
         self.error = exc
-        report = protocol.EnvRecovered(
+        return protocol.EnvRecovered(
             env_index=self.index,
             policy_version=policy_version,
             step=self.env_steps,
@@ -141,7 +146,6 @@ class EnvBookkeeping:
             traceback="".join(traceback.format_exception(exc)),
             discarded_steps=discarded,
         )
-        return Breakage(start, row + 1, report)
 
     def retry(self) -> None:
         """Count one more attempt to re-create the env; raise :class:`EnvStepError` at the limit."""

@@ -41,6 +41,7 @@ from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import EnvStepError, RolloutSummary
 from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import LocalPlumbing, WorkerSpec
+from aiorl.worker.vector_sampler import VectorEnvSampler
 
 EXIT_OK = 0
 EXIT_ENV_ERROR = 3
@@ -114,7 +115,7 @@ class Worker:
         self.flat = tie_to_flat(self.policy)
         self.flat_np = self.flat.numpy()
         self.version = -1
-        self.sampler: EnvSampler | AsyncEnvSampler | None = None
+        self.sampler: EnvSampler | VectorEnvSampler | AsyncEnvSampler | None = None
         self.exit_code = EXIT_OK
 
     async def serve(self) -> int:
@@ -128,7 +129,9 @@ class Worker:
         try:
             self.version = weights.read_into(self.flat_np)
             try:
-                if self.spec.acting is None:
+                if self.spec.vector:
+                    self.sampler = VectorEnvSampler(self.spec, self.policy, progress)
+                elif self.spec.acting is None:
                     self.sampler = EnvSampler(self.spec, self.policy, progress)
                 else:
                     sampler = AsyncEnvSampler(self.spec, self.policy, self.spec.acting, self._pull(weights), progress)

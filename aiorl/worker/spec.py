@@ -56,6 +56,9 @@ class WorkerTemplate:
             Local workers only.
         action_space: the trainer's action space; a worker's env with another one is an
             env error (``None``: not checked).
+        vector: the env factory returns a ``gymnasium.vector.VectorEnv`` of ``layout.num_envs``
+            sub-envs: each worker builds one and steps it as one batch
+            (:mod:`aiorl.worker.vector_sampler`).
     """
 
     env_factory: EnvFactory
@@ -72,6 +75,7 @@ class WorkerTemplate:
     reward_gamma: float | None = None
     acting: AsyncActing | None = None
     action_space: gym.Space | None = None
+    vector: bool = False
 
     def worker_spec(self, worker_id: int, incarnation: int, local: LocalPlumbing | None = None) -> WorkerSpec:
         """The spec of one worker: this template, who the worker is, and (local backend) what it attaches to."""

@@ -30,6 +30,7 @@ from aiorl.worker.episodes import EnvStepError, RolloutSummary
 from aiorl.worker.main import INCARNATION_VARIABLE, WORKER_ID_VARIABLE
 from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import WorkerSpec
+from aiorl.worker.vector_sampler import VectorEnvSampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class RolloutActor:
         self.policy = spec.policy
         self.flat_np = tie_to_flat(self.policy).numpy()
         self.version = -1
-        self.sampler: EnvSampler | None = None
+        self.sampler: EnvSampler | VectorEnvSampler | None = None
         self.lock = asyncio.Lock()
         self.closing = False
         self.collecting: asyncio.Task[Any] | None = None
@@ -77,7 +78,9 @@ class RolloutActor:
 
         node = ray.get_runtime_context().get_node_id()
         try:
-            self.sampler = EnvSampler(self.spec, self.policy)
+            self.sampler = (
+                VectorEnvSampler(self.spec, self.policy) if self.spec.vector else EnvSampler(self.spec, self.policy)
+            )
         except EnvStepError as error:
             return error.to_message(None), node
         await self._pull(weights, version)
