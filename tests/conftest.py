@@ -187,6 +187,7 @@ def sampler_template(
         heartbeat_interval_s=1.0,
         num_workers=1,
         env_error_limit=3,
+        action_space=spaces.action_space,
         **options,
     )
     return template, policy

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import sampler_template
 from gymnasium.vector import AutoresetMode
 from test_action_masks import assert_rows_were_acted_under_their_masks
 from test_cli import command_env
@@ -25,13 +26,12 @@ from test_faults import FAST, QUICK_PPO, assert_accounted
 from aiorl import EnvError, Trainer
 from aiorl.config_file import build_experiment, load_experiment
 from aiorl.distributions import ActionDistribution
-from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder, VectorEnvs
+from aiorl.envs import EnvFactory, EnvSpaces, VectorEnvs
 from aiorl.errors import ConfigError
-from aiorl.models import ActorCritic, evaluate
-from aiorl.recurrent import default_recurrent_policy, state_size
-from aiorl.shm import RolloutLayout, RolloutSlots
+from aiorl.models import evaluate
+from aiorl.recurrent import RecurrentActorCritic
+from aiorl.shm import RolloutSlots
 from aiorl.testing import FaultyEnv, MaskedChoiceEnv
-from aiorl.worker.spec import WorkerTemplate
 from aiorl.worker.vector_sampler import VectorEnvSampler
 
 AIORL = [sys.executable, "-m", "aiorl"]
@@ -61,41 +61,17 @@ def envpool_cartpole(num_envs: int, max_episode_steps: int) -> Any:
 
 
 def sampler_for(make_env: Any, steps: int, recurrent: bool = False) -> tuple[VectorEnvSampler, RolloutSlots]:
-    factory = EnvFactory.from_user(make_env)
-    spaces = EnvSpaces.probe(factory)
-    assert spaces.num_envs is not None
-    encoder = ObservationEncoder.for_space(spaces.observation_space)
-    dist = ActionDistribution.for_space(spaces.action_space)
-    torch.manual_seed(0)
-    if recurrent:
-        policy = default_recurrent_policy(spaces.observation_space, encoder.shape, dist, "lstm", 8)
-    else:
-        policy = ActorCritic(encoder.shape, dist)
-    layout = RolloutLayout(
-        rollout_length=steps,
-        num_envs=spaces.num_envs,
-        obs_shape=encoder.shape,
-        action_shape=dist.action_shape,
-        action_dtype=dist.action_dtype.str,
-        state_size=state_size(policy),
-        mask_width=0 if spaces.action_masks is None else spaces.action_masks.width,
+    num_envs = EnvSpaces.probe(EnvFactory.from_user(make_env)).num_envs
+    assert num_envs is not None
+
+    def lstm(obs_shape: tuple[int, ...], dist: ActionDistribution) -> torch.nn.Module:
+        return RecurrentActorCritic(obs_shape, dist, "lstm", 8)
+
+    template, policy = sampler_template(
+        make_env, envs=num_envs, steps=steps, policy_for=lstm if recurrent else None, vector=True
     )
-    slots = RolloutSlots.create(layout, 1)
-    spec = WorkerTemplate(
-        env_factory=factory,
-        seed=0,
-        layout=layout,
-        num_slots=1,
-        policy=policy,
-        dist=dist,
-        obs_encoder=encoder,
-        heartbeat_interval_s=1.0,
-        num_workers=1,
-        env_error_limit=3,
-        action_space=spaces.action_space,
-        vector=True,
-    ).worker_spec(worker_id=0, incarnation=0)
-    return VectorEnvSampler(spec, policy), slots
+    spec = template.worker_spec(worker_id=0, incarnation=0)
+    return VectorEnvSampler(spec, policy), RolloutSlots.create(template.layout, 1)
 
 
 def values_of(sampler: VectorEnvSampler, obs: np.ndarray) -> np.ndarray:

@@ -136,12 +136,12 @@ class EnvSpaces:
                 autoreset_mode(env)
                 num_envs = int(env.num_envs)
                 observation_space, action_space = env.single_observation_space, env.single_action_space
+            ObservationEncoder.for_space(observation_space)  # unsupported spaces fail before any reset
+            check_action_space(action_space)
             if is_async:
                 info: object = {"action_mask": True} if getattr(env, "action_masks", False) is True else {}
             else:
                 info = _reset_info(env, factory)
-            ObservationEncoder.for_space(observation_space)
-            check_action_space(action_space)
             masks = detect_action_masks(info, action_space)
             return cls(observation_space, action_space, is_async, masks, num_envs)
         finally:
