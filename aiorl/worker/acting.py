@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aiorl.distributions import ActionDistribution
 from aiorl.models import evaluate
 from aiorl.recurrent import initial_state, state_size, step
 
@@ -57,3 +58,33 @@ class ActingPolicy:
     def episode_started(self, i: int) -> None:
         """Env ``i``'s next step is the first of an episode (a reset, or a re-created env)."""
         self.starts[i] = True
+
+
+def act_into_row(
+    acting: ActingPolicy,
+    dist: ActionDistribution,
+    arrays: dict[str, np.ndarray],
+    t: int,
+    obs: np.ndarray,
+    masks: np.ndarray | None,
+    policy_version: int,
+) -> np.ndarray:
+    """Act for every env on ``obs`` and write row ``t`` of a slot; return the sampled actions.
+
+    The row gets the observations, their action masks (if the env gives them), the
+    recurrent episode starts (for a recurrent policy), the actions, their behaviour
+    log-probs and the acting version.
+    """
+    arrays["obs"][t] = obs
+    if masks is not None:
+        arrays["action_masks"][t] = masks
+    if acting.recurrent:
+        arrays["episode_starts"][t] = acting.starts
+    dist_inputs = acting.act(obs)
+    with torch.no_grad():
+        actions, logprobs = dist.sample(dist_inputs, None if masks is None else torch.from_numpy(masks))
+    actions_np = actions.numpy()
+    arrays["actions"][t] = actions_np
+    arrays["logprobs"][t] = logprobs.numpy()
+    arrays["versions"][t] = policy_version
+    return actions_np

@@ -32,7 +32,7 @@ from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
-from aiorl.worker.acting import ActingPolicy
+from aiorl.worker.acting import ActingPolicy, act_into_row
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
@@ -111,20 +111,11 @@ class EnvSampler:
     def _step(self, arrays: SlotArrays, t: int, policy_version: int, summary: RolloutSummary) -> None:
         # This is the hot loop: per env only the env call and list updates; arrays are
         # written once per step.
-        arrays["obs"][t] = self.obs
-        masks = self.action_masks
-        if masks is not None:
-            arrays["action_masks"][t] = self.masks
         acting = self.acting
-        if acting.recurrent:
-            arrays["episode_starts"][t] = acting.starts
-        dist_inputs = acting.act(self.obs)
-        with torch.no_grad():
-            actions, logprobs = self.dist.sample(dist_inputs, None if masks is None else torch.from_numpy(self.masks))
-        actions_np = actions.numpy()
-        arrays["actions"][t] = actions_np
-        arrays["logprobs"][t] = logprobs.numpy()
-        arrays["versions"][t] = policy_version
+        masks = self.action_masks
+        actions_np = act_into_row(
+            acting, self.dist, arrays, t, self.obs, None if masks is None else self.masks, policy_version
+        )
         arrays["valid"][t] = True
         arrays["trunc_values"][t] = 0.0
         k = len(self.envs)

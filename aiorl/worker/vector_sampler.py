@@ -44,7 +44,7 @@ from aiorl.envs.masks import ACTION_MASK_KEY, InvalidActionMask, check_no_action
 from aiorl.envs.vector import SEED_VARIABLE, autoreset_mode, is_vector_env, seeds_at_construction
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
-from aiorl.worker.acting import ActingPolicy
+from aiorl.worker.acting import ActingPolicy, act_into_row
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.sampler import YIELD_INTERVAL_S
 from aiorl.worker.spec import WorkerSpec
@@ -166,21 +166,12 @@ class VectorEnvSampler:
     def _step(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
         resetting = self.resetting
         live = ~resetting
-        arrays["obs"][t] = self.obs
-        masks = self.action_masks
-        if masks is not None:
+        masks = None
+        if self.action_masks is not None:
             self.masks[resetting] = True  # a reset step's action is ignored
-            arrays["action_masks"][t] = self.masks
+            masks = self.masks
         acting = self.acting
-        if acting.recurrent:
-            arrays["episode_starts"][t] = acting.starts
-        dist_inputs = acting.act(self.obs)
-        with torch.no_grad():
-            actions, logprobs = self.dist.sample(dist_inputs, None if masks is None else torch.from_numpy(self.masks))
-        actions_np = actions.numpy()
-        arrays["actions"][t] = actions_np
-        arrays["logprobs"][t] = logprobs.numpy()
-        arrays["versions"][t] = self.policy_version
+        actions_np = act_into_row(acting, self.dist, arrays, t, self.obs, masks, self.policy_version)
         arrays["valid"][t] = live
         arrays["trunc_values"][t] = 0.0
         stepped = int(live.sum())
