@@ -33,6 +33,7 @@ from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_exp
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import MetricsLog
+from aiorl.presets import preset_env_factory
 from aiorl.progress import ProgressDisplay
 from aiorl.trainer import Trainer, TrainResult
 
@@ -442,6 +443,8 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
     factory = trainer.env_factory
     env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
     env_kwargs, vector = dict(factory.kwargs), None
+    if factory.make_fn is not None and factory.make_fn == preset_env_factory(experiment.run.env):
+        env = experiment.run.env  # a preset's factory (Atari): run.env names it by the preset's id
     if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
         env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
     differences = experiment.differences(

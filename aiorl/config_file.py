@@ -40,7 +40,7 @@ from aiorl.config import TrainerConfig, _is_int, did_you_mean
 from aiorl.envs import EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError
-from aiorl.presets import Preset, get_preset
+from aiorl.presets import Preset, get_preset, preset_env_factory
 
 ALGORITHMS: dict[str, type[PPO] | type[APPO]] = {"ppo": PPO, "appo": APPO}
 """``run.algo`` name -> algorithm config class."""
@@ -177,9 +177,15 @@ def _algo_name(algo: object) -> str:
 def resolve_env(env: str) -> EnvSource:
     """A gymnasium id as is; ``"module:attribute"`` imported to the factory it names.
 
+    The id of a preset that builds its env with a factory (``"ALE/Pong-v5"``: Atari's
+    preprocessing, :class:`~aiorl.envs.atari.AtariEnv`) is that factory.
+
     Raises:
         ConfigError: the module cannot be imported or has no such attribute.
     """
+    preset_factory = preset_env_factory(env)
+    if preset_factory is not None:
+        return typing.cast(EnvSource, preset_factory)
     if ":" not in env or env in gym.registry:
         return env
     module_name, _, attribute = env.partition(":")

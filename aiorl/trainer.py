@@ -162,10 +162,11 @@ class Trainer:
         """A trainer with the tuned settings of :data:`aiorl.presets.PRESETS` ``[name]``.
 
         ``overrides`` replace trainer options (``seed=1``) or the algorithm (``algo=...``).
+        The env is the preset's ``env_factory`` where it has one (Atari's preprocessing), else its id.
         """
         preset = get_preset(name)
         algo = overrides.pop("algo", preset.algo)
-        trainer = cls(preset.env, algo, **{**preset.options, **overrides})
+        trainer = cls(preset.env_source, algo, **{**preset.options, **overrides})
         trainer.preset = name
         return trainer
 

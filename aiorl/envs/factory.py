@@ -20,6 +20,7 @@ import gymnasium as gym
 from gymnasium.vector import VectorEnv
 
 from aiorl.envs.async_env import AsyncEnv
+from aiorl.envs.atari import AtariEnv
 from aiorl.envs.closing import close_in_background
 from aiorl.envs.masks import ActionMasks, detect_action_masks
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
@@ -85,7 +86,7 @@ class EnvFactory:
         """A short human-readable name for logs and errors."""
         if self.env_id is not None:
             return self.env_id
-        if isinstance(self.make_fn, VectorEnvs):
+        if isinstance(self.make_fn, VectorEnvs | AtariEnv):
             return self.make_fn.describe()
         return getattr(self.make_fn, "__qualname__", repr(self.make_fn))
 

@@ -1,0 +1,110 @@
+"""Atari games with the usual preprocessing, as a picklable env factory (needs ``pip install aiorl[atari]``).
+
+:class:`AtariEnv` builds an ale-py game (``ALE/Pong-v5``, ``ALE/Breakout-v5``, ...) wrapped in
+gymnasium's own wrappers, as CleanRL and Sample Factory preprocess Atari:
+
+- ``AtariPreprocessing``: up to 30 no-op actions after a reset, a frame skip of 4 (the max of
+  the last two frames), 84x84 grayscale frames, and by default no episode end on a lost life;
+- ``ClipReward`` to [-1, 1] (every ALE reward is an integer, so this is its sign; the returns
+  aiorl then reports are clipped ones: Pong's equal its score, Breakout's count the bricks hit);
+- ``FrameStackObservation``: the last 4 frames, channel-first, so observations are ``uint8``
+  ``[4, 84, 84]`` (aiorl's default CNN takes them channel-first and scales them by 1/255).
+
+ale-py registers its ids with gymnasium when :meth:`AtariEnv.__call__` runs, in each process
+that builds the env (workers included), so nothing else needs to import it. The stacked frames
+are stored in full in each step's rollout row (4 frames per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+from aiorl.errors import ConfigError
+
+ATARI_EXTRA_HINT = "Atari needs ale-py and OpenCV: pip install 'aiorl[atari]' (ale-py, opencv-python-headless)"
+
+
+@dataclass(frozen=True, slots=True)
+class AtariEnv:
+    """A picklable factory of one preprocessed Atari game: ``Trainer(AtariEnv("ALE/Pong-v5"))``.
+
+    Attributes:
+        game: an ale-py gymnasium id, such as ``"ALE/Pong-v5"``.
+        frame_stack: how many of the last frames make one observation.
+        frame_skip: how many ALE frames each action repeats for (the observation is the max
+            of the last two).
+        screen_size: the side of the square grayscale frames.
+        noop_max: the most no-op actions taken after a reset (a random number of them).
+        terminal_on_life_loss: end an episode when a life is lost (CleanRL's "episodic
+            life"); off by default, as in Sample Factory and Machado et al.
+        clip_rewards: clip each reward to [-1, 1].
+        repeat_action_probability: ALE's sticky actions (v5 ids use 0.25, Machado et al.'s
+            recommendation; CleanRL's EnvPool PPO uses 0).
+    """
+
+    game: str = "ALE/Pong-v5"
+    frame_stack: int = 4
+    frame_skip: int = 4
+    screen_size: int = 84
+    noop_max: int = 30
+    terminal_on_life_loss: bool = False
+    clip_rewards: bool = True
+    repeat_action_probability: float = 0.25
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.game, str) and self.game):
+            problems.append(f"game={self.game!r} must be an ale-py gymnasium id such as 'ALE/Pong-v5'")
+        for name in ("frame_stack", "frame_skip", "screen_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name}={value!r} must be an int >= 1")
+        if isinstance(self.noop_max, bool) or not isinstance(self.noop_max, int) or self.noop_max < 0:
+            problems.append(f"noop_max={self.noop_max!r} must be an int >= 0")
+        if not 0.0 <= self.repeat_action_probability <= 1.0:
+            problems.append(f"repeat_action_probability={self.repeat_action_probability!r} must be in [0, 1]")
+        if problems:
+            raise ConfigError(problems)
+
+    def __call__(self) -> gym.Env:
+        """Make one preprocessed game (registers ale-py's ids in this process first).
+
+        Raises:
+            ConfigError: ale-py is not installed, or ``game`` is not one of its ids.
+        """
+        register_ale()
+        if self.game not in gym.registry:
+            raise ConfigError(f"game={self.game!r} is not an ale-py gymnasium id (such as 'ALE/Pong-v5')")
+        # frameskip=1: AtariPreprocessing skips frames itself (and max-pools the last two).
+        env = gym.make(self.game, frameskip=1, repeat_action_probability=self.repeat_action_probability)
+        env = gym.wrappers.AtariPreprocessing(
+            env,
+            noop_max=self.noop_max,
+            frame_skip=self.frame_skip,
+            screen_size=self.screen_size,
+            terminal_on_life_loss=self.terminal_on_life_loss,
+            grayscale_obs=True,
+        )
+        if self.clip_rewards:
+            env = gym.wrappers.ClipReward(env, -1.0, 1.0)
+        return gym.wrappers.FrameStackObservation(env, stack_size=self.frame_stack)
+
+    def describe(self) -> str:
+        """A short name for logs and errors."""
+        return f"AtariEnv({self.game!r})"
+
+
+def register_ale() -> None:
+    """Register ale-py's gymnasium ids in this process (once; later calls cost nothing).
+
+    Raises:
+        ConfigError: ale-py or OpenCV (which ``AtariPreprocessing`` resizes frames with) is not installed.
+    """
+    try:
+        import ale_py
+        import cv2  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"{ATARI_EXTRA_HINT}; {exc}") from exc
+    gym.register_envs(ale_py)

@@ -1,0 +1,67 @@
+"""The Atari preset: ale-py games preprocessed by gymnasium's wrappers, trained by real workers.
+
+Needs ``pip install 'aiorl[atari]'`` (ale-py and OpenCV, not in the ``test`` extra); skipped without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import pickle
+
+import numpy as np
+import pytest
+from conftest import SMALL
+from test_faults import assert_accounted
+
+from aiorl import APPO, Trainer
+from aiorl.config_file import build_experiment
+from aiorl.envs import AtariEnv
+from aiorl.errors import ConfigError
+
+HAS_ATARI = all(importlib.util.find_spec(name) is not None for name in ("ale_py", "cv2"))
+needs_atari = pytest.mark.skipif(not HAS_ATARI, reason="ale-py or OpenCV is not installed (pip install 'aiorl[atari]')")
+
+
+@needs_atari
+@pytest.mark.asyncio(loop_factories=["asyncio"])  # the loop does not matter here; one run keeps it short
+async def test_the_pong_preset_trains_on_real_ale_envs_with_stacked_84x84_frames() -> None:
+    options = {**SMALL, "num_workers": 1, "envs_per_worker": 2}
+    algo = APPO(learning_rate=2.5e-4, update_epochs=1, num_minibatches=1)
+    async with Trainer.from_preset("ALE/Pong-v5", algo=algo, **options) as trainer:
+        space = trainer.spaces.observation_space
+        assert (space.shape, space.dtype) == ((4, 84, 84), np.uint8)
+        assert trainer.config.normalize_observations is False
+        result = await asyncio.wait_for(trainer.run(total_steps=64), timeout=60)
+    assert trainer.policy_version >= 2  # two updates of 1 worker x 2 envs x 16 steps
+    assert result.total_env_steps >= 64
+    assert_accounted(trainer, result)
+
+
+@needs_atari
+def test_an_atari_env_is_picklable_and_frame_stacks_channel_first() -> None:
+    factory = pickle.loads(pickle.dumps(AtariEnv("ALE/Breakout-v5", frame_stack=2)))
+    env = factory()
+    try:
+        observation, _ = env.reset(seed=0)
+        assert (observation.shape, observation.dtype) == ((2, 84, 84), np.uint8)
+    finally:
+        env.close()
+
+
+def test_the_cli_trains_an_atari_preset_id_on_its_factory() -> None:
+    experiment = build_experiment(overrides={"run": {"env": "ALE/Pong-v5", "preset": "ALE/Pong-v5"}})
+    assert experiment.env_source() == AtariEnv("ALE/Pong-v5")
+    assert experiment.algo.learning_rate == 2.5e-4
+
+
+def test_bad_atari_settings_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"frame_stack=0 must be an int >= 1") as caught:
+        AtariEnv("ALE/Pong-v5", frame_stack=0, repeat_action_probability=2.0)
+    assert "repeat_action_probability=2.0" in str(caught.value)
+
+
+@needs_atari
+def test_an_unknown_game_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"game='ALE/Pongg-v5' is not an ale-py gymnasium id"):
+        AtariEnv("ALE/Pongg-v5")()
