@@ -85,6 +85,11 @@ class RunConfig:
                 f"run.vector={self.vector!r} builds vector envs of an env id, but run.env={self.env!r} is a "
                 "module:factory (a factory may return a gymnasium.vector.VectorEnv itself)"
             )
+        elif self.vector is not None and preset_env_factory(self.env) is not None:
+            problems.append(
+                f"run.vector={self.vector!r}: run.env={self.env!r} is built by its preset's factory (Atari's "
+                "preprocessing), which a vector env of the bare id would skip; leave run.vector out"
+            )
         if not (_is_int(self.total_steps) and self.total_steps >= 1):
             problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
         if not (isinstance(self.checkpoint_interval_s, int | float) and self.checkpoint_interval_s > 0):

@@ -313,7 +313,9 @@ class Trainer:
         """Train until ``total_steps`` more env steps are trained on, or ``target_return`` is reached.
 
         Runs on the caller's event loop. Outside ``async with trainer`` it starts the
-        workers itself and stops them before returning.
+        workers itself and stops them before returning. :meth:`stop` ends it early and
+        gracefully (the result says ``stopped``); cancelling the task running it tears
+        everything it started down at once.
 
         Args:
             total_steps: env steps to train on in this call.
@@ -323,9 +325,6 @@ class Trainer:
                 :class:`~aiorl.records.UpdateReport`; keep it quick.
                 (:meth:`events` publishes the same object, a
                 :class:`~aiorl.events.TrainingUpdate`, to any number of consumers.)
-
-        :meth:`stop` ends it early and gracefully (the result says ``stopped``);
-        cancelling the task running it tears everything it started down at once.
             checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
                 every ``checkpoint_interval_s`` and when the run ends, normally, cancelled
                 (Ctrl-C) or failed; each write is atomic. After a learner failure the file
