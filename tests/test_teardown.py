@@ -103,11 +103,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def start_script(tmp_path, *args: str) -> subprocess.Popen:
+def start_script(tmp_path, *args: str, new_session: bool = False) -> subprocess.Popen:
     script = tmp_path / "train_forever.py"
     script.write_text(SCRIPT)
     process = subprocess.Popen(
-        [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
     )
     line = process.stdout.readline()
     assert line.strip() == "training", process.stderr.read() if process.poll() is not None else line
@@ -140,6 +144,18 @@ def test_parent_killed_workers_and_their_envs_children_exit_on_their_own(tmp_pat
     assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if alive(pid)]}"
     assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
     assert glob.glob(f"{tempfile.gettempdir()}/aiorl_{process.pid}_*") == [], "stack files left behind"
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_shared_memory_is_freed_when_the_trainers_whole_process_group_is_killed(tmp_path):
+    process = start_script(tmp_path, new_session=True)  # the script leads its own process group
+    children = descendants(process.pid)  # workers (in sessions of their own), forkserver, resource tracker
+    assert our_segments(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)  # `kill -9 -PGID`: the trainer and its resource tracker at once
+    process.wait(timeout=10)
+    assert wait_until(lambda: not [pid for pid in children if alive(pid)], 20), "orphans left"
+    assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
     process.stdout.close()
     process.stderr.close()
 

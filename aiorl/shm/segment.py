@@ -1,8 +1,11 @@
-"""Named shared-memory segments, created and unlinked by the main process only.
+"""Named shared-memory segments, created and unlinked by the main process.
 
 On Python < 3.13 the multiprocessing resource tracker may unlink a segment that
 another process still uses, so only the trainer's process creates and unlinks;
-workers attach by name and merely close their mapping. Every name starts with
+workers attach by name and merely close their mapping. The one exception is a
+trainer that died without unlinking (SIGKILL to its whole process group kills its
+resource tracker too): its workers, which live in sessions of their own, unlink its
+segments on their way out (:func:`unlink_for_dead_owner`). Every name starts with
 ``aiorl_`` so leaks are easy to spot in ``/dev/shm``.
 """
 
@@ -92,3 +95,18 @@ class Segment:
         # them, and the name is already unlinked, so nothing outlives the process.
         with contextlib.suppress(BufferError):
             self._shm.close()
+
+
+def unlink_for_dead_owner(name: str) -> None:
+    """Unlink segment ``name`` because the process that created it is dead (idempotent).
+
+    Only for a worker whose trainer is gone: nobody else will unlink it. Mappings that
+    are still open stay valid until they are closed.
+    """
+    try:
+        segment = Segment.attach(name)
+    except FileNotFoundError:  # unlinked already (by the trainer's tracker or another worker)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        segment._shm.unlink()  # also unregisters it from the resource tracker (Python < 3.13)
+    segment.close()

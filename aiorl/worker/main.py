@@ -37,6 +37,7 @@ import aiorl
 from aiorl import protocol
 from aiorl.models import tie_to_flat
 from aiorl.shm import ProgressBoard, RolloutSlots, WeightStore
+from aiorl.shm.segment import unlink_for_dead_owner
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import EnvStepError, RolloutSummary
 from aiorl.worker.sampler import EnvSampler
@@ -80,8 +81,17 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     finally:  # the trainer removes it too, unless it was killed
         with contextlib.suppress(OSError):
             os.unlink(local.stack_path)
+        if _trainer_is_gone():  # maybe with its resource tracker (a process-group SIGKILL): free its memory
+            for name in (local.slots_name, local.weights_name, local.progress_name):
+                unlink_for_dead_owner(name)
         _end_own_group()
     sys.exit(code)
+
+
+def _trainer_is_gone() -> bool:
+    """Whether the trainer's process has ended (the pipe it keeps open for this worker is closed)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and parent.sentinel is not None and not parent.is_alive()
 
 
 def _end_own_group() -> None:
