@@ -55,6 +55,17 @@ class ActingPolicy:
             index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
             return step(self.policy, torch.from_numpy(obs), self.state[index], torch.zeros(len(index)))[1].numpy()
 
+    def record_start(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write each env's state before a rollout's first step into its slot (the learner replays from it)."""
+        if self.state is not None:
+            arrays["initial_state"][:] = self.state.numpy()
+
+    def record_end(self, arrays: dict[str, np.ndarray], next_obs: np.ndarray) -> None:
+        """Write what follows a rollout's last step: the observations and whether they start episodes."""
+        arrays["next_obs"][:] = next_obs
+        if self.recurrent:
+            arrays["next_starts"][:] = self.starts
+
     def episode_started(self, i: int) -> None:
         """Env ``i``'s next step is the first of an episode (a reset, or a re-created env)."""
         self.starts[i] = True

@@ -22,6 +22,7 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -38,6 +39,19 @@ from aiorl.worker.spec import WorkerSpec
 
 YIELD_INTERVAL_S = 0.005
 """The sampler yields to the worker's event loop at least this often (and after each rollout)."""
+
+
+async def step_rows(rows: int, step: Callable[[int], None]) -> None:
+    """Call ``step(t)`` for each of a rollout's ``rows``, yielding to the worker's loop in between.
+
+    It yields at least every :data:`YIELD_INTERVAL_S`, so heartbeats and control frames keep flowing.
+    """
+    yielded = time.monotonic()
+    for t in range(rows):
+        step(t)
+        if time.monotonic() - yielded > YIELD_INTERVAL_S:
+            await asyncio.sleep(0)
+            yielded = time.monotonic()
 
 
 class EnvSampler:
@@ -94,17 +108,9 @@ class EnvSampler:
         self.policy_version = policy_version
         for episode in self.episodes:
             episode.start = 0
-        if self.acting.state is not None:  # the learner replays the rollout from here
-            arrays["initial_state"][:] = self.acting.state.numpy()
-        yielded = time.monotonic()
-        for t in range(self.spec.layout.rollout_length):
-            self._step(arrays, t, policy_version, summary)
-            if time.monotonic() - yielded > YIELD_INTERVAL_S:
-                await asyncio.sleep(0)  # let heartbeats and control frames through
-                yielded = time.monotonic()
-        arrays["next_obs"][:] = self.obs
-        if self.acting.recurrent:
-            arrays["next_starts"][:] = self.acting.starts
+        self.acting.record_start(arrays)
+        await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, policy_version, summary))
+        self.acting.record_end(arrays, self.obs)
         summary.env_steps = self.spec.layout.steps - summary.discarded_steps
         return summary
 

@@ -31,9 +31,7 @@ a batch in microseconds):
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 
 import numpy as np
 import torch
@@ -46,7 +44,7 @@ from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
 from aiorl.worker.acting import ActingPolicy, act_into_row
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
-from aiorl.worker.sampler import YIELD_INTERVAL_S
+from aiorl.worker.sampler import step_rows
 from aiorl.worker.spec import WorkerSpec
 
 REBUILD_SEED_STRIDE = 1_000_003
@@ -149,17 +147,9 @@ class VectorEnvSampler:
         summary = RolloutSummary(env_steps=0)
         self.policy_version = policy_version
         self.start[:] = 0
-        if self.acting.state is not None:  # the learner replays the rollout from here
-            arrays["initial_state"][:] = self.acting.state.numpy()
-        yielded = time.monotonic()
-        for t in range(self.spec.layout.rollout_length):
-            self._step(arrays, t, summary)
-            if time.monotonic() - yielded > YIELD_INTERVAL_S:
-                await asyncio.sleep(0)  # let heartbeats and control frames through
-                yielded = time.monotonic()
-        arrays["next_obs"][:] = self.obs
-        if self.acting.recurrent:
-            arrays["next_starts"][:] = self.acting.starts
+        self.acting.record_start(arrays)
+        await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, summary))
+        self.acting.record_end(arrays, self.obs)
         summary.env_steps = int(arrays["valid"].sum())  # reset steps are no env steps
         return summary
 
