@@ -248,6 +248,7 @@ class Trainer:
                     action_space=self.spaces.action_space,
                     action_masks=self.spaces.action_masks,
                     vector=self.spaces.num_envs is not None,
+                    frame_stack=self.spaces.frame_stack,
                 ),
                 learner=self._learner,
                 version=self._version,

@@ -175,6 +175,8 @@ def sampler_template(
         dist.action_dtype.str,
         state_size=state_size(policy),
         mask_width=0 if spaces.action_masks is None else spaces.action_masks.width,
+        obs_dtype=encoder.storage_dtype,
+        frame_stack=spaces.frame_stack,
     )
     template = WorkerTemplate(
         env_factory=factory,

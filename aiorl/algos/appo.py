@@ -119,7 +119,7 @@ class APPOLearner(SurrogateLearner):
 
         # 1. V-trace with the network as it is now: the target policy pi and V.
         steps, envs = batch.rewards.shape
-        obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
+        obs = self.observations(batch)
         b_actions = self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:])
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)

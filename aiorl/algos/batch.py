@@ -16,7 +16,9 @@ class RolloutBatch:
 
     Field meanings are those of :class:`aiorl.rollout.RolloutLayout`; ``next_obs`` is
     ``[N, *obs]``. The recurrent fields are ``None`` for a feed-forward policy; ``action_masks``
-    is ``None`` when the env gives no action masks.
+    is ``None`` when the env gives no action masks. With stacked frames stored once ``obs`` is
+    ``[T, N, *frame]`` and ``frame_history``/``frame_starts`` rebuild the observations
+    (:func:`stack_frames`); otherwise they are ``None``.
     """
 
     obs: np.ndarray
@@ -38,6 +40,10 @@ class RolloutBatch:
     """``[N]`` bool: ``next_obs`` starts a new episode."""
     action_masks: np.ndarray | None = None
     """``[T, N, mask]`` bool: the valid actions at each step."""
+    frame_history: np.ndarray | None = None
+    """``[N, S - 1, *frame]``: the older frames of each trajectory's first observation."""
+    frame_starts: np.ndarray | None = None
+    """``[T, N]`` bool: the step's observation is a fresh stack of its frame."""
 
     @property
     def env_steps(self) -> int:
@@ -116,3 +122,24 @@ class BatchBuilder:
     def forget_spare(self) -> None:
         """The last batch handed out may still be read (an abandoned update): never refill its arrays."""
         self._spare = None
+
+
+def stack_frames(frames: torch.Tensor, history: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Rebuild stacked observations ``[T, N, S, *frame]`` from frames stored once.
+
+    ``frames`` ``[T, N, *frame]`` are the observations' newest frames, ``history``
+    ``[N, S - 1, *frame]`` the older frames of each trajectory's first observation and
+    ``starts`` ``[T, N]`` (bool) flag fresh stacks. Observation ``t`` is frames
+    ``t - S + 1 .. t`` of the sequence ``history, frames``, each index raised to the last fresh
+    stack at or before ``t`` (so an episode's first observation is ``S`` copies of its frame,
+    as gymnasium's ``FrameStackObservation`` pads). See :class:`aiorl.rollout.RolloutLayout`.
+    """
+    steps, envs = starts.shape
+    older = history.shape[1]  # S - 1
+    sequence = torch.cat([history.transpose(0, 1), frames])  # [S - 1 + T, N, *frame]; row t + S - 1 is step t
+    t = torch.arange(steps, device=frames.device)
+    fresh_at = torch.where(starts, t.unsqueeze(1), -older)  # -older: the history, before the first step
+    last_fresh = torch.cummax(fresh_at, dim=0).values  # [T, N]
+    offsets = torch.arange(-older, 1, device=frames.device)  # [S]: -(S - 1) .. 0
+    index = torch.maximum(t.view(steps, 1, 1) + offsets, last_fresh.unsqueeze(-1)) + older  # [T, N, S]
+    return sequence[index, torch.arange(envs, device=frames.device).view(1, envs, 1)]

@@ -107,7 +107,7 @@ class PPOLearner(SurrogateLearner):
 
         # 1. GAE with the critic as it is now (the data may be a few versions old).
         steps, envs = batch.rewards.shape
-        obs = self._tensor(batch.obs).reshape(steps * envs, *batch.obs.shape[2:])
+        obs = self.observations(batch)
         observe = getattr(self.policy, "observe", None)
         if observe is not None:  # running observation statistics (ObservationNormalizer)
             observe(obs[valid])

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.batch import RolloutBatch, stack_frames
 from aiorl.algos.compiling import LEARNERS_PER_PROCESS, allow_recompiles, compiler_warnings_ignored
 from aiorl.algos.optim import Snapshot, flat_adam_state, make_optimizer
 from aiorl.distributions import ActionDistribution
@@ -427,7 +427,7 @@ class SurrogateLearner:
         (V of ``next_obs``) and, for a recurrent policy, the batch's :class:`Sequences`:
         each trajectory is replayed from its recorded state, with one more step for ``next_obs``.
         """
-        next_obs = self._tensor(batch.next_obs)
+        next_obs = self._tensor(batch.next_obs).float()
         with torch.no_grad():
             if batch.initial_state is None or batch.episode_starts is None or batch.next_starts is None:
                 dist_inputs, values = evaluate(self.policy, obs)
@@ -468,6 +468,19 @@ class SurrogateLearner:
         if batch.action_masks is None:
             return None
         return self._tensor(batch.action_masks).reshape(-1, batch.action_masks.shape[-1])
+
+    def observations(self, batch: RolloutBatch) -> torch.Tensor:
+        """The batch's observations as float32 ``[T * N, *obs]`` on the device.
+
+        Stored bytes (``uint8`` images) become floats of the same values, and stacked frames
+        stored once are stacked again (:func:`~aiorl.algos.batch.stack_frames`), on the device,
+        so only the stored bytes are copied to it.
+        """
+        obs = self._tensor(batch.obs)
+        if batch.frame_history is not None and batch.frame_starts is not None:
+            obs = stack_frames(obs, self._tensor(batch.frame_history), self._tensor(batch.frame_starts))
+        steps, envs = batch.rewards.shape
+        return obs.reshape(steps * envs, *batch.next_obs.shape[1:]).float()
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the learner's device (copied without waiting when it sits in pinned memory)."""

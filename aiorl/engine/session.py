@@ -248,11 +248,13 @@ def worker_template(
     action_space: gym.Space | None = None,
     action_masks: ActionMasks | None = None,
     vector: bool = False,
+    frame_stack: int = 0,
 ) -> WorkerTemplate:
     """What every worker of a trainer is built from, for its backend to turn into specs.
 
     ``action_masks``: the env's action masks, if it gives any (the rollouts then carry them).
     ``vector``: the env factory returns a vector env of ``config.envs_per_worker`` sub-envs.
+    ``frame_stack``: frames per observation when the rollouts store each frame once (0: whole).
     """
     layout = RolloutLayout(
         rollout_length=config.rollout_length,
@@ -262,6 +264,8 @@ def worker_template(
         action_dtype=dist.action_dtype.str,
         state_size=state_size(policy),
         mask_width=0 if action_masks is None else action_masks.width,
+        obs_dtype=obs_encoder.storage_dtype,
+        frame_stack=frame_stack,
     )
     acting = None  # gymnasium envs are stepped inline
     if is_async or config.env_threads:

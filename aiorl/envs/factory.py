@@ -22,6 +22,7 @@ from gymnasium.vector import VectorEnv
 from aiorl.envs.async_env import AsyncEnv
 from aiorl.envs.atari import AtariEnv
 from aiorl.envs.closing import close_in_background
+from aiorl.envs.frames import frame_stack_size
 from aiorl.envs.masks import ActionMasks, detect_action_masks
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.envs.vector import VectorEnvs, autoreset_mode, is_vector_env
@@ -98,7 +99,9 @@ class EnvSpaces:
     ``is_async`` tells whether the factory returns an :class:`~aiorl.AsyncEnv`;
     ``action_masks`` how its action masks are read, if it gives any (see :mod:`aiorl.envs.masks`);
     ``num_envs`` the sub-envs of the ``gymnasium.vector.VectorEnv`` it returns (``None``: it
-    returns single envs). The spaces of a vector env are those of one sub-env.
+    returns single envs). The spaces of a vector env are those of one sub-env. ``frame_stack``
+    is the number of stacked frames per observation when rollouts can store each frame once
+    (see :mod:`aiorl.envs.frames`), else 0.
     """
 
     observation_space: gym.Space
@@ -106,6 +109,7 @@ class EnvSpaces:
     is_async: bool = False
     action_masks: ActionMasks | None = None
     num_envs: int | None = None
+    frame_stack: int = 0
 
     @classmethod
     def probe(cls, factory: EnvFactory) -> EnvSpaces:
@@ -144,7 +148,7 @@ class EnvSpaces:
             else:
                 info = _reset_info(env, factory)
             masks = detect_action_masks(info, action_space)
-            return cls(observation_space, action_space, is_async, masks, num_envs)
+            return cls(observation_space, action_space, is_async, masks, num_envs, frame_stack_size(env))
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")

@@ -78,6 +78,17 @@ class ObservationEncoder:
         size = int(gym.spaces.flatdim(space))
         return cls(shape=(size,), space=space, kind="flatten")
 
+    @property
+    def storage_dtype(self) -> str:
+        """How rollouts store encoded observations: ``"uint8"`` for ``uint8`` Box spaces (images), else ``"float32"``.
+
+        Encoded ``uint8`` observations are whole numbers in [0, 255], so storing them as bytes is
+        exact and 4x smaller; the learner turns them back into float32.
+        """
+        if self.kind == "box" and self.space.dtype == np.uint8:
+            return "uint8"
+        return "float32"
+
     def encode_into(self, obs: object, out: np.ndarray) -> None:
         """Write ``obs`` into ``out`` (a float32 array of :attr:`shape`) in place.
 

@@ -23,6 +23,7 @@ from aiorl.testing.envs import (
     env_child_pids,
     worker_identity,
 )
+from aiorl.testing.frames import NoiseFramesEnv, stacked_noise_frames
 
 __all__ = [
     "BAD_MASKS",
@@ -37,9 +38,11 @@ __all__ = [
     "InjectedFault",
     "InvalidAction",
     "MaskedChoiceEnv",
+    "NoiseFramesEnv",
     "RaiseAtStep",
     "RaiseOnCreate",
     "WorkerSideOnly",
     "env_child_pids",
+    "stacked_noise_frames",
     "worker_identity",
 ]

@@ -16,22 +16,26 @@ from torch import nn
 from aiorl.distributions import ActionDistribution
 from aiorl.models import evaluate
 from aiorl.recurrent import initial_state, state_size, step
+from aiorl.rollout import RolloutLayout
+from aiorl.worker.frames import ObservationWriter
 
 
 class ActingPolicy:
-    """``policy`` acting for ``num_envs`` envs.
+    """``policy`` acting for the ``layout.num_envs`` envs of a worker, whose rollouts have ``layout``.
 
     Attributes:
         recurrent: whether the policy carries a state.
         state: ``[num_envs, S]`` each env's state before its next step (``None`` if feed-forward).
         starts: ``[num_envs]`` bool, the env's next step is the first of an episode.
+        observations: writes the observations acted on into rollouts (stacked frames once).
     """
 
-    def __init__(self, policy: nn.Module, num_envs: int) -> None:
+    def __init__(self, policy: nn.Module, layout: RolloutLayout) -> None:
         self.policy = policy
         self.recurrent = state_size(policy) > 0
-        self.state = initial_state(policy, num_envs) if self.recurrent else None
-        self.starts = np.ones(num_envs, dtype=np.bool_)
+        self.state = initial_state(policy, layout.num_envs) if self.recurrent else None
+        self.starts = np.ones(layout.num_envs, dtype=np.bool_)
+        self.observations = ObservationWriter(layout)
 
     def act(self, obs: np.ndarray, rows: np.ndarray | None = None) -> torch.Tensor:
         """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states."""
@@ -86,7 +90,7 @@ def act_into_row(
     recurrent episode starts (for a recurrent policy), the actions, their behaviour
     log-probs and the acting version.
     """
-    arrays["obs"][t] = obs
+    acting.observations.write(arrays, t, obs)
     if masks is not None:
         arrays["action_masks"][t] = masks
     if acting.recurrent:

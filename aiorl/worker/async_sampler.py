@@ -85,7 +85,7 @@ class ActionBatcher:
         pull_weights: Callable[[], int],
         acting: AsyncActing,
     ) -> None:
-        self.acting = ActingPolicy(policy, spec.layout.num_envs)
+        self.acting = ActingPolicy(policy, spec.layout)
         self.dist = spec.dist
         self.obs = obs  # [K, *obs]: each lane keeps its env's current observation in its row
         self.pull_weights = pull_weights
@@ -163,6 +163,9 @@ class Trajectory:
         }
         self.initial_state = np.zeros(spec.layout.state_size, dtype=np.float32)
         """The env's recurrent state before the segment's first step (recurrent policies)."""
+        history = fields.get("frame_history")
+        self.frame_history = None if history is None else np.zeros(history[0][1:], dtype=history[1])
+        """The older frames of the segment's first observation (stacked frames stored once)."""
         self.length = spec.layout.rollout_length
         self.rows = 0
 
@@ -210,6 +213,8 @@ class ColumnAllocator:
         for name, rows in trajectory.arrays.items():
             arrays[name][:, column] = rows
         arrays["next_obs"][column] = next_obs
+        if trajectory.frame_history is not None:
+            arrays["frame_history"][column] = trajectory.frame_history
         if "initial_state" in arrays:
             arrays["initial_state"][column] = trajectory.initial_state
             arrays["next_starts"][column] = next_start
@@ -350,7 +355,7 @@ class AsyncEnvSampler:
             if acting.recurrent:
                 rows["episode_starts"][t] = acting.starts[i]
             version = await batcher.act(i)
-            rows["obs"][t] = self.obs[i]
+            acting.observations.write(rows, t, self.obs[i], i, trajectory.frame_history)
             if self.action_masks is not None:
                 rows["action_masks"][t] = self.masks[i]
             rows["actions"][t] = batcher.actions[i]

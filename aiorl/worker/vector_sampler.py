@@ -63,7 +63,7 @@ class VectorEnvSampler:
         self.spec = spec
         self.policy = policy
         k = spec.layout.num_envs
-        self.acting = ActingPolicy(policy, k)
+        self.acting = ActingPolicy(policy, spec.layout)
         self.progress = progress
         self.dist = spec.dist
         self.encoder = spec.obs_encoder
