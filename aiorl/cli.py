@@ -447,6 +447,8 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
         env = experiment.run.env  # a preset's factory (Atari): run.env names it by the preset's id
     if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
         env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
+        if experiment.run.vector is not None and factory.make_fn == experiment.env_source():
+            env, env_kwargs = experiment.run.env, dict(experiment.env_kwargs)  # a preset's id (EnvPool's Atari)
     differences = experiment.differences(
         env=env, env_kwargs=env_kwargs, algo=trainer.algo, trainer=trainer.config, vector=vector
     )

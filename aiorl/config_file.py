@@ -37,7 +37,7 @@ import tomli_w
 
 from aiorl.algos import APPO, PPO
 from aiorl.config import TrainerConfig, _is_int, did_you_mean
-from aiorl.envs import EnvSource
+from aiorl.envs import AtariEnv, EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError
 from aiorl.presets import Preset, get_preset, preset_env_factory
@@ -85,10 +85,11 @@ class RunConfig:
                 f"run.vector={self.vector!r} builds vector envs of an env id, but run.env={self.env!r} is a "
                 "module:factory (a factory may return a gymnasium.vector.VectorEnv itself)"
             )
-        elif self.vector is not None and preset_env_factory(self.env) is not None:
+        elif self.vector == "gymnasium" and preset_env_factory(self.env) is not None:
             problems.append(
                 f"run.vector={self.vector!r}: run.env={self.env!r} is built by its preset's factory (Atari's "
-                "preprocessing), which a vector env of the bare id would skip; leave run.vector out"
+                "preprocessing), which a gymnasium vector env of the bare id would skip; use run.vector = "
+                "'envpool' (EnvPool's Atari, the same preprocessing) or leave run.vector out"
             )
         if not (_is_int(self.total_steps) and self.total_steps >= 1):
             problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
@@ -117,9 +118,14 @@ class Experiment:
     def env_source(self) -> EnvSource:
         """The env as the trainer takes it: a gymnasium id, an imported factory, or a vector env factory.
 
-        With ``run.vector``: a :class:`~aiorl.envs.vector.VectorEnvs` of ``trainer.envs_per_worker`` sub-envs.
+        With ``run.vector``: a :class:`~aiorl.envs.vector.VectorEnvs` of ``trainer.envs_per_worker`` sub-envs
+        (for an Atari preset's id and ``"envpool"``: EnvPool's Atari with the preset's preprocessing,
+        ``env_kwargs`` going to ``envpool.make``).
         """
         assert self.run.env is not None
+        preset_factory = preset_env_factory(self.run.env)
+        if self.run.vector == "envpool" and isinstance(preset_factory, AtariEnv):  # EnvPool's Atari
+            return preset_factory.vector(self.trainer.envs_per_worker, **self.env_kwargs)
         if self.run.vector is not None:
             kind = typing.cast(VectorKind, self.run.vector)
             return VectorEnvs(self.run.env, self.trainer.envs_per_worker, kind, kwargs=dict(self.env_kwargs))

@@ -21,6 +21,9 @@ from aiorl.errors import ConfigError
 
 HAS_ATARI = all(importlib.util.find_spec(name) is not None for name in ("ale_py", "cv2"))
 needs_atari = pytest.mark.skipif(not HAS_ATARI, reason="ale-py or OpenCV is not installed (pip install 'aiorl[atari]')")
+needs_envpool = pytest.mark.skipif(
+    importlib.util.find_spec("envpool") is None, reason="envpool is not installed (pip install 'aiorl[envpool]')"
+)
 
 
 @needs_atari
@@ -32,8 +35,26 @@ async def test_the_pong_preset_trains_on_real_ale_envs_with_stacked_84x84_frames
         space = trainer.spaces.observation_space
         assert (space.shape, space.dtype) == ((4, 84, 84), np.uint8)
         assert trainer.config.normalize_observations is False
+        assert trainer.spaces.frame_stack == 4, "rollouts store each frame once"
         result = await asyncio.wait_for(trainer.run(total_steps=64), timeout=60)
     assert trainer.policy_version >= 2  # two updates of 1 worker x 2 envs x 16 steps
+    assert result.total_env_steps >= 64
+    assert_accounted(trainer, result)
+
+
+@needs_envpool
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_envpool_atari_with_the_preset_preprocessing_trains_with_frames_stored_once() -> None:
+    experiment = build_experiment(
+        overrides={"run": {"env": "ALE/Pong-v5", "preset": "ALE/Pong-v5", "vector": "envpool"}, "trainer": SMALL}
+    )
+    factory = experiment.env_source()
+    assert factory == AtariEnv("ALE/Pong-v5").vector(SMALL["envs_per_worker"])
+    assert factory.env_id == "Pong-v5" and factory.kwargs["repeat_action_probability"] == 0.25
+    algo = APPO(update_epochs=1, num_minibatches=1)
+    async with Trainer(factory, algo, **{**SMALL, "num_workers": 1}) as trainer:
+        assert trainer.spaces.observation_space.shape == (4, 84, 84) and trainer.spaces.frame_stack == 4
+        result = await asyncio.wait_for(trainer.run(total_steps=64), timeout=60)
     assert result.total_env_steps >= 64
     assert_accounted(trainer, result)
 

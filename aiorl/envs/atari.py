@@ -11,16 +11,21 @@ gymnasium's own wrappers, as CleanRL and Sample Factory preprocess Atari:
   ``[4, 84, 84]`` (aiorl's default CNN takes them channel-first and scales them by 1/255).
 
 ale-py registers its ids with gymnasium when :meth:`AtariEnv.__call__` runs, in each process
-that builds the env (workers included), so nothing else needs to import it. The stacked frames
-are stored in full in each step's rollout row (4 frames per step).
+that builds the env (workers included), so nothing else needs to import it. Rollouts store each
+frame once (see :mod:`aiorl.envs.frames`).
+
+:meth:`AtariEnv.vector` is the same game and preprocessing from EnvPool's C++ Atari (needs
+``pip install aiorl[envpool]``): each worker steps its envs as one EnvPool vector env.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 
+from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import ConfigError
 
 ATARI_EXTRA_HINT = "Atari needs ale-py and OpenCV: pip install 'aiorl[atari]' (ale-py, opencv-python-headless)"
@@ -90,6 +95,33 @@ class AtariEnv:
         if self.clip_rewards:
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
         return gym.wrappers.FrameStackObservation(env, stack_size=self.frame_stack)
+
+    def vector(self, num_envs: int, *, num_threads: int = 1, **envpool_kwargs: Any) -> VectorEnvs:
+        """The same game and preprocessing from EnvPool's Atari: a factory of vector envs of ``num_envs`` games.
+
+        ``Trainer(AtariEnv("ALE/Pong-v5").vector(8), APPO(), envs_per_worker=8)``; on the command
+        line ``aiorl train ALE/Pong-v5 --vector envpool``. EnvPool does the same preprocessing
+        in C++ (no-ops, frame skip with the max of the last two frames, 84x84 grayscale with
+        OpenCV's area resize, reward sign, frame stack padded with the first frame) with no
+        fire on reset, as here. ``envpool_kwargs`` override or add ``envpool.make`` arguments.
+
+        Raises:
+            ConfigError: envpool is not installed, or a bad ``num_envs``/``num_threads``.
+        """
+        task = self.game.removeprefix("ALE/")  # EnvPool names games without the namespace: "Pong-v5"
+        settings = {
+            "stack_num": self.frame_stack,
+            "frame_skip": self.frame_skip,
+            "img_height": self.screen_size,
+            "img_width": self.screen_size,
+            "noop_max": self.noop_max,
+            "episodic_life": self.terminal_on_life_loss,
+            "reward_clip": self.clip_rewards,
+            "repeat_action_probability": self.repeat_action_probability,
+            "gray_scale": True,
+            "use_fire_reset": False,
+        }
+        return VectorEnvs(task, num_envs, "envpool", num_threads, kwargs={**settings, **envpool_kwargs})
 
     def describe(self) -> str:
         """A short name for logs and errors."""

@@ -8,7 +8,10 @@ the env's. Its observations are then ``S`` frames along the first axis, each the
 observation shifted by one frame, or ``S`` copies of an episode's first frame. Workers check
 that rule on every observation they store (:mod:`aiorl.worker.frames`).
 
-Vector envs and :class:`~aiorl.AsyncEnv` envs are not recognised: their observations are stored whole.
+A vector env qualifies when its sub-envs do: a ``SyncVectorEnv`` whose first sub-env qualifies,
+or an EnvPool env that stacks frames itself (``stack_num`` of at least 2 along the first axis:
+grayscale Atari; EnvPool pads a reset's stack with its first frame). Other vector envs and
+:class:`~aiorl.AsyncEnv` envs are not recognised: their observations are stored whole.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ FRAME_STACK_WRAPPER = gym.wrappers.FrameStackObservation
 
 def frame_stack_size(env: object) -> int:
     """Frames per observation of ``env`` if they can be stored once (see above), else 0."""
+    if isinstance(env, gym.vector.VectorEnv):
+        return _vector_frame_stack_size(env)
     space = getattr(env, "observation_space", None)
     layer = env
     while isinstance(layer, gym.Wrapper):
@@ -36,4 +41,16 @@ def frame_stack_size(env: object) -> int:
         if isinstance(layer, gym.ObservationWrapper):
             return 0
         layer = layer.env
+    return 0
+
+
+def _vector_frame_stack_size(env: gym.vector.VectorEnv) -> int:
+    space = env.single_observation_space
+    if isinstance(env, gym.vector.SyncVectorEnv):
+        size = frame_stack_size(env.envs[0])
+        return size if env.envs[0].observation_space == space else 0
+    config = getattr(getattr(env, "spec", None), "config", None)  # EnvPool's spec
+    size = getattr(config, "stack_num", 0)
+    if isinstance(size, int) and size >= 2 and isinstance(space, gym.spaces.Box) and space.shape[0] == size:
+        return size
     return 0
