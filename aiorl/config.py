@@ -377,6 +377,11 @@ class TrainerConfig:
         """Env steps per learner update."""
         return self.batch_rollouts * self.envs_per_worker * self.rollout_length
 
+    @property
+    def learner_thread_count(self) -> int:
+        """Torch threads of the learner: ``learner_threads``, or the cores the workers leave (at least 1)."""
+        return self.learner_threads or max(1, usable_cores() - self.num_workers)
+
 
 def _choose(option: bool | None, automatic: bool) -> bool:
     """An option the user set, or its automatic value where they left it ``None``."""

@@ -28,6 +28,12 @@ the counts instead), on the learner device ``--device`` (default ``cpu``):
   trained steps/s over the whole run, and in the steady state (from the first
   update's end to the last one's, which leaves out filling the first batch), with
   the learner's busy share in both.
+- ``pong`` (only when asked for: ``--tasks pong``; needs ``aiorl[atari]`` or ``aiorl[envpool]``):
+  the ``ALE/Pong-v5`` preset's algorithm and settings with ``w`` workers x ``--atari-envs``
+  envs, its games from EnvPool (``AtariEnv.vector``, ``--atari envpool``, the default) or
+  ale-py with gymnasium's wrappers (``--atari ale``), for ``--seconds`` of training as for
+  ``image``; reported also in frames/s (4 per env step) and with the mean return of the last
+  20 episodes when the run ended (Pong's score, from -21 to 21).
 
 How
 ---
@@ -48,6 +54,7 @@ Run it (about 5 minutes on 2 cores, where the worker counts are 1 and 2;
     python benchmarks/scaling.py --quick
     python benchmarks/scaling.py --tasks cartpole --seeds 5 --max-workers 8
     python benchmarks/scaling.py --tasks image --seconds 60 --device cuda
+    python benchmarks/scaling.py --tasks pong --workers 14 --seconds 300 --device cuda --seeds 1
 
 It prints markdown tables and the setup to stdout; progress goes to stderr.
 """
@@ -73,9 +80,13 @@ from other_load import OtherLoadMeter, busy_warning
 
 import aiorl
 from aiorl.backends.local.process import start_forkserver, worker_context
+from aiorl.envs import AtariEnv
 from aiorl.presets import get_preset
 
 CARTPOLE = "CartPole-v1"
+PONG = "ALE/Pong-v5"
+FRAMES_PER_STEP = {"pong": 4}
+"""Emulator frames per env step (Atari's frame skip); 1 for the other tasks."""
 CARTPOLE_TARGET = 475.0
 QUIET_LOAD = 0.3
 """Other processes' CPU use (cores) below which the machine counts as idle."""
@@ -192,7 +203,7 @@ async def train(
     trainer = make_trainer()
     async with trainer:
         run.start_s = time.perf_counter() - t0
-        run.learner_threads = torch.get_num_threads()  # set by the trainer while it is started
+        run.learner_threads = trainer.config.learner_thread_count  # set in the learner's own thread
         stopper = None
         if stop_after_s is not None:
             stopper = asyncio.get_running_loop().call_later(stop_after_s, trainer.stop)
@@ -244,11 +255,33 @@ def image_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
     )
 
 
-TASKS: dict[str, Callable[[int, int, argparse.Namespace], Run]] = {"cartpole": cartpole_run, "image": image_run}
+def pong_trainer(workers: int, seed: int, args: argparse.Namespace) -> aiorl.Trainer:
+    """The Pong preset's algorithm and options with ``workers`` workers of ``--atari-envs`` games each."""
+    preset = get_preset(PONG)
+    game = AtariEnv(PONG)
+    env = game.vector(args.atari_envs) if args.atari == "envpool" else game
+    options = {**preset.options, "num_workers": workers, "envs_per_worker": args.atari_envs}
+    return aiorl.Trainer(env, preset.algo, **options, seed=seed, device=args.device)
+
+
+def pong_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
+    run = Run("pong", workers, seed)
+    return asyncio.run(
+        train(run, lambda: pong_trainer(workers, seed, args), total_steps=NO_BUDGET, stop_after_s=args.seconds)
+    )
+
+
+TASKS: dict[str, Callable[[int, int, argparse.Namespace], Run]] = {
+    "cartpole": cartpole_run,
+    "image": image_run,
+    "pong": pong_run,
+}
+DEFAULT_TASKS = ["cartpole", "image"]
 WARM_UP: dict[str, Callable[[argparse.Namespace], aiorl.Trainer]] = {
     # The first trainer built in a process takes ~2 s more (lazy imports, torch's first use).
     "cartpole": lambda args: aiorl.Trainer.from_preset(CARTPOLE, num_workers=1, device=args.device),
     "image": lambda args: aiorl.Trainer(ImageEnv, aiorl.PPO(), num_workers=1, device=args.device),
+    "pong": lambda args: pong_trainer(1, 0, args),
 }
 
 
@@ -323,6 +356,8 @@ def describe_run(run: Run) -> str:
     outcome = ""
     if run.task == "cartpole":
         outcome = f"{'solved' if run.solved else 'NOT solved'}, mean return {run.mean_return:.1f}; "
+    elif run.task == "pong":
+        outcome = f"mean return {run.mean_return:.1f}; "
     return (
         f"{outcome}{run.steps:,} steps trained in {run.train_s:.1f} s ({run.steps_per_s:,.0f}/s, "
         f"{run.updates} updates of {run.batch_steps:,}, learner busy {run.busy_share:.0%}; "
@@ -379,26 +414,32 @@ def render_cartpole(runs: Sequence[Run], counts: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def render_image(runs: Sequence[Run], counts: Sequence[int]) -> str:
+def render_timed(runs: Sequence[Run], counts: Sequence[int], task: str) -> str:
+    """The table of a task trained for a fixed time (``image``, ``pong``: with frames/s and the return reached)."""
+    frames = FRAMES_PER_STEP.get(task)
+    extra = " steady trained frames/s | mean return at the end |" if frames else ""
     lines = [
         "| workers | batch | updates | trained steps/s | learner busy | steady trained steps/s | steady learner busy "
-        "| speed-up vs 1 worker (steady) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| speed-up vs {counts[0]} worker(s) (steady) |{extra}",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if frames else ""),
     ]
     base = math.nan
     for workers in counts:
-        done = [r for r in runs if r.task == "image" and r.workers == workers and r.error is None]
+        done = [r for r in runs if r.task == task and r.workers == workers and r.error is None]
         if not done:
             continue
         steady = _median([r.steady_steps_per_s for r in done])
         if workers == counts[0]:
             base = steady
         speedup = steady / base if base > 0 else math.nan
-        lines.append(
+        row = (
             f"| {workers} | {_median([r.batch_steps for r in done]):,.0f} | {_median([r.updates for r in done]):.0f} "
             f"| {_num(_median([r.steps_per_s for r in done]))} | {_pct(_median([r.busy_share for r in done]))} "
             f"| {_num(steady)} | {_pct(_median([r.steady_busy_share for r in done]))} | {_num(speedup, '.2f')}x |"
         )
+        if frames:
+            row += f" {_num(steady * frames)} | {_num(_median([r.mean_return for r in done]), '.1f')} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -436,6 +477,9 @@ def describe_setup(args: argparse.Namespace) -> str:
             f"- the preset: {preset.algo!r}, {preset.options}",
             f"- image: Trainer(ImageEnv, PPO(), num_workers=w, envs_per_worker={args.image_envs}, seed=s, "
             f"device={args.device!r}) (CNNActorCritic), stopped after {args.seconds:g} s of training",
+            f"- pong: the {PONG} preset's {get_preset(PONG).algo!r} and options with num_workers=w, "
+            f"envs_per_worker={args.atari_envs}, games from {args.atari}, device={args.device!r}, stopped after "
+            f"{args.seconds:g} s of training",
             f"- worker counts {', '.join(map(str, args.workers))}; seeds {args.first_seed}..."
             f"{args.first_seed + args.seeds - 1}; medians over seeds",
             f"- machine: {os.cpu_count()} CPUs ({platform.machine()}); {versions}",
@@ -455,7 +499,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Trained env steps/s, time to target and learner busy share against the number of workers."
     )
     parser.add_argument("--quick", action="store_true", help="1 seed, workers 1 and 2, short budgets")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="default: both")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=sorted(TASKS), default=DEFAULT_TASKS, help="default: cartpole image"
+    )
     parser.add_argument(
         "--max-workers", type=int, help="the largest worker count (default: os.cpu_count() - 2, at least 2)"
     )
@@ -473,6 +519,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, help="image: training wall time per run (default: 30; --quick: 10)")
     parser.add_argument("--image-envs", type=int, help="image: envs per worker (default: 8; --quick: 4)")
+    parser.add_argument("--atari-envs", type=int, default=8, help="pong: games per worker (default: 8)")
+    parser.add_argument(
+        "--atari",
+        choices=["envpool", "ale"],
+        default="envpool",
+        help="pong: EnvPool's Atari or ale-py's (default: envpool)",
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -496,7 +549,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     problems = []
     if not args.workers or min(args.workers) < 1:
         problems.append("worker counts must be >= 1")
-    if args.seeds < 1 or args.total_steps < 1 or args.seconds <= 0 or args.image_envs < 1 or args.quiet_wait < 0:
+    if (
+        min(args.seeds, args.total_steps, args.image_envs, args.atari_envs) < 1
+        or args.seconds <= 0
+        or args.quiet_wait < 0
+    ):
         problems.append("--seeds, --total-steps and --image-envs must be >= 1, --seconds > 0, --quiet-wait >= 0")
     if args.rollouts_per_batch is not None and args.rollouts_per_batch < 1:
         problems.append("--rollouts-per-batch must be >= 1")
@@ -531,7 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(f"### ImageEnv (84x84x4 uint8, Discrete(6)), {args.seconds:g} s of training per run")
         print()
-        print(render_image(runs, args.workers))
+        print(render_timed(runs, args.workers, "image"))
+    if "pong" in args.tasks:
+        print()
+        print(f"### {PONG} ({args.atari}), {args.seconds:g} s of training per run")
+        print()
+        print(render_timed(runs, args.workers, "pong"))
     print()
     print(render_runs(runs))
     print()

@@ -29,7 +29,7 @@ from torch import nn
 from aiorl.algos.learner import Learner
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.backends import WorkerHost, WorkerTemplate, resolve_backend
-from aiorl.config import TrainerConfig, usable_cores
+from aiorl.config import TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.broadcaster import Broadcaster
 from aiorl.engine.consumer import Consumer
@@ -97,7 +97,7 @@ class Session:
             host = await stack.enter_async_context(resolve_backend(config.backend).open(template))
             broadcaster = Broadcaster(host.weights)
             broadcaster.publish_now(learner.weights(), version)
-            executor = learner_executor(config.learner_threads or max(1, usable_cores() - config.num_workers))
+            executor = learner_executor(config.learner_thread_count)
             stack.push_async_callback(_shutdown_executor, executor)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             pool = WorkerPool(
