@@ -4,7 +4,8 @@
 # and on cpu, time to 475 and trained steps/s against the number of workers, the image env.
 #
 # Usage, from the repository root (results.md and logs.txt go to $OUT, default /tmp/aiorl-big):
-#     bash benchmarks/big_machine.sh
+#     bash benchmarks/big_machine.sh           # issue 11: the learner (~7 minutes)
+#     bash benchmarks/big_machine.sh atari     # issue 15: Pong from EnvPool, CUDA learner (~8 minutes)
 #
 # A machine without gymnasium & co. (the lent H200 has torch, numpy, uvloop, click, rich,
 # pytest): first download the wheels on a machine with pip access, into .whl/ (ignored by git):
@@ -13,6 +14,17 @@
 #         python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #             --platform manylinux_2_28_x86_64 -d .whl "$p"; done
 # then carry .whl along; this script installs them into /tmp/site when .whl/ exists.
+# For `atari` add EnvPool and what it imports, and its Atari ROMs only (envpool_assets is 92 MB,
+# mostly other simulators, and a device run carries at most 64 MiB; the ROMs are 0.6 MB), as a
+# plain package folder that this script copies into /tmp/site:
+#     for p in envpool==1.2.5 optree==0.20.0 dm-env==1.6 packaging==25.0; do ...the same download...; done
+#     python3 - <<'PY'   # from a machine where envpool_assets is installed
+#     import envpool_assets, pathlib, shutil
+#     root, to = pathlib.Path(envpool_assets.__file__).parent, pathlib.Path(".whl/site/envpool_assets")
+#     to.mkdir(parents=True, exist_ok=True)
+#     shutil.copy(root / "__init__.py", to)
+#     shutil.copytree(root / "atari", to / "atari", dirs_exist_ok=True)
+#     PY
 # Every step has its own time limit, so one slow step cannot take the rest down with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +33,7 @@ mkdir -p "$OUT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
+    if [ -d .whl/site ]; then cp -r .whl/site/. /tmp/site/; fi  # packages carried as folders (Atari ROMs)
     export PYTHONPATH="/tmp/site:$PWD"
 else
     export PYTHONPATH="$PWD"
@@ -41,6 +54,18 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit; tables to re
     nproc
     python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
 } | tee "$OUT/results.md"
+
+if [ "${1:-learner}" = atari ]; then
+    cd benchmarks
+    # Pong preset's APPO, 8 EnvPool games per worker, learner on cuda (compiles at its first update, ~14 s).
+    # The return reached after 5 minutes with 14 workers, then 2 workers for the scaling ratio.
+    step pong_14_workers 400 python3 scaling.py --tasks pong --workers 14 --seconds 300 --device cuda --seeds 1 \
+        --quiet-wait 0
+    step pong_2_workers 120 python3 scaling.py --tasks pong --workers 2 --seconds 60 --device cuda --seeds 1 \
+        --quiet-wait 0
+    echo "total $((SECONDS - started))s" | tee -a "$OUT/results.md"
+    exit 0
+fi
 
 # Timings below are from an H200 with 16 cores and torch 2.11 (2026-11-30); the whole script took ~7 minutes.
 step cuda_tests 75 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py -k cuda -rs  # ~45 s
