@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
@@ -21,7 +22,9 @@ from aiorl.envs import EnvFactory, EnvSpaces, ObservationEncoder
 from aiorl.models import ActorCritic
 from aiorl.recurrent import state_size
 from aiorl.rollout import RolloutLayout
-from aiorl.worker.spec import WorkerTemplate
+from aiorl.shm import RolloutSlots
+from aiorl.worker.async_sampler import AsyncEnvSampler
+from aiorl.worker.spec import AsyncActing, WorkerSpec, WorkerTemplate
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     # Started in the background by a non-interactive shell (`cmd &`, nohup), this process and
@@ -193,3 +196,33 @@ def sampler_template(
         **options,
     )
     return template, policy
+
+
+async def collect_lanes(
+    spec: WorkerSpec, policy: torch.nn.Module, acting: AsyncActing, slots: RolloutSlots, rollouts: int
+) -> list[dict[str, Any]]:
+    """Copies of the first ``rollouts`` rollouts an async sampler's lanes fill, cycling through ``slots``.
+
+    The sampler runs on this loop with every slot granted (each re-granted once copied);
+    it is closed, and ``slots`` too, whatever happens.
+    """
+    sampler = AsyncEnvSampler(spec, policy, acting, lambda: 0)
+    granted: asyncio.Queue[int] = asyncio.Queue()
+    for slot in range(slots.num_slots):
+        granted.put_nowait(slot)
+    done: asyncio.Queue[int] = asyncio.Queue()
+    await sampler.start()
+    task = asyncio.create_task(sampler.run(slots, granted, lambda slot, *_: done.put_nowait(slot), lambda _: None))
+    try:
+        copies = []
+        for _ in range(rollouts):
+            slot = await asyncio.wait_for(done.get(), 30)
+            copies.append({name: array.copy() for name, array in slots[slot].items()})
+            granted.put_nowait(slot)
+        return copies
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sampler.aclose()
+        slots.close()

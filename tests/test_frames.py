@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import functools
 
@@ -11,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, sampler_template
+from conftest import SMALL, collect_lanes, sampler_template
 from test_faults import assert_accounted
 
 from aiorl import PPO, Trainer
@@ -22,7 +21,6 @@ from aiorl.rollout import RolloutLayout
 from aiorl.shm import RolloutSlots
 from aiorl.testing import stacked_noise_frames
 from aiorl.worker import AsyncActing
-from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import EnvStepError
 from aiorl.worker.frames import FrameStackMismatch, ObservationWriter
 from aiorl.worker.sampler import EnvSampler
@@ -85,25 +83,7 @@ async def test_threaded_env_lanes_store_frames_once_and_the_learner_rebuilds_eve
     spec = template.worker_spec(worker_id=0, incarnation=0)
     slots = RolloutSlots.create(template.layout, 2)
     acting = AsyncActing(env_threads=True, env_timeout_s=10.0, act_batch=3, act_wait_s=0.0)
-    sampler = AsyncEnvSampler(spec, policy, acting, lambda: 0)
-    granted: asyncio.Queue[int] = asyncio.Queue()
-    for slot in range(2):
-        granted.put_nowait(slot)
-    done: asyncio.Queue[int] = asyncio.Queue()
-    await sampler.start()
-    task = asyncio.create_task(sampler.run(slots, granted, lambda slot, *_: done.put_nowait(slot), lambda _: None))
-    try:
-        rollouts = []
-        for _ in range(3):
-            slot = await asyncio.wait_for(done.get(), 30)
-            rollouts.append({name: array.copy() for name, array in slots[slot].items()})
-            granted.put_nowait(slot)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await sampler.aclose()
-        slots.close()
+    rollouts = await collect_lanes(spec, policy, acting, slots, rollouts=3)
     batch, replayed = replayed_logprobs(rollouts, policy, template.layout, template.dist)
     assert batch.frame_starts.any()
     np.testing.assert_allclose(replayed, batch.logprobs, atol=1e-5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import functools
 import os
@@ -12,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, sampler_template
+from conftest import SMALL, collect_lanes, sampler_template
 from test_faults import FAST, assert_accounted
 
 from aiorl import APPO, PPO, ConfigError, Policy, Trainer
@@ -23,7 +22,6 @@ from aiorl.shm import RolloutSlots
 from aiorl.testing import AsyncCountingEnv
 from aiorl.testing.memory import CartPoleNoVelocity, CueRecallEnv
 from aiorl.worker import AsyncActing
-from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.sampler import EnvSampler
 
 MEMORY = {**SMALL, "envs_per_worker": 8, "recurrent_size": 32}
@@ -108,25 +106,7 @@ async def test_async_env_lanes_keep_one_state_per_env_and_the_learner_replays_it
     env = functools.partial(AsyncCountingEnv, episode_length=6, latency_s=0.001, slow_envs=(1,), slow_latency_s=0.004)
     spec, policy, slots = template(env, lstm, envs=3, steps=8, num_slots=2)
     acting = AsyncActing(env_threads=False, env_timeout_s=10.0, act_batch=3, act_wait_s=0.0)
-    sampler = AsyncEnvSampler(spec, policy, acting, lambda: 0)
-    granted: asyncio.Queue[int] = asyncio.Queue()
-    for slot in range(2):
-        granted.put_nowait(slot)
-    done: asyncio.Queue[int] = asyncio.Queue()
-    await sampler.start()
-    task = asyncio.create_task(sampler.run(slots, granted, lambda slot, *_: done.put_nowait(slot), lambda _: None))
-    try:
-        rollouts = []
-        for _ in range(4):
-            slot = await asyncio.wait_for(done.get(), 30)
-            rollouts.append({name: array.copy() for name, array in slots[slot].items()})
-            granted.put_nowait(slot)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await sampler.aclose()
-        slots.close()
+    rollouts = await collect_lanes(spec, policy, acting, slots, rollouts=4)
     for rollout in rollouts:
         dist_inputs, _ = unroll(
             policy,
