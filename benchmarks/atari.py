@@ -53,6 +53,7 @@ Run it (needs ``pip install 'aiorl[atari]' envpool``)::
     python benchmarks/atari.py --quick        # ~1 minute: 1 round of 8 s windows
     python benchmarks/atari.py --seconds 30 --repeats 3 --seed 1
     python benchmarks/atari.py --aiorl-network nature   # aiorl trains CleanRL's Nature CNN instead
+    python benchmarks/atari.py --option learner_threads=2 --baseline-threads 1   # other thread counts
 
 It prints a markdown table (sampling and trained env steps/s and frames/s per system, the
 ratios aiorl / CleanRL) and where each system's training time went. Progress goes to stderr.
@@ -77,6 +78,7 @@ import numpy as np
 import torch
 from other_load import OtherLoadMeter, busy_warning
 from torch import nn
+from trained_throughput import parse_option
 
 import aiorl
 
@@ -450,27 +452,30 @@ class Budget:
     """Fewest timed learner updates (aiorl) or iterations (CleanRL) in a training window."""
 
 
-def make_trainer(seed: int, network: str) -> aiorl.Trainer:
+def make_trainer(seed: int, network: str, options: dict[str, Any]) -> aiorl.Trainer:
+    """The preset's trainer, with CleanRL's network as its policy for ``network="nature"``."""
     if network == "nature":
         torch.manual_seed(seed)
-        return aiorl.Trainer.from_preset(PRESET, seed=seed, policy=NatureActorCritic(6))
-    return aiorl.Trainer.from_preset(PRESET, seed=seed)
+        options = {"policy": NatureActorCritic(6), **options}
+    return aiorl.Trainer.from_preset(PRESET, seed=seed, **options)
 
 
-async def measure(budget: Budget, seed: int, network: str, baseline_threads: int) -> Results:
+async def measure(budget: Budget, args: argparse.Namespace) -> Results:
     results = Results()
     meter = OtherLoadMeter()
     _progress(f"starting aiorl's {PRESET} preset (2 worker processes) and the CleanRL-style PPO (EnvPool) ...")
-    trainer = make_trainer(seed, network)
+    options = dict(parse_option(text) for text in args.option)
+    trainer = make_trainer(args.seed, args.aiorl_network, options)
     cfg = trainer.config
     results.aiorl_learner_threads = cfg.learner_threads or max(1, _cores() - cfg.num_workers)  # as aiorl's session
     results.aiorl_batch_steps = cfg.num_workers * cfg.envs_per_worker * cfg.rollout_length
-    net = "CleanRL's Nature CNN" if network == "nature" else "default CNN"
+    net = "CleanRL's Nature CNN" if args.aiorl_network == "nature" else "default CNN"
+    extra = "".join(f", {text}" for text in args.option)
     results.aiorl_label = (
         f"aiorl preset ({type(trainer.algo).__name__}, {cfg.num_workers} workers x {cfg.envs_per_worker} envs "
-        f"x {cfg.rollout_length} steps, {net})"
+        f"x {cfg.rollout_length} steps, {net}{extra})"
     )
-    baseline = await asyncio.to_thread(CleanRLPPO, seed, baseline_threads)
+    baseline = await asyncio.to_thread(CleanRLPPO, args.seed, args.baseline_threads)
     try:
         async with trainer:
             side = AiorlSide(trainer)
@@ -518,7 +523,8 @@ def _load(*series: Series) -> str:
 def render_table(results: Results) -> str:
     a_s, a_t = results.aiorl_sampling, results.aiorl_training
     c_s, c_t = results.cleanrl_sampling, results.cleanrl_training
-    cleanrl_label = f"CleanRL-style PPO + EnvPool (1 process, {NUM_ENVS} envs, {results.cleanrl_threads} torch threads)"
+    threads = f"{results.cleanrl_threads} torch thread{'s' if results.cleanrl_threads > 1 else ''}"
+    cleanrl_label = f"CleanRL-style PPO + EnvPool (1 process, {NUM_ENVS} envs, {threads})"
     lines = [
         "| system | sampling env steps/s | sampling frames/s | trained env steps/s | trained frames/s "
         "| windows (sampling; training) | other load (cores, max) |",
@@ -545,11 +551,12 @@ def render_breakdown(results: Results) -> str:
         update = float(np.median(results.aiorl_update_s))
         batch = results.aiorl_batch_steps
         trained = results.aiorl_training.rate
+        threads = results.aiorl_learner_threads
         lines.append(
-            f"- aiorl training: the learner took a median {update:.2f} s per update of {batch:,} env steps "
-            f"(learner alone: {batch / update:,.0f} env steps/s; trained: {trained:,.0f}, i.e. the learner was "
-            f"busy ~{min(1.0, trained * update / batch):.0%} of the time), {results.aiorl_learner_threads} torch "
-            f"thread(s), while the workers sampled on the same cores; {len(results.aiorl_update_s)} timed updates"
+            f"- aiorl training: a median {update:.2f} s per learner update of {batch:,} env steps ({threads} torch "
+            f"thread{'s' if threads != 1 else ''}; the workers sample on the same cores meanwhile) caps training at "
+            f"{batch / update:,.0f} env steps/s; it trained {trained:,.0f}: the learner was busy "
+            f"~{min(1.0, trained * update / batch):.0%} of the time; {len(results.aiorl_update_s)} timed updates"
         )
     if results.cleanrl_rollout_s:
         rollout = float(np.median(results.cleanrl_rollout_s))
@@ -627,6 +634,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="preset",
         help="aiorl's policy: the preset's default CNN, or CleanRL's Nature CNN (default: preset)",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="extra aiorl Trainer option name=value, e.g. learner_threads=2 (repeatable)",
+    )
     args = parser.parse_args(argv)
     args.seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
@@ -646,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = Budget(args.seconds, args.repeats, min_intervals=1 if args.quick else 2)
     started = time.monotonic()
     try:
-        results = asyncio.run(measure(budget, args.seed, args.aiorl_network, args.baseline_threads))
+        results = asyncio.run(measure(budget, args))
     except KeyboardInterrupt:
         print("interrupted; every worker process was stopped", file=sys.stderr)
         return 130
