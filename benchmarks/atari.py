@@ -84,6 +84,8 @@ import aiorl
 
 PRESET = "ALE/Pong-v5"
 ENVPOOL_TASK = "Pong-v5"
+PONG_ACTIONS = 6
+"""Pong's minimal action set, in both systems (``--aiorl-network nature`` builds its policy for it)."""
 FRAME_SKIP = 4
 """ALE frames per env step, for both systems (AtariEnv and EnvPool's Atari default)."""
 DEFAULT_TORCH_THREADS = torch.get_num_threads()
@@ -456,7 +458,7 @@ def make_trainer(seed: int, network: str, options: dict[str, Any]) -> aiorl.Trai
     """The preset's trainer, with CleanRL's network as its policy for ``network="nature"``."""
     if network == "nature":
         torch.manual_seed(seed)
-        options = {"policy": NatureActorCritic(6), **options}
+        options = {"policy": NatureActorCritic(PONG_ACTIONS), **options}
     return aiorl.Trainer.from_preset(PRESET, seed=seed, **options)
 
 
