@@ -49,8 +49,8 @@ each window is measured from ``/proc`` and reported: run it on an idle machine.
 
 Run it (needs ``pip install 'aiorl[atari]' envpool``)::
 
-    python benchmarks/atari.py                # ~3-4 minutes on 2 cores: 2 rounds of 20 s windows
-    python benchmarks/atari.py --quick        # ~1 minute: 1 round of 8 s windows
+    python benchmarks/atari.py                # ~4 minutes on 2 cores: 2 rounds of 20 s windows
+    python benchmarks/atari.py --quick        # ~1-1.5 minutes: 1 round of 6 s windows
     python benchmarks/atari.py --seconds 30 --repeats 3 --seed 1
     python benchmarks/atari.py --aiorl-network nature   # aiorl trains CleanRL's Nature CNN instead
     python benchmarks/atari.py --option learner_threads=2 --baseline-threads 1   # other thread counts
@@ -619,10 +619,10 @@ def _progress(message: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--seconds", type=float, default=None, help="wall time of each timed window (default 20; --quick 8)"
+        "--seconds", type=float, default=None, help="wall time of each timed window (default 20; --quick 6)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="rounds of windows (default 2; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="about a minute: 1 round of 8 s windows")
+    parser.add_argument("--quick", action="store_true", help="about a minute: 1 round of 6 s windows")
     parser.add_argument("--seed", type=int, default=0, help="seed of both systems (default 0)")
     parser.add_argument(
         "--baseline-threads",
@@ -643,7 +643,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra aiorl Trainer option name=value, e.g. learner_threads=2 (repeatable)",
     )
     args = parser.parse_args(argv)
-    args.seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0)
+    args.seconds = args.seconds if args.seconds is not None else (6.0 if args.quick else 20.0)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
     if args.seconds <= 0 or args.repeats < 1 or args.baseline_threads < 1:
         parser.error("--seconds must be > 0, --repeats >= 1 and --baseline-threads >= 1")
