@@ -622,7 +622,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seconds", type=float, default=None, help="wall time of each timed window (default 20; --quick 6)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="rounds of windows (default 2; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="about a minute: 1 round of 6 s windows")
+    parser.add_argument("--quick", action="store_true", help="1-1.5 minutes: 1 round of 6 s windows")
     parser.add_argument("--seed", type=int, default=0, help="seed of both systems (default 0)")
     parser.add_argument(
         "--baseline-threads",
