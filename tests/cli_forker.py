@@ -56,6 +56,9 @@ def run_command(args: list[str], cwd: str, out_path: str, err_path: str) -> None
             status = 0
         except SystemExit as exc:
             status = exit_status(exc.code)
+        except BaseException:  # uncaught: the interpreter prints it and exits with 1
+            traceback.print_exc()
+            status = 1
         atexit._run_exitfuncs()  # what interpreter shutdown would run
     except BaseException:
         traceback.print_exc()
