@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import ClassVar
 
@@ -41,16 +42,26 @@ def cartpole_killed_at_step_300() -> gym.Env:
     return FaultyEnv("CartPole-v1", "kill", 300)
 
 
+STEP_DELAY_VARIABLE = "AIORL_TEST_STEP_DELAY_S"
+"""Seconds each step of ``slow_cartpole`` sleeps (default 0.002); a test that only needs the run to
+go on (a resume that finishes it) sets 0 in that process's environment."""
+
+
 def slow_cartpole() -> gym.Env:
     """CartPole whose steps take 2 ms (so that a short run lasts long enough to be interrupted)."""
-    return SlowStep(gym.make("CartPole-v1"))
+    return SlowStep(gym.make("CartPole-v1"), float(os.environ.get(STEP_DELAY_VARIABLE, "0.002")))
 
 
 class SlowStep(gym.Wrapper):
-    """Sleeps 2 ms in every step."""
+    """Sleeps ``delay_s`` in every step."""
+
+    def __init__(self, env: gym.Env, delay_s: float) -> None:
+        super().__init__(env)
+        self.delay_s = delay_s
 
     def step(self, action):
-        time.sleep(0.002)
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
         return self.env.step(action)
 
 

@@ -1,4 +1,4 @@
-"""The Ray backend's behaviours, run by ``test_ray.py`` inside a loopback-only network namespace.
+"""The Ray backend's behaviours, run by ``test_ray.py`` inside a loopback-only network namespace (one pytest for all).
 
 Ray rewrites ``--node-ip-address=127.0.0.1`` to the machine's external interface
 and listens on every interface, so these tests never run in the machine's own
@@ -43,6 +43,20 @@ FAST = {
     "restart_backoff_s": 0.05,
     "log_interval_s": 60.0,
 }
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_initialised():
+    """Each test starts without Ray and leaves none for the next one (``test_ray.py`` runs them in one pytest).
+
+    A trainer uses a Ray that is already initialised as it finds it: a test that left one
+    behind would change the ones after it. Shut down here, and that test fails.
+    """
+    assert not ray.is_initialized(), "Ray was initialised before the test"
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("the test left Ray initialised")
 
 
 def local_ray() -> RayBackend:

@@ -1,7 +1,13 @@
-"""The ``aiorl`` command end to end, in subprocesses: train, logs, plot, eval, resume, Ctrl-C, bad input."""
+"""The ``aiorl`` command end to end, in subprocesses: train, logs, plot, eval, resume, Ctrl-C, bad input.
+
+Commands that train, or that a test signals, run as ``python -m aiorl`` (a new interpreter each);
+the others (plot, eval, bad input) run in processes forked from one that imported the CLI once
+(``cli_forker.py``): a process each all the same, without ~3 s of interpreter and torch start-up.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -9,9 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_envs import STEP_DELAY_VARIABLE
 from conftest import documented_metrics_keys, wait_until
 
 from aiorl import Trainer
@@ -23,20 +31,71 @@ TESTS = Path(__file__).resolve().parent
 SMALL_FLAGS = ["--workers", "2", "--envs-per-worker", "4", "--progress", "plain"]
 
 
-def command_env() -> dict[str, str]:
-    """The environment of a CLI process: ``cli_envs`` importable (by the CLI and its workers)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+def command_env(**variables: str) -> dict[str, str]:
+    """The environment of a CLI process: ``cli_envs`` importable (by the CLI and its workers), plus ``variables``."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **variables}
 
 
-def aiorl(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def aiorl(
+    *args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aiorl", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=command_env(),
+        env=command_env(**(env or {})),
     )
+
+
+class ForkedCli:
+    """``aiorl ARGS`` in a process of its own, forked from ``cli_forker.py`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.server = subprocess.Popen(
+            [sys.executable, str(TESTS / "cli_forker.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=command_env(),
+        )
+
+    def __call__(self, *args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        assert self.server.stdin is not None and self.server.stdout is not None
+        request = {"args": list(args), "cwd": str(cwd), "timeout": timeout}
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        line = self.server.stdout.readline()
+        assert line, f"cli_forker.py exited with {self.server.wait(timeout=30)}"
+        reply = json.loads(line)
+        command = ["aiorl", *args]
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(command, timeout, reply["stdout"], reply["stderr"])
+        return subprocess.CompletedProcess(command, reply["returncode"], reply["stdout"], reply["stderr"])
+
+    def close(self) -> None:
+        assert self.server.stdin is not None and self.server.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # it already exited (and a test failed saying so)
+            self.server.stdin.close()  # it exits at the end of its input
+        try:
+            self.server.wait(timeout=30)
+        finally:
+            if self.server.poll() is None:
+                self.server.kill()
+                self.server.wait()
+            self.server.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def forked_aiorl() -> Iterator[ForkedCli]:
+    """Runs a command that neither trains nor is signalled (see the module docstring)."""
+    cli = ForkedCli()
+    try:
+        yield cli
+    finally:
+        cli.close()
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +133,30 @@ def test_train_writes_config_metrics_checkpoint_and_tensorboard(trained):
     assert [e.step for e in events.Scalars("return/mean")] == [r["env_steps"] for r in records]
 
 
-def test_plot_writes_a_png(trained, tmp_path):
+def test_plot_writes_a_png(forked_aiorl, trained, tmp_path):
     logdir, _ = trained
-    done = aiorl("plot", str(logdir), str(logdir), "-o", "curve.png", cwd=tmp_path)
+    done = forked_aiorl("plot", str(logdir), str(logdir), "-o", "curve.png", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     png = (tmp_path / "curve.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
-def test_eval_prints_the_return_of_each_episode(trained, tmp_path):
+def test_eval_prints_the_return_of_each_episode(forked_aiorl, trained, tmp_path):
     logdir, _ = trained
-    done = aiorl("eval", str(logdir / "checkpoint.pt"), "--episodes", "2", cwd=tmp_path)
+    done = forked_aiorl("eval", str(logdir / "checkpoint.pt"), "--episodes", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("episode 1: return ") and lines[1].startswith("episode 2: return ")
     assert lines[2].startswith("mean return ") and lines[2].endswith("over 2 episodes (policy version 8)")
 
 
-def test_eval_records_the_first_episode_to_a_gif(tmp_path):
+def test_eval_records_the_first_episode_to_a_gif(forked_aiorl, tmp_path):
     from cli_envs import DrawnCartPole
     from PIL import Image
 
     write_checkpoint(Trainer(DrawnCartPole, num_workers=1, envs_per_worker=2).state_dict(), tmp_path / "c.pt")
-    done = aiorl("eval", "c.pt", "--episodes", "1", "--video", "ep.gif", cwd=tmp_path)  # --video implies --render
+    # --video implies --render
+    done = forked_aiorl("eval", "c.pt", "--episodes", "1", "--video", "ep.gif", cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     steps = int(done.stdout.split("(")[1].split()[0])  # "episode 1: return 12.00 (12 steps)"
@@ -110,13 +170,13 @@ def test_eval_records_the_first_episode_to_a_gif(tmp_path):
     assert total_ms == (steps + 1) * 20  # the reset frame and one per step, at the env's 50 fps
 
 
-def test_eval_of_several_run_directories_evaluates_each_and_records_beside_each(tmp_path):
+def test_eval_of_several_run_directories_evaluates_each_and_records_beside_each(forked_aiorl, tmp_path):
     from cli_envs import DrawnCartPole
 
     for name in ("run-a", "run-b"):
         (tmp_path / name).mkdir()
         write_checkpoint(Trainer(DrawnCartPole, num_workers=1).state_dict(), tmp_path / name / "checkpoint.pt")
-    done = aiorl("eval", "run-a", "run-b/", "--episodes", "1", "--render", "rgb_array", cwd=tmp_path)
+    done = forked_aiorl("eval", "run-a", "run-b/", "--episodes", "1", "--render", "rgb_array", cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -125,11 +185,11 @@ def test_eval_of_several_run_directories_evaluates_each_and_records_beside_each(
     assert (tmp_path / "run-a" / "eval.gif").stat().st_size > 0 and (tmp_path / "run-b" / "eval.gif").stat().st_size > 0
 
 
-def test_eval_with_a_renderer_that_is_not_installed_says_what_to_install_in_one_line(tmp_path):
+def test_eval_with_a_renderer_that_is_not_installed_says_what_to_install_in_one_line(forked_aiorl, tmp_path):
     from cli_envs import UndrawableCartPole
 
     write_checkpoint(Trainer(UndrawableCartPole, num_workers=1).state_dict(), tmp_path / "c.pt")
-    done = aiorl("eval", "c.pt", "--render", "rgb_array", cwd=tmp_path)
+    done = forked_aiorl("eval", "c.pt", "--render", "rgb_array", cwd=tmp_path)
 
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
@@ -138,7 +198,7 @@ def test_eval_with_a_renderer_that_is_not_installed_says_what_to_install_in_one_
     assert not (tmp_path / "eval.gif").exists()
 
 
-def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, tmp_path):
+def test_resume_trains_more_steps_and_the_counters_and_curve_continue(forked_aiorl, trained, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(trained[0], logdir)
     done = aiorl("resume", str(logdir), "--steps", "1024", "--progress", "plain", cwd=tmp_path)
@@ -151,16 +211,16 @@ def test_resume_trains_more_steps_and_the_counters_and_curve_continue(trained, t
     assert all(a["episodes"] <= b["episodes"] for a, b in itertools.pairwise(records))
     assert read_checkpoint(logdir)["stats"]["steps_trained"] == 3072
 
-    again = aiorl("resume", str(logdir), cwd=tmp_path)
+    again = forked_aiorl("resume", str(logdir), cwd=tmp_path)
     assert again.returncode == 0 and "finished (3,072 steps); pass --steps N to train N more" in again.stdout
 
 
-def test_resume_refuses_a_config_toml_that_names_another_env(trained, tmp_path):
+def test_resume_refuses_a_config_toml_that_names_another_env(forked_aiorl, trained, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(trained[0], logdir)
     config = logdir / "config.toml"
     config.write_text(config.read_text().replace('env = "CartPole-v1"', 'env = "Acrobot-v1"'))
-    done = aiorl("resume", "run", "--steps", "256", cwd=tmp_path, timeout=120)
+    done = forked_aiorl("resume", "run", "--steps", "256", cwd=tmp_path, timeout=120)
 
     assert done.returncode == 2, done.stderr
     assert "run/config.toml does not describe the run in run/checkpoint.pt:" in done.stderr
@@ -221,24 +281,25 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert interrupted.unfinished_run is not None and interrupted.unfinished_run.total_steps == total
     assert 0 < interrupted.stats.steps_trained < total
 
-    done = aiorl("resume", "run", "--progress", "plain", cwd=tmp_path)
+    # The resume only has to finish the run: its steps need not be slow (the same env, without the 2 ms sleep).
+    done = aiorl("resume", "run", "--progress", "plain", cwd=tmp_path, env={STEP_DELAY_VARIABLE: "0"})
     assert done.returncode == 0, done.stderr
     records = read_metrics(tmp_path / "run")
     assert [r["update"] for r in records] == list(range(1, len(records) + 1))  # no update twice, none missing
     assert records[-1]["env_steps"] == total == read_checkpoint(tmp_path / "run")["stats"]["steps_trained"]
 
 
-def test_an_unknown_config_key_exits_with_2_naming_it(tmp_path):
+def test_an_unknown_config_key_exits_with_2_naming_it(forked_aiorl, tmp_path):
     (tmp_path / "bad.toml").write_text('[run]\nenv = "CartPole-v1"\n[trainer]\nnum_wrokers = 2\n')
-    done = aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
+    done = forked_aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert "trainer.num_wrokers: unknown key; did you mean 'num_workers'?" in done.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_config_file_with_several_problems_lists_each_on_a_line(tmp_path):
+def test_a_config_file_with_several_problems_lists_each_on_a_line(forked_aiorl, tmp_path):
     (tmp_path / "bad.toml").write_text('[run]\nenv = "CartPole-v1"\ntotal_step = 5\n[trainer]\nnum_workers = 0\n')
-    done = aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
+    done = forked_aiorl("train", "--config", "bad.toml", "--logdir", "run", cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "Error: 2 problems:",
@@ -247,20 +308,20 @@ def test_a_config_file_with_several_problems_lists_each_on_a_line(tmp_path):
     ]
 
 
-def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(tmp_path):
+def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(forked_aiorl, tmp_path):
     (tmp_path / "file").write_text("a regular file: no directory can be made under it, even by root")
-    done = aiorl("train", "CartPole-v1", "--logdir", "file/run", cwd=tmp_path, timeout=120)
+    done = forked_aiorl("train", "CartPole-v1", "--logdir", "file/run", cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert "Error: checkpoints cannot be written to 'file/run/checkpoint.pt': " in done.stderr
     assert "training" not in done.stderr
 
 
-def test_a_bad_value_or_a_missing_checkpoint_exits_with_2(tmp_path):
-    done = aiorl("train", "CartPole-v1", "--workers", "0", "--logdir", "run", cwd=tmp_path, timeout=120)
+def test_a_bad_value_or_a_missing_checkpoint_exits_with_2(forked_aiorl, tmp_path):
+    done = forked_aiorl("train", "CartPole-v1", "--workers", "0", "--logdir", "run", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "num_workers=0 must be an integer >= 1" in done.stderr
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.toml").write_text('[run]\nenv = "CartPole-v1"\n')
-    done = aiorl("resume", "empty", cwd=tmp_path, timeout=120)
+    done = forked_aiorl("resume", "empty", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "checkpoint.pt' does not exist" in done.stderr
 
 

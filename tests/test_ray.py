@@ -1,23 +1,26 @@
 """The Ray backend: same Trainer, workers as Ray actors; run in loopback-only network namespaces.
 
 Ray listens on every interface and rewrites ``127.0.0.1`` to the machine's
-external address, so each Ray test re-runs one test of ``ray_isolated.py`` in a
+external address, so the Ray tests run the tests of ``ray_isolated.py`` in a
 fresh pytest under ``unshare --net`` (only ``lo``, brought up), with
-``RAY_AUTH_MODE=disabled`` and a private ``RAY_TMPDIR`` for every Ray process.
-Afterwards no process may be left in that namespace and no Ray segment in
-``/dev/shm``. Skipped, with the reason, where ray is not installed or no network
-namespace can be made.
+``RAY_AUTH_MODE=disabled`` and a private ``RAY_TMPDIR`` for every Ray process:
+one pytest (one interpreter start, one namespace) for all the selected ones, each
+of which starts and stops its own Ray; each test here passes only if its own test
+there passed. The autouse ``no_leaks`` fixture checks each of those for processes
+and aiorl segments left behind; afterwards no process may be left in that
+namespace and no Ray segment in ``/dev/shm``. Skipped, with the reason, where ray
+is not installed or no network namespace can be made.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from conftest import wait_until
@@ -86,48 +89,112 @@ def run_in_namespace(arguments: list[str], timeout_s: float = 240) -> subprocess
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_isolated(test_name: str) -> None:
-    """Run ``ray_isolated.py::test_name`` in a pytest of its own, in its own namespace; fail with its output."""
-    done = run_in_namespace(["-m", "pytest", f"{ISOLATED}::{test_name}", "-q", "-p", "no:cacheprovider"])
-    output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
-    assert done.returncode == 0, f"{test_name} failed in its namespace:\n{output}"
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    # A skip inside (ray missing there, not in a namespace) also exits 0: only a pass is a pass.
-    assert inner_test_passed(summary), f"{test_name} did not pass in its namespace ({summary!r}):\n{output}"
+ISOLATED_TESTS = {
+    "test_cartpole_reaches_475_with_workers_on_local_ray": "test_cartpole_preset_reaches_475_on_local_ray",
+    "test_a_recurrent_policy_learns_on_local_ray": "test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray",
+    "test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor": (
+        "test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced"
+    ),
+    "test_a_hung_actor_is_killed_and_replaced": "test_a_hung_actor_is_killed_and_replaced",
+    "test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error": (
+        "test_an_env_that_fails_for_good_ends_the_run_with_env_error"
+    ),
+}
+"""The tests here that pass when their test of ``ray_isolated.py`` passes in the namespace."""
+INNER_TIMEOUT_S = 150
+"""The ``pytest.mark.timeout`` of each test of ``ray_isolated.py``."""
+IN_NAMESPACE = pytest.mark.timeout(INNER_TIMEOUT_S * len(ISOLATED_TESTS) + 120)
+"""The first of them to run waits for them all (one pytest in the namespace)."""
 
 
-def inner_test_passed(summary: str) -> bool:
-    """Whether pytest's last line says that exactly one test ran and passed."""
-    others = re.search(r"skipped|deselected|failed|error", summary)
-    return re.search(r"\b1 passed\b", summary) is not None and others is None
+@pytest.fixture(scope="module")
+def isolated_outcomes(request: pytest.FixtureRequest) -> dict[str, tuple[str, str]]:
+    """Run the tests of ``ray_isolated.py`` that this session selected in one pytest, in one namespace.
+
+    Returns each one's outcome (``passed``, ``failed``, ``error`` or ``skipped``) and its report.
+    """
+    selected = [item.name for item in request.session.items if getattr(item, "module", None) is request.module]
+    names = [ISOLATED_TESTS[name] for name in selected if name in ISOLATED_TESTS]
+    workdir = tempfile.mkdtemp(prefix="aiorl-ray-report-")
+    report = os.path.join(workdir, "report.xml")
+    try:
+        arguments = ["-m", "pytest", *(f"{ISOLATED}::{name}" for name in names), "-q", "-p", "no:cacheprovider"]
+        arguments += [f"--junitxml={report}", "-o", "junit_logging=all"]
+        done = run_in_namespace(arguments, timeout_s=INNER_TIMEOUT_S * len(names) + 60)
+        output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
+        assert os.path.exists(report), (
+            f"the namespace's pytest wrote no report (exit code {done.returncode}):\n{output}"
+        )
+        with open(report) as f:
+            outcomes = inner_outcomes(f.read())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {name: outcomes.get(name, ("did not run", output)) for name in names}
+
+
+def inner_outcomes(junit_xml: str) -> dict[str, tuple[str, str]]:
+    """Each test's outcome and report in a pytest JUnit XML report: only a test with nothing else is ``passed``."""
+    outcomes = {}
+    for case in ElementTree.fromstring(junit_xml).iter("testcase"):
+        text = "\n".join(f"{child.tag}: {child.get('message', '')}\n{child.text or ''}" for child in case)
+        kinds = {child.tag for child in case} & {"failure", "error", "skipped"}
+        outcome = "failed" if "failure" in kinds else "error" if "error" in kinds else "skipped" if kinds else "passed"
+        outcomes[case.get("name", "")] = (outcome, text)
+    return outcomes
+
+
+def assert_passed_in_namespace(outcomes: dict[str, tuple[str, str]], request: pytest.FixtureRequest) -> None:
+    """Fail with its report unless this test's test of ``ray_isolated.py`` passed in the namespace."""
+    name = ISOLATED_TESTS[request.node.name]
+    outcome, report = outcomes[name]
+    # A skip inside (ray missing there, not in a namespace) is no pass either.
+    assert outcome == "passed", f"{name} {outcome} in its namespace:\n{report[-12000:]}"
+
+
+JUNIT_SAMPLE = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="5">
+<testcase classname="tests.ray_isolated" name="test_passes" time="3.1"><system-out>log</system-out></testcase>
+<testcase classname="tests.ray_isolated" name="test_fails" time="1.0"><failure message="assert 1 == 2">tb</failure>
+</testcase>
+<testcase classname="tests.ray_isolated" name="test_skips" time="0.0"><skipped message="no ray" /></testcase>
+<testcase classname="tests.ray_isolated" name="test_leaks" time="2.0"><error message="processes left behind" />
+</testcase></testsuite></testsuites>"""
 
 
 def test_only_a_passing_inner_run_counts_as_a_pass():
-    assert inner_test_passed("1 passed in 12.31s")
-    assert inner_test_passed("1 passed, 2 warnings in 3.05s")
-    assert not inner_test_passed("1 skipped in 0.02s")
-    assert not inner_test_passed("no tests ran in 0.01s")
-    assert not inner_test_passed("1 passed, 1 skipped in 4.00s")
+    outcomes = inner_outcomes(JUNIT_SAMPLE)
+    assert {name: outcome for name, (outcome, _) in outcomes.items()} == {
+        "test_passes": "passed",
+        "test_fails": "failed",
+        "test_skips": "skipped",
+        "test_leaks": "error",  # passed, then its teardown (the no_leaks fixture) failed
+    }
+    assert "assert 1 == 2" in outcomes["test_fails"][1] and "tb" in outcomes["test_fails"][1]
+    assert inner_outcomes('<testsuites><testsuite name="pytest" tests="0"></testsuite></testsuites>') == {}
 
 
-def test_cartpole_reaches_475_with_workers_on_local_ray():
-    run_isolated("test_cartpole_preset_reaches_475_on_local_ray")
+@IN_NAMESPACE
+def test_cartpole_reaches_475_with_workers_on_local_ray(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
 
 
-def test_a_recurrent_policy_learns_on_local_ray():
-    run_isolated("test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray")
+@IN_NAMESPACE
+def test_a_recurrent_policy_learns_on_local_ray(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
 
 
-def test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor():
-    run_isolated("test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced")
+@IN_NAMESPACE
+def test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
 
 
-def test_a_hung_actor_is_killed_and_replaced():
-    run_isolated("test_a_hung_actor_is_killed_and_replaced")
+@IN_NAMESPACE
+def test_a_hung_actor_is_killed_and_replaced(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
 
 
-def test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error():
-    run_isolated("test_an_env_that_fails_for_good_ends_the_run_with_env_error")
+@IN_NAMESPACE
+def test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
 
 
 def test_ray_cluster_example_trains_and_prints_where_workers_run():
