@@ -81,6 +81,7 @@ from torch import nn
 from trained_throughput import parse_option
 
 import aiorl
+from aiorl.config import usable_cores
 
 PRESET = "ALE/Pong-v5"
 ENVPOOL_TASK = "Pong-v5"
@@ -469,7 +470,7 @@ async def measure(budget: Budget, args: argparse.Namespace) -> Results:
     options = dict(parse_option(text) for text in args.option)
     trainer = make_trainer(args.seed, args.aiorl_network, options)
     cfg = trainer.config
-    results.aiorl_learner_threads = cfg.learner_threads or max(1, _cores() - cfg.num_workers)  # as aiorl's session
+    results.aiorl_learner_threads = cfg.learner_thread_count  # set in the learner's own thread
     results.aiorl_batch_steps = cfg.num_workers * cfg.envs_per_worker * cfg.rollout_length
     net = "CleanRL's Nature CNN" if args.aiorl_network == "nature" else "default CNN"
     extra = "".join(f", {text}" for text in args.option)
@@ -586,7 +587,8 @@ def describe_setup(budget: Budget, seed: int) -> str:
             "timed from the end of the second update of each window",
             f"- CleanRL-style: ppo_atari_envpool.py's loop, network and defaults; envpool.make({ENVPOOL_TASK!r}, "
             f"num_envs={NUM_ENVS}, episodic_life=True, reward_clip=True); sampling: its rollout phase alone",
-            f"- machine: {_cores()} CPUs ({platform.machine()}), load average {_loadavg()} at the end; {versions}",
+            f"- machine: {usable_cores()} CPUs ({platform.machine()}), load average {_loadavg()} at the end; "
+            f"{versions}",
         ]
     )
 
@@ -603,10 +605,6 @@ def _loadavg() -> str:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _progress(message: str) -> None:
