@@ -71,12 +71,10 @@ class ObservationWriter:
         last[...] = stacks
 
     def _mismatch(self, env: int, t: int) -> None:
-        raise EnvStepError(env, t, self._mismatch_error(env, t))
-
-    def _mismatch_error(self, env: int, t: int) -> FrameStackMismatch:
-        return FrameStackMismatch(
+        mismatch = FrameStackMismatch(
             f"env {env}'s observation at row {t} of a rollout is neither its previous observation shifted "
             f"by one frame nor a fresh stack of one frame, but its env was probed as stacking {self.stack} "
             "frames with gymnasium's FrameStackObservation (padding 'reset'), so aiorl stores each frame "
             "once; make FrameStackObservation the outermost wrapper that changes observations"
         )
+        raise EnvStepError(env, t, mismatch)
