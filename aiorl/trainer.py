@@ -113,6 +113,8 @@ class Trainer:
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
+        self.learner_threads = self.config.learner_thread_count(images=_is_image_box(self.spaces))
+        """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if policy is None:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
                 torch.manual_seed(self.config.seed)
@@ -251,6 +253,7 @@ class Trainer:
                     frame_stack=self.spaces.frame_stack,
                 ),
                 learner=self._learner,
+                learner_threads=self.learner_threads,
                 version=self._version,
                 stats=self.stats,
                 reward_normalizer=self.reward_normalizer,
@@ -557,6 +560,12 @@ def _is_flat_float_box(spaces: EnvSpaces) -> bool:
     """Whether observations are a flat float vector (where running normalisation helps)."""
     space = spaces.observation_space
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
+
+
+def _is_image_box(spaces: EnvSpaces) -> bool:
+    """Whether observations are images (``Box`` of 3 dimensions: the default policy is a CNN)."""
+    space = spaces.observation_space
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
 def _trainer_config(options: dict[str, Any]) -> TrainerConfig:

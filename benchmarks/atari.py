@@ -470,7 +470,7 @@ async def measure(budget: Budget, args: argparse.Namespace) -> Results:
     options = dict(parse_option(text) for text in args.option)
     trainer = make_trainer(args.seed, args.aiorl_network, options)
     cfg = trainer.config
-    results.aiorl_learner_threads = cfg.learner_thread_count  # set in the learner's own thread
+    results.aiorl_learner_threads = trainer.learner_threads  # set in the learner's own thread
     results.aiorl_batch_steps = cfg.num_workers * cfg.envs_per_worker * cfg.rollout_length
     net = "CleanRL's Nature CNN" if args.aiorl_network == "nature" else "default CNN"
     extra = "".join(f", {text}" for text in args.option)

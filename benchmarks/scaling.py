@@ -203,7 +203,7 @@ async def train(
     trainer = make_trainer()
     async with trainer:
         run.start_s = time.perf_counter() - t0
-        run.learner_threads = trainer.config.learner_thread_count  # set in the learner's own thread
+        run.learner_threads = trainer.learner_threads  # set in the learner's own thread
         stopper = None
         if stop_after_s is not None:
             stopper = asyncio.get_running_loop().call_later(stop_after_s, trainer.stop)

@@ -338,7 +338,7 @@ async def aiorl_solve(task: Task, seed: int, system: str = "aiorl preset") -> Ru
         trainer = aiorl.Trainer.from_preset(task.env, seed=seed)
     async with trainer:
         t_started = time.perf_counter()
-        run.torch_threads = trainer.config.learner_thread_count  # set in the learner's own thread
+        run.torch_threads = trainer.learner_threads  # set in the learner's own thread
         result = await trainer.run(
             total_steps=AIORL_TOTAL_STEPS,
             target_return=task.target,

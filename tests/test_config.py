@@ -14,6 +14,7 @@ from torch import nn
 import aiorl
 from aiorl import PPO, ConfigError, Trainer
 from aiorl.models import ObservationNormalizer
+from aiorl.testing import stacked_noise_frames
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +149,14 @@ def test_normalisation_set_by_the_user_is_kept():
     trainer = Trainer("CartPole-v1", normalize_observations=False, normalize_rewards=False)
     assert trainer.config.normalize_observations is False and trainer.config.normalize_rewards is False
     assert trainer.reward_normalizer is None
+
+
+def test_the_learner_gets_every_core_for_images_on_the_cpu_and_the_cores_the_workers_leave_otherwise():
+    cores = aiorl.config.usable_cores()
+    assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == cores  # a CNN's update parallelises
+    assert Trainer("CartPole-v1", num_workers=2).learner_threads == max(1, cores - 2)
+    assert Trainer(stacked_noise_frames, num_workers=2, learner_threads=1).learner_threads == 1  # given: kept
+    assert Trainer(stacked_noise_frames, num_workers=2).config.learner_threads is None  # chosen where it runs
 
 
 def test_an_algorithm_without_a_discount_gets_no_reward_normalisation():

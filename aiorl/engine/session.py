@@ -83,6 +83,7 @@ class Session:
         config: TrainerConfig,
         template: WorkerTemplate,
         learner: Learner,
+        learner_threads: int,
         version: int,
         stats: TrainingStats,
         reward_normalizer: RewardNormalizer | None,
@@ -97,7 +98,7 @@ class Session:
             host = await stack.enter_async_context(resolve_backend(config.backend).open(template))
             broadcaster = Broadcaster(host.weights)
             broadcaster.publish_now(learner.weights(), version)
-            executor = learner_executor(config.learner_thread_count)
+            executor = learner_executor(learner_threads)
             stack.push_async_callback(_shutdown_executor, executor)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             pool = WorkerPool(
