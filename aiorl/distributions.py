@@ -34,6 +34,8 @@ from aiorl.envs.spaces import check_action_space
 
 MASKED_LOGIT = -1e8
 """The logit an invalid action gets (its probability is exactly 0 in float32)."""
+_TINY_NOISE = 1e-30
+"""The smallest exponential noise of categorical sampling (log: -69, far above a masked log-prob)."""
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -134,7 +136,10 @@ class ActionDistribution:
         dist_inputs = self.masked(dist_inputs, mask)
         if self.kind == "categorical":  # the same as Categorical, without its overhead (hot path)
             log_probs = torch.log_softmax(dist_inputs, dim=-1)
-            actions = torch.multinomial(log_probs.exp(), 1)
+            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from p; 2x cheaper than
+            # multinomial for a worker's small batches. E is kept off 0, so a masked action never wins.
+            exp_noise = torch.empty_like(log_probs).exponential_().clamp_(min=_TINY_NOISE).log_()
+            actions = (log_probs - exp_noise).argmax(-1, keepdim=True)
             return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
         if self.kind == "multi_categorical":
             parts = self._components(dist_inputs)

@@ -212,7 +212,7 @@ class ObservationNormalizer(nn.Module):
 
     def forward(self, obs: torch.Tensor, *recurrent: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalise ``obs`` and run the wrapped policy (a recurrent one also gets its state and episode starts)."""
-        normalised = ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
+        normalised = (obs - self.mean).mul_(torch.rsqrt(self.var + 1e-8)).clamp_(-self.clip, self.clip)
         return self.policy(normalised, *recurrent)
 
 

@@ -91,6 +91,11 @@ class ProgressDisplay:
             self._print_line(report)
 
     # ---- what is shown -------------------------------------------------------------------
+    @property
+    def final_steps(self) -> int:
+        """The run's ``env_steps`` at the end of the budget (shown as "of N": counts are the run's, not the call's)."""
+        return self.steps_at_start + self.total_steps
+
     def eta_s(self, report: UpdateReport) -> float | None:
         """Seconds to the end of the step budget at the run's rate (``None`` when unknown)."""
         left = self.steps_at_start + self.total_steps - report.env_steps
@@ -103,7 +108,7 @@ class ProgressDisplay:
         done = report.env_steps - self.steps_at_start
         return (
             f"[{_duration(report.wall_time_s)}] steps {report.env_steps:,} "
-            f"({100 * min(done / self.total_steps, 1):.0f}% of {self.total_steps:,}) | "
+            f"({100 * min(done / self.total_steps, 1):.0f}% of {self.final_steps:,}) | "
             f"{report.steps_per_s:,.0f} steps/s | episodes {report.episodes:,} | "
             f"return {_number(report.mean_return)}{self._target()} | "
             f"lag {report.lag.min}/{report.lag.mean:.2f}/{report.lag.max} | {_workers(report)} | "
@@ -130,7 +135,7 @@ class ProgressDisplay:
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
             ProgressBar(total=self.total_steps, completed=min(done, self.total_steps), width=30),
-            f"{report.env_steps:,} steps ({100 * min(done / self.total_steps, 1):.0f}% of {self.total_steps:,})",
+            f"{report.env_steps:,} steps ({100 * min(done / self.total_steps, 1):.0f}% of {self.final_steps:,})",
         )
         grid.add_row("progress", bar)
         grid.add_row(

@@ -3,8 +3,10 @@
 What is measured
 ----------------
 Env steps per second of *sampling only* on ``CartPole-v1``, with the same policy
-work per step everywhere: one batched forward pass of :class:`aiorl.ActorCritic`
-(separate 64x64 tanh actor and critic MLPs) over all envs of a batch, a
+work per step everywhere: one batched forward pass of the policy aiorl's trainer
+builds for CartPole by default (:class:`aiorl.ActorCritic`, separate 64x64 tanh
+actor and critic MLPs, behind the running observation normaliser
+:class:`aiorl.models.ObservationNormalizer`) over all envs of a batch, a
 categorical action sampled and its log-probability computed, then one
 ``env.step`` per env. Nothing is learned.
 
@@ -79,9 +81,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import functools
 import math
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import platform
 import statistics
@@ -252,6 +257,12 @@ class AiorlSystem:
 # ---- gymnasium vector envs -------------------------------------------------------------------
 
 
+@functools.cache
+def trainer_policy() -> torch.nn.Module:
+    """A CPU copy of the policy aiorl's trainer acts with on ``ENV_ID`` by default (its normaliser and MLP)."""
+    return copy.deepcopy(aiorl.Trainer(ENV_ID, seed=SEED).policy).cpu()
+
+
 class VectorSampler:
     """Steps a gymnasium vector env with the same per-step policy work as an aiorl worker.
 
@@ -262,10 +273,7 @@ class VectorSampler:
     def __init__(self, venv: gym.vector.VectorEnv) -> None:
         self.venv = venv
         self.dist = ActionDistribution.for_space(venv.single_action_space)
-        obs_shape = venv.single_observation_space.shape
-        assert obs_shape is not None
-        torch.manual_seed(SEED)
-        self.policy = aiorl.ActorCritic(obs_shape, self.dist)
+        self.policy = trainer_policy()
         self.obs, _ = venv.reset(seed=None if seeds_at_construction(venv) else SEED)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -369,7 +377,79 @@ class VectorSystem:
         return await asyncio.to_thread(self.sampler.run, seconds=budget.seconds)
 
 
-System = AiorlSystem | VectorSystem
+def _sampler_process(conn: multiprocessing.connection.Connection, kind: str, num_envs: int) -> None:
+    """One process of :class:`ConcurrentVectorSystem`: a native vector env alone, one window per request."""
+    torch.set_num_threads(1)
+    sampler = VectorSampler(make_native(kind, num_envs))
+    try:
+        conn.send("ready")
+        while (request := conn.recv()) is not None:
+            seconds, env_steps = request
+            conn.send(sampler.run(seconds=seconds, env_steps=env_steps))
+    finally:
+        sampler.close()
+
+
+class ConcurrentVectorSystem:
+    """``NUM_WORKERS`` processes each stepping a native vector env alone, timed at the same time.
+
+    The same work as aiorl's workers without aiorl: what two processes running at once reach on
+    this machine (the "sum of each alone" baseline times one process at a time, on an otherwise
+    idle machine).
+    """
+
+    def __init__(self, kind: str, num_envs: int) -> None:
+        self.system = f"{kind} alone x{NUM_WORKERS} at once"
+        self.family = kind
+        self.envs = NUM_WORKERS * num_envs
+        self.label = f"{kind} alone ({num_envs} envs), {NUM_WORKERS} processes at once"
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    @classmethod
+    async def start(cls, stack: contextlib.AsyncExitStack, kind: str, num_envs: int) -> ConcurrentVectorSystem:
+        system = cls(kind, num_envs)
+        stack.push_async_callback(asyncio.to_thread, system.close)
+        context = multiprocessing.get_context("forkserver")  # never fork after torch was imported
+        for _ in range(NUM_WORKERS):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_sampler_process, args=(theirs, kind, num_envs), daemon=True)
+            process.start()
+            theirs.close()
+            system.conns.append(ours)
+            system.processes.append(process)
+        for conn in system.conns:
+            if await asyncio.to_thread(conn.recv) != "ready":
+                raise RuntimeError(f"a {kind} sampler process did not start")
+        return system
+
+    def _run(self, seconds: float | None, env_steps: int | None) -> float:
+        for conn in self.conns:
+            conn.send((seconds, env_steps))
+        return sum(conn.recv() for conn in self.conns)
+
+    async def warm_up(self, budget: Budget) -> None:
+        await asyncio.to_thread(self._run, budget.warmup_seconds, None)
+
+    async def window(self, budget: Budget) -> float:
+        if budget.steps is not None:
+            return await asyncio.to_thread(self._run, None, max(1, budget.steps // NUM_WORKERS))
+        return await asyncio.to_thread(self._run, budget.seconds, None)
+
+    def close(self) -> None:
+        """Ask each process to stop, then make sure it did."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            conn.close()
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+System = AiorlSystem | VectorSystem | ConcurrentVectorSystem
 
 
 async def measure_all(budget: Budget, python: bool = True, native: bool = True) -> list[Measurement]:
@@ -392,6 +472,7 @@ async def measure_all(budget: Budget, python: bool = True, native: bool = True) 
             systems.append(await VectorSystem.start_native(stack, kind, NATIVE_ENVS_PER_WORKER))
             total = NUM_WORKERS * NATIVE_ENVS_PER_WORKER
             systems.append(await VectorSystem.start_native(stack, kind, total, NUM_WORKERS))
+            systems.append(await ConcurrentVectorSystem.start(stack, kind, NATIVE_ENVS_PER_WORKER))
         return await time_systems(systems, budget)
 
 
@@ -493,7 +574,9 @@ def render_ratios(results: Sequence[Measurement]) -> tuple[str, bool]:
     native_lines, native_met = _native_ratios(results)
     lines += native_lines
     all_met = all_met and native_met
-    targeted = {(t.baseline, t.envs) for t in TARGETS} | {("envpool alone", NUM_WORKERS * NATIVE_ENVS_PER_WORKER)}
+    total = NUM_WORKERS * NATIVE_ENVS_PER_WORKER
+    targeted = {(t.baseline, t.envs) for t in TARGETS} | {("envpool alone", total)}
+    targeted |= {(f"{kind} alone x{NUM_WORKERS} at once", total) for kind in NATIVE_KINDS}
     for m in results:
         ratio = _aiorl_ratio(results, m)
         if m.system.startswith("aiorl") or (m.system, m.envs) in targeted or ratio is None:
@@ -525,6 +608,14 @@ def _native_ratios(results: Sequence[Measurement]) -> tuple[list[str], bool]:
                 f"- target: aiorl+{kind}({_config(total)}) / {name} = **{ratio:.2f}x** "
                 f"(target >= {minimum:g}): {'met' if met else 'MISSED'}"
             )
+        at_once = _find(results, f"{kind} alone x{NUM_WORKERS} at once", total)
+        if at_once is not None:
+            cost = at_once.median / (NUM_WORKERS * one.median)
+            lines.append(
+                f"- {NUM_WORKERS} {kind} processes at once / {one_name} = {cost:.2f}x "
+                f"(what running them at once costs on this machine); aiorl+{kind}({_config(total)}) / them "
+                f"= {ours.median / at_once.median:.2f}x (no target)"
+            )
     return lines, all_met
 
 
@@ -537,7 +628,8 @@ def describe_setup(budget: Budget) -> str:
     )
     return "\n".join(
         [
-            f"- env: {ENV_ID}; policy: aiorl.ActorCritic (actor + critic MLPs 64x64 tanh), one batched "
+            f"- env: {ENV_ID}; policy: aiorl's default (ObservationNormalizer + ActorCritic, actor and critic "
+            "MLPs 64x64 tanh) everywhere, one batched "
             "forward pass + categorical sample + log-prob per step; sampling only, no learning",
             f"- aiorl: {NUM_WORKERS} worker processes, rollout_length={ROLLOUT_LENGTH}, 1 torch thread per "
             "worker; measured with Trainer.sample",

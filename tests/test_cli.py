@@ -330,10 +330,9 @@ def test_the_console_script_and_the_config_template(tmp_path):
     done = subprocess.run([str(script), "config", "Acrobot-v1", "--algo", "appo"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     (tmp_path / "template.toml").write_text(done.stdout)
-    assert load_experiment(tmp_path / "template.toml") == build_experiment(
-        {"run": {"env": "Acrobot-v1", "algo": "appo"}}
-    )
-    assert json.loads(json.dumps(done.stdout))  # plain text, nothing else on stdout
+    expected = build_experiment({"run": {"env": "Acrobot-v1", "algo": "appo"}})
+    assert load_experiment(tmp_path / "template.toml") == expected
+    assert done.stdout == expected.to_toml()  # the file and nothing else on stdout (no log lines)
 
 
 def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):

@@ -88,6 +88,11 @@ def test_the_progress_line_shows_the_records_numbers():
     assert display.eta_s(report()) == pytest.approx(768 / 1234.5)  # the rest of the budget at steps_per_s
 
 
+def test_a_resumed_run_s_progress_counts_toward_the_run_s_final_step():
+    display = ProgressDisplay(title="t", total_steps=512, steps_at_start=512, live=False, file=io.StringIO())
+    assert "steps 768 (50% of 1,024)" in display.line(report())  # 256 of the call's 512, at step 768 of 1,024
+
+
 # ---- a trainer's updates: one object everywhere, one rate ---------------------------------------
 @pytest.mark.asyncio
 async def test_one_record_reaches_on_update_the_event_stream_and_the_metrics_file(tmp_path):

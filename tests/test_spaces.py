@@ -70,6 +70,16 @@ def test_sampled_actions_are_valid_for_the_env_with_exact_log_probs(space):
     assert mode.shape == actions.shape
 
 
+def test_categorical_actions_are_drawn_with_the_policy_s_probabilities():
+    torch.manual_seed(0)
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(3))
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    actions, log_probs = dist.sample(probs.log().repeat(40_000, 1))
+    frequencies = torch.bincount(actions, minlength=3) / 40_000
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)  # ~4 standard errors
+    torch.testing.assert_close(log_probs, probs.log()[actions])
+
+
 def test_gaussian_actions_are_clipped_only_for_the_env():
     dist = ActionDistribution.for_space(gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
     assert dist.to_env(np.array([5.0], dtype=np.float32)).tolist() == [1.0]

@@ -39,7 +39,7 @@ class ActingPolicy:
 
     def act(self, obs: np.ndarray, rows: np.ndarray | None = None) -> torch.Tensor:
         """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states."""
-        with torch.no_grad():
+        with torch.inference_mode():
             if self.state is None:
                 return evaluate(self.policy, torch.from_numpy(obs))[0]
             index = slice(None) if rows is None else torch.from_numpy(rows)
@@ -53,7 +53,7 @@ class ActingPolicy:
 
     def values(self, obs: np.ndarray, rows: list[int] | np.ndarray) -> np.ndarray:
         """V of observations ``obs`` that continue the episodes of envs ``rows`` (truncated episodes' final ones)."""
-        with torch.no_grad():
+        with torch.inference_mode():
             if self.state is None:
                 return evaluate(self.policy, torch.from_numpy(obs))[1].numpy()
             index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
@@ -96,7 +96,7 @@ def act_into_row(
     if acting.recurrent:
         arrays["episode_starts"][t] = acting.starts
     dist_inputs = acting.act(obs)
-    with torch.no_grad():
+    with torch.inference_mode():
         actions, logprobs = dist.sample(dist_inputs, None if masks is None else torch.from_numpy(masks))
     actions_np = actions.numpy()
     arrays["actions"][t] = actions_np

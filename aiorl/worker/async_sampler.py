@@ -132,7 +132,7 @@ class ActionBatcher:
             self.version = self.pull_weights()
             rows = np.asarray(waiting)
             dist_inputs = self.acting.act(self.obs[rows], rows)
-            with torch.no_grad():
+            with torch.inference_mode():
                 mask = torch.from_numpy(self.masks[rows]) if self.masked else None
                 actions, logprobs = self.dist.sample(dist_inputs, mask)
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it

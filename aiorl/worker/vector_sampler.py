@@ -164,7 +164,7 @@ class VectorEnvSampler:
         actions_np = act_into_row(acting, self.dist, arrays, t, self.obs, masks, self.policy_version)
         arrays["valid"][t] = live
         arrays["trunc_values"][t] = 0.0
-        stepped = int(live.sum())
+        stepped = int(np.count_nonzero(live))
         self.fault.env_steps += 1
         try:
             rewards, terminated, truncated, ended, bootstrap, final = self._step_env(actions_np, live)
