@@ -18,6 +18,7 @@ from aiorl.models import evaluate
 from aiorl.recurrent import initial_state, state_size, step
 from aiorl.rollout import RolloutLayout
 from aiorl.worker.frames import ObservationWriter
+from aiorl.worker.fused import FusedActorCritic
 
 
 class ActingPolicy:
@@ -31,16 +32,36 @@ class ActingPolicy:
     """
 
     def __init__(self, policy: nn.Module, layout: RolloutLayout) -> None:
-        self.policy = policy
         self.recurrent = state_size(policy) > 0
+        self.policy = policy
         self.state = initial_state(policy, layout.num_envs) if self.recurrent else None
         self.starts = np.ones(layout.num_envs, dtype=np.bool_)
         self.observations = ObservationWriter(layout)
 
-    def act(self, obs: np.ndarray, rows: np.ndarray | None = None) -> torch.Tensor:
-        """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states."""
+    @property
+    def policy(self) -> nn.Module:
+        """The policy acting (setting another one drops the fused copy of the old one)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: nn.Module) -> None:
+        self._policy = policy
+        self.fused = None if self.recurrent else FusedActorCritic.of(policy)
+        self._fused_version: int | None = None  # the weights version the fused copy holds
+
+    def act(self, obs: np.ndarray, rows: np.ndarray | None = None, version: int | None = None) -> torch.Tensor:
+        """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states.
+
+        ``version`` is the version of the weights the policy holds now: given, aiorl's default
+        MLP acts through its fused copy (:mod:`aiorl.worker.fused`), re-read when it changes.
+        """
         with torch.inference_mode():
             if self.state is None:
+                if self.fused is not None and version is not None:
+                    if version != self._fused_version:
+                        self.fused.refresh()
+                        self._fused_version = version
+                    return self.fused(torch.from_numpy(obs))[0]
                 return evaluate(self.policy, torch.from_numpy(obs))[0]
             index = slice(None) if rows is None else torch.from_numpy(rows)
             starts = self.starts if rows is None else self.starts[rows]
@@ -95,7 +116,7 @@ def act_into_row(
         arrays["action_masks"][t] = masks
     if acting.recurrent:
         arrays["episode_starts"][t] = acting.starts
-    dist_inputs = acting.act(obs)
+    dist_inputs = acting.act(obs, version=policy_version)
     with torch.inference_mode():
         actions, logprobs = dist.sample(dist_inputs, None if masks is None else torch.from_numpy(masks))
     actions_np = actions.numpy()

@@ -131,7 +131,7 @@ class ActionBatcher:
         try:
             self.version = self.pull_weights()
             rows = np.asarray(waiting)
-            dist_inputs = self.acting.act(self.obs[rows], rows)
+            dist_inputs = self.acting.act(self.obs[rows], rows, self.version)
             with torch.inference_mode():
                 mask = torch.from_numpy(self.masks[rows]) if self.masked else None
                 actions, logprobs = self.dist.sample(dist_inputs, mask)

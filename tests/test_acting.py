@@ -1,0 +1,62 @@
+"""A worker's policy copy acts exactly as the policy: aiorl's default MLP through its fused form."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from conftest import sampler_template
+from torch import nn
+
+from aiorl.distributions import ActionDistribution
+from aiorl.models import ActorCritic, CNNActorCritic, ObservationNormalizer
+from aiorl.recurrent import RecurrentActorCritic
+from aiorl.worker.acting import ActingPolicy
+from aiorl.worker.fused import FusedActorCritic
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))], ids=["logits", "gaussian"])
+@pytest.mark.parametrize("normalised", [False, True], ids=["raw", "normalised"])
+def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised):
+    torch.manual_seed(0)
+    policy: nn.Module = ActorCritic((5,), ActionDistribution.for_space(space), hidden_sizes=(64, 32, 16))
+    if normalised:
+        policy = ObservationNormalizer(policy, (5,))
+        policy.observe(torch.randn(200, 5) * 3.0 + 1.0)
+    fused = FusedActorCritic.of(policy)
+    assert fused is not None
+    fused.refresh()
+    obs = torch.randn(32, 5) * 4.0  # some beyond the normaliser's clip
+    with torch.inference_mode():
+        expected, got = policy(obs), fused(obs)
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1].reshape(-1))
+
+
+def test_only_aiorl_s_own_mlp_is_fused():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+
+    class Wider(ActorCritic):  # a subclass may change forward: it acts through its own
+        pass
+
+    assert FusedActorCritic.of(CNNActorCritic((4, 12, 12), dist)) is None
+    assert FusedActorCritic.of(Wider((4,), dist)) is None
+    assert FusedActorCritic.of(RecurrentActorCritic((4,), dist, "gru", 8)) is None
+    relu = ActorCritic((4,), dist)
+    relu.actor[1] = nn.ReLU()
+    assert FusedActorCritic.of(relu) is None
+
+
+def test_an_acting_policy_acts_with_new_weights_once_their_version_changes():
+    template, policy = sampler_template("CartPole-v1", envs=8, steps=4)
+    acting = ActingPolicy(policy, template.layout)
+    assert acting.fused is not None
+    obs = torch.randn(8, 4).numpy()
+    before = acting.act(obs, version=0)
+    torch.testing.assert_close(before, policy(torch.from_numpy(obs))[0].detach())
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.mul_(-1.5)  # as a worker's new weights arrive
+    after = acting.act(obs, version=1)
+    torch.testing.assert_close(after, policy(torch.from_numpy(obs))[0].detach())
+    assert not torch.allclose(before, after)
