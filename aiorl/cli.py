@@ -17,6 +17,8 @@ ends the process at once (the previous checkpoint stays readable).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import logging
 import os
 import re
@@ -74,6 +76,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 @click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
 def main(verbose: int) -> None:
     """Asyncio-native reinforcement learning: train, resume, evaluate and plot."""
+    # Everything is closed explicitly before a command returns; the interpreter's last garbage
+    # collection of torch's many objects would only add ~1.3 s before the process exits.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("aiorl %(levelname)s: %(message)s"))
     logger = logging.getLogger("aiorl")
