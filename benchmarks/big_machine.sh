@@ -4,7 +4,7 @@
 # and on cpu, time to 475 and trained steps/s against the number of workers, the image env.
 #
 # Usage, from the repository root (results.md and logs.txt go to $OUT, default /tmp/aiorl-big):
-#     bash benchmarks/big_machine.sh           # issue 11: the learner (~7 minutes)
+#     bash benchmarks/big_machine.sh           # issue 11: the learner (~8 minutes)
 #     bash benchmarks/big_machine.sh atari     # issue 15: Pong from EnvPool, CUDA learner (~8 minutes)
 #
 # A machine without gymnasium & co. (the lent H200 has torch, numpy, uvloop, click, rich,
@@ -83,4 +83,8 @@ step trained_cpu_8_threads 45 python3 trained_throughput.py --workers 14 --devic
 # Time to 475 as a user scales the CartPole preset (learner on the CPU, the default device): ~30 s.
 step scaling_cartpole 50 python3 scaling.py --tasks cartpole --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
 step scaling_image 90 python3 scaling.py --tasks image --device cuda --workers 2 14 --seconds 8 --seeds 2 --quiet-wait 0
+# The CPU learner's threads for images: automatic (every core since 2026-12-01) against the old rule (cores - workers).
+step image_cpu_threads 60 python3 scaling.py --tasks image --device cpu --workers 14 --seconds 8 --seeds 1 --quiet-wait 0
+step image_cpu_2_threads 60 python3 scaling.py --tasks image --device cpu --workers 14 --seconds 8 --seeds 1 \
+    --quiet-wait 0 --learner-threads 2
 echo "total $((SECONDS - started))s" | tee -a "$OUT/results.md"

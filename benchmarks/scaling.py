@@ -55,6 +55,7 @@ Run it (about 5 minutes on 2 cores, where the worker counts are 1 and 2;
     python benchmarks/scaling.py --tasks cartpole --seeds 5 --max-workers 8
     python benchmarks/scaling.py --tasks image --seconds 60 --device cuda
     python benchmarks/scaling.py --tasks pong --workers 14 --seconds 300 --device cuda --seeds 1
+    python benchmarks/scaling.py --tasks image --workers 14 --learner-threads 2   # not the automatic count
 
 It prints markdown tables and the setup to stdout; progress goes to stderr.
 """
@@ -222,7 +223,7 @@ async def train(
 
 
 def cartpole_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
-    options: dict[str, Any] = {"num_workers": workers, "seed": seed, "device": args.device}
+    options: dict[str, Any] = {"num_workers": workers, "seed": seed, "device": args.device, **learner_options(args)}
     if args.rollouts_per_batch is not None:
         options["rollouts_per_batch"] = args.rollouts_per_batch
     run = Run("cartpole", workers, seed)
@@ -248,6 +249,7 @@ def image_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
                 envs_per_worker=args.image_envs,
                 seed=seed,
                 device=args.device,
+                **learner_options(args),
             ),
             total_steps=NO_BUDGET,
             stop_after_s=args.seconds,
@@ -261,7 +263,12 @@ def pong_trainer(workers: int, seed: int, args: argparse.Namespace) -> aiorl.Tra
     game = AtariEnv(PONG)
     env = game.vector(args.atari_envs) if args.atari == "envpool" else game
     options = {**preset.options, "num_workers": workers, "envs_per_worker": args.atari_envs}
-    return aiorl.Trainer(env, preset.algo, **options, seed=seed, device=args.device)
+    return aiorl.Trainer(env, preset.algo, **options, **learner_options(args), seed=seed, device=args.device)
+
+
+def learner_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``learner_threads`` when ``--learner-threads`` is given (else the trainer's automatic choice)."""
+    return {} if args.learner_threads is None else {"learner_threads": args.learner_threads}
 
 
 def pong_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
@@ -520,6 +527,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="image: training wall time per run (default: 30; --quick: 10)")
     parser.add_argument("--image-envs", type=int, help="image: envs per worker (default: 8; --quick: 4)")
     parser.add_argument("--atari-envs", type=int, default=8, help="pong: games per worker (default: 8)")
+    parser.add_argument(
+        "--learner-threads", type=int, help="the learner's torch threads (default: the trainer's automatic choice)"
+    )
     parser.add_argument(
         "--atari",
         choices=["envpool", "ale"],
