@@ -17,16 +17,17 @@ from aiorl.worker.fused import FusedActorCritic
 
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))], ids=["logits", "gaussian"])
 @pytest.mark.parametrize("normalised", [False, True], ids=["raw", "normalised"])
-def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised):
+@pytest.mark.parametrize("obs_shape", [(5,), (2, 3)], ids=["flat", "2d"])
+def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised, obs_shape):
     torch.manual_seed(0)
-    policy: nn.Module = ActorCritic((5,), ActionDistribution.for_space(space), hidden_sizes=(64, 32, 16))
+    policy: nn.Module = ActorCritic(obs_shape, ActionDistribution.for_space(space), hidden_sizes=(64, 32, 16))
     if normalised:
-        policy = ObservationNormalizer(policy, (5,))
-        policy.observe(torch.randn(200, 5) * 3.0 + 1.0)
+        policy = ObservationNormalizer(policy, obs_shape)
+        policy.observe(torch.randn(200, *obs_shape) * 3.0 + 1.0)
     fused = FusedActorCritic.of(policy)
     assert fused is not None
     fused.refresh()
-    obs = torch.randn(32, 5) * 4.0  # some beyond the normaliser's clip
+    obs = torch.randn(32, *obs_shape) * 4.0  # some beyond the normaliser's clip
     with torch.inference_mode():
         expected, got = policy(obs), fused(obs)
     torch.testing.assert_close(got[0], expected[0])

@@ -61,8 +61,8 @@ class FusedActorCritic:
             layers.append((torch.cat([actor.bias, critic.bias]), weight.t().contiguous()))
         self.layers = layers
         if self.normalizer is not None:
-            self.shift = self.normalizer.mean.clone()
-            self.scale = torch.rsqrt(self.normalizer.var + 1e-8)
+            self.shift = self.normalizer.mean.flatten().clone()  # elementwise: applied to the flattened obs
+            self.scale = torch.rsqrt(self.normalizer.var + 1e-8).flatten()
 
     def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dist_inputs, value)`` as the policy returns them, value of shape ``[B]``."""
