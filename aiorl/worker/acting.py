@@ -29,6 +29,8 @@ class ActingPolicy:
         state: ``[num_envs, S]`` each env's state before its next step (``None`` if feed-forward).
         starts: ``[num_envs]`` bool, the env's next step is the first of an episode.
         observations: writes the observations acted on into rollouts (stacked frames once).
+        fused: aiorl's default MLP in its fused form (:mod:`aiorl.worker.fused`), which
+            :meth:`act` uses when told the weights' version; ``None`` for any other policy.
     """
 
     def __init__(self, policy: nn.Module, layout: RolloutLayout) -> None:
