@@ -216,9 +216,14 @@ class ObservationNormalizer(nn.Module):
         return self.policy(normalised, *recurrent)
 
 
+def is_image_space(space: gym.Space) -> bool:
+    """Whether observations of ``space`` are images (a 3-D ``Box``): the default policy is then a CNN."""
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
+
+
 def default_policy(obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution) -> nn.Module:
     """The policy aiorl builds when none is given: a CNN for images, else an MLP."""
-    if isinstance(obs_space, gym.spaces.Box) and len(obs_shape) == 3:
+    if is_image_space(obs_space):
         scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
         return CNNActorCritic(obs_shape, dist, scale=scale)
     return ActorCritic(obs_shape, dist)

@@ -98,7 +98,7 @@ class ProgressDisplay:
 
     def eta_s(self, report: UpdateReport) -> float | None:
         """Seconds to the end of the step budget at the run's rate (``None`` when unknown)."""
-        left = self.steps_at_start + self.total_steps - report.env_steps
+        left = self.final_steps - report.env_steps
         if left <= 0:
             return 0.0
         return left / report.steps_per_s if report.steps_per_s > 0 else None

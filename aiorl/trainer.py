@@ -43,7 +43,7 @@ from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
-from aiorl.models import ObservationNormalizer, assign_flat, default_policy, validate_policy
+from aiorl.models import ObservationNormalizer, assign_flat, default_policy, is_image_space, validate_policy
 from aiorl.presets import describe_settings, get_preset
 from aiorl.recurrent import default_recurrent_policy, state_size, validate_recurrent_policy
 
@@ -113,7 +113,7 @@ class Trainer:
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
-        self.learner_threads = self.config.learner_thread_count(images=_is_image_box(self.spaces))
+        self.learner_threads = self.config.learner_thread_count(images=is_image_space(self.spaces.observation_space))
         """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if policy is None:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
@@ -560,12 +560,6 @@ def _is_flat_float_box(spaces: EnvSpaces) -> bool:
     """Whether observations are a flat float vector (where running normalisation helps)."""
     space = spaces.observation_space
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
-
-
-def _is_image_box(spaces: EnvSpaces) -> bool:
-    """Whether observations are images (``Box`` of 3 dimensions: the default policy is a CNN)."""
-    space = spaces.observation_space
-    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
 def _trainer_config(options: dict[str, Any]) -> TrainerConfig:

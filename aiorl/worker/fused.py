@@ -45,9 +45,7 @@ class FusedActorCritic:
             normalizer, policy = policy, policy.policy
         if type(policy) is not ActorCritic or not (_tanh_mlp(policy.actor) and _tanh_mlp(policy.critic)):
             return None
-        if len(policy.actor) != len(policy.critic):
-            return None
-        return cls(policy, normalizer)
+        return cls(policy, normalizer) if len(policy.actor) == len(policy.critic) else None
 
     @torch.inference_mode()
     def refresh(self) -> None:
