@@ -18,7 +18,8 @@ from aiorl.worker.fused import FusedActorCritic
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))], ids=["logits", "gaussian"])
 @pytest.mark.parametrize("normalised", [False, True], ids=["raw", "normalised"])
 @pytest.mark.parametrize("obs_shape", [(5,), (2, 3)], ids=["flat", "2d"])
-def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised, obs_shape):
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["tanh", "tanh-through-sigmoid"])
+def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised, obs_shape, sigmoid):
     torch.manual_seed(0)
     policy: nn.Module = ActorCritic(obs_shape, ActionDistribution.for_space(space), hidden_sizes=(64, 32, 16))
     if normalised:
@@ -26,6 +27,7 @@ def test_the_fused_default_mlp_returns_the_policy_s_outputs(space, normalised, o
         policy.observe(torch.randn(200, *obs_shape) * 3.0 + 1.0)
     fused = FusedActorCritic.of(policy)
     assert fused is not None
+    fused.sigmoid = sigmoid  # whichever kernel this CPU would pick
     fused.refresh()
     obs = torch.randn(32, *obs_shape) * 4.0  # some beyond the normaliser's clip
     with torch.inference_mode():
