@@ -32,6 +32,11 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     # the default. A handled signal is reset to the default in exec'd children.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+RUN_TAG = f"AIORL_TEST_RUN={os.getpid()}".encode()
+"""Every process the tests start inherits this environment variable (set here, before any is started),
+so the leak check finds them all, also those whose parent died and left them to init."""
+os.environ["AIORL_TEST_RUN"] = str(os.getpid())
+
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
@@ -82,18 +87,34 @@ def alive(pid: int) -> bool:
         return False
 
 
-def multiprocessing_services() -> set[int]:
-    """Per-interpreter services that exit with it: the forkserver, the resource tracker, and
-    torch inductor's pool of compile workers (started by the first ``torch.compile`` on CUDA)."""
+def tagged() -> set[int]:
+    """Live processes, other than this one, started by this test run however deep (see :data:`RUN_TAG`)."""
+    found = set()
+    for pid, (_ppid, state) in process_table().items():
+        if pid == os.getpid() or state == "Z":
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if RUN_TAG in f.read().split(b"\0"):
+                    found.add(pid)
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def multiprocessing_services(candidates: set[int]) -> set[int]:
+    """Those of ``candidates`` that are per-interpreter services exiting with it: the forkserver,
+    the resource tracker, and torch inductor's pool of compile workers (started by the first
+    ``torch.compile`` on CUDA) with its children."""
     pids = {
         multiprocessing.forkserver._forkserver._forkserver_pid,
         multiprocessing.resource_tracker._resource_tracker._pid,
     }
     services = {pid for pid in pids if pid is not None}
-    for pid in descendants(os.getpid()):
+    for pid in candidates:
         if "torch._inductor.compile_worker" in _cmdline(pid) or "torch/_inductor/compile_worker" in _cmdline(pid):
             services |= {pid} | descendants(pid)
-    return services
+    return services & candidates
 
 
 def _cmdline(pid: int) -> str:
@@ -105,8 +126,10 @@ def _cmdline(pid: int) -> str:
 
 
 def leftover_workers() -> set[int]:
-    """Processes started under this test process that are not multiprocessing services."""
-    return descendants(os.getpid()) - multiprocessing_services()
+    """Processes this test run started (below this process, or orphaned and tagged with
+    :data:`RUN_TAG`) that are not multiprocessing services."""
+    candidates = descendants(os.getpid()) | tagged()
+    return candidates - multiprocessing_services(candidates)
 
 
 def our_segments(pid: int | None = None) -> list[str]:

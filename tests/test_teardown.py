@@ -18,7 +18,7 @@ import threading
 from multiprocessing.process import BaseProcess
 
 import pytest
-from conftest import SMALL, alive, descendants, our_segments, wait_until
+from conftest import SMALL, alive, descendants, leftover_workers, our_segments, wait_until
 
 import aiorl
 from aiorl import PPO, Trainer
@@ -146,6 +146,19 @@ def test_parent_killed_workers_and_their_envs_children_exit_on_their_own(tmp_pat
     assert glob.glob(f"{tempfile.gettempdir()}/aiorl_{process.pid}_*") == [], "stack files left behind"
     process.stdout.close()
     process.stderr.close()
+
+
+def test_the_leak_check_sees_a_process_whose_parent_died():
+    shell = subprocess.run(
+        ["sh", "-c", "sleep 60 > /dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True
+    )
+    orphan = int(shell.stdout)  # its shell has exited: it belongs to init (or a subreaper) now
+    try:
+        assert orphan not in descendants(os.getpid())
+        assert orphan in leftover_workers()
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    assert wait_until(lambda: orphan not in leftover_workers(), 10)
 
 
 def test_shared_memory_is_freed_when_the_trainers_whole_process_group_is_killed(tmp_path):
