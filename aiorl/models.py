@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aiorl.activations import is_tanh_mlp, run_tanh_mlp, through_sigmoid
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
 
@@ -52,6 +53,10 @@ class ActorCritic(nn.Module):
     For Gaussian actions the log standard deviation is a learned, state-independent
     parameter initialised to ``log_std_init``.
 
+    On a CPU whose ``tanh`` kernel is slower than ``sigmoid`` the hidden layers compute
+    ``tanh(z)`` as ``2 * sigmoid(2 * z) - 1`` (same values up to float rounding, same
+    gradients; see :mod:`aiorl.activations`); :attr:`tanh_via_sigmoid` overrides the choice.
+
     Args:
         obs_shape: shape of one (encoded) observation; it is flattened.
         dist: the action distribution, which fixes the actor's output width.
@@ -74,14 +79,21 @@ class ActorCritic(nn.Module):
         self.critic = _mlp(obs_dim, hidden_sizes, 1, out_gain=1.0)
         if self.gaussian:
             self.log_std = nn.Parameter(torch.full((actor_outputs,), float(log_std_init)))
+        self.tanh_via_sigmoid: bool | None = None
+        """``None``: ``tanh`` through ``sigmoid`` where that pays (:func:`aiorl.activations.through_sigmoid`);
+        ``True``/``False``: always/never."""
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(dist_inputs, value)`` for a batch of observations."""
         x = obs.flatten(start_dim=1)
-        out = self.actor(x)
+        sigmoid = through_sigmoid(x) if self.tanh_via_sigmoid is None else self.tanh_via_sigmoid
+        if sigmoid and is_tanh_mlp(self.actor) and is_tanh_mlp(self.critic):
+            out, value = run_tanh_mlp(self.actor, x), run_tanh_mlp(self.critic, x)
+        else:
+            out, value = self.actor(x), self.critic(x)
         if self.gaussian:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
-        return out, self.critic(x).squeeze(-1)
+        return out, value.squeeze(-1)
 
 
 def conv_trunk(channels: int) -> nn.Sequential:

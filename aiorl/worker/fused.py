@@ -14,7 +14,7 @@ an unvectorised path on AMD CPUs: 4-6 ns per element here against 1-2 ns for ``s
 hidden layers use ``tanh(z) = 2 * sigmoid(2 * z) - 1`` with the factors folded into the
 weights (:func:`fold_sigmoid`): still one ``addmm`` and one activation per layer, a third
 faster on 32-64 rows. Which kernel is faster is measured once per process
-(:func:`sigmoid_is_faster`).
+(:func:`aiorl.activations.sigmoid_is_faster`).
 
 Only aiorl's own classes qualify (exactly those types, tanh MLPs of equal depth): any other
 policy acts through its own ``forward``.
@@ -22,12 +22,10 @@ policy acts through its own ``forward``.
 
 from __future__ import annotations
 
-import functools
-import time
-
 import torch
 from torch import nn
 
+from aiorl.activations import is_tanh_mlp, sigmoid_is_faster
 from aiorl.models import ActorCritic, ObservationNormalizer
 
 
@@ -55,7 +53,7 @@ class FusedActorCritic:
         normalizer = None
         if type(policy) is ObservationNormalizer:
             normalizer, policy = policy, policy.policy
-        if type(policy) is not ActorCritic or not (_tanh_mlp(policy.actor) and _tanh_mlp(policy.critic)):
+        if type(policy) is not ActorCritic or not (is_tanh_mlp(policy.actor) and is_tanh_mlp(policy.critic)):
             return None
         return cls(policy, normalizer) if len(policy.actor) == len(policy.critic) else None
 
@@ -108,36 +106,3 @@ def fold_sigmoid(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[
             bias, weight_t = 2.0 * bias, 2.0 * weight_t
         folded.append((bias.contiguous(), weight_t.contiguous()))
     return folded
-
-
-@functools.cache
-def sigmoid_is_faster() -> bool:
-    """Whether ``sigmoid`` beats ``tanh`` on a worker's activations ``[32, 128]`` on this CPU.
-
-    Measured once per process (under a millisecond): the best of a few runs of each kernel.
-    """
-    x = torch.linspace(-3.0, 3.0, 32 * 128).reshape(32, 128)
-    out = torch.empty_like(x)
-
-    def best(kernel: str) -> float:
-        op = getattr(torch, kernel)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(10):
-                op(x, out=out)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    with torch.inference_mode():
-        best("tanh"), best("sigmoid")  # warm up
-        return best("sigmoid") < best("tanh")
-
-
-def _tanh_mlp(mlp: nn.Module) -> bool:
-    """Whether ``mlp`` is ``Sequential(Linear, Tanh, ..., Linear)``, as :class:`ActorCritic` builds it."""
-    if not isinstance(mlp, nn.Sequential) or len(mlp) % 2 == 0:
-        return False
-    return all(
-        type(m) is (nn.Linear if i % 2 == 0 else nn.Tanh) and (i % 2 or m.bias is not None) for i, m in enumerate(mlp)
-    )

@@ -1,0 +1,59 @@
+"""tanh through sigmoid: the default MLP's fast form on CPUs with a slow tanh gives tanh's values and gradients."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from torch import nn
+
+from aiorl.activations import MIN_ROWS, is_tanh_mlp, linear_tanh, through_sigmoid
+from aiorl.distributions import ActionDistribution
+from aiorl.models import ActorCritic
+
+
+def test_linear_tanh_has_the_values_and_gradients_of_tanh_of_a_linear_layer():
+    torch.manual_seed(0)
+    x = (torch.randn(300, 7) * 3.0).requires_grad_()  # saturates some units: |z| up to ~20
+    weight, bias = torch.randn(5, 7).requires_grad_(), torch.randn(5).requires_grad_()
+    upstream = torch.randn(300, 5)
+    got = linear_tanh(x, weight, bias)
+    expected = torch.tanh(x @ weight.t() + bias)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    got_grads = torch.autograd.grad(got, (x, weight, bias), upstream)
+    expected_grads = torch.autograd.grad(expected, (x, weight, bias), upstream)
+    for name, g, e in zip(("x", "weight", "bias"), got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))], ids=["logits", "gaussian"])
+def test_the_default_mlp_trains_alike_with_tanh_through_sigmoid_and_without(space):
+    torch.manual_seed(0)
+    policy = ActorCritic((6,), ActionDistribution.for_space(space), hidden_sizes=(64, 32, 16))
+    obs = torch.randn(512, 6) * 2.0
+
+    def outputs_and_gradients(via_sigmoid: bool) -> list[torch.Tensor]:
+        policy.tanh_via_sigmoid = via_sigmoid
+        dist_inputs, value = policy(obs)
+        loss = dist_inputs.square().mean() + (value - 1.0).square().mean()
+        return [dist_inputs, value, *torch.autograd.grad(loss, list(policy.parameters()))]
+
+    plain, through = outputs_and_gradients(False), outputs_and_gradients(True)
+    assert through[1].shape == plain[1].shape == (512,)
+    for got, expected in zip(through, plain, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_only_tanh_mlps_run_through_sigmoid_and_never_on_a_gpu_or_in_compiled_code():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    policy = ActorCritic((4,), dist)
+    assert is_tanh_mlp(policy.actor) and is_tanh_mlp(policy.critic)
+    policy.critic[1] = nn.ReLU()
+    assert not is_tanh_mlp(policy.critic)
+    policy.tanh_via_sigmoid = True  # a changed network runs its own layers: ReLU stays ReLU
+    obs = torch.randn(16, 4)
+    torch.testing.assert_close(policy(obs)[1], policy.critic(obs).squeeze(-1))
+    assert not through_sigmoid(torch.zeros(4096, 4, device="meta"))
+    assert not through_sigmoid(torch.zeros(MIN_ROWS - 1, 4))  # too few rows to pay
+    big = torch.randn(MIN_ROWS, 4)
+    assert torch.compile(lambda x: torch.full((1,), float(through_sigmoid(x))), backend="eager")(big).item() == 0.0
