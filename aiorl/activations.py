@@ -15,12 +15,13 @@ can use the faster kernel and give the same values up to float rounding (``1e-7`
   1.73 ms against 2.18 ms on 1,024 rows, 3.1 against 3.8 ms on 2,048, but the same on 512
   rows, where the Python-level autograd function costs what the kernel saves: only
   batches of :data:`MIN_ROWS` rows or more take this form (:func:`linear_tanh_is_faster`
-  decides whether it pays on this CPU). PPO's update of 14,336 samples (4 epochs x 2
-  minibatches) took 1.15-1.27x less time, of 1,024 samples the same.
+  decides whether it pays on this CPU). PPO's update of 7,168-14,336 samples (4 epochs x 2
+  minibatches) ran 1.15-1.43x faster with 1 or 2 torch threads, of 1,024 samples the same.
 
-Which form is faster is measured once per process on this CPU (each in under a
-millisecond), so a CPU whose ``tanh`` is fast (Intel's MKL) keeps the plain kernel. GPUs
-and compiled code (``torch.compile`` generates its own vectorised ``tanh``) always do.
+Which form is faster is measured once per process on this CPU (the first time it is
+needed: 1-2 ms for the workers' check, 15-20 ms for the learner's), so a CPU whose
+``tanh`` is fast keeps the plain kernel. GPUs and compiled code (``torch.compile``
+generates its own vectorised ``tanh``) always do.
 """
 
 from __future__ import annotations

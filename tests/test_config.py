@@ -151,12 +151,23 @@ def test_normalisation_set_by_the_user_is_kept():
     assert trainer.reward_normalizer is None
 
 
-def test_the_learner_gets_every_core_for_images_on_the_cpu_and_the_cores_the_workers_leave_otherwise():
+def test_the_learner_gets_every_core_for_images_on_the_cpu_and_fewer_otherwise():
     cores = aiorl.config.usable_cores()
     assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == cores  # a CNN's update parallelises
-    assert Trainer("CartPole-v1", num_workers=2).learner_threads == max(1, cores - 2)
+    assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1  # 512-row minibatches: see below
     assert Trainer(stacked_noise_frames, num_workers=2, learner_threads=1).learner_threads == 1  # given: kept
     assert Trainer(stacked_noise_frames, num_workers=2).config.learner_threads is None  # chosen where it runs
+
+
+def test_a_small_learner_gets_one_thread_per_1024_minibatch_rows_of_the_cores_the_workers_leave(monkeypatch):
+    monkeypatch.setattr(aiorl.config, "usable_cores", lambda: 16)
+    # The CartPole defaults: 2 workers x 16 envs x 32 steps in 2 minibatches of 512 rows.
+    assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1
+    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=128).learner_threads == 4  # 4,096 rows
+    assert Trainer("CartPole-v1", num_workers=14, envs_per_worker=32).learner_threads == 2  # 7,168: 2 cores free
+    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 14  # 16,384: all free
+    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=128, algo=PPO(num_minibatches=8)).learner_threads == 1
+    assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == 16  # images: every core
 
 
 def test_an_algorithm_without_a_discount_gets_no_reward_normalisation():
