@@ -68,7 +68,8 @@ if [ "${1:-learner}" = atari ]; then
 fi
 
 # Timings below are from an H200 with 16 cores and torch 2.11 (2026-11-30); the whole script took ~7 minutes.
-step cuda_tests 75 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py -k cuda -rs  # ~45 s
+step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_learner.py tests/test_acting.py tests/test_frames.py \
+    -k "cuda or gpu" -rs  # ~50 s
 cd benchmarks
 # PPO only (the trainer's default; APPO's step is the same loss): eager, compiled, compiled with CUDA graphs, SB3.
 step learner 100 python3 learner.py --devices cuda --algos ppo --mlp-batches 14336 --cnn-batches 3584 --repeats 5
@@ -85,6 +86,7 @@ step scaling_cartpole 50 python3 scaling.py --tasks cartpole --workers 1 2 4 8 1
 step scaling_image 90 python3 scaling.py --tasks image --device cuda --workers 2 14 --seconds 8 --seeds 2 --quiet-wait 0
 # The CPU learner's threads for images: automatic (every core since 2026-12-01) against the old rule (cores - workers).
 step image_cpu_threads 60 python3 scaling.py --tasks image --device cpu --workers 14 --seconds 8 --seeds 1 --quiet-wait 0
-step image_cpu_2_threads 60 python3 scaling.py --tasks image --device cpu --workers 14 --seconds 8 --seeds 1 \
-    --quiet-wait 0 --learner-threads 2
+# Workers acting on the GPU (worker_device="cuda", since 2026-12-02): issue 11's 40k trained steps/s for images.
+step image_worker_gpu 90 python3 scaling.py --tasks image --device cuda --worker-device cuda --workers 2 14 \
+    --seconds 8 --seeds 2 --quiet-wait 0
 echo "total $((SECONDS - started))s" | tee -a "$OUT/results.md"

@@ -54,6 +54,7 @@ Run it (about 5 minutes on 2 cores, where the worker counts are 1 and 2;
     python benchmarks/scaling.py --quick
     python benchmarks/scaling.py --tasks cartpole --seeds 5 --max-workers 8
     python benchmarks/scaling.py --tasks image --seconds 60 --device cuda
+    python benchmarks/scaling.py --tasks image --workers 2 14 --device cuda --worker-device cuda  # acting on the GPU
     python benchmarks/scaling.py --tasks pong --workers 14 --seconds 300 --device cuda --seeds 1
     python benchmarks/scaling.py --tasks image --workers 14 --learner-threads 2   # not the automatic count
 
@@ -223,7 +224,7 @@ async def train(
 
 
 def cartpole_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
-    options: dict[str, Any] = {"num_workers": workers, "seed": seed, "device": args.device, **learner_options(args)}
+    options: dict[str, Any] = {"num_workers": workers, "seed": seed, "device": args.device, **trainer_options(args)}
     if args.rollouts_per_batch is not None:
         options["rollouts_per_batch"] = args.rollouts_per_batch
     run = Run("cartpole", workers, seed)
@@ -249,7 +250,7 @@ def image_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
                 envs_per_worker=args.image_envs,
                 seed=seed,
                 device=args.device,
-                **learner_options(args),
+                **trainer_options(args),
             ),
             total_steps=NO_BUDGET,
             stop_after_s=args.seconds,
@@ -263,12 +264,15 @@ def pong_trainer(workers: int, seed: int, args: argparse.Namespace) -> aiorl.Tra
     game = AtariEnv(PONG)
     env = game.vector(args.atari_envs) if args.atari == "envpool" else game
     options = {**preset.options, "num_workers": workers, "envs_per_worker": args.atari_envs}
-    return aiorl.Trainer(env, preset.algo, **options, **learner_options(args), seed=seed, device=args.device)
+    return aiorl.Trainer(env, preset.algo, **options, **trainer_options(args), seed=seed, device=args.device)
 
 
-def learner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``learner_threads`` when ``--learner-threads`` is given (else the trainer's automatic choice)."""
-    return {} if args.learner_threads is None else {"learner_threads": args.learner_threads}
+def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``worker_device``, and ``learner_threads`` when ``--learner-threads`` is given (else the automatic choice)."""
+    options: dict[str, Any] = {"worker_device": args.worker_device}
+    if args.learner_threads is not None:
+        options["learner_threads"] = args.learner_threads
+    return options
 
 
 def pong_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
@@ -487,6 +491,7 @@ def describe_setup(args: argparse.Namespace) -> str:
             f"- pong: the {PONG} preset's {get_preset(PONG).algo!r} and options with num_workers=w, "
             f"envs_per_worker={args.atari_envs}, games from {args.atari}, device={args.device!r}, stopped after "
             f"{args.seconds:g} s of training",
+            f"- workers act on {args.worker_device!r} (worker_device)",
             f"- worker counts {', '.join(map(str, args.workers))}; seeds {args.first_seed}..."
             f"{args.first_seed + args.seeds - 1}; medians over seeds",
             f"- machine: {os.cpu_count()} CPUs ({platform.machine()}); {versions}",
@@ -516,6 +521,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="seeds per worker count (default: 3; --quick: 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default: 0)")
     parser.add_argument("--device", default="cpu", help="the learner's torch device (default: cpu)")
+    parser.add_argument(
+        "--worker-device", default="cpu", help="the device the workers act on (worker_device; default: cpu)"
+    )
     parser.add_argument(
         "--total-steps",
         type=int,
@@ -567,8 +575,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         problems.append("--seeds, --total-steps and --image-envs must be >= 1, --seconds > 0, --quiet-wait >= 0")
     if args.rollouts_per_batch is not None and args.rollouts_per_batch < 1:
         problems.append("--rollouts-per-batch must be >= 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        problems.append(f"--device {args.device}: no CUDA here")
+    for flag, device in (("--device", args.device), ("--worker-device", args.worker_device)):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            problems.append(f"{flag} {device}: no CUDA here")
     if problems:
         parser.error("; ".join(problems))
     return args

@@ -63,3 +63,32 @@ def test_an_acting_policy_acts_with_new_weights_once_their_version_changes():
     after = acting.act(obs, version=1)
     torch.testing.assert_close(after, policy(torch.from_numpy(obs))[0].detach())
     assert not torch.allclose(before, after)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", ["cnn", "gru"])
+def test_a_policy_acting_on_a_gpu_gives_the_cpu_policy_s_outputs_and_follows_new_weights(kind):
+    template, _ = sampler_template("CartPole-v1", envs=8, steps=4)
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(3))
+    torch.manual_seed(0)
+    if kind == "cnn":
+        policy: nn.Module = CNNActorCritic((4, 12, 12), dist)
+        obs = torch.rand(8, 4, 12, 12).numpy()
+    else:
+        policy = RecurrentActorCritic((5,), dist, "gru", 8)
+        obs = torch.randn(8, 5).numpy()
+    on_gpu, on_cpu = ActingPolicy(policy, template.layout, "cuda"), ActingPolicy(policy, template.layout)
+    assert on_gpu.on_device is not None and on_gpu.fused is None
+    for version in (0, 1):
+        if version == 1:
+            with torch.no_grad():
+                for parameter in policy.parameters():
+                    parameter.mul_(-1.5)  # as a worker's new weights arrive
+        got, expected = on_gpu.act(obs, version=version), on_cpu.act(obs, version=version)
+        assert got.device.type == "cpu"
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        if on_gpu.recurrent:  # both advanced their states alike
+            torch.testing.assert_close(on_gpu.state, on_cpu.state, rtol=1e-4, atol=1e-5)

@@ -35,6 +35,13 @@ def starts_nothing():
         ({"start_method": "fork"}, "start_method='fork'"),
         ({"heartbeat_interval_s": float("nan")}, "heartbeat_interval_s=nan"),
         ({"device": "tpu:banana"}, "device='tpu:banana'"),
+        ({"worker_device": "tpu:banana"}, "worker_device='tpu:banana' is not a torch device"),
+        ({"worker_device": "meta"}, "worker_device='meta' must be a 'cpu' or 'cuda' device"),
+        pytest.param(
+            {"worker_device": "cuda"},
+            "worker_device='cuda' but CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
         ({"num_wokers": 2}, "num_wokers=2 is not a Trainer option"),
     ],
 )

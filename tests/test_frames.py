@@ -130,8 +130,12 @@ def test_only_frame_stacks_that_can_be_stored_once_are_recognised():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_a_trainer_on_stacked_frames_trains_with_exact_accounting():
-    trainer = Trainer(STACKED, **{**SMALL, "envs_per_worker": 4, "rollout_length": 16})
+@pytest.mark.parametrize(
+    "worker_device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
+async def test_a_trainer_on_stacked_frames_trains_with_exact_accounting(worker_device):
+    trainer = Trainer(STACKED, **{**SMALL, "envs_per_worker": 4, "rollout_length": 16}, worker_device=worker_device)
     assert trainer.spaces.frame_stack == 4
     result = await trainer.run(total_steps=1_500)
     assert result.total_env_steps >= 1_500 and result.updates >= 1

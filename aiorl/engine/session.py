@@ -292,4 +292,5 @@ def worker_template(
         acting=acting,
         action_space=action_space,
         vector=vector,
+        device=config.worker_device,
     )

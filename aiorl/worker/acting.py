@@ -9,6 +9,9 @@ rollout from the state the worker had.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -31,10 +34,14 @@ class ActingPolicy:
         observations: writes the observations acted on into rollouts (stacked frames once).
         fused: aiorl's default MLP in its fused form (:mod:`aiorl.worker.fused`), which
             :meth:`act` uses when told the weights' version; ``None`` for any other policy.
+        device: where :meth:`act` runs the policy when told the weights' version.
+        on_device: the policy's copy on ``device`` (``None`` on the CPU), re-read when the
+            version changes.
     """
 
-    def __init__(self, policy: nn.Module, layout: RolloutLayout) -> None:
+    def __init__(self, policy: nn.Module, layout: RolloutLayout, device: str = "cpu") -> None:
         self.recurrent = state_size(policy) > 0
+        self.device = torch.device(device)
         self.policy = policy
         self.state = initial_state(policy, layout.num_envs) if self.recurrent else None
         self.starts = np.ones(layout.num_envs, dtype=np.bool_)
@@ -42,37 +49,57 @@ class ActingPolicy:
 
     @property
     def policy(self) -> nn.Module:
-        """The policy acting (setting another one drops the fused copy of the old one)."""
+        """The policy acting (setting another one drops the copies of the old one)."""
         return self._policy
 
     @policy.setter
     def policy(self, policy: nn.Module) -> None:
         self._policy = policy
-        self.fused = None if self.recurrent else FusedActorCritic.of(policy)
-        self._fused_version: int | None = None  # the weights version the fused copy holds
+        self.on_device = None
+        self.fused = None
+        if self.device.type != "cpu":
+            self.on_device = copy.deepcopy(policy).requires_grad_(False).to(self.device)
+        elif not self.recurrent:
+            self.fused = FusedActorCritic.of(policy)
+        self._copy_version: int | None = None  # the weights version the fused or device copy holds
+
+    def _acting(self, version: int | None) -> tuple[nn.Module | FusedActorCritic, torch.device]:
+        """What acts for weights ``version`` (``None``: the policy itself), and on which device."""
+        cpu = torch.device("cpu")
+        if version is None or (self.fused is None and self.on_device is None):
+            return self.policy, cpu
+        if version != self._copy_version:
+            if self.fused is not None:
+                self.fused.refresh()
+            else:
+                assert self.on_device is not None
+                for copy_, own in zip(_tensors(self.on_device), _tensors(self.policy), strict=True):
+                    copy_.copy_(own)
+            self._copy_version = version
+        return (self.fused, cpu) if self.fused is not None else (self.on_device, self.device)
 
     def act(self, obs: np.ndarray, rows: np.ndarray | None = None, version: int | None = None) -> torch.Tensor:
-        """``dist_inputs`` for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states.
+        """``dist_inputs`` (CPU) for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states.
 
         ``version`` is the version of the weights the policy holds now: given, aiorl's default
-        MLP acts through its fused copy (:mod:`aiorl.worker.fused`), re-read when it changes.
+        MLP acts through its fused copy (:mod:`aiorl.worker.fused`), and a policy acting on a
+        GPU through its copy there, each re-read when the version changes.
         """
         with torch.inference_mode():
+            policy, device = self._acting(version)
+            x = torch.from_numpy(obs).to(device)
             if self.state is None:
-                if self.fused is not None and version is not None:
-                    if version != self._fused_version:
-                        self.fused.refresh()
-                        self._fused_version = version
-                    return self.fused(torch.from_numpy(obs))[0]
-                return evaluate(self.policy, torch.from_numpy(obs))[0]
+                if isinstance(policy, FusedActorCritic):
+                    return policy(x)[0]
+                return evaluate(policy, x)[0].cpu()
             index = slice(None) if rows is None else torch.from_numpy(rows)
             starts = self.starts if rows is None else self.starts[rows]
             dist_inputs, _, new_state = step(
-                self.policy, torch.from_numpy(obs), self.state[index], torch.from_numpy(starts)
+                policy, x, self.state[index].to(device), torch.from_numpy(starts).to(device)
             )
-            self.state[index] = new_state
+            self.state[index] = new_state.cpu()
             self.starts[index if rows is None else rows] = False
-            return dist_inputs
+            return dist_inputs.cpu()
 
     def values(self, obs: np.ndarray, rows: list[int] | np.ndarray) -> np.ndarray:
         """V of observations ``obs`` that continue the episodes of envs ``rows`` (truncated episodes' final ones)."""
@@ -126,3 +153,9 @@ def act_into_row(
     arrays["logprobs"][t] = logprobs.numpy()
     arrays["versions"][t] = policy_version
     return actions_np
+
+
+def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """``module``'s parameters and buffers, in a fixed order (the same for a deep copy of it)."""
+    yield from module.parameters()
+    yield from module.buffers()

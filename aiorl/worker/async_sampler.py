@@ -85,7 +85,7 @@ class ActionBatcher:
         pull_weights: Callable[[], int],
         acting: AsyncActing,
     ) -> None:
-        self.acting = ActingPolicy(policy, spec.layout)
+        self.acting = ActingPolicy(policy, spec.layout, spec.device)
         self.dist = spec.dist
         self.obs = obs  # [K, *obs]: each lane keeps its env's current observation in its row
         self.pull_weights = pull_weights

@@ -60,7 +60,7 @@ class EnvSampler:
     def __init__(self, spec: WorkerSpec, policy: torch.nn.Module, progress: ProgressBoard | None = None) -> None:
         self.spec = spec
         self.policy = policy
-        self.acting = ActingPolicy(policy, spec.layout)
+        self.acting = ActingPolicy(policy, spec.layout, spec.device)
         self.progress = progress
         self.dist = spec.dist
         self.encoder = spec.obs_encoder

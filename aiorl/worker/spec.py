@@ -59,6 +59,8 @@ class WorkerTemplate:
         vector: the env factory returns a ``gymnasium.vector.VectorEnv`` of ``layout.num_envs``
             sub-envs: each worker builds one and steps it as one batch
             (:mod:`aiorl.worker.vector_sampler`).
+        device: torch device on which the worker acts (a copy of the policy there; ``"cpu"``:
+            the template itself).
     """
 
     env_factory: EnvFactory
@@ -76,6 +78,7 @@ class WorkerTemplate:
     acting: AsyncActing | None = None
     action_space: gym.Space | None = None
     vector: bool = False
+    device: str = "cpu"
 
     def worker_spec(self, worker_id: int, incarnation: int, local: LocalPlumbing | None = None) -> WorkerSpec:
         """The spec of one worker: this template, who the worker is, and (local backend) what it attaches to."""

@@ -63,7 +63,7 @@ class VectorEnvSampler:
         self.spec = spec
         self.policy = policy
         k = spec.layout.num_envs
-        self.acting = ActingPolicy(policy, spec.layout)
+        self.acting = ActingPolicy(policy, spec.layout, spec.device)
         self.progress = progress
         self.dist = spec.dist
         self.encoder = spec.obs_encoder
