@@ -113,10 +113,11 @@ class Trainer:
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
-        minibatches = getattr(self.algo, "num_minibatches", 1)
+        minibatches = getattr(self.algo, "num_minibatches", 1)  # PPO's and APPO's; other algorithms: 1
+        if not (isinstance(minibatches, int) and minibatches >= 1):
+            minibatches = 1
         self.learner_threads = self.config.learner_thread_count(
-            images=is_image_space(self.spaces.observation_space),
-            minibatch_rows=self.config.batch_steps // (minibatches if isinstance(minibatches, int) else 1),
+            images=is_image_space(self.spaces.observation_space), minibatch_rows=self.config.batch_steps // minibatches
         )
         """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if policy is None:
