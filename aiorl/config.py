@@ -24,7 +24,7 @@ MIN_WORKER_LIMIT = 64
 
 
 ROWS_PER_LEARNER_THREAD = 1024
-"""Minibatch rows per torch thread of a learner without images (see ``learner_threads``).
+"""Minibatch rows per torch thread of a learner of aiorl's default MLP (see ``learner_threads``).
 
 Each thread then gets activations of 64k+ elements per layer of a 64-wide MLP, twice torch's
 grain size for splitting an elementwise op; below that, threads add synchronisation to every
@@ -105,9 +105,9 @@ class TrainerConfig:
     parallelise, and the workers mostly wait on full slots during its long updates: on 2 cores
     with 2 workers, 2 threads trained images 1.4-1.6x faster than 1); otherwise the cores the
     workers leave, at least 1 (for small MLPs more threads than free cores slowed training
-    1.1-1.3x on 2 cores), and at most one per 1,024 rows of a minibatch
-    (``aiorl.config.ROWS_PER_LEARNER_THREAD``: on 16 cores, updates of 512 and 1,024 samples
-    took 51-52 ms with 15 and 14 threads, 2-3x what one thread takes on 2 cores).
+    1.1-1.3x on 2 cores), and for aiorl's default MLP at most one per 1,024 rows of a
+    minibatch (``aiorl.config.ROWS_PER_LEARNER_THREAD``: on 16 cores, updates of 512 and 1,024
+    samples took 51-52 ms with 15 and 14 threads, 2-3x what one thread takes on 2 cores).
     :attr:`Trainer.learner_threads` holds the outcome."""
     device: str = "cpu"
     """Torch device of the learner."""
@@ -116,7 +116,8 @@ class TrainerConfig:
     large for one CPU thread per worker (the default CNN: a forward pass over 8 frames takes
     ~5 ms there); each worker then keeps a copy of the policy on that GPU, re-read when new
     weights arrive, and acts with it (action sampling and everything else stay on the CPU).
-    Local workers only; aiorl's fused MLP acts on the CPU."""
+    Each worker process opens its own CUDA context (a few hundred MB of GPU memory each).
+    Local workers only; aiorl's default MLP still acts fused on the CPU."""
     heartbeat_interval_s: float = 1.0
     """Seconds between a worker's heartbeats."""
     worker_timeout_s: float = 30.0
@@ -287,15 +288,16 @@ class TrainerConfig:
         from aiorl.backends import BACKEND_NAMES, Backend, LocalBackend
         from aiorl.backends.ray import ray_available
 
+        problems = []
         if not isinstance(self.backend, Backend):
             if not (isinstance(self.backend, str) and self.backend in BACKEND_NAMES):
                 return [f"backend={self.backend!r} must be one of {BACKEND_NAMES} or a Backend object"]
             if self.backend == "ray" and not ray_available():
-                return ["backend='ray' needs ray, which is not installed: pip install 'aiorl[ray]'"]
+                problems.append("backend='ray' needs ray, which is not installed: pip install 'aiorl[ray]'")
         local = self.backend == "local" or isinstance(self.backend, LocalBackend)
         if not local and not str(self.worker_device).startswith("cpu"):
-            return [f"worker_device={self.worker_device!r} needs local workers (backend='local')"]
-        return []
+            problems.append(f"worker_device={self.worker_device!r} needs local workers (backend='local')")
+        return problems
 
     def _device_problems(self) -> list[str]:
         problems = []
@@ -308,6 +310,8 @@ class TrainerConfig:
                 continue
             if device.type == "cuda" and not torch.cuda.is_available():
                 problems.append(f"{name}={value!r} but CUDA is not available")
+            elif device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+                problems.append(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
             elif name == "worker_device" and device.type not in ("cpu", "cuda"):
                 problems.append(f"worker_device={value!r} must be a 'cpu' or 'cuda' device")
         return problems
@@ -410,18 +414,22 @@ class TrainerConfig:
         """Env steps per learner update."""
         return self.batch_rollouts * self.envs_per_worker * self.rollout_length
 
-    def learner_thread_count(self, *, images: bool, minibatch_rows: int) -> int:
+    def learner_thread_count(self, *, images: bool, minibatch_rows: int | None = None) -> int:
         """Torch threads of the learner: ``learner_threads``, or its automatic value (see the option).
 
         Args:
             images: the observations are images (the default policy is a CNN).
-            minibatch_rows: env steps in one of the learner's minibatches.
+            minibatch_rows: env steps in one of the learner's minibatches, for aiorl's default
+                MLP (at most one thread per :data:`ROWS_PER_LEARNER_THREAD` of them); ``None``
+                for other policies (no such cap: it was measured on the default MLP only).
         """
         if self.learner_threads is not None:
             return self.learner_threads
         if images and torch.device(self.device).type == "cpu":
             return usable_cores()
         free = max(1, usable_cores() - self.num_workers)
+        if minibatch_rows is None:
+            return free
         return min(free, max(1, minibatch_rows // ROWS_PER_LEARNER_THREAD))
 
 

@@ -53,9 +53,10 @@ class ActorCritic(nn.Module):
     For Gaussian actions the log standard deviation is a learned, state-independent
     parameter initialised to ``log_std_init``.
 
-    On a CPU whose ``tanh`` kernel is slower than ``sigmoid`` the hidden layers compute
-    ``tanh(z)`` as ``2 * sigmoid(2 * z) - 1`` (same values up to float rounding, same
-    gradients; see :mod:`aiorl.activations`); :attr:`tanh_via_sigmoid` overrides the choice.
+    On a CPU whose ``tanh`` kernel is slower than ``sigmoid``, batches of 1,024 rows or more
+    (the learner's) compute ``tanh(z)`` as ``2 * sigmoid(2 * z) - 1`` (the same values and
+    gradients up to float rounding; see :mod:`aiorl.activations`); :attr:`tanh_via_sigmoid`
+    overrides that choice for this module's ``forward``.
 
     Args:
         obs_shape: shape of one (encoded) observation; it is flattened.
@@ -79,9 +80,10 @@ class ActorCritic(nn.Module):
         self.critic = _mlp(obs_dim, hidden_sizes, 1, out_gain=1.0)
         if self.gaussian:
             self.log_std = nn.Parameter(torch.full((actor_outputs,), float(log_std_init)))
-        self.tanh_via_sigmoid: bool | None = None
-        """``None``: ``tanh`` through ``sigmoid`` where that pays (:func:`aiorl.activations.through_sigmoid`);
-        ``True``/``False``: always/never."""
+
+    tanh_via_sigmoid: bool | None = None
+    """``None``: ``tanh`` through ``sigmoid`` where that pays (:func:`aiorl.activations.through_sigmoid`);
+    ``True``/``False``: always/never. A class attribute, so modules pickled before it existed have it."""
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(dist_inputs, value)`` for a batch of observations."""

@@ -43,7 +43,14 @@ from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import ConfigError, TrainerClosed
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
-from aiorl.models import ObservationNormalizer, assign_flat, default_policy, is_image_space, validate_policy
+from aiorl.models import (
+    ActorCritic,
+    ObservationNormalizer,
+    assign_flat,
+    default_policy,
+    is_image_space,
+    validate_policy,
+)
 from aiorl.presets import describe_settings, get_preset
 from aiorl.recurrent import default_recurrent_policy, state_size, validate_recurrent_policy
 
@@ -113,13 +120,6 @@ class Trainer:
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
-        minibatches = getattr(self.algo, "num_minibatches", 1)  # PPO's and APPO's; other algorithms: 1
-        if not (isinstance(minibatches, int) and minibatches >= 1):
-            minibatches = 1
-        self.learner_threads = self.config.learner_thread_count(
-            images=is_image_space(self.spaces.observation_space), minibatch_rows=self.config.batch_steps // minibatches
-        )
-        """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if policy is None:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
                 torch.manual_seed(self.config.seed)
@@ -133,6 +133,11 @@ class Trainer:
             )
         else:
             validate_policy(policy, self.obs_encoder.shape, self.dist)
+        self.learner_threads = self.config.learner_thread_count(
+            images=is_image_space(self.spaces.observation_space),
+            minibatch_rows=self._minibatch_rows() if type(policy) is ActorCritic else None,
+        )
+        """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if self.config.normalize_observations:
             policy = ObservationNormalizer(policy, self.obs_encoder.shape)
         self.stats = TrainingStats(return_window=self.config.return_window)
@@ -157,6 +162,13 @@ class Trainer:
         """The name of the preset this trainer was built from (:meth:`from_preset`), else ``None``."""
         self.unfinished_run: RunPlan | None = None
         """The run a loaded checkpoint was taken in, if it had not finished (see :meth:`resume`)."""
+
+    def _minibatch_rows(self) -> int:
+        """Env steps in one learner minibatch: the batch over the algorithm's ``num_minibatches`` (else 1)."""
+        minibatches = getattr(self.algo, "num_minibatches", 1)  # PPO's and APPO's
+        if not (isinstance(minibatches, int) and minibatches >= 1):
+            minibatches = 1
+        return self.config.batch_steps // minibatches
 
     def _default_policy(self) -> nn.Module:
         space, shape, cfg = self.spaces.observation_space, self.obs_encoder.shape, self.config

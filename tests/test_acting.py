@@ -65,6 +65,14 @@ def test_an_acting_policy_acts_with_new_weights_once_their_version_changes():
     assert not torch.allclose(before, after)
 
 
+def test_the_default_mlp_acts_fused_on_the_cpu_whatever_the_worker_device():
+    template, policy = sampler_template("CartPole-v1", envs=8, steps=4)
+    acting = ActingPolicy(policy, template.layout, "cuda")  # no GPU is touched: the MLP stays on the CPU
+    assert acting.fused is not None and acting.on_device is None
+    obs = torch.randn(8, 4).numpy()
+    torch.testing.assert_close(acting.act(obs, version=0), policy(torch.from_numpy(obs))[0].detach())
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 

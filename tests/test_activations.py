@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import aiorl.activations
 from aiorl.activations import MIN_ROWS, is_tanh_mlp, linear_tanh, through_sigmoid
 from aiorl.distributions import ActionDistribution
 from aiorl.models import ActorCritic
@@ -44,7 +45,8 @@ def test_the_default_mlp_trains_alike_with_tanh_through_sigmoid_and_without(spac
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_only_tanh_mlps_run_through_sigmoid_and_never_on_a_gpu_or_in_compiled_code():
+def test_only_tanh_mlps_run_through_sigmoid_and_never_on_other_devices_small_batches_or_in_compiled_code(monkeypatch):
+    monkeypatch.setattr(aiorl.activations, "linear_tanh_is_faster", lambda: True)  # as on a CPU where it pays
     dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
     policy = ActorCritic((4,), dist)
     assert is_tanh_mlp(policy.actor) and is_tanh_mlp(policy.critic)
@@ -53,7 +55,14 @@ def test_only_tanh_mlps_run_through_sigmoid_and_never_on_a_gpu_or_in_compiled_co
     policy.tanh_via_sigmoid = True  # a changed network runs its own layers: ReLU stays ReLU
     obs = torch.randn(16, 4)
     torch.testing.assert_close(policy(obs)[1], policy.critic(obs).squeeze(-1))
+    assert through_sigmoid(torch.zeros(MIN_ROWS, 4))
     assert not through_sigmoid(torch.zeros(4096, 4, device="meta"))
     assert not through_sigmoid(torch.zeros(MIN_ROWS - 1, 4))  # too few rows to pay
     big = torch.randn(MIN_ROWS, 4)
     assert torch.compile(lambda x: torch.full((1,), float(through_sigmoid(x))), backend="eager")(big).item() == 0.0
+
+
+def test_a_default_mlp_pickled_before_the_choice_existed_still_runs():
+    policy = ActorCritic((4,), ActionDistribution.for_space(gym.spaces.Discrete(2)))
+    policy.__dict__.pop("tanh_via_sigmoid", None)  # as unpickled from an older checkpoint
+    assert policy(torch.randn(MIN_ROWS, 4))[1].shape == (MIN_ROWS,)

@@ -37,6 +37,7 @@ def starts_nothing():
         ({"device": "tpu:banana"}, "device='tpu:banana'"),
         ({"worker_device": "tpu:banana"}, "worker_device='tpu:banana' is not a torch device"),
         ({"worker_device": "meta"}, "worker_device='meta' must be a 'cpu' or 'cuda' device"),
+        ({"worker_device": "cuda", "backend": "ray"}, "worker_device='cuda' needs local workers (backend='local')"),
         pytest.param(
             {"worker_device": "cuda"},
             "worker_device='cuda' but CUDA is not available",
@@ -175,6 +176,19 @@ def test_a_small_learner_gets_one_thread_per_1024_minibatch_rows_of_the_cores_th
     assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 14  # 16,384: all free
     assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=128, algo=PPO(num_minibatches=8)).learner_threads == 1
     assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == 16  # images: every core
+    assert Trainer("CartPole-v1", num_workers=2, policy=WideMLP()).learner_threads == 14  # not aiorl's MLP: no cap
+
+
+class WideMLP(nn.Module):
+    """A user's policy for CartPole: one 256-unit layer, logits and value from one head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 256), nn.Tanh(), nn.Linear(256, 3))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(obs)
+        return out[:, :2], out[:, 2]
 
 
 def test_an_algorithm_without_a_discount_gets_no_reward_normalisation():

@@ -34,9 +34,10 @@ class ActingPolicy:
         observations: writes the observations acted on into rollouts (stacked frames once).
         fused: aiorl's default MLP in its fused form (:mod:`aiorl.worker.fused`), which
             :meth:`act` uses when told the weights' version; ``None`` for any other policy.
-        device: where :meth:`act` runs the policy when told the weights' version.
-        on_device: the policy's copy on ``device`` (``None`` on the CPU), re-read when the
-            version changes.
+        device: where :meth:`act` runs the policy when told the weights' version (aiorl's
+            default MLP acts fused on the CPU whatever the device: it is too small to gain).
+        on_device: the policy's copy on ``device`` (``None`` on the CPU and for the fused MLP),
+            re-read when the version changes.
     """
 
     def __init__(self, policy: nn.Module, layout: RolloutLayout, device: str = "cpu") -> None:
@@ -55,12 +56,10 @@ class ActingPolicy:
     @policy.setter
     def policy(self, policy: nn.Module) -> None:
         self._policy = policy
+        self.fused = None if self.recurrent else FusedActorCritic.of(policy)  # on the CPU whatever the device
         self.on_device = None
-        self.fused = None
-        if self.device.type != "cpu":
+        if self.fused is None and self.device.type != "cpu":
             self.on_device = copy.deepcopy(policy).requires_grad_(False).to(self.device)
-        elif not self.recurrent:
-            self.fused = FusedActorCritic.of(policy)
         self._copy_version: int | None = None  # the weights version the fused or device copy holds
 
     def _acting(self, version: int | None) -> tuple[nn.Module | FusedActorCritic, torch.device]:

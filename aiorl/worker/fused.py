@@ -10,7 +10,7 @@ learner's recomputed log-probs match the workers' as before. The observation nor
 front of it (:class:`~aiorl.models.ObservationNormalizer`) is applied with the same formula.
 
 Where this CPU's ``tanh`` kernel is slow (torch's goes through MKL's vector math, which takes
-an unvectorised path on AMD CPUs: 4-6 ns per element here against 1-2 ns for ``sigmoid``), the
+an unvectorised path on AMD CPUs: ~3 ns per element here against 0.5-1 ns for ``sigmoid``), the
 hidden layers use ``tanh(z) = 2 * sigmoid(2 * z) - 1`` with the factors folded into the
 weights (:func:`fold_sigmoid`): still one ``addmm`` and one activation per layer, a third
 faster on 32-64 rows. Which kernel is faster is measured once per process
