@@ -36,6 +36,7 @@ def test_the_default_mlp_trains_alike_with_tanh_through_sigmoid_and_without(spac
     def outputs_and_gradients(via_sigmoid: bool) -> list[torch.Tensor]:
         policy.tanh_via_sigmoid = via_sigmoid
         dist_inputs, value = policy(obs)
+        assert ran_through_sigmoid(dist_inputs) is via_sigmoid and ran_through_sigmoid(value) is via_sigmoid
         loss = dist_inputs.square().mean() + (value - 1.0).square().mean()
         return [dist_inputs, value, *torch.autograd.grad(loss, list(policy.parameters()))]
 
@@ -66,3 +67,17 @@ def test_a_default_mlp_pickled_before_the_choice_existed_still_runs():
     policy = ActorCritic((4,), ActionDistribution.for_space(gym.spaces.Discrete(2)))
     policy.__dict__.pop("tanh_via_sigmoid", None)  # as unpickled from an older checkpoint
     assert policy(torch.randn(MIN_ROWS, 4))[1].shape == (MIN_ROWS,)
+
+
+def ran_through_sigmoid(output: torch.Tensor) -> bool:
+    """Whether ``output``'s autograd graph holds a :func:`linear_tanh` step."""
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "LinearTanh" in type(node).__name__:
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_activations import ran_through_sigmoid
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from aiorl import PPO, LearnerError
@@ -233,6 +234,26 @@ def test_the_compilers_advice_does_not_fail_compilation_under_warnings_as_errors
             compiler_warns("torch._dynamo.utils")
             with pytest.raises(UserWarning):  # everyone else's warnings stay as the caller set them
                 compiler_warns("aiorl.algos.ppo")
+
+
+def test_the_learner_trains_alike_with_tanh_through_sigmoid_and_without():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    algo = PPO(update_epochs=1, num_minibatches=1)  # one full-batch step: the sample order cannot matter
+    learners = {}
+    for via_sigmoid in (False, True):
+        torch.manual_seed(0)
+        policy = ActorCritic((OBS_DIM,), dist)
+        policy.tanh_via_sigmoid = via_sigmoid
+        learners[via_sigmoid] = algo.make_learner(policy, dist, "cpu")
+    assert ran_through_sigmoid(learners[True].policy(torch.zeros(8, OBS_DIM))[0])  # the learner's copy uses it
+    for seed in range(3):
+        batch = cartpole_like_batch(steps=64, envs=32, seed=seed)  # 2,048 rows: where the learner uses it
+        want, got = learners[False].update(batch, progress=0.0), learners[True].update(batch, progress=0.0)
+        for name in LOSS_STATS:
+            assert got[name] == pytest.approx(want[name], rel=1e-4, abs=1e-6), name
+    np.testing.assert_allclose(
+        flat_weights(learners[True].policy), flat_weights(learners[False].policy), rtol=1e-4, atol=1e-6
+    )
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
