@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import os
 import platform
@@ -227,6 +228,8 @@ def cartpole_run(workers: int, seed: int, args: argparse.Namespace) -> Run:
     options: dict[str, Any] = {"num_workers": workers, "seed": seed, "device": args.device, **trainer_options(args)}
     if args.rollouts_per_batch is not None:
         options["rollouts_per_batch"] = args.rollouts_per_batch
+    if args.no_compile:
+        options["algo"] = dataclasses.replace(get_preset(CARTPOLE).algo, compile=False)
     run = Run("cartpole", workers, seed)
     return asyncio.run(
         train(
@@ -483,8 +486,9 @@ def describe_setup(args: argparse.Namespace) -> str:
     preset = get_preset(CARTPOLE)
     return "\n".join(
         [
-            f"- cartpole: Trainer.from_preset({CARTPOLE!r}, num_workers=w, seed=s, device={args.device!r}), "
-            f"rollouts per batch {batch}; run(total_steps={args.total_steps:,}, target_return={CARTPOLE_TARGET:g})",
+            f"- cartpole: Trainer.from_preset({CARTPOLE!r}, num_workers=w, seed=s, device={args.device!r}"
+            + (", algo=PPO(compile=False)), " if args.no_compile else "), ")
+            + f"rollouts per batch {batch}; run(total_steps={args.total_steps:,}, target_return={CARTPOLE_TARGET:g})",
             f"- the preset: {preset.algo!r}, {preset.options}",
             f"- image: Trainer(ImageEnv, PPO(), num_workers=w, envs_per_worker={args.image_envs}, seed=s, "
             f"device={args.device!r}) (CNNActorCritic), stopped after {args.seconds:g} s of training",
@@ -523,6 +527,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="the learner's torch device (default: cpu)")
     parser.add_argument(
         "--worker-device", default="cpu", help="the device the workers act on (worker_device; default: cpu)"
+    )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="cartpole: PPO(compile=False) (a CUDA learner otherwise compiles for ~14 s at its first update)",
     )
     parser.add_argument(
         "--total-steps",
