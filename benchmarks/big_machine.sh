@@ -58,11 +58,14 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit; tables to re
 if [ "${1:-learner}" = atari ]; then
     cd benchmarks
     # Pong preset's APPO, 8 EnvPool games per worker, learner on cuda (compiles at its first update, ~14 s).
-    # The return reached after 5 minutes with 14 workers, then 2 workers for the scaling ratio.
-    step pong_14_workers 400 python3 scaling.py --tasks pong --workers 14 --seconds 300 --device cuda --seeds 1 \
+    # The return reached after 4 minutes with 14 workers, then 2 workers for the scaling ratio.
+    step pong_14_workers 330 python3 scaling.py --tasks pong --workers 14 --seconds 240 --device cuda --seeds 1 \
         --quiet-wait 0
     step pong_2_workers 120 python3 scaling.py --tasks pong --workers 2 --seconds 60 --device cuda --seeds 1 \
         --quiet-wait 0
+    # Native vector envs (EnvPool, gymnasium's vectorized CartPole) as each of 14 workers' env, against
+    # 14 processes stepping one alone at once and EnvPool alone with 14 threads: how they scale with workers.
+    step vector_14_workers 90 python3 throughput.py --vector-only --workers 14 --repeats 2 --seconds 4
     echo "total $((SECONDS - started))s" | tee -a "$OUT/results.md"
     exit 0
 fi

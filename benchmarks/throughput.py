@@ -64,6 +64,7 @@ Run it (about 2-3 minutes on 2 cores; ``--quick`` takes about 20 seconds)::
     python benchmarks/throughput.py --quick
     python benchmarks/throughput.py --seconds 10 --repeats 5
     python benchmarks/throughput.py --check   # exit status 1 if a target ratio is missed
+    python benchmarks/throughput.py --vector-only --workers 14   # native vector envs on a many-core machine
 
 It prints a markdown table with each system's steps/s and the ratio of aiorl's
 steps/s (same total number of envs) to it, then the target ratios:
@@ -665,11 +666,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--vector-only", action="store_true", help="only the native vector env rows (EnvPool, gymnasium's vectorized)"
     )
     parser.add_argument("--no-vector", action="store_true", help="leave the native vector env rows out")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=NUM_WORKERS,
+        help="aiorl's worker processes, and the processes of the 'alone at once' rows (default: 2; "
+        "the targets are for 2)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.repeats < 1 or args.busy_retries < 0:
         parser.error("--seconds must be > 0, --warmup >= 0, --repeats >= 1 and --busy-retries >= 0")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
     return args
 
 
@@ -694,7 +704,9 @@ def budget_from(args: argparse.Namespace) -> Budget:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global NUM_WORKERS
     args = parse_args(argv)
+    NUM_WORKERS = args.workers  # read by every system and table below
     budget = budget_from(args)
     torch.set_num_threads(1)
     started = time.monotonic()
