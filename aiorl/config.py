@@ -294,6 +294,7 @@ class TrainerConfig:
                 return [f"backend={self.backend!r} must be one of {BACKEND_NAMES} or a Backend object"]
             if self.backend == "ray" and not ray_available():
                 problems.append("backend='ray' needs ray, which is not installed: pip install 'aiorl[ray]'")
+        # Not _local_backend(): it builds the backend, and RayBackend() raises where ray is missing.
         local = self.backend == "local" or isinstance(self.backend, LocalBackend)
         if not local and not str(self.worker_device).startswith("cpu"):
             problems.append(f"worker_device={self.worker_device!r} needs local workers (backend='local')")

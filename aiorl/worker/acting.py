@@ -23,6 +23,8 @@ from aiorl.rollout import RolloutLayout
 from aiorl.worker.frames import ObservationWriter
 from aiorl.worker.fused import FusedActorCritic
 
+_CPU = torch.device("cpu")
+
 
 class ActingPolicy:
     """``policy`` acting for the ``layout.num_envs`` envs of a worker, whose rollouts have ``layout``.
@@ -64,9 +66,8 @@ class ActingPolicy:
 
     def _acting(self, version: int | None) -> tuple[nn.Module | FusedActorCritic, torch.device]:
         """What acts for weights ``version`` (``None``: the policy itself), and on which device."""
-        cpu = torch.device("cpu")
         if version is None or (self.fused is None and self.on_device is None):
-            return self.policy, cpu
+            return self.policy, _CPU
         if version != self._copy_version:
             if self.fused is not None:
                 self.fused.refresh()
@@ -75,7 +76,7 @@ class ActingPolicy:
                 for copy_, own in zip(_tensors(self.on_device), _tensors(self.policy), strict=True):
                     copy_.copy_(own)
             self._copy_version = version
-        return (self.fused, cpu) if self.fused is not None else (self.on_device, self.device)
+        return (self.fused, _CPU) if self.fused is not None else (self.on_device, self.device)
 
     def act(self, obs: np.ndarray, rows: np.ndarray | None = None, version: int | None = None) -> torch.Tensor:
         """``dist_inputs`` (CPU) for the envs ``rows`` (all when ``None``) observing ``obs``; advances their states.
