@@ -23,16 +23,20 @@ WORKERS_PER_CORE = 8
 MIN_WORKER_LIMIT = 64
 
 
-ROWS_PER_LEARNER_THREAD = 1024
-"""Minibatch rows per torch thread of a learner of aiorl's default MLP (see ``learner_threads``).
+SMALL_MLP_UNITS = 64
+"""aiorl's :class:`~aiorl.ActorCritic` with hidden layers at most this wide learns on one torch thread.
 
-Each thread then gets activations of 64k+ elements per layer of a 64-wide MLP, twice torch's
-grain size for splitting an elementwise op; below that, threads add synchronisation to every
-small op. Measured: on 16 cores (CPU learner, the CartPole preset with 1, 2, 4, 8 workers),
-updates of 512, 1,024, 2,048 and 4,096 samples took 51, 52, 62 and 73 ms with 15, 14, 12 and 8
-threads; one thread on the 2-core development machine takes 17, 27, 38 and 59 ms. On 2 cores
-with no workers running, a second thread made updates 1.03x faster at 256-row minibatches,
-1.12x at 512, 1.3x at 2,048; with two workers on the same cores it made training slower.
+In a trainer the learner runs in a thread beside the main thread, and the main thread has
+its own OpenMP pool as soon as it ran one parallel torch op with several threads (building
+a policy does: ``orthogonal_`` initialisation runs a QR factorisation). With more OpenMP
+threads in the process than CPUs, libgomp stops spin-waiting between parallel regions, so
+the learner's extra threads are woken through the kernel for every op; a 64-wide MLP's ops
+are too short for that. Measured on 2 cores (``benchmarks/learner_threads.py``, PPO's
+update, 2 threads against 1 in the learner thread): 64x64 MLP, minibatches of 512 to 7,168
+rows, 0.45-1.03x with the main thread's pool and 0.95-1.39x without it; 256x256 MLP
+1.05-1.36x with it; the default CNN 1.33-1.39x with it. On 16 cores (CPU learner, the CartPole
+preset with 1 to 8 workers) updates of 512 to 4,096 samples took 51-73 ms with 8-15 threads,
+against 17-59 ms for one thread on the 2-core machine.
 """
 
 
@@ -105,9 +109,10 @@ class TrainerConfig:
     parallelise, and the workers mostly wait on full slots during its long updates: on 2 cores
     with 2 workers, 2 threads trained images 1.4-1.6x faster than 1); otherwise the cores the
     workers leave, at least 1 (for small MLPs more threads than free cores slowed training
-    1.1-1.3x on 2 cores), and for aiorl's default MLP at most one per 1,024 rows of a
-    minibatch (``aiorl.config.ROWS_PER_LEARNER_THREAD``: on 16 cores, updates of 512 and 1,024
-    samples took 51-52 ms with 15 and 14 threads, 2-3x what one thread takes on 2 cores).
+    1.1-1.3x on 2 cores), and 1 for aiorl's default MLP (``aiorl.config.SMALL_MLP_UNITS``: its
+    ops are too short for threads woken through the kernel, as a learner thread's are once
+    the main thread has its own OpenMP pool; a second thread made its updates 0.45-1.03x as
+    fast on 2 cores).
     :attr:`Trainer.learner_threads` holds the outcome."""
     device: str = "cpu"
     """Torch device of the learner."""
@@ -415,23 +420,19 @@ class TrainerConfig:
         """Env steps per learner update."""
         return self.batch_rollouts * self.envs_per_worker * self.rollout_length
 
-    def learner_thread_count(self, *, images: bool, minibatch_rows: int | None = None) -> int:
+    def learner_thread_count(self, *, images: bool, small_mlp: bool = False) -> int:
         """Torch threads of the learner: ``learner_threads``, or its automatic value (see the option).
 
         Args:
             images: the observations are images (the default policy is a CNN).
-            minibatch_rows: env steps in one of the learner's minibatches, for aiorl's default
-                MLP (at most one thread per :data:`ROWS_PER_LEARNER_THREAD` of them); ``None``
-                for other policies (no such cap: it was measured on the default MLP only).
+            small_mlp: the policy is aiorl's MLP with layers of at most :data:`SMALL_MLP_UNITS`
+                units: one thread (measured on the default MLP only).
         """
         if self.learner_threads is not None:
             return self.learner_threads
         if images and torch.device(self.device).type == "cpu":
             return usable_cores()
-        free = max(1, usable_cores() - self.num_workers)
-        if minibatch_rows is None:
-            return free
-        return min(free, max(1, minibatch_rows // ROWS_PER_LEARNER_THREAD))
+        return 1 if small_mlp else max(1, usable_cores() - self.num_workers)
 
 
 def _choose(option: bool | None, automatic: bool) -> bool:

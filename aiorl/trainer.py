@@ -33,7 +33,7 @@ from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.checkpoint import RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
-from aiorl.config import TrainerConfig, did_you_mean
+from aiorl.config import SMALL_MLP_UNITS, TrainerConfig, did_you_mean
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
@@ -135,7 +135,7 @@ class Trainer:
             validate_policy(policy, self.obs_encoder.shape, self.dist)
         self.learner_threads = self.config.learner_thread_count(
             images=is_image_space(self.spaces.observation_space),
-            minibatch_rows=self._minibatch_rows() if type(policy) is ActorCritic else None,
+            small_mlp=_is_small_mlp(policy),
         )
         """Torch threads of the learner's thread: ``learner_threads``, or its automatic value here."""
         if self.config.normalize_observations:
@@ -162,13 +162,6 @@ class Trainer:
         """The name of the preset this trainer was built from (:meth:`from_preset`), else ``None``."""
         self.unfinished_run: RunPlan | None = None
         """The run a loaded checkpoint was taken in, if it had not finished (see :meth:`resume`)."""
-
-    def _minibatch_rows(self) -> int:
-        """Env steps in one learner minibatch: the batch over the algorithm's ``num_minibatches`` (else 1)."""
-        minibatches = getattr(self.algo, "num_minibatches", 1)  # PPO's and APPO's
-        if not (isinstance(minibatches, int) and minibatches >= 1):
-            minibatches = 1
-        return self.config.batch_steps // minibatches
 
     def _default_policy(self) -> nn.Module:
         space, shape, cfg = self.spaces.observation_space, self.obs_encoder.shape, self.config
@@ -594,3 +587,9 @@ def _trainer_config(options: dict[str, Any]) -> TrainerConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _is_small_mlp(policy: nn.Module) -> bool:
+    """Whether ``policy`` is aiorl's MLP with no layer wider than ``SMALL_MLP_UNITS`` (it learns on one thread)."""
+    linears = [m for m in policy.modules() if isinstance(m, nn.Linear)]
+    return type(policy) is ActorCritic and all(max(m.in_features, m.out_features) <= SMALL_MLP_UNITS for m in linears)

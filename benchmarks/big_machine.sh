@@ -88,11 +88,13 @@ step trained_cuda 70 python3 trained_throughput.py --workers 14 --device cuda --
 step trained_cuda_eager 45 python3 trained_throughput.py --workers 14 --device cuda --seconds 4 --repeats 2 \
     --option "algo=PPO(compile=False)"
 step trained_cpu 45 python3 trained_throughput.py --workers 14 --device cpu --seconds 4 --repeats 2
-# Time to 475 as a user scales the CartPole preset (learner on the CPU, the default device; its threads
-# capped at one per 1,024 minibatch rows since 2026-12-02): ~30 s.
+# Time to 475 as a user scales the CartPole preset (learner on the CPU, the default device; one torch
+# thread for the default MLP since 2026-12-02, see learner_threads.py): ~30 s.
 step scaling_cartpole 50 python3 scaling.py --tasks cartpole --workers 1 2 4 8 14 --seeds 1 --quiet-wait 0
 step scaling_image 90 python3 scaling.py --tasks image --device cuda --workers 2 14 --seconds 8 --seeds 2 --quiet-wait 0
-# Learner placement: the default gives a CPU learner cores - workers = 2 threads; try 8.
+# Learner placement: the default MLP's CPU learner takes 1 thread since 2026-12-02; try 8.
 step trained_cpu_8_threads 45 python3 trained_throughput.py --workers 14 --device cpu --seconds 4 --repeats 2 \
     --option learner_threads=8
+# A learner thread's extra torch threads with and without the main thread's OpenMP pool (~1 minute).
+step learner_threads 75 python3 learner_threads.py --threads 2 8 14 --mlp-batches 2048 14336 --repeats 3
 echo "total $((SECONDS - started))s" | tee -a "$OUT/results.md"

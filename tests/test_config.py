@@ -13,6 +13,7 @@ from torch import nn
 
 import aiorl
 from aiorl import PPO, ConfigError, Trainer
+from aiorl.distributions import ActionDistribution
 from aiorl.models import ObservationNormalizer
 from aiorl.testing import stacked_noise_frames
 
@@ -162,21 +163,23 @@ def test_normalisation_set_by_the_user_is_kept():
 def test_the_learner_gets_every_core_for_images_on_the_cpu_and_fewer_otherwise():
     cores = aiorl.config.usable_cores()
     assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == cores  # a CNN's update parallelises
-    assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1  # 512-row minibatches: see below
+    assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1  # a small MLP: see below
     assert Trainer(stacked_noise_frames, num_workers=2, learner_threads=1).learner_threads == 1  # given: kept
     assert Trainer(stacked_noise_frames, num_workers=2).config.learner_threads is None  # chosen where it runs
 
 
-def test_a_small_learner_gets_one_thread_per_1024_minibatch_rows_of_the_cores_the_workers_leave(monkeypatch):
+def test_aiorl_s_small_mlp_learns_on_one_thread_and_other_policies_on_the_cores_the_workers_leave(monkeypatch):
     monkeypatch.setattr(aiorl.config, "usable_cores", lambda: 16)
-    # The CartPole defaults: 2 workers x 16 envs x 32 steps in 2 minibatches of 512 rows.
+    # aiorl's 64x64 MLP: one thread whatever the batch (see aiorl.config.SMALL_MLP_UNITS).
     assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1
-    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=128).learner_threads == 4  # 4,096 rows
-    assert Trainer("CartPole-v1", num_workers=14, envs_per_worker=32).learner_threads == 2  # 7,168: 2 cores free
-    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 14  # 16,384: all free
-    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=128, algo=PPO(num_minibatches=8)).learner_threads == 1
-    assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == 16  # images: every core
-    assert Trainer("CartPole-v1", num_workers=2, policy=WideMLP()).learner_threads == 14  # not aiorl's MLP: no cap
+    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 1  # 8,192-row minibatches
+    assert Trainer("CartPole-v1", num_workers=2, normalize_observations=True).learner_threads == 1  # normalised
+    # Wider layers and other policies: the cores the workers leave; images: every core.
+    wide = aiorl.ActorCritic((4,), ActionDistribution.for_space(gym.spaces.Discrete(2)), hidden_sizes=(256, 256))
+    assert Trainer("CartPole-v1", num_workers=2, policy=wide).learner_threads == 14
+    assert Trainer("CartPole-v1", num_workers=2, policy=WideMLP()).learner_threads == 14
+    assert Trainer(stacked_noise_frames, num_workers=2).learner_threads == 16
+    assert Trainer("CartPole-v1", num_workers=2, learner_threads=3).learner_threads == 3  # given: kept
 
 
 class WideMLP(nn.Module):
