@@ -24,7 +24,7 @@ MIN_WORKER_LIMIT = 64
 
 
 SMALL_MLP_UNITS = 64
-"""aiorl's :class:`~aiorl.ActorCritic` with hidden layers at most this wide learns on one torch thread.
+"""aiorl's :class:`~aiorl.ActorCritic` learns on one torch thread when no layer is wider (inputs and outputs included).
 
 In a trainer the learner runs in a thread beside the main thread, and the main thread has
 its own OpenMP pool as soon as it ran one parallel torch op with several threads (building
@@ -32,9 +32,11 @@ a policy does: ``orthogonal_`` initialisation runs a QR factorisation). With mor
 threads in the process than CPUs, libgomp stops spin-waiting between parallel regions, so
 the learner's extra threads are woken through the kernel for every op; a 64-wide MLP's ops
 are too short for that. Measured on 2 cores (``benchmarks/learner_threads.py``, PPO's
-update, 2 threads against 1 in the learner thread): 64x64 MLP, minibatches of 512 to 7,168
-rows, 0.45-1.03x with the main thread's pool and 0.95-1.39x without it; 256x256 MLP
-1.05-1.36x with it; the default CNN 1.33-1.39x with it. On 16 cores (CPU learner, the CartPole
+update, 2 threads against 1 in the learner thread): 64x64 MLP on CartPole-like data,
+minibatches of 512 to 7,168 rows, 0.46-0.93x with the main thread's pool and 0.91-1.38x
+without it; 256x256 MLP 0.92-1.36x with it; the default CNN 1.26x with it (1.36x without).
+Wider inputs or outputs (a one-hot observation of 500 values) were not measured: such
+policies keep the general rule. On 16 cores (CPU learner, the CartPole
 preset with 1 to 8 workers) updates of 512 to 4,096 samples took 51-73 ms with 8-15 threads,
 against 17-59 ms for one thread on the 2-core machine.
 """
@@ -109,9 +111,10 @@ class TrainerConfig:
     parallelise, and the workers mostly wait on full slots during its long updates: on 2 cores
     with 2 workers, 2 threads trained images 1.4-1.6x faster than 1); otherwise the cores the
     workers leave, at least 1 (for small MLPs more threads than free cores slowed training
-    1.1-1.3x on 2 cores), and 1 for aiorl's default MLP (``aiorl.config.SMALL_MLP_UNITS``: its
+    1.1-1.3x on 2 cores), and 1 for aiorl's MLP with layers of at most 64 units, inputs and outputs included
+    (``aiorl.config.SMALL_MLP_UNITS``: its
     ops are too short for threads woken through the kernel, as a learner thread's are once
-    the main thread has its own OpenMP pool; a second thread made its updates 0.45-1.03x as
+    the main thread has its own OpenMP pool; a second thread made its updates 0.46-0.93x as
     fast on 2 cores).
     :attr:`Trainer.learner_threads` holds the outcome."""
     device: str = "cpu"

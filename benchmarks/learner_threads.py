@@ -14,14 +14,14 @@ extra threads normally start and stop through the kernel for every op.
 
 This script measures it: for each net and batch, one learner update at a time with 1 and
 with ``--threads`` torch threads in turn (same process, same learner, interleaved), in a
-fresh process per condition: ``main pool: yes`` builds a policy on the main thread first
+fresh process per condition: ``main thread has a pool: yes`` builds a policy on the main thread first
 (as a ``Trainer`` does, with the main thread's default thread count); ``no`` runs no torch
 op on the main thread at all. The learner, its batch and every update live in one
 learner thread, as in a trainer. The batch and learner come from ``learner.py``: PPO's
 default config (4 epochs x 2 minibatches), random CartPole-like data for the MLP, 84x84x4
 frames for the CNN.
 
-The ``speedup`` column is (update time with 1 thread) / (update time with ``--threads``):
+The ``speedup at N`` columns are (update time with 1 thread) / (update time with N threads):
 above 1 the extra threads pay. Run it on an idle machine; on the 16-core machine pass
 ``--threads 2 8 14``.
 
@@ -93,16 +93,16 @@ def child(args: argparse.Namespace) -> None:
     learner_thread.shutdown()
 
 
-def run_condition(args: argparse.Namespace, main_pool: bool) -> list[dict[str, Any]]:
-    """Run :func:`child` in a fresh process and return its rows."""
-    command = [sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]]
+def run_condition(argv: Sequence[str], main_pool: bool) -> list[dict[str, Any]]:
+    """Run :func:`child` on the command line ``argv`` in a fresh process; its rows (its errors go to stderr)."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", *argv]
     if main_pool:
         command.append("--main-pool")
-    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=os.path.dirname(__file__)).stdout
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__)).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def render(rows: Sequence[dict[str, Any]], threads: Sequence[int], hidden: int) -> str:
+def render(rows: Sequence[dict[str, Any]], threads: Sequence[int], hidden: int, minibatches: int) -> str:
     """The markdown table: one line per (net, batch, condition)."""
     head = ["net", "batch", "minibatch rows", "main thread has a pool", "1 thread ms"]
     for n in threads:
@@ -111,7 +111,7 @@ def render(rows: Sequence[dict[str, Any]], threads: Sequence[int], hidden: int) 
     for row in sorted(rows, key=lambda r: (r["net"], r["samples"], not r["main_pool"])):
         medians = {int(k): v for k, v in row["medians"].items()}
         net = f"mlp {hidden}x{hidden}" if row["net"] == "mlp" else row["net"]
-        cells = [net, f"{row['samples']:,}", f"{row['samples'] // 2:,}", "yes" if row["main_pool"] else "no"]
+        cells = [net, f"{row['samples']:,}", f"{row['samples'] // minibatches:,}", "yes" if row["main_pool"] else "no"]
         cells.append(f"{medians[1] * 1e3:.1f}")
         for n in threads:
             cells += [f"{medians[n] * 1e3:.1f}", f"{medians[1] / medians[n]:.2f}"]
@@ -150,8 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         child(args)
         return 0
     print(f"# learner threads: 1 against {args.threads}, in a learner thread; {os.cpu_count()} CPUs", flush=True)
-    rows = run_condition(args, main_pool=True) + run_condition(args, main_pool=False)
-    print(render(rows, args.threads, args.hidden))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rows = run_condition(argv, main_pool=True) + run_condition(argv, main_pool=False)
+    import aiorl
+
+    print(render(rows, args.threads, args.hidden, aiorl.PPO().num_minibatches))
     return 0
 
 

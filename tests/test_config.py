@@ -172,7 +172,7 @@ def test_aiorl_s_small_mlp_learns_on_one_thread_and_other_policies_on_the_cores_
     monkeypatch.setattr(aiorl.config, "usable_cores", lambda: 16)
     # aiorl's 64x64 MLP: one thread whatever the batch (see aiorl.config.SMALL_MLP_UNITS).
     assert Trainer("CartPole-v1", num_workers=2).learner_threads == 1
-    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 1  # 8,192-row minibatches
+    assert Trainer("CartPole-v1", num_workers=2, envs_per_worker=512).learner_threads == 1  # 16,384-row minibatches
     assert Trainer("CartPole-v1", num_workers=2, normalize_observations=True).learner_threads == 1  # normalised
     # Wider layers and other policies: the cores the workers leave; images: every core.
     wide = aiorl.ActorCritic((4,), ActionDistribution.for_space(gym.spaces.Discrete(2)), hidden_sizes=(256, 256))
