@@ -342,6 +342,23 @@ async def test_cancelling_run_mid_update_tears_down_and_accounts():
     assert_accounted(trainer)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_update_that_finishes_after_its_run_is_cancelled_is_reported_like_the_others():
+    # The cancelled run waits for the update in the learner thread and applies it (the final
+    # checkpoint holds it), so on_update (aiorl train's metrics.jsonl) must get its record too.
+    trainer = Trainer("CartPole-v1", SlowLearnerPPO(update_epochs=1), **FAST)
+    reports = []
+    task = asyncio.create_task(trainer.run(total_steps=10**9, on_update=reports.append))
+    assert await asyncio.to_thread(trainer._learner.updating.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trainer.policy_version >= 1
+    assert [r.policy_version for r in reports] == list(range(1, trainer.policy_version + 1))
+    assert reports[-1].env_steps == trainer.stats.steps_trained
+    assert_accounted(trainer)
+
+
 def open_fds() -> list[str]:
     fds = []
     for fd in os.listdir("/proc/self/fd"):

@@ -223,7 +223,10 @@ class Consumer:
                 if future not in done:  # the thread may still read the batch's arrays
                     self.builder.forget_spare()
                 if future in done and not future.cancelled() and future.exception() is None:
-                    self._apply(batch, future.result()[1])
+                    metrics, weights = future.result()
+                    lag = self._apply(batch, weights)
+                    # It was applied (and goes into the final checkpoint): it gets its record too.
+                    self._record_cancelled(goal, batch, rollouts, lag, metrics, started, on_update)
                 else:
                     self.ledger.discard(batch.env_steps, DiscardReason.SHUTDOWN)
                     if future in done:  # it failed: undo whatever it changed
@@ -241,11 +244,34 @@ class Consumer:
             if self.strict:  # after the new weights are out (or the update failed): free the slots
                 for rollout in rollouts:
                     self.pool.release(rollout)
+        self._record(goal, batch, rollouts, lag, metrics, started, on_update)
+
+    def _record(
+        self,
+        goal: RunGoal,
+        batch: RolloutBatch,
+        rollouts: list[ReadyRollout],
+        lag: LagStats,
+        metrics: dict[str, float],
+        started: float,
+        on_update: UpdateCallback | None,
+    ) -> None:
+        """Count the learner's time, log progress and hand the update's report to ``on_update``."""
         report = self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started)
         self.learner_s += report.update_s
         self._log_progress(report, goal)
         if on_update is not None:
             on_update(report)
+
+    def _record_cancelled(self, *args: Any) -> None:
+        """:meth:`_record` for an update that finished after its run was cancelled.
+
+        The cancellation goes on whatever the callback does: an exception from it is logged.
+        """
+        try:
+            self._record(*args)
+        except Exception:
+            log.exception("on_update raised for the update that finished while the run was cancelled")
 
     def _report(
         self,
