@@ -34,7 +34,7 @@ from aiorl.checkpoint import CHECKPOINT_NAME, prepare_checkpoint_path
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
-from aiorl.metrics_log import MetricsLog
+from aiorl.metrics_log import METRICS_NAME, MetricsLog
 from aiorl.presets import preset_env_factory
 from aiorl.progress import ProgressDisplay
 from aiorl.trainer import Trainer, TrainResult
@@ -106,7 +106,7 @@ _progress_option = click.option(
 @click.option("--target-return", type=float, help="Stop once the mean return reaches this.")
 @click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="A TOML config file.")
-@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-TIME.")
+@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-DATE-TIME.")
 @click.option("--seed", type=int, help="Seed of the policy, the envs and the sampling.")
 @click.option("--checkpoint-interval", type=float, help="Seconds between checkpoints (default 60).")
 @click.option(
@@ -146,6 +146,12 @@ def train(
     if (directory / CHECKPOINT_NAME).exists():
         raise BadInput(
             f"{directory} already holds a run: continue it with `aiorl resume {directory}`, or pick --logdir"
+        )
+    metrics = directory / METRICS_NAME
+    if metrics.exists() and metrics.stat().st_size > 0:
+        raise BadInput(
+            f"{directory} holds the {METRICS_NAME} of a run that stopped before its first checkpoint (nothing to "
+            "resume); remove the directory or pick --logdir, so the two runs' metrics do not mix"
         )
     with _bad_input():
         trainer = Trainer(
@@ -394,13 +400,13 @@ def _session(
     try:
         return aiorl.run(train())  # type: ignore[return-value]
     except KeyboardInterrupt:
-        _exit(EXIT_INTERRUPTED, f"interrupted; {_checkpoint_note(checkpoint)}; continue with: aiorl resume {logdir}")
+        _exit(EXIT_INTERRUPTED, f"interrupted; {_checkpoint_note(checkpoint, logdir)}")
     except asyncio.CancelledError:
         if not terminated:
             raise
         _exit(
             EXIT_TERMINATED,
-            f"terminated (SIGTERM); {_checkpoint_note(checkpoint)}; continue with: aiorl resume {logdir}",
+            f"terminated (SIGTERM); {_checkpoint_note(checkpoint, logdir)}",
         )
     except ConfigError as exc:
         raise BadInput(str(exc)) from exc
@@ -408,8 +414,12 @@ def _session(
         _exit(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}\n{_checkpoint_note(checkpoint)}")
 
 
-def _checkpoint_note(checkpoint: Path) -> str:
-    return f"checkpoint: {checkpoint}" if checkpoint.exists() else "no checkpoint was written (no update finished)"
+def _checkpoint_note(checkpoint: Path, resume_from: Path | None = None) -> str:
+    """The run's checkpoint (and, with ``resume_from``, the command that goes on from it), or that there is none."""
+    if checkpoint.exists():
+        hint = "" if resume_from is None else f"; continue with: aiorl resume {resume_from}"
+        return f"checkpoint: {checkpoint}{hint}"
+    return "no checkpoint was written (no update finished)" + ("" if resume_from is None else ": nothing to resume")
 
 
 def _print_result(result: TrainResult, logdir: Path) -> None:

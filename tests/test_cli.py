@@ -316,6 +316,19 @@ def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(fork
     assert "training" not in done.stderr
 
 
+def test_train_refuses_a_logdir_holding_the_metrics_of_a_run_that_never_checkpointed(forked_aiorl, tmp_path):
+    # Killed before its first checkpoint: nothing to resume, and a new run appending to the old
+    # metrics.jsonl would make its update numbers run 1..70, 1, 2, ... (and the plot fold back).
+    (tmp_path / "run").mkdir()
+    old = '{"schema": 1, "update": 1, "env_steps": 1024}\n'
+    (tmp_path / "run" / "metrics.jsonl").write_text(old)
+    done = forked_aiorl("train", "CartPole-v1", "--logdir", "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "run holds the metrics.jsonl of a run that stopped before its first checkpoint" in done.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == old
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]
+
+
 def test_a_bad_value_or_a_missing_checkpoint_exits_with_2(forked_aiorl, tmp_path):
     done = forked_aiorl("train", "CartPole-v1", "--workers", "0", "--logdir", "run", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "num_workers=0 must be an integer >= 1" in done.stderr
