@@ -248,6 +248,9 @@ def eval_(
     if video is not None:
         if len(checkpoints) > 1:
             raise BadInput(f"--video names one file, but {len(checkpoints)} checkpoints were given; leave it out")
+        if video.suffix.lower() != ".gif":
+            raise BadInput(f"--video={str(video)!r} must name a .gif file (aiorl records GIFs)")
+        _check_output_dir("--video", video)
         render = render or "rgb_array"
     if render is not None:  # no window: keep SDL (pygame) from looking for a display or a sound server
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -303,8 +306,16 @@ def _evaluate(
 @click.option("--title", help="Figure title.")
 def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """Draw the learning curves of LOGDIRS (return vs env steps and vs wall time) into a PNG."""
-    from aiorl.plot import plot_learning_curves
+    from aiorl.plot import plot_learning_curves, supported_formats
 
+    try:
+        formats = supported_formats()
+    except ImportError as exc:
+        raise BadInput(str(exc)) from exc
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:  # no suffix: matplotlib writes a PNG
+        raise BadInput(f"-o={str(output)!r}: the file type must be one of {', '.join(sorted(formats))} (e.g. .png)")
+    _check_output_dir("-o", output)
     with _bad_input():
         click.echo(f"wrote {plot_learning_curves(logdirs, output, title=title)}")
 
@@ -318,6 +329,16 @@ def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
     with _bad_input():
         experiment = build_experiment(overrides={"run": _given(env=env_id or "CartPole-v1", algo=algo, preset=preset)})
     click.echo(experiment.to_toml(), nl=False)
+
+
+def _check_output_dir(option: str, path: Path) -> None:
+    """Refuse an output file whose directory does not exist, before any work.
+
+    Raises:
+        BadInput: naming the option and the path.
+    """
+    if not path.resolve().parent.is_dir():
+        raise BadInput(f"{option}={str(path)!r}: the directory {str(path.parent)!r} does not exist")
 
 
 def _check_renders(env: gym.Env, render: str, seed: int) -> None:

@@ -14,6 +14,19 @@ from aiorl.errors import ConfigError
 from aiorl.metrics_log import METRICS_NAME, read_metrics
 
 
+def supported_formats() -> set[str]:
+    """The file types (extensions without the dot) that matplotlib's Agg canvas writes.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message says how to install it).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as exc:
+        raise ImportError('plotting needs matplotlib: pip install "aiorl[plot]"') from exc
+    return set(FigureCanvasAgg.get_supported_filetypes())
+
+
 def plot_learning_curves(
     logdirs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:

@@ -141,6 +141,28 @@ def test_plot_writes_a_png(forked_aiorl, trained, tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
+@pytest.mark.parametrize(
+    ("output", "error"),
+    [
+        ("curve.jpg2", "Error: -o='curve.jpg2': the file type must be one of "),
+        ("missing/curve.png", "Error: -o='missing/curve.png': the directory 'missing' does not exist"),
+    ],
+)
+def test_plot_refuses_an_output_it_cannot_write_before_reading_any_run(forked_aiorl, tmp_path, output, error):
+    (tmp_path / "run").mkdir()  # no metrics.jsonl: the output is checked first
+    done = forked_aiorl("plot", "run", "-o", output, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0].startswith(error), done.stderr
+
+
+def test_eval_refuses_a_video_that_is_not_a_gif_before_playing(forked_aiorl, trained, tmp_path):
+    logdir, _ = trained
+    done = forked_aiorl("eval", str(logdir), "--episodes", "1", "--video", "ep.mp4", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["Error: --video='ep.mp4' must name a .gif file (aiorl records GIFs)"]
+    assert done.stdout == ""  # no episode was played
+
+
 def test_eval_prints_the_return_of_each_episode(forked_aiorl, trained, tmp_path):
     logdir, _ = trained
     done = forked_aiorl("eval", str(logdir / "checkpoint.pt"), "--episodes", "2", cwd=tmp_path)
