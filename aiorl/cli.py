@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import gc
 import logging
+import math
 import os
 import re
 import signal
@@ -443,10 +444,15 @@ def _checkpoint_note(checkpoint: Path, resume_from: Path | None = None) -> str:
     return "no checkpoint was written (no update finished)" + ("" if resume_from is None else ": nothing to resume")
 
 
+def _return_text(mean_return: float) -> str:
+    """A mean return for a person: ``n/a (no episode finished)`` where it is NaN."""
+    return "n/a (no episode finished)" if math.isnan(mean_return) else f"{mean_return:.2f}"
+
+
 def _print_result(result: TrainResult, logdir: Path) -> None:
     outcome = "reached the target" if result.reached_target else "finished"
     click.echo(
-        f"{outcome}: mean return {result.mean_return:.2f} after {result.total_env_steps:,} steps "
+        f"{outcome}: mean return {_return_text(result.mean_return)} after {result.total_env_steps:,} steps "
         f"({result.updates} updates, {result.wall_time:.1f} s, {result.steps_per_second:,.0f} steps/s, "
         f"learner busy {result.learner_busy:.0%}); "
         f"logs and checkpoint in {logdir}"

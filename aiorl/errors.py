@@ -108,7 +108,8 @@ class WorkerRestartError(AiorlError):
         self.last_cause = last_cause
         self.last_env_error = last_env_error
         message = (
-            f"worker {worker_id} lost once more after {max_restarts} restarts within {window_s:g} s "
+            f"worker {worker_id} lost once more after {max_restarts} restart{'' if max_restarts == 1 else 's'} "
+            f"within {window_s:g} s "
             f"(max_restarts={max_restarts}, restart_window_s={window_s:g}); last cause: {last_cause}"
         )
         if last_env_error is not None:
