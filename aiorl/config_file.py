@@ -170,14 +170,25 @@ class Experiment:
         return found
 
     def to_toml(self) -> str:
-        """The experiment as a TOML file that :func:`load_experiment` reads back to an equal one."""
-        document: dict[str, Any] = {
-            "run": {"algo": self.algo_name, **_table(self.run)},
-            "env_kwargs": dict(self.env_kwargs),
-            "trainer": _table(self.trainer),
-            "algo": _table(self.algo),
+        """The experiment as a TOML file that :func:`load_experiment` reads back to an equal one.
+
+        Every field is there: those left at a default of ``None`` (unset or automatic) as a
+        comment under their table, ready to uncomment and set.
+        """
+        sections: dict[str, tuple[dict[str, Any], list[str]]] = {
+            "run": ({"algo": self.algo_name, **_table(self.run)}, _unset(self.run)),
+            "env_kwargs": (dict(self.env_kwargs), []),
+            "trainer": (_table(self.trainer), _unset(self.trainer)),
+            "algo": (_table(self.algo), _unset(self.algo)),
         }
-        return tomli_w.dumps(document)
+        parts = []
+        for name, (table, unset) in sections.items():
+            text = tomli_w.dumps({name: table})
+            text += "".join(
+                f'# {field} = "{NONE}"  # the default: unset or automatic\n' for field in unset if field not in table
+            )
+            parts.append(text)
+        return "\n".join(parts)
 
 
 def _algo_name(algo: object) -> str:
@@ -387,6 +398,11 @@ def _type_name(kind: Any) -> str:
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _unset(config: Any) -> list[str]:
+    """The fields of a dataclass left at a default of ``None`` (which :func:`_table` leaves out)."""
+    return [f.name for f in dataclasses.fields(config) if f.default is None and getattr(config, f.name) is None]
 
 
 def _table(config: Any) -> dict[str, Any]:
