@@ -263,6 +263,18 @@ def test_a_bad_mask_is_an_env_error_naming_the_env_and_the_step(bad_mask):
     assert "action_mask" in summary.env_errors[0].message
 
 
+@pytest.mark.parametrize(
+    ("bad_mask", "problem"),
+    [("wrong_shape", r"is an array of shape \(6,\)"), ("none_valid", r"allows no action")],
+)
+def test_a_bad_mask_at_the_first_reset_is_a_config_error_before_any_process_starts(bad_mask, problem):
+    env = functools.partial(MaskedChoiceEnv, bad_mask=bad_mask, bad_mask_at=0, bad_mask_times=None)
+    with pytest.raises(
+        ConfigError, match=r"env=.*MaskedChoiceEnv.*: on its first reset, info\['action_mask'\] " + problem
+    ):
+        Trainer(env, QUICK_PPO, **FAST)  # the probe reads the mask as workers would
+
+
 def test_a_mask_that_stays_bad_is_fatal_after_env_error_limit_failures():
     env = functools.partial(
         MaskedChoiceEnv, episode_length=50, bad_mask="none_valid", bad_mask_at=2, bad_mask_times=None

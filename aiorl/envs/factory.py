@@ -23,7 +23,7 @@ from aiorl.envs.async_env import AsyncEnv
 from aiorl.envs.atari import AtariEnv
 from aiorl.envs.closing import close_in_background
 from aiorl.envs.frames import frame_stack_size
-from aiorl.envs.masks import ActionMasks, detect_action_masks
+from aiorl.envs.masks import ACTION_MASK_KEY, ActionMasks, InvalidActionMask, detect_action_masks
 from aiorl.envs.spaces import ObservationEncoder, check_action_space
 from aiorl.envs.vector import VectorEnvs, autoreset_mode, is_vector_env
 from aiorl.errors import ConfigError
@@ -148,10 +148,24 @@ class EnvSpaces:
             else:
                 info = _reset_info(env, factory)
             masks = detect_action_masks(info, action_space)
+            if masks is not None and not is_async and num_envs is None:
+                _check_first_mask(masks, info, factory)
             return cls(observation_space, action_space, is_async, masks, num_envs, frame_stack_size(env))
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")
+
+
+def _check_first_mask(masks: ActionMasks, info: Any, factory: EnvFactory) -> None:
+    """Read the probe env's first mask as workers will, so a malformed one fails before any process starts.
+
+    Raises:
+        ConfigError: the mask is malformed or allows no action (the message says how).
+    """
+    try:
+        masks.from_raw(info[ACTION_MASK_KEY])
+    except InvalidActionMask as exc:
+        raise ConfigError(f"env={factory.describe()!r}: on its first reset, {exc}") from exc
 
 
 def _reset_info(env: gym.Env | VectorEnv, factory: EnvFactory) -> object:

@@ -315,8 +315,8 @@ class MaskedChoiceEnv(gym.Env):
 
     Bad masks, for fault tests: ``bad_mask`` (``"missing"``, ``"wrong_shape"``,
     ``"wrong_dtype"`` (float32) or ``"none_valid"``) in the info of the ``bad_mask_at``-th
-    step of the first ``bad_mask_times`` envs built at each env index of a process
-    (``None``: every env, so that the failure persists when the env is re-created).
+    step (0: the first reset) of the first ``bad_mask_times`` envs built at each env index of
+    a process (``None``: every env, so that the failure persists when the env is re-created).
     """
 
     _built_at: ClassVar[dict[int, int]] = {}  # envs built per env index in this process
@@ -379,7 +379,8 @@ class MaskedChoiceEnv(gym.Env):
         """Start an episode: new targets and masks."""
         super().reset(seed=seed)
         self.episode_step = 0
-        return self._draw()
+        obs, info = self._draw()
+        return obs, (self._corrupt(info) if self.steps == 0 else info)
 
     def step(self, action: Any) -> Any:
         """Reward the components that hit their target; raise :class:`InvalidAction` on an invalid action."""
