@@ -103,6 +103,8 @@ async def test_a_hung_worker_is_dumped_killed_and_replaced(method, caplog):
     assert hung, caplog.text
     stack = hung[0].args[0].stack
     assert "_maybe_fault" in stack and f"in {method}" in stack, stack
+    assert caplog.text.count("its Python stack when it was stopped") == 1  # not again with "replacing it"
+    assert "hung: no heartbeat for" in caplog.text.split("replacing it in")[0].splitlines()[-1]
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])

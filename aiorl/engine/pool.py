@@ -317,7 +317,9 @@ class WorkerPool:
             log.error("%s", error)
             self.fail(error)
             return
-        log.warning("%s; replacing it in %.2f s", cause, delay)
+        # A hung worker's stack was logged when it was found hung: its first line says enough here.
+        shown = str(cause).split("\n", 1)[0] if isinstance(cause, WorkerHung) else cause
+        log.warning("%s; replacing it in %.2f s", shown, delay)
         restart = self.tasks.create_task(self._restart(seat, delay, cause), name=f"aiorl-restart-{seat.worker_id}")
         self._restarts.add(restart)
         restart.add_done_callback(self._restarts.discard)
