@@ -113,7 +113,7 @@ class VectorEnvs:
     def __post_init__(self) -> None:
         problems = []
         if self.kind not in VECTOR_KINDS:
-            problems.append(f"vector={self.kind!r} must be one of {VECTOR_KINDS}")
+            problems.append(f"kind={self.kind!r} must be one of {VECTOR_KINDS}")
         if not (isinstance(self.num_envs, int) and self.num_envs >= 1):
             problems.append(f"num_envs={self.num_envs!r} must be an integer >= 1")
         if not (isinstance(self.num_threads, int) and self.num_threads >= 1):
@@ -153,7 +153,8 @@ def _import_envpool() -> Any:
         import envpool
     except ImportError as exc:
         raise ConfigError(
-            f"vector='envpool' needs envpool, which is not installed: pip install 'aiorl[envpool]' ({exc})"
+            "kind='envpool' (aiorl train --vector envpool) needs envpool, which is not installed: "
+            f"pip install 'aiorl[envpool]' ({exc})"
         ) from exc
     return envpool
 
