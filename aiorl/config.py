@@ -6,10 +6,8 @@ naming each field and its value, before any process starts.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -53,12 +51,6 @@ def usable_cores() -> int:
 def local_worker_limit() -> int:
     """The most worker processes the local backend starts: ``max(64, 8 x usable cores)``."""
     return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * usable_cores())
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` naming the closest of ``known`` to a mistyped ``name``, else ``""``."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _is_int(value: object) -> bool:

@@ -36,10 +36,10 @@ import gymnasium as gym
 import tomli_w
 
 from aiorl.algos import APPO, PPO
-from aiorl.config import TrainerConfig, _is_int, did_you_mean
+from aiorl.config import TrainerConfig, _is_int
 from aiorl.envs import AtariEnv, EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
-from aiorl.errors import ConfigError
+from aiorl.errors import ConfigError, did_you_mean
 from aiorl.presets import Preset, get_preset, preset_env_factory
 
 ALGORITHMS: dict[str, type[PPO] | type[APPO]] = {"ppo": PPO, "appo": APPO}

@@ -6,6 +6,9 @@ Every error derives from :class:`AiorlError`. Configuration problems are also
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class AiorlError(Exception):
     """Base class of every error aiorl raises on purpose."""
@@ -23,6 +26,12 @@ class ConfigError(AiorlError, ValueError):
             problems = [problems]
         self.problems: list[str] = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the closest of ``known`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class EnvError(AiorlError):

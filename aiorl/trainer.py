@@ -33,14 +33,14 @@ from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
 from aiorl.checkpoint import RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
-from aiorl.config import SMALL_MLP_UNITS, TrainerConfig, did_you_mean
+from aiorl.config import SMALL_MLP_UNITS, TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
 from aiorl.engine.session import Session, published, worker_template
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
-from aiorl.errors import ConfigError, TrainerClosed
+from aiorl.errors import ConfigError, TrainerClosed, did_you_mean
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
 from aiorl.models import (

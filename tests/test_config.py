@@ -247,3 +247,14 @@ async def test_shared_memory_that_cannot_fit_in_dev_shm_is_a_config_error_at_sta
     with pytest.raises(ConfigError, match=r"needs [\d,]+ bytes but /dev/shm has [\d,]+ free"):
         await trainer.run(total_steps=1_000)
     assert trainer.worker_pids == {}
+
+
+@pytest.mark.parametrize("algo", [PPO, aiorl.APPO])
+def test_a_mistyped_algorithm_option_is_a_config_error_naming_the_closest_field(algo):
+    with pytest.raises(ConfigError) as caught:
+        algo(learnig_rate=1e-3, gama=0.9, clip_coef=0.1)
+    assert caught.value.problems == [
+        f"gama=0.9 is not a {algo.__name__} option; did you mean 'gamma'?",
+        f"learnig_rate=0.001 is not a {algo.__name__} option; did you mean 'learning_rate'?",
+    ]
+    assert algo(learning_rate=1e-3).learning_rate == 1e-3

@@ -32,6 +32,7 @@ from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.optim import set_learning_rate
+from aiorl.algos.options import suggest_unknown_options
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
@@ -43,6 +44,7 @@ from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
 
 
+@suggest_unknown_options
 @dataclass(frozen=True, kw_only=True, slots=True)
 class APPO:
     """APPO hyperparameters. Every field is validated at construction.
