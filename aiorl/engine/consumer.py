@@ -226,7 +226,8 @@ class Consumer:
                     metrics, weights = future.result()
                     lag = self._apply(batch, weights)
                     # It was applied (and goes into the final checkpoint): it gets its record too.
-                    self._record_cancelled(goal, batch, rollouts, lag, metrics, started, on_update)
+                    report = self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started)
+                    self._record_cancelled(report, goal, on_update)
                 else:
                     self.ledger.discard(batch.env_steps, DiscardReason.SHUTDOWN)
                     if future in done:  # it failed: undo whatever it changed
@@ -244,32 +245,22 @@ class Consumer:
             if self.strict:  # after the new weights are out (or the update failed): free the slots
                 for rollout in rollouts:
                     self.pool.release(rollout)
-        self._record(goal, batch, rollouts, lag, metrics, started, on_update)
+        self._record(self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started), goal, on_update)
 
-    def _record(
-        self,
-        goal: RunGoal,
-        batch: RolloutBatch,
-        rollouts: list[ReadyRollout],
-        lag: LagStats,
-        metrics: dict[str, float],
-        started: float,
-        on_update: UpdateCallback | None,
-    ) -> None:
+    def _record(self, report: UpdateReport, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         """Count the learner's time, log progress and hand the update's report to ``on_update``."""
-        report = self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started)
         self.learner_s += report.update_s
         self._log_progress(report, goal)
         if on_update is not None:
             on_update(report)
 
-    def _record_cancelled(self, *args: Any) -> None:
+    def _record_cancelled(self, report: UpdateReport, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         """:meth:`_record` for an update that finished after its run was cancelled.
 
         The cancellation goes on whatever the callback does: an exception from it is logged.
         """
         try:
-            self._record(*args)
+            self._record(report, goal, on_update)
         except Exception:
             log.exception("on_update raised for the update that finished while the run was cancelled")
 
