@@ -34,9 +34,9 @@ update, 2 threads against 1 in the learner thread): 64x64 MLP on CartPole-like d
 minibatches of 512 to 7,168 rows, 0.46-0.93x with the main thread's pool and 0.91-1.38x
 without it; 256x256 MLP 0.92-1.36x with it; the default CNN 1.26x with it (1.36x without).
 Wider inputs or outputs (a one-hot observation of 500 values) were not measured: such
-policies keep the general rule. On 16 cores (CPU learner, the CartPole
-preset with 1 to 8 workers) updates of 512 to 4,096 samples took 51-73 ms with 8-15 threads,
-against 17-59 ms for one thread on the 2-core machine.
+policies keep the general rule. On 16 cores (CPU learner, the CartPole preset with 1 to 8
+workers) updates of 512 to 4,096 samples took 51-73 ms with 8-15 threads, against 17-59 ms
+for one thread on the 2-core machine.
 """
 
 
@@ -103,11 +103,10 @@ class TrainerConfig:
     parallelise, and the workers mostly wait on full slots during its long updates: on 2 cores
     with 2 workers, 2 threads trained images 1.4-1.6x faster than 1); otherwise the cores the
     workers leave, at least 1 (for small MLPs more threads than free cores slowed training
-    1.1-1.3x on 2 cores), and 1 for aiorl's MLP with layers of at most 64 units, inputs and outputs included
-    (``aiorl.config.SMALL_MLP_UNITS``: its
-    ops are too short for threads woken through the kernel, as a learner thread's are once
-    the main thread has its own OpenMP pool; a second thread made its updates 0.46-0.93x as
-    fast on 2 cores).
+    1.1-1.3x on 2 cores), and 1 for aiorl's MLP with no layer wider than 64 units, inputs
+    and outputs included (``aiorl.config.SMALL_MLP_UNITS``: its ops are too short for
+    threads woken through the kernel, as a learner thread's are once the main thread has its
+    own OpenMP pool; a second thread made its updates 0.46-0.93x as fast on 2 cores).
     :attr:`Trainer.learner_threads` holds the outcome."""
     device: str = "cpu"
     """Torch device of the learner."""
