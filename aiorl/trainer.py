@@ -428,7 +428,8 @@ class Trainer:
 
         The result has ``stopped=True``; rollouts already collected stay for the next run
         (or are counted as discarded at close). If no ``run()`` is in progress, the next one
-        returns at once: a stop that races with the start of a run is not lost. Call it on
+        returns without an update (once its workers are up, if it starts them): a stop that
+        races with the start of a run is not lost. Call it on
         the trainer's event loop (from another thread: ``loop.call_soon_threadsafe(trainer.stop)``).
         To tear down at once instead, cancel the task running ``run()``.
         """
