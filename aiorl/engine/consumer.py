@@ -298,7 +298,8 @@ class Consumer:
 
     def _apply(self, batch: RolloutBatch, weights: np.ndarray) -> LagStats:
         """Count a finished update and hand its weights to the broadcaster."""
-        lag = LagStats.of(self.version, batch.versions)
+        trained = batch.versions[batch.valid]  # not the steps masked as too old or broken
+        lag = LagStats.of(self.version, trained if trained.size else batch.versions)
         self._record_lag(lag, batch)
         self.version += 1
         self.ledger.consume(batch.env_steps)
