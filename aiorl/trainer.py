@@ -350,8 +350,13 @@ class Trainer:
             ConfigError: invalid ``total_steps`` or ``target_return``.
             CheckpointError: no file can be written at ``checkpoint_path`` (raised before
                 any process starts), or the run's first checkpoint could not be written.
-            EnvError: an env raised inside a worker.
-            WorkerCrashed: a worker process died.
+            EnvError: an env kept failing: ``env_error_limit`` failures in a row of one env
+                (a single failure re-creates the env and the run goes on).
+            WorkerRestartError: a worker was lost once more after ``max_restarts`` restarts
+                within ``restart_window_s`` (a lost worker is otherwise replaced); the last
+                loss (:class:`WorkerCrashed`, :class:`WorkerHung`) is its ``__cause__``.
+            WorkerStartError: a worker failed while starting, or did not start within
+                ``start_timeout_s``.
             LearnerError: the update raised or produced a non-finite loss.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s)

@@ -20,7 +20,7 @@ and no event loop involved: the same batch is trained on again and again.
 Systems
 -------
 - ``aiorl PPO`` / ``aiorl APPO``: ``aiorl.PPO()`` / ``aiorl.APPO()`` with their
-  default configs (both 10 epochs x 4 minibatches at the time of writing; the
+  default configs (both 4 epochs x 2 minibatches at the time of writing; the
   table shows what each used), learner from ``algo.make_learner(policy, dist,
   device)``, timed as ``learner.update(batch, progress=0.0)``. An update does all
   of its algorithm's work: the batch's copy to the device, a forward pass over the
@@ -37,8 +37,8 @@ Systems
   graphs (an experiment: the trainer does not use it yet).
 - ``SB3 PPO`` (MLP only): ``stable_baselines3.PPO("MlpPolicy")`` with
   ``net_arch=dict(pi=[64, 64], vf=[64, 64])`` and tanh (the same network as
-  aiorl's), the PPO config's epochs and minibatches (``n_epochs=10``,
-  ``batch_size = T * N / 4``), the same learning rate, clip range, value clipping
+  aiorl's), the PPO config's epochs and minibatches (``n_epochs=update_epochs``,
+  ``batch_size = T * N / num_minibatches``), the same learning rate, clip range, value clipping
   (``clip_range_vf``), gamma, lambda, value and gradient-norm coefficients, on the
   same device. Its rollout buffer is
   filled with the same data before every update (not timed, and neither is its

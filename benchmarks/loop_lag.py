@@ -6,7 +6,7 @@ A *ticker* coroutine on the trainer's event loop sleeps ``--interval-ms`` (1 ms)
 again and again and records how late each wake-up is (wall time after the sleep
 minus the time it asked to wake). That lateness is what any other coroutine of an
 application embedding the trainer (a web server, a dashboard) would wait on top of
-its own work. Meanwhile the loop runs the ``CartPole-v1`` preset (APPO, 2 workers x
+its own work. Meanwhile the loop runs the ``CartPole-v1`` preset (PPO, 2 workers x
 16 envs) for ``--seconds`` and a consumer reads ``trainer.events()`` (every update
 and every finished episode), as an embedding application would.
 
