@@ -76,7 +76,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter, busy_warning
+from other_load import OtherLoadMeter, busy_warning, print_footer
 from torch import nn
 from trained_throughput import parse_option
 
@@ -676,12 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for load in s.other_load
     ]
     why = "aiorl (2 worker processes and a learner thread) needs every core; "
-    warning = busy_warning(loads, OTHER_LOAD_WARN, "windows", why)
-    if warning is not None:
-        print()
-        print(warning)
-    print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(busy_warning(loads, OTHER_LOAD_WARN, "windows", why), started)
     return 0
 
 

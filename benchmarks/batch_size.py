@@ -55,7 +55,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter
+from other_load import OtherLoadMeter, print_footer
 from scaling import (
     CARTPOLE,
     CARTPOLE_TARGET,
@@ -241,12 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "that one full episode of a good policy spans; s per update and training s are this machine's, with "
         f"{args.num_workers} workers collecting every batch."
     )
-    warning = render_warning(runs)
-    if warning is not None:
-        print()
-        print(warning)
-    print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(render_warning(runs), started)
     return 0
 
 

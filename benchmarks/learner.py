@@ -108,7 +108,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter, busy_warning
+from other_load import OtherLoadMeter, busy_warning, print_footer
 from torch import nn
 
 import aiorl
@@ -624,12 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "SB3 = aiorl PPO samples/s / SB3 PPO samples/s at the same net, batch and device (APPO is not compared: "
         "its update does more work); other load = CPU used by other processes during the row."
     )
-    warning = render_warning(rows)
-    if warning is not None:
-        print()
-        print(warning)
-    print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(render_warning(rows), started)
     return 0
 
 

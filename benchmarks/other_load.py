@@ -82,3 +82,12 @@ def busy_warning(loads: list[float], threshold: float, what: str, why: str = "")
         f"WARNING: other processes used up to {max(loads):.2f} of {os.cpu_count()} cores during {busy} of "
         f"{len(loads)} {what}; {why}rerun on an idle machine for numbers to rely on."
     )
+
+
+def print_footer(warning: str | None, started: float) -> None:
+    """A benchmark's last lines: the other-load ``warning`` if any, then the wall time since ``started`` (monotonic)."""
+    if warning is not None:
+        print()
+        print(warning)
+    print()
+    print(f"total wall time {time.monotonic() - started:.0f} s")

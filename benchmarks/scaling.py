@@ -80,7 +80,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter, busy_warning
+from other_load import OtherLoadMeter, busy_warning, print_footer
 
 import aiorl
 from aiorl.backends.local.process import start_forkserver, worker_context
@@ -633,12 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "/ training wall time; steady = from the end of the first update to the end of the last; batch = env "
         "steps per update."
     )
-    warning = render_warning(runs)
-    if warning is not None:
-        print()
-        print(warning)
-    print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(render_warning(runs), started)
     return 0
 
 

@@ -103,7 +103,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter, busy_warning
+from other_load import OtherLoadMeter, busy_warning, print_footer
 
 import aiorl
 
@@ -702,12 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "building the trainer) and shutdown; learner share = aiorl: sum of on_update update_s (runs while "
         "workers sample) / training, SB3: learn() time outside rollout collection / training."
     )
-    warning = render_warning(runs)
-    if warning is not None:
-        print()
-        print(warning)
-    print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(render_warning(runs), started)
     return 0
 
 
