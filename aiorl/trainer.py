@@ -597,5 +597,6 @@ def _trainer_config(options: dict[str, Any]) -> TrainerConfig:
 
 def _is_small_mlp(policy: nn.Module) -> bool:
     """Whether ``policy`` is aiorl's MLP with no layer wider than ``SMALL_MLP_UNITS`` (it learns on one thread)."""
-    linears = [m for m in policy.modules() if isinstance(m, nn.Linear)]
-    return type(policy) is ActorCritic and all(max(m.in_features, m.out_features) <= SMALL_MLP_UNITS for m in linears)
+    return type(policy) is ActorCritic and all(
+        max(m.in_features, m.out_features) <= SMALL_MLP_UNITS for m in policy.modules() if isinstance(m, nn.Linear)
+    )
