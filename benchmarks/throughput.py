@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from other_load import OtherLoadMeter, busy_warning
+from other_load import OtherLoadMeter, busy_warning, print_footer
 
 import aiorl
 from aiorl.distributions import ActionDistribution
@@ -192,9 +192,6 @@ class Measurement:
     def median(self) -> float:
         """Median env steps per second over the windows."""
         return statistics.median(self.rates)
-
-
-# ---- other load ------------------------------------------------------------------------------
 
 
 # ---- aiorl ---------------------------------------------------------------------------------
@@ -729,12 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(ratios)
-    print()
-    warning = render_warning(results)
-    if warning is not None:
-        print(warning)
-        print()
-    print(f"total wall time {time.monotonic() - started:.0f} s")
+    print_footer(render_warning(results), started)
     return 1 if args.check and not all_met else 0
 
 
