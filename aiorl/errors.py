@@ -66,6 +66,23 @@ class EnvError(AiorlError):
         super().__init__(f"{where}: {message}")
 
 
+class WorkerError(AiorlError):
+    """A worker's own code raised outside its envs: the policy's forward pass, action sampling.
+
+    The run stops (a replacement worker would run the same code on the same weights). The
+    remote traceback is kept as text in :attr:`remote_traceback` and as the ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, worker_id: int, policy_version: int | None = None, remote_traceback: str = ""
+    ) -> None:
+        self.worker_id = worker_id
+        self.policy_version = policy_version
+        self.remote_traceback = remote_traceback
+        version = "" if policy_version is None else f", policy version {policy_version}"
+        super().__init__(f"worker {worker_id}{version}: {message}")
+
+
 class RemoteTraceback(Exception):
     """Carries a traceback formatted in another process (used as ``__cause__``)."""
 

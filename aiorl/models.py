@@ -311,40 +311,49 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
 
 
 def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDistribution) -> None:
-    """Check ``policy`` against the interface on a dummy batch of two observations.
+    """Check ``policy`` against the interface on dummy batches of two observations and of one.
+
+    One, because workers also run the policy on single observations (a truncated episode's
+    final one, for its bootstrap value).
 
     Raises:
-        ConfigError: not a module, non-float32 weights, forward failed, or output
-            shapes that do not match the action space.
+        ConfigError: not a module, non-float32 weights, forward failed, or outputs that are
+            not floating-point tensors of the shapes the action space needs.
     """
     if not isinstance(policy, nn.Module):
         raise ConfigError(f"policy={policy!r} must be a torch.nn.Module")
+    name = type(policy).__name__
     bad = [tuple(t.shape) for t in weight_tensors(policy) if t.dtype != torch.float32]
     if bad:
-        raise ConfigError(f"policy={type(policy).__name__} has non-float32 weights of shapes {bad}")
-    batch = 2
-    try:
-        with torch.no_grad():
-            out = policy(torch.zeros((batch, *obs_shape), dtype=torch.float32))
-    except Exception as exc:
-        raise ConfigError(
-            f"policy={type(policy).__name__} failed on a dummy observation batch of shape "
-            f"{(batch, *obs_shape)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ConfigError(f"policy={type(policy).__name__} must return (dist_inputs, value), got {type(out).__name__}")
-    dist_inputs, value = out
-    expected = (batch, dist.num_inputs)
-    if tuple(dist_inputs.shape) != expected:
-        raise ConfigError(
-            f"policy={type(policy).__name__} returned dist_inputs of shape "
-            f"{tuple(dist_inputs.shape)}, expected {expected} for the action space "
-            f"({dist.kind}, {dist.num_inputs} inputs)"
-        )
-    if tuple(value.shape) not in ((batch,), (batch, 1)):
-        raise ConfigError(
-            f"policy={type(policy).__name__} returned value of shape {tuple(value.shape)}, expected {(batch,)}"
-        )
+        raise ConfigError(f"policy={name} has non-float32 weights of shapes {bad}")
+    for batch in (2, 1):
+        try:
+            with torch.no_grad():
+                out = policy(torch.zeros((batch, *obs_shape), dtype=torch.float32))
+        except Exception as exc:
+            raise ConfigError(
+                f"policy={name} failed on a dummy observation batch of shape "
+                f"{(batch, *obs_shape)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ConfigError(f"policy={name} must return (dist_inputs, value), got {type(out).__name__}")
+        for what, tensor in zip(("dist_inputs", "value"), out, strict=True):
+            if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+                kind = (
+                    f"a tensor of dtype {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                )
+                raise ConfigError(f"policy={name} returned {what} as {kind}; expected a floating-point torch.Tensor")
+        dist_inputs, value = out
+        expected = (batch, dist.num_inputs)
+        if tuple(dist_inputs.shape) != expected:
+            raise ConfigError(
+                f"policy={name} returned dist_inputs of shape {tuple(dist_inputs.shape)}, expected {expected} "
+                f"(a batch of {batch}) for the action space ({dist.kind}, {dist.num_inputs} inputs)"
+            )
+        if tuple(value.shape) not in ((batch,), (batch, 1)):
+            raise ConfigError(
+                f"policy={name} returned value of shape {tuple(value.shape)}, expected {(batch,)} (a batch of {batch})"
+            )
 
 
 def evaluate(policy: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
+import traceback
 from dataclasses import dataclass, field
 
 _HEADER = struct.Struct("!I")
@@ -85,6 +86,25 @@ class EnvFailed:
     traceback: str
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    """The worker's own code raised outside its envs (the policy's forward pass, action sampling); it exits.
+
+    Such an error comes back on every restart (the same policy, the same weights), so the
+    trainer ends the run with it instead of replacing the worker.
+    """
+
+    policy_version: int | None
+    error_type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, error: BaseException, policy_version: int | None) -> WorkerFailed:
+        """The report of ``error``, raised while the worker held weights ``policy_version``."""
+        return cls(policy_version, type(error).__name__, str(error), "".join(traceback.format_exception(error)))
+
+
 # ---- trainer -> worker -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -98,7 +118,7 @@ class Stop:
     """Finish the current step, close the envs and exit cleanly."""
 
 
-Message = Hello | Heartbeat | SlotReady | EnvRecovered | EnvFailed | Grant | Stop
+Message = Hello | Heartbeat | SlotReady | EnvRecovered | EnvFailed | WorkerFailed | Grant | Stop
 
 
 def encode(message: Message) -> bytes:

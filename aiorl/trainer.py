@@ -357,6 +357,8 @@ class Trainer:
                 loss (:class:`WorkerCrashed`, :class:`WorkerHung`) is its ``__cause__``.
             WorkerStartError: a worker failed while starting, or did not start within
                 ``start_timeout_s``.
+            WorkerError: the policy raised in a worker, or gave non-finite action-distribution
+                inputs (the worker's traceback is the ``__cause__``; no restart).
             LearnerError: the update raised or produced a non-finite loss.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s)

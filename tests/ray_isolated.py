@@ -29,9 +29,9 @@ if interfaces != ["lo"]:  # never let Ray near a real network
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from aiorl import PPO, EnvError, Trainer  # noqa: E402
+from aiorl import PPO, EnvError, Trainer, WorkerError  # noqa: E402
 from aiorl.backends import RayBackend  # noqa: E402
-from aiorl.testing import FaultyEnv, RaiseAtStep  # noqa: E402
+from aiorl.testing import FaultyEnv, RaiseAtStep, RaisesOnRealObservations  # noqa: E402
 from aiorl.testing.memory import CueRecallEnv  # noqa: E402
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
@@ -157,4 +157,16 @@ async def test_an_env_that_fails_for_good_ends_the_run_with_env_error():
     assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
     stats = trainer.stats
     assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), backend=local_ray(), **FAST)
+    with pytest.raises(WorkerError, match="IndexError: a bug in the user") as caught:
+        await trainer.run(total_steps=100_000)
+    assert "in forward" in caught.value.remote_traceback
+    stats = trainer.stats
+    assert stats.worker_restarts == 0, "the same policy on the same weights would raise again: no restart"
     assert stats.steps_collected == stats.steps_trained + stats.steps_discarded

@@ -114,6 +114,40 @@ def test_policy_output_shape_must_match_action_space():
         Trainer("CartPole-v1", policy=WrongHeadPolicy())
 
 
+class IntegerLogitsPolicy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.critic = nn.Linear(4, 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros((len(obs), 2), dtype=torch.int64), self.critic(obs).squeeze(-1)
+
+
+class BatchNormPolicy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+        self.actor, self.critic = nn.Linear(8, 2), nn.Linear(8, 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(obs)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+def test_policy_outputs_must_be_floating_point_tensors():
+    with pytest.raises(
+        ValueError, match=r"policy=IntegerLogitsPolicy returned dist_inputs as a tensor of dtype torch.int64"
+    ):
+        Trainer("CartPole-v1", policy=IntegerLogitsPolicy())
+
+
+def test_a_policy_must_also_run_on_one_observation_as_workers_do():
+    with pytest.raises(
+        ValueError, match=r"policy=BatchNormPolicy failed on a dummy observation batch of shape \(1, 4\)"
+    ):
+        Trainer("CartPole-v1", policy=BatchNormPolicy())
+
+
 def test_algo_must_be_an_algorithm_config():
     with pytest.raises(ValueError, match=r"algo="):
         Trainer("CartPole-v1", algo={"learning_rate": 1e-3})

@@ -25,9 +25,17 @@ import pytest
 from conftest import SMALL, alive, wait_until
 
 from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
-from aiorl.errors import WorkerHung, WorkerRestartError
+from aiorl.errors import WorkerError, WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
-from aiorl.testing import COUNTING_ENV_ID, ChildProcessEnv, FaultyEnv, env_child_pids, worker_identity
+from aiorl.testing import (
+    COUNTING_ENV_ID,
+    ChildProcessEnv,
+    FaultyEnv,
+    NanMeanOnRealObservations,
+    RaisesOnRealObservations,
+    env_child_pids,
+    worker_identity,
+)
 
 FAST = {
     **SMALL,
@@ -265,6 +273,24 @@ async def test_an_env_that_always_returns_the_wrong_shape_ends_the_run_with_env_
     with pytest.raises(EnvError, match=r"an observation of shape \(5,\), but observation_space is Box.*3 times"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_policy_that_raises_in_a_worker_ends_the_run_with_its_traceback_not_restarts():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), **FAST)
+    with pytest.raises(WorkerError, match=r"worker \d, policy version 0: IndexError: a bug in the user") as info:
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    assert "in forward" in info.value.remote_traceback and "in forward" in str(info.value.__cause__)
+    assert trainer.stats.worker_restarts == 0
+    assert_accounted(trainer)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_policy_with_non_finite_outputs_is_blamed_not_the_env_that_would_get_nan_actions():
+    trainer = Trainer("Pendulum-v1", QUICK_PPO, policy=NanMeanOnRealObservations(), **FAST)
+    with pytest.raises(WorkerError, match=r"FloatingPointError: the policy \(weights version 0\) gave non-finite"):
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    assert trainer.stats.worker_restarts == 0 and trainer.stats.env_errors == 0
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])

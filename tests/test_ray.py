@@ -99,6 +99,9 @@ ISOLATED_TESTS = {
     "test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error": (
         "test_an_env_that_fails_for_good_ends_the_run_with_env_error"
     ),
+    "test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error": (
+        "test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error"
+    ),
 }
 """The tests here that pass when their test of ``ray_isolated.py`` passes in the namespace."""
 INNER_TIMEOUT_S = 150
@@ -194,6 +197,11 @@ def test_a_hung_actor_is_killed_and_replaced(isolated_outcomes, request):
 
 @IN_NAMESPACE
 def test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
+
+
+@IN_NAMESPACE
+def test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error(isolated_outcomes, request):
     assert_passed_in_namespace(isolated_outcomes, request)
 
 

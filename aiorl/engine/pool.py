@@ -51,6 +51,7 @@ from aiorl.errors import (
     EnvError,
     RemoteTraceback,
     WorkerCrashed,
+    WorkerError,
     WorkerHung,
     WorkerRestartError,
     WorkerStartError,
@@ -83,7 +84,8 @@ class WorkerHandle:
     link: WorkerLink
     watch: HangWatch
     hello: asyncio.Event = field(default_factory=asyncio.Event)
-    env_error: EnvError | None = None
+    fatal: EnvError | WorkerError | None = None
+    """An env that failed for good, or the worker's own code that raised (it then exits)."""
     hang: WorkerHung | None = None
 
     @property
@@ -107,9 +109,9 @@ class WorkerHandle:
         return self.link.exited
 
     def cause_of_death(self) -> AiorlError:
-        """The error to report for this worker's end: env error, hang, or how it died."""
-        if self.env_error is not None:
-            return self.env_error
+        """The error to report for this worker's end: what it reported as fatal, a hang, or how it died."""
+        if self.fatal is not None:
+            return self.fatal
         if self.hang is not None:
             return self.hang
         return WorkerCrashed(self.worker_id, self.pid, self.link.how_it_ended())
@@ -266,8 +268,9 @@ class WorkerPool:
             elif isinstance(message, protocol.EnvRecovered):
                 self._on_env_recovered(handle, message)
             elif isinstance(message, protocol.EnvFailed):
-                handle.env_error = _env_error(handle.worker_id, message)
-                self.last_env_error = handle.env_error
+                handle.fatal = self.last_env_error = _env_error(handle.worker_id, message)
+            elif isinstance(message, protocol.WorkerFailed):
+                handle.fatal = _worker_error(handle.worker_id, message)
 
     def _on_slot_ready(self, seat: Seat, handle: WorkerHandle, message: protocol.SlotReady) -> None:
         self.ledger.filled(seat.worker_id, message.slot, message.env_steps, message.discarded_steps)
@@ -299,8 +302,9 @@ class WorkerPool:
 
     def _after_loss(self, seat: Seat, handle: WorkerHandle) -> None:
         cause = handle.cause_of_death()
-        if isinstance(cause, EnvError) or not (self.started or handle.hello.is_set()):
-            # An env that fails for good, or a first start that fails, would fail again: stop.
+        if isinstance(cause, EnvError | WorkerError) or not (self.started or handle.hello.is_set()):
+            # An env that fails for good, the worker's own code that raised, or a first start
+            # that fails would fail again: stop.
             log.error("%s", cause)
             self.fail(cause)
             return
@@ -427,6 +431,17 @@ def _env_error(worker_id: int, message: protocol.EnvFailed | protocol.EnvRecover
         worker_id=worker_id,
         env_index=message.env_index,
         step=message.step,
+        policy_version=message.policy_version,
+        remote_traceback=message.traceback,
+    )
+    error.__cause__ = RemoteTraceback(message.traceback)
+    return error
+
+
+def _worker_error(worker_id: int, message: protocol.WorkerFailed) -> WorkerError:
+    error = WorkerError(
+        f"{message.error_type}: {message.message} (raised outside the envs: the policy or action sampling)",
+        worker_id=worker_id,
         policy_version=message.policy_version,
         remote_traceback=message.traceback,
     )

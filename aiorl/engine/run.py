@@ -125,7 +125,7 @@ class TrainingRun:
         """Train until the goal is met (or ``stop()``); write the final checkpoint; return the result.
 
         Raises:
-            EnvError, WorkerCrashed, LearnerError: as :meth:`aiorl.Trainer.run` describes.
+            EnvError, WorkerRestartError, WorkerError, LearnerError: as :meth:`aiorl.Trainer.run` describes.
         """
         finished = False
         try:

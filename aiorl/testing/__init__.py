@@ -1,4 +1,4 @@
-"""Test helpers shipped with aiorl: envs that misbehave on a schedule, and a counting env.
+"""Test helpers shipped with aiorl: envs that misbehave on a schedule, a counting env, buggy policies.
 
 Use them to check your own setup's fault handling, e.g.
 ``Trainer(env=functools.partial(FaultyEnv, "CartPole-v1", "hang", at=100))``.
@@ -24,6 +24,7 @@ from aiorl.testing.envs import (
     worker_identity,
 )
 from aiorl.testing.frames import NoiseFramesEnv, stacked_noise_frames
+from aiorl.testing.policies import NanMeanOnRealObservations, RaisesOnRealObservations
 
 __all__ = [
     "BAD_MASKS",
@@ -38,6 +39,8 @@ __all__ = [
     "InjectedFault",
     "InvalidAction",
     "MaskedChoiceEnv",
+    "NanMeanOnRealObservations",
+    "RaisesOnRealObservations",
     "NoiseFramesEnv",
     "RaiseAtStep",
     "RaiseOnCreate",

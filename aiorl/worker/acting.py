@@ -148,11 +148,30 @@ def act_into_row(
     dist_inputs = acting.act(obs, version=policy_version)
     with torch.inference_mode():
         actions, logprobs = dist.sample(dist_inputs, None if masks is None else torch.from_numpy(masks))
-    actions_np = actions.numpy()
+    actions_np, logprobs_np = actions.numpy(), logprobs.numpy()
+    check_sampled(logprobs_np, policy_version)
     arrays["actions"][t] = actions_np
-    arrays["logprobs"][t] = logprobs.numpy()
+    arrays["logprobs"][t] = logprobs_np
     arrays["versions"][t] = policy_version
     return actions_np
+
+
+def check_sampled(logprobs: np.ndarray, policy_version: int | None) -> None:
+    """Raise if a sampled action's log-probability is not finite: the policy's outputs were not.
+
+    A NaN logit or Gaussian mean would otherwise reach the env as a NaN action (and the
+    env be blamed for what it returns) or the learner as a NaN behaviour log-probability.
+
+    Raises:
+        FloatingPointError: naming the envs (rows of the batch) and the weights' version.
+    """
+    if not np.isfinite(logprobs).all():
+        rows = np.flatnonzero(~np.isfinite(logprobs)).tolist()
+        raise FloatingPointError(
+            f"the policy (weights version {policy_version}) gave non-finite action-distribution inputs "
+            f"for env rows {rows[:8]}{' ...' if len(rows) > 8 else ''} (the sampled actions' log-probabilities "
+            "are not finite)"
+        )
 
 
 def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:

@@ -54,7 +54,7 @@ from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import PER_ENV_FIELDS
 from aiorl.shm import ProgressBoard, RolloutSlots
-from aiorl.worker.acting import ActingPolicy
+from aiorl.worker.acting import ActingPolicy, check_sampled
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
@@ -135,6 +135,7 @@ class ActionBatcher:
             with torch.inference_mode():
                 mask = torch.from_numpy(self.masks[rows]) if self.masked else None
                 actions, logprobs = self.dist.sample(dist_inputs, mask)
+            check_sampled(logprobs.numpy(), self.version)
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
             if not served.done():  # would with the synchronous sampler), rather than wait forever
                 served.set_exception(exc)

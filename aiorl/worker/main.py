@@ -2,7 +2,9 @@
 
 Lifecycle: attach shared memory, build envs, say :class:`Hello`, then forever
 wait for a granted slot, pull newer weights if the store has them, fill the
-slot and report :class:`SlotReady`. Heartbeats go out on a timer; every env
+slot and report :class:`SlotReady`. An env that fails for good is reported as
+:class:`EnvFailed`, anything else that raises (the policy, action sampling) as
+:class:`WorkerFailed`; either way the worker then exits. Heartbeats go out on a timer; every env
 step is also counted on the shared progress board. The worker stops on a
 :class:`Stop` frame, on EOF of its socket, or when its parent process dies
 (parent sentinel), so it never outlives the trainer. ``SIGUSR1`` dumps its
@@ -46,6 +48,7 @@ from aiorl.worker.vector_sampler import VectorEnvSampler
 
 EXIT_OK = 0
 EXIT_ENV_ERROR = 3
+EXIT_WORKER_ERROR = 4
 WORKER_ID_VARIABLE = "AIORL_WORKER_ID"
 INCARNATION_VARIABLE = "AIORL_WORKER_INCARNATION"
 
@@ -106,6 +109,14 @@ def _end_own_group() -> None:
     os.killpg(0, signal.SIGTERM)
 
 
+def _first(errors: BaseExceptionGroup) -> BaseException:
+    """The first exception of a (nested) exception group."""
+    first: BaseException = errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def _plumbing(spec: WorkerSpec) -> LocalPlumbing:
     """The shared memory a worker process attaches to (a spec built for the local backend has it)."""
     if spec.local is None:
@@ -150,6 +161,9 @@ class Worker:
             except EnvStepError as error:
                 self._report_fatal(error)
                 return EXIT_ENV_ERROR
+            except Exception as error:  # the policy or aiorl, not an env: say what, then exit
+                self._send(protocol.WorkerFailed.of(error, self.version))
+                return EXIT_WORKER_ERROR
             self._send(protocol.Hello(self.spec.worker_id, os.getpid(), aiorl.__file__))
             async with asyncio.TaskGroup() as tasks:
                 children = [
@@ -195,12 +209,14 @@ class Worker:
                 summary = await sampler.collect(slots[slot], version)
                 self._report(slot, summary, version)
         except* EnvStepError as errors:
-            first = errors.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
+            first = _first(errors)
             assert isinstance(first, EnvStepError)
             self._report_fatal(first)
             self.exit_code = EXIT_ENV_ERROR
+            self.stopping.set()
+        except* Exception as errors:  # the policy's forward pass, action sampling: not an env's fault
+            self._send(protocol.WorkerFailed.of(_first(errors), self.version))
+            self.exit_code = EXIT_WORKER_ERROR
             self.stopping.set()
 
     def _report(self, slot: int, summary: RolloutSummary, version: int) -> None:

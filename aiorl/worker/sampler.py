@@ -136,7 +136,7 @@ class EnvSampler:
             episode.env_steps += 1
             try:
                 obs, reward, term, trunc, info = env.step(to_env(actions_np[i]))
-                reward = float(reward)
+                reward, term, trunc = float(reward), bool(term), bool(trunc)
                 if not math.isfinite(reward):
                     raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
                 if masks is not None and not (term or trunc):  # the mask of the next observation

@@ -32,6 +32,9 @@ from aiorl.worker.sampler import EnvSampler
 from aiorl.worker.spec import WorkerSpec
 from aiorl.worker.vector_sampler import VectorEnvSampler
 
+Failed = protocol.EnvFailed | protocol.WorkerFailed
+"""What an actor reports instead of a rollout when it cannot go on: an env failed for good, or its own code raised."""
+
 
 @dataclass(frozen=True, slots=True)
 class ActorRollout:
@@ -72,8 +75,8 @@ class RolloutActor:
         self.closing = False
         self.collecting: asyncio.Task[Any] | None = None
 
-    async def start(self, weights: list[Any], version: int) -> tuple[protocol.Hello | protocol.EnvFailed, str]:
-        """Build the envs and install the weights; return hello (or the env failure) and the node id."""
+    async def start(self, weights: list[Any], version: int) -> tuple[protocol.Hello | Failed, str]:
+        """Build the envs and install the weights; return hello (or the failure) and the node id."""
         import ray  # only ever runs inside a Ray worker
 
         node = ray.get_runtime_context().get_node_id()
@@ -83,15 +86,18 @@ class RolloutActor:
             )
         except EnvStepError as error:
             return error.to_message(None), node
+        except Exception as error:  # the policy or aiorl, not an env
+            return protocol.WorkerFailed.of(error, None), node
         await self._pull(weights, version)
         return protocol.Hello(self.spec.worker_id, os.getpid()), node
 
-    async def rollout(self, weights: list[Any], version: int) -> ActorRollout | protocol.EnvFailed | None:
+    async def rollout(self, weights: list[Any], version: int) -> ActorRollout | Failed | None:
         """Collect one rollout acted by ``version`` (or newer); ``None`` once the actor is closing.
 
         ``weights`` is ``[ObjectRef]`` of the flat weights of ``version``, fetched only
         if the actor's copy is older. An env that fails for good returns its
-        :class:`~aiorl.protocol.EnvFailed`.
+        :class:`~aiorl.protocol.EnvFailed`; an error of the policy or sampling, a
+        :class:`~aiorl.protocol.WorkerFailed`.
         """
         async with self.lock:
             if self.closing or self.sampler is None:
@@ -103,6 +109,8 @@ class RolloutActor:
                 summary = await collecting
             except EnvStepError as error:
                 return error.to_message(self.version)
+            except Exception as error:  # the policy's forward pass, action sampling: not an env's fault
+                return protocol.WorkerFailed.of(error, self.version)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if collecting.cancelled() and not (task and task.cancelling()):

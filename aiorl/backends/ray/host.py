@@ -40,7 +40,7 @@ import numpy as np
 
 from aiorl import protocol
 from aiorl.backends.base import Backend, WorkerHost, WorkerLink, WorkerTemplate
-from aiorl.backends.ray.actor import ActorRollout, RolloutActor
+from aiorl.backends.ray.actor import ActorRollout, Failed, RolloutActor
 from aiorl.errors import ConfigError
 from aiorl.rollout import SlotArrays
 from aiorl.worker.spec import WorkerSpec
@@ -267,7 +267,7 @@ class ActorLink(WorkerLink):
             if isinstance(message, protocol.Hello):
                 self.pid = message.pid
             else:
-                self._ending = "exited after an env error"
+                self._ending = _failed(message)
             self._messages.append(message)
         elif what == _CLOSE:
             self._steps = max(self._steps, result)
@@ -275,10 +275,10 @@ class ActorLink(WorkerLink):
         elif isinstance(what, int) and result is not None:
             self._on_rollout(what, result)
 
-    def _on_rollout(self, slot: int, result: ActorRollout | protocol.EnvFailed) -> None:
-        if isinstance(result, protocol.EnvFailed):
+    def _on_rollout(self, slot: int, result: ActorRollout | Failed) -> None:
+        if isinstance(result, Failed):
             self._messages.append(result)
-            self._ending = "exited after an env error"
+            self._ending = _failed(result)
             return
         summary = result.summary
         self._steps = max(self._steps, result.total_steps)
@@ -362,3 +362,8 @@ def _describe_failure(ray: Any, error: BaseException) -> str:
     if len(text) > MAX_DEATH_TEXT:
         text = text[:MAX_DEATH_TEXT] + " ..."
     return f"the Ray actor died ({type(error).__name__}: {text})"
+
+
+def _failed(message: Failed) -> str:
+    """How an actor that reported ``message`` ended."""
+    return "exited after an env error" if isinstance(message, protocol.EnvFailed) else "exited after an error"
