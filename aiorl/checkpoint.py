@@ -186,9 +186,10 @@ class Checkpointer:
 
     :meth:`after_update` is called on the event loop after every learner update, when the
     learner is idle: it notes the cheap part of the state (``mark``: counters, versions)
-    and, every ``interval_s``, takes a full snapshot (``capture``: a copy of the state, so
-    it stays consistent while training goes on) and hands it to a writer thread; the
-    learner's state is copied only then. :meth:`finish` writes the state when the run ends,
+    and, after the run's first update (so that a run killed early can be resumed) and then
+    every ``interval_s``, takes a full snapshot (``capture``: a copy of the state, so it
+    stays consistent while training goes on) and hands it to a writer thread; the learner's
+    state is copied only then. :meth:`finish` writes the state when the run ends,
     whichever way: normally, cancelled (Ctrl-C) or failed, with the counters of the last
     update and the learner as it is then (after a learner failure, restored to the last
     good update). If the learner is still busy then (a run cancelled twice), the file
@@ -248,7 +249,8 @@ class Checkpointer:
         self._check_last_write()
         self._marked = self._mark()
         self._updated = True
-        if self._clock() - self._last_write >= self.interval_s and (self._pending is None or self._pending.done()):
+        due = self.snapshots == 0 or self._clock() - self._last_write >= self.interval_s
+        if due and (self._pending is None or self._pending.done()):
             self._submit(self._snapshot())
 
     def _check_last_write(self) -> None:

@@ -9,15 +9,18 @@ Exit codes: 0 done; 1 training failed (an env, worker or learner error; the last
 checkpoint is kept); 2 bad input (an unknown config key, a bad value, a missing
 checkpoint, a log directory where nothing can be written, a ``config.toml`` that does not
 match the checkpoint beside it, a missing optional dependency); 130 interrupted by Ctrl-C
-(SIGINT) and 143 terminated by SIGTERM (``kill``, ``docker stop``): both save a checkpoint
-first, so ``aiorl resume`` goes on. A second SIGTERM while that checkpoint is being written
-ends the process at once (the previous checkpoint stays readable).
+(SIGINT), 143 terminated by SIGTERM (``kill``, ``docker stop``) and 129 by SIGHUP (the terminal
+or SSH connection closed): each saves a checkpoint first, so ``aiorl resume`` goes on. A second
+SIGTERM (or SIGHUP) while that checkpoint is being written ends the process at once (the
+previous checkpoint stays readable).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -26,12 +29,13 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from aiorl.checkpoint import CHECKPOINT_NAME, prepare_checkpoint_path
+from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
@@ -49,7 +53,8 @@ CONFIG_NAME = "config.toml"
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+ENDING_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+"""Signals that end a run as Ctrl-C does (checkpoint first); exit code 128 + the signal's number."""
 
 log = logging.getLogger("aiorl")
 
@@ -98,6 +103,22 @@ _progress_option = click.option(
 )
 
 
+def _ctrl_c_before_training(command: Callable[..., None]) -> Callable[..., None]:
+    """Exit 130 with one line on Ctrl-C while ``command`` builds its trainer (click would say "Aborted!", exit 1).
+
+    Ctrl-C during training is :func:`_session`'s to handle (it saves a checkpoint first).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _exit(EXIT_INTERRUPTED, "interrupted before training started; nothing was trained or saved")
+
+    return wrapper
+
+
 @main.command()
 @click.argument("env_id", required=False)
 @click.option("--algo", type=click.Choice(sorted(ALGORITHMS)), help="Algorithm (default: the preset's, else ppo).")
@@ -116,6 +137,7 @@ _progress_option = click.option(
     help="Each worker steps one vector env of --envs-per-worker sub-envs of ENV_ID (gymnasium.make_vec or EnvPool).",
 )
 @_progress_option
+@_ctrl_c_before_training
 def train(
     env_id: str | None,
     algo: str | None,
@@ -134,7 +156,7 @@ def train(
     """Train on ENV_ID (a gymnasium id, or module:factory) and log to LOGDIR.
 
     LOGDIR gets config.toml (the full configuration), metrics.jsonl (one line per update),
-    checkpoint.pt (every --checkpoint-interval seconds and at the end) and TensorBoard
+    checkpoint.pt (after the first update, every --checkpoint-interval seconds and at the end) and TensorBoard
     events when tensorboard is installed.
     """
     run = _given(env=env_id, algo=algo, total_steps=steps, target_return=target_return, preset=preset)
@@ -182,6 +204,7 @@ def train(
 @click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--steps", type=int, help="Train this many more steps as a new run (default: finish the stopped run).")
 @_progress_option
+@_ctrl_c_before_training
 def resume(logdir: Path, steps: int | None, progress: str) -> None:
     """Continue the run in LOGDIR from its checkpoint, with the same step counters.
 
@@ -199,12 +222,17 @@ def resume(logdir: Path, steps: int | None, progress: str) -> None:
         trainer = Trainer.load(logdir / CHECKPOINT_NAME)
     _check_same_run(experiment, trainer, logdir)
     plan = trainer.unfinished_run
-    if steps is None and plan is None:
-        click.echo(
-            f"the run in {logdir} finished ({trainer.stats.steps_trained:,} steps); pass --steps N to train N more"
-        )
-        return
     done = trainer.stats.steps_trained
+    if steps is None and (plan is None or plan.remaining(done) == 0):  # interrupted after its last update
+        click.echo(f"the run in {logdir} finished ({done:,} steps); pass --steps N to train N more")
+        return
+    if steps is None:
+        assert plan is not None
+        _check_same_plan(experiment, plan, logdir)
+    else:  # a new run of `steps` from here: config.toml describes it from now on
+        run = dataclasses.replace(experiment.run, total_steps=steps)
+        experiment = dataclasses.replace(experiment, run=run)
+        write_text_atomic(logdir / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: resuming {logdir} at update {trainer.policy_version}, {done:,} steps", err=True)
     if steps is not None:
         total, start, target = steps, done, experiment.run.target_return
@@ -386,22 +414,24 @@ def _session(
         interval_s=max(experiment.trainer.log_interval_s, 1.0),
     )
 
-    terminated = False
+    terminated: signal.Signals | None = None  # SIGTERM or SIGHUP, once one arrived
 
-    def on_sigterm(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    def on_signal(number: signal.Signals, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
         nonlocal terminated
-        terminated = True
-        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM ends the process at once
+        terminated = terminated or number
+        loop.remove_signal_handler(number)  # a second one ends the process at once
         task.cancel()  # as Ctrl-C does: the run tears down and writes its checkpoint
 
     async def train() -> TrainResult:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm, loop, task)
+        for number in ENDING_SIGNALS:
+            loop.add_signal_handler(number, on_signal, number, loop, task)
         try:
             return await train_logged()
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for number in ENDING_SIGNALS:
+                loop.remove_signal_handler(number)
 
     async def train_logged() -> TrainResult:
         with MetricsLog(logdir, resume_after=resume_after) as metrics, display:
@@ -424,11 +454,11 @@ def _session(
     except KeyboardInterrupt:
         _exit(EXIT_INTERRUPTED, f"interrupted; {_checkpoint_note(checkpoint, logdir)}")
     except asyncio.CancelledError:
-        if not terminated:
+        if terminated is None:
             raise
         _exit(
-            EXIT_TERMINATED,
-            f"terminated (SIGTERM); {_checkpoint_note(checkpoint, logdir)}",
+            128 + terminated,
+            f"{ENDING_SIGNALS[terminated]} ({terminated.name}); {_checkpoint_note(checkpoint, logdir)}",
         )
     except ConfigError as exc:
         raise BadInput(str(exc)) from exc
@@ -501,6 +531,29 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
             f"{logdir / CONFIG_NAME} does not describe the run in {logdir / CHECKPOINT_NAME}:{listed}\n"
             "resume continues the checkpoint's run: put config.toml back as it was, "
             "or start a new run with `aiorl train`"
+        )
+
+
+def _check_same_plan(experiment: Experiment, plan: RunPlan, logdir: Path) -> None:
+    """Refuse a plain resume when ``config.toml``'s step budget or target is not the interrupted run's.
+
+    Raises:
+        BadInput: naming each that differs (``aiorl resume --steps`` starts a new run instead).
+    """
+    differences = [
+        f"run.{name}: config.toml has {ours!r}, the interrupted run {theirs!r}"
+        for name, ours, theirs in (
+            ("total_steps", experiment.run.total_steps, plan.total_steps),
+            ("target_return", experiment.run.target_return, plan.target_return),
+        )
+        if ours != theirs
+    ]
+    if differences:
+        listed = "".join(f"\n  {difference}" for difference in differences)
+        raise BadInput(
+            f"{logdir / CONFIG_NAME} does not describe the interrupted run in {logdir / CHECKPOINT_NAME}:{listed}\n"
+            "resume finishes that run as it was planned: put config.toml back, or train N more steps as a new "
+            f"run with `aiorl resume {logdir} --steps N` (with config.toml's run.target_return)"
         )
 
 

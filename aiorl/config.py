@@ -191,8 +191,8 @@ class TrainerConfig:
             value = getattr(self, name)
             if not (_is_int(value) and value >= 1):
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not _is_int(self.seed):
-            problems.append(f"seed={self.seed!r} must be an integer")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**63):
+            problems.append(f"seed={self.seed!r} must be an integer in [0, 2**63)")
         if self.rollouts_per_batch is not None and not (
             _is_int(self.rollouts_per_batch) and self.rollouts_per_batch >= 1
         ):
@@ -329,7 +329,7 @@ class TrainerConfig:
         """The config checked against the algorithm and the env, with its automatic choices made.
 
         Args:
-            algo: the algorithm config; reward scaling needs its float discount ``gamma``.
+            algo: the algorithm config; reward scaling needs its discount ``gamma``.
             flat_float_observations: observations are flat float vectors (where running
                 observation normalisation helps).
             async_env: the env is an :class:`~aiorl.AsyncEnv`.
@@ -343,10 +343,11 @@ class TrainerConfig:
             ConfigError: the options contradict the algorithm or the env.
         """
         problems: list[str] = []
-        has_discount = isinstance(getattr(algo, "gamma", None), float)
+        gamma = getattr(algo, "gamma", None)
+        has_discount = isinstance(gamma, int | float) and not isinstance(gamma, bool)  # PPO(gamma=1) has one
         if self.normalize_rewards and not has_discount:
             problems.append(
-                f"normalize_rewards=True needs the algorithm's discount, but algo={algo!r} has no float `gamma`"
+                f"normalize_rewards=True needs the algorithm's discount, but algo={algo!r} has no numeric `gamma`"
             )
         if async_env and self.env_threads:
             problems.append(

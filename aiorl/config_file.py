@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import re
 import tomllib
@@ -68,7 +69,7 @@ class RunConfig:
     """Stop once the mean return of the last ``trainer.return_window`` episodes reaches this
     (default: the preset's target, if any)."""
     checkpoint_interval_s: float = 60.0
-    """Seconds between periodic checkpoints (one is also written when the run ends)."""
+    """Seconds between periodic checkpoints (one is also written after the first update and when the run ends)."""
     vector: str | None = None
     """``"gymnasium"`` (``gymnasium.make_vec``) or ``"envpool"`` (``envpool.make``): each worker
     steps one vector env of ``trainer.envs_per_worker`` sub-envs of ``env`` (an id), built with
@@ -95,6 +96,9 @@ class RunConfig:
             problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
         if not (isinstance(self.checkpoint_interval_s, int | float) and self.checkpoint_interval_s > 0):
             problems.append(f"run.checkpoint_interval_s={self.checkpoint_interval_s!r} must be > 0")
+        target = self.target_return
+        if target is not None and not (isinstance(target, int | float) and math.isfinite(target)):
+            problems.append(f"run.target_return={target!r} must be a finite number")
         if problems:
             raise ConfigError(problems)
 

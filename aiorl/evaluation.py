@@ -158,7 +158,7 @@ def play(
 
     Raises:
         EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
-        ConfigError: a limit is not a positive number.
+        ConfigError: a limit is not a positive number, or ``seed`` is not an integer >= 0.
     """
     name = name or _describe(env)
     returns: list[float] = []
@@ -166,6 +166,8 @@ def play(
     capped, episode, length = 0, 0, 0
     try:
         cap = episode_step_cap(env, max_episode_steps)
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            raise ConfigError(f"seed={seed!r} must be an integer >= 0")
         if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

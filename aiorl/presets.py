@@ -12,7 +12,7 @@ from typing import Any
 
 from aiorl.algos import APPO, PPO, Algorithm
 from aiorl.envs.atari import AtariEnv
-from aiorl.errors import ConfigError
+from aiorl.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,9 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"preset={name!r} is unknown; known presets: {', '.join(sorted(PRESETS))}") from None
+        raise ConfigError(
+            f"preset={name!r} is unknown{did_you_mean(name, PRESETS)}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None
 
 
 def preset_env_factory(env_id: str | None) -> Callable[[], Any] | None:

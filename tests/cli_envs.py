@@ -72,3 +72,15 @@ class UndrawableCartPole(DrawnCartPole):
         raise gym.error.DependencyNotInstalled(
             'pygame is not installed, run `pip install "gymnasium[classic-control]"`'
         )
+
+
+BUILDING_FLAG_VARIABLE = "AIORL_TEST_BUILDING_FLAG"
+"""A file ``cartpole_slow_to_build`` creates when it starts building (the test then interrupts it)."""
+
+
+def cartpole_slow_to_build() -> gym.Env:
+    """CartPole-v1 whose construction announces itself in ``$AIORL_TEST_BUILDING_FLAG`` and takes 60 s."""
+    with open(os.environ[BUILDING_FLAG_VARIABLE], "w"):
+        pass
+    time.sleep(60)
+    return gym.make("CartPole-v1")

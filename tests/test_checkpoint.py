@@ -254,12 +254,12 @@ async def test_the_learner_state_is_copied_only_when_a_checkpoint_is_written(tmp
     result = await trainer.run(total_steps=1024, checkpoint_path=tmp_path / "c.pt", checkpoint_interval_s=3600)
 
     assert result.updates >= 5
-    assert algo.state_reads == 1  # the final write; no periodic write was due
+    assert algo.state_reads == 2  # after the first update and at the end; no periodic write was due
     assert read_checkpoint(tmp_path / "c.pt")["policy_version"] == result.policy_version
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_the_checkpointer_snapshots_only_when_a_write_is_due(tmp_path):
+async def test_the_checkpointer_snapshots_after_the_first_update_then_only_when_a_write_is_due(tmp_path):
     now = [0.0]
     marks = iter(range(100))
     captured: list[object] = []
@@ -271,15 +271,19 @@ async def test_the_checkpointer_snapshots_only_when_a_write_is_due(tmp_path):
     checkpointer = Checkpointer(
         tmp_path / "c.pt", capture, mark=lambda: next(marks), interval_s=10, clock=lambda: now[0]
     )
-    for _ in range(5):
+    checkpointer.after_update()
+    assert captured == [0]  # the first update is saved at once: a run killed early can be resumed
+    while checkpointer.saved == 0:  # written by the writer thread
+        await asyncio.sleep(0.01)
+    for _ in range(4):
         checkpointer.after_update()
-    assert captured == []  # five updates, no write due: nothing copied
+    assert captured == [0]  # four updates, no write due: nothing copied
     now[0] = 10.0
     checkpointer.after_update()
-    assert captured == [5]
+    assert captured == [0, 5]
     checkpointer.after_update()
     await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
-    assert captured == [5, 6]
+    assert captured == [0, 5, 6]
     assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}
 
 
@@ -312,8 +316,7 @@ async def test_a_failed_first_checkpoint_write_ends_the_run_naming_the_path(tmp_
     target.parent.mkdir()
     checkpointer = Checkpointer(target, lambda _: {"policy_version": 1}, interval_s=10, clock=lambda: now[0])
     target.parent.rmdir()  # the directory goes away after the run started: the write fails, even for root
-    now[0] = 10.0
-    checkpointer.after_update()  # the first write is due; it fails in the writer thread
+    checkpointer.after_update()  # the first update's write; it fails in the writer thread
     with pytest.raises(CheckpointError, match=f"checkpoint '{target}' could not be written \\(FileNotFoundError"):
         for _ in range(1000):  # the next update after the failed write raises
             await asyncio.sleep(0.01)

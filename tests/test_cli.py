@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_envs import STEP_DELAY_VARIABLE
+from cli_envs import BUILDING_FLAG_VARIABLE, STEP_DELAY_VARIABLE
 from conftest import documented_metrics_keys, wait_until
 
 from aiorl import Trainer
@@ -35,6 +35,16 @@ def command_env(**variables: str) -> dict[str, str]:
     """The environment of a CLI process: ``cli_envs`` importable (by the CLI and its workers), plus ``variables``."""
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **variables}
+
+
+def reap(child: subprocess.Popen[str]) -> None:
+    """Kill ``child`` if it still runs, wait for it and close its pipes (also when the test failed early)."""
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    for pipe in (child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def aiorl(
@@ -250,7 +260,38 @@ def test_resume_refuses_a_config_toml_that_names_another_env(forked_aiorl, train
     assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
+def interrupted_copy(trained: tuple[Path, object], tmp_path: Path, plan: dict[str, object]) -> Path:
+    """A copy of the trained run whose checkpoint says it was interrupted with ``plan`` unfinished."""
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    state = read_checkpoint(logdir)
+    write_checkpoint({**state, "run": plan}, logdir / "checkpoint.pt")
+    return logdir
+
+
+def test_resume_of_a_run_interrupted_after_its_last_update_says_it_finished(forked_aiorl, trained, tmp_path):
+    interrupted_copy(trained, tmp_path, {"total_steps": 2048, "target_return": None, "trained_at_start": 0})
+    done = forked_aiorl("resume", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # was a RuntimeError traceback, exit 1
+    assert "the run in run finished (2,048 steps); pass --steps N to train N more" in done.stdout
+
+
+def test_a_plain_resume_refuses_a_config_toml_with_another_step_budget(forked_aiorl, trained, tmp_path):
+    logdir = interrupted_copy(trained, tmp_path, {"total_steps": 4096, "target_return": None, "trained_at_start": 0})
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace("total_steps = 2048", "total_steps = 3000"))
+    done = forked_aiorl("resume", "run", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr  # was: trained on to 4,096 steps without a word
+    assert "run.total_steps: config.toml has 3000, the interrupted run 4096" in done.stderr
+    assert "aiorl resume run --steps N" in done.stderr
+    assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "code", "said"),
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGHUP, 129, "hung up (SIGHUP)")],
+)
+def test_sigterm_and_sighup_save_a_checkpoint_and_exit_with_128_plus_the_signal(tmp_path, signal_number, code, said):
     total = 32 * 256
     flags = ["--steps", str(total), "--checkpoint-interval", "60", *SMALL_FLAGS, "--logdir", "run"]
     child = subprocess.Popen(  # about 8 s for the whole budget, so SIGTERM lands mid-run
@@ -264,16 +305,35 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
     metrics = tmp_path / "run" / "metrics.jsonl"
     try:
         assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout_s=120)
-        child.terminate()  # what `kill PID` and `docker stop` send
+        child.send_signal(signal_number)  # SIGTERM: `kill PID`, `docker stop`; SIGHUP: the terminal closed
         _, stderr = child.communicate(timeout=120)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode == 143, stderr
-    assert "terminated (SIGTERM); checkpoint: run/checkpoint.pt; continue with: aiorl resume run" in stderr
-    interrupted = Trainer.load(tmp_path / "run")  # no periodic save was due: this is the one SIGTERM wrote
-    assert interrupted.unfinished_run is not None and 0 < interrupted.stats.steps_trained < total
+        reap(child)
+    assert child.returncode == code, stderr
+    assert f"{said}; checkpoint: run/checkpoint.pt; continue with: aiorl resume run" in stderr
+    interrupted = Trainer.load(tmp_path / "run")  # the one the signal wrote (after the first update's)
+    assert interrupted.unfinished_run is not None and interrupted.policy_version >= 2
+    assert interrupted.stats.steps_trained < total
+
+
+def test_ctrl_c_while_the_trainer_is_built_exits_130_with_one_line(tmp_path):
+    flag = tmp_path / "building"
+    child = subprocess.Popen(  # the trainer builds one env to read its spaces: that one takes 60 s
+        [sys.executable, "-m", "aiorl", "train", "cli_envs:cartpole_slow_to_build", "--logdir", "run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(**{BUILDING_FLAG_VARIABLE: str(flag)}),
+    )
+    try:
+        assert wait_until(flag.exists, timeout_s=120)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        reap(child)
+    assert child.returncode == 130, stderr  # was click's "Aborted!", exit 1 ("training failed")
+    assert stderr.strip() == "aiorl: interrupted before training started; nothing was trained or saved"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
@@ -293,9 +353,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=120)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
+        reap(child)
     assert child.returncode == 130, stderr
     assert "continue with: aiorl resume run" in stderr
 

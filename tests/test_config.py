@@ -45,6 +45,8 @@ def starts_nothing():
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
         ),
         ({"num_wokers": 2}, "num_wokers=2 is not a Trainer option"),
+        ({"seed": -1}, "seed=-1 must be an integer in [0, 2**63)"),  # gymnasium refused it in the workers
+        ({"seed": 2**70}, "must be an integer in [0, 2**63)"),  # torch could not take it
     ],
 )
 def test_bad_trainer_option_names_field_and_value(options, needle):
@@ -80,6 +82,25 @@ def test_bad_ppo_hyperparameter(field, value):
         PPO(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"normalize_advantages": "False"}, "PPO.normalize_advantages='False' must be True or False"),  # truthy
+        ({"clip_value_loss": "no"}, "PPO.clip_value_loss='no' must be True or False"),
+        ({"target_kl": "0.1"}, "PPO.target_kl='0.1' must be > 0 or None"),
+        ({"target_kl": True}, "PPO.target_kl=True must be > 0 or None"),
+    ],
+)
+def test_ppo_options_of_the_wrong_type_are_config_errors(options, needle):
+    with pytest.raises(ConfigError) as info:
+        PPO(**options)
+    assert needle in str(info.value)
+
+
+def test_an_integer_discount_is_a_discount():
+    assert Trainer("CartPole-v1", PPO(gamma=1)).config.normalize_rewards is True  # as with gamma=1.0
+
+
 def test_unknown_env_id_suggests_close_names():
     with pytest.raises(ValueError, match=r"env='CartPole-v2' is not a registered gymnasium id.*CartPole-v1"):
         Trainer("CartPole-v2")
@@ -98,6 +119,69 @@ class TextActionEnv(gym.Env):
 def test_unsupported_action_space():
     with pytest.raises(ValueError, match=r"action_space=Text.* is not supported"):
         Trainer(TextActionEnv)
+
+
+class IntegerBoxActionEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Box(0, 10, (2,), np.int64)
+
+
+def test_an_integer_box_action_space_is_rejected_not_given_float_actions():
+    with pytest.raises(ConfigError, match=r"a Box of int64 would get Gaussian \(float\) actions.*MultiDiscrete"):
+        Trainer(IntegerBoxActionEnv)
+
+
+def test_an_ale_id_points_to_the_preset_and_atari_env(monkeypatch):
+    unregistered = {name: spec for name, spec in gym.registry.items() if not name.startswith("ALE/")}
+    monkeypatch.setattr(gym, "registry", unregistered)  # as before ale-py is imported (another test may have)
+    with pytest.raises(ConfigError, match=r"Trainer.from_preset\('ALE/Pong-v5'\).*AtariEnv"):
+        Trainer("ALE/Pong-v5")
+
+
+def test_a_mistyped_preset_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"preset='CartPole-v2' is unknown; did you mean 'CartPole-v1'\?"):
+        Trainer.from_preset("CartPole-v2")
+
+
+class OldGymResetEnv(gym.Env):
+    """Returns the observation alone from ``reset`` (the gym < 0.26 API)."""
+
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(4, np.float32)
+
+
+class WrongShapeResetEnv(OldGymResetEnv):
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(5, np.float32), {}
+
+
+class FloatFramesInABytesSpaceEnv(OldGymResetEnv):
+    """Declares uint8 observations, returns frames scaled to [0, 1]: they would be stored as all zeros."""
+
+    observation_space = gym.spaces.Box(0, 255, (4,), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        return np.full(4, 0.5, np.float32), {}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            OldGymResetEnv,
+            r"reset\(\) returned ndarray array\(\[0., 0., 0., 0.\].*\), expected a tuple \(observation, info",
+        ),
+        (WrongShapeResetEnv, r"reset\(\) returned an observation that does not fit .*shape \(5,\)"),
+        (FloatFramesInABytesSpaceEnv, r"does not fit .*float32 with values other than whole numbers in \[0, 255\]"),
+    ],
+)
+def test_what_the_probe_env_s_reset_returns_is_checked_before_any_worker_starts(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(env)
+    assert not leftover_workers()
 
 
 class WrongHeadPolicy(nn.Module):

@@ -387,6 +387,29 @@ async def test_an_update_that_finishes_after_its_run_is_cancelled_is_reported_li
     assert_accounted(trainer)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_update_left_running_by_a_second_cancellation_is_applied_and_checkpointed(tmp_path):
+    # Ctrl-C twice: the second cancellation interrupts the wait for the update in the learner
+    # thread. It still finishes there, so it must be applied (weights, version, steps trained),
+    # recorded and in the final checkpoint, not counted as discarded with the learner ahead.
+    trainer = Trainer("CartPole-v1", SlowLearnerPPO(update_epochs=1), **FAST)
+    reports = []
+    checkpoint = tmp_path / "checkpoint.pt"
+    task = asyncio.create_task(trainer.run(total_steps=10**9, on_update=reports.append, checkpoint_path=checkpoint))
+    assert await asyncio.to_thread(trainer._learner.updating.wait, 60)
+    task.cancel()
+    await asyncio.sleep(0.05)  # the run is now waiting for the update
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trainer.policy_version == 1 and [r.policy_version for r in reports] == [1]
+    assert trainer.stats.steps_trained == reports[-1].env_steps > 0
+    assert_accounted(trainer)
+    saved = Trainer.load(checkpoint)  # the final checkpoint was written, with the update in it
+    assert saved.policy_version == 1 and saved.stats.steps_trained == trainer.stats.steps_trained
+    assert np.array_equal(flat_weights(saved.policy), flat_weights(trainer.policy))
+
+
 def open_fds() -> list[str]:
     fds = []
     for fd in os.listdir("/proc/self/fd"):

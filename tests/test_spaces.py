@@ -191,6 +191,9 @@ async def test_normalized_observations_reach_workers_with_the_weights():
     assert np.isfinite(evaluation.mean_return)
 
 
+BYTES = gym.spaces.Box(0, 255, (4,), np.uint8)
+
+
 @pytest.mark.parametrize(
     ("space", "obs", "message"),
     [
@@ -199,9 +202,25 @@ async def test_normalized_observations_reach_workers_with_the_weights():
         (gym.spaces.Box(-1, 1, (2, 2)), np.zeros(4, np.float32), r"shape \(4,\)"),
         (gym.spaces.Discrete(3, start=1), 0, r"observation 0 is outside observation_space Discrete"),
         (gym.spaces.Discrete(3), 3, r"outside"),
+        # A uint8 space's observations are stored as bytes: 0.7 would reach the learner as 0, 300 as 44.
+        (BYTES, np.array([0.7, 1, 2, 3]), r"dtype float64 with values other than whole numbers in \[0, 255\]"),
+        (BYTES, np.array([300, 1, 2, 3]), r"max 300\), but observation_space is Box\(0, 255, \(4,\), uint8\)"),
+        (BYTES, np.array([-1, 0, 0, 0]), r"min -1"),
     ],
 )
 def test_an_observation_outside_the_space_is_rejected_not_broadcast(space, obs, message):
     encoder = ObservationEncoder.for_space(space)
     with pytest.raises(ValueError, match=message):
         encoder.encode_into(obs, np.zeros(encoder.shape, np.float32))
+
+
+def test_a_uint8_space_takes_whole_numbers_of_any_dtype_and_stores_them_exactly():
+    encoder = ObservationEncoder.for_space(BYTES)
+    assert encoder.storage_dtype == "uint8"
+    out = np.zeros(4, np.float32)
+    encoder.encode_into(np.array([0.0, 1.0, 254.0, 255.0]), out)
+    assert out.tolist() == [0.0, 1.0, 254.0, 255.0]
+    batch = np.zeros((2, 4), np.float32)
+    encoder.encode_batch_into(np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int64), batch)
+    with pytest.raises(ValueError, match=r"a batch of observations of dtype float32"):
+        encoder.encode_batch_into(np.full((2, 4), 0.5, np.float32), batch)

@@ -30,6 +30,7 @@ from aiorl.algos.surrogate import (
     Targets,
     config_problems,
     explained_variance,
+    finite_number,
 )
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
@@ -74,7 +75,7 @@ class PPO:
 
     def __post_init__(self) -> None:
         problems = config_problems(self, positive=(), unit=("gamma", "gae_lambda"))
-        if self.target_kl is not None and not (self.target_kl > 0):
+        if self.target_kl is not None and not (finite_number(self.target_kl) and self.target_kl > 0):
             problems.append(f"PPO.target_kl={self.target_kl!r} must be > 0 or None")
         if problems:
             raise ConfigError(problems)

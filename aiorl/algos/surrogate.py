@@ -186,7 +186,8 @@ class Targets:
         )
 
 
-def _number(value: object) -> bool:
+def finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -200,20 +201,24 @@ def config_problems(cfg: object, *, positive: tuple[str, ...], unit: tuple[str, 
     problems = []
     for name in ("learning_rate", "clip_coef", "max_grad_norm", *positive):
         value = getattr(cfg, name)
-        if not (_number(value) and value > 0):
+        if not (finite_number(value) and value > 0):
             problems.append(f"{kind}.{name}={value!r} must be a finite number > 0")
     for name in unit:
         value = getattr(cfg, name)
-        if not (_number(value) and 0.0 <= value <= 1.0):
+        if not (finite_number(value) and 0.0 <= value <= 1.0):
             problems.append(f"{kind}.{name}={value!r} must be in [0, 1]")
     for name in ("ent_coef", "vf_coef"):
         value = getattr(cfg, name)
-        if not (_number(value) and value >= 0):
+        if not (finite_number(value) and value >= 0):
             problems.append(f"{kind}.{name}={value!r} must be a finite number >= 0")
     for name in ("update_epochs", "num_minibatches"):
         value = getattr(cfg, name)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             problems.append(f"{kind}.{name}={value!r} must be an integer >= 1")
+    for name in ("clip_value_loss", "normalize_advantages"):
+        value = getattr(cfg, name)
+        if not isinstance(value, bool):
+            problems.append(f"{kind}.{name}={value!r} must be True or False")
     schedule = getattr(cfg, "lr_schedule")  # noqa: B009 - any config object
     if schedule not in ("constant", "linear"):
         problems.append(f"{kind}.lr_schedule={schedule!r} must be 'constant' or 'linear'")

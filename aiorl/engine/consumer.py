@@ -91,6 +91,18 @@ class RunGoal:
         return done
 
 
+@dataclass(frozen=True, slots=True)
+class AbandonedUpdate:
+    """An update still running in the learner thread when its run was cancelled (see :meth:`Consumer.settle`)."""
+
+    future: asyncio.Future[tuple[dict[str, float], np.ndarray]]
+    batch: RolloutBatch
+    rollouts: list[ReadyRollout]
+    started: float
+    goal: RunGoal
+    on_update: UpdateCallback | None
+
+
 class Consumer:
     """Feeds the learner. One instance per started trainer (``async with``); ``run`` once per ``run()``."""
 
@@ -133,6 +145,7 @@ class Consumer:
         self._last_log = time.monotonic()
         self._goal: RunGoal | None = None
         self._waiting: asyncio.Timeout | None = None  # expires to interrupt the wait for a rollout
+        self._abandoned: AbandonedUpdate | None = None  # an update a cancelled run has not settled yet
 
     @property
     def strict(self) -> bool:
@@ -217,21 +230,9 @@ class Consumer:
             except asyncio.CancelledError:
                 # The update goes on in its thread whatever happens here: let it finish
                 # (bounded) so the learner and the published version agree, then give in.
-                # A second cancellation skips this; close() then counts the batch as discarded.
-                done, _ = await asyncio.wait({future}, timeout=CANCELLED_UPDATE_WAIT_S)
-                self.in_flight = 0
-                if future not in done:  # the thread may still read the batch's arrays
-                    self.builder.forget_spare()
-                if future in done and not future.cancelled() and future.exception() is None:
-                    metrics, weights = future.result()
-                    lag = self._apply(batch, weights)
-                    # It was applied (and goes into the final checkpoint): it gets its record too.
-                    report = self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started)
-                    self._record_cancelled(report, goal, on_update)
-                else:
-                    self.ledger.discard(batch.env_steps, DiscardReason.SHUTDOWN)
-                    if future in done:  # it failed: undo whatever it changed
-                        self.learner.load_weights(self.last_weights)
+                # A second cancellation interrupts this wait: settle() then finishes it.
+                self._abandoned = AbandonedUpdate(future, batch, rollouts, started, goal, on_update)
+                await self.settle()
                 raise
             except Exception as exc:
                 self.in_flight = 0
@@ -246,6 +247,36 @@ class Consumer:
                 for rollout in rollouts:
                     self.pool.release(rollout)
         self._record(self._report(goal, batch, rollouts, lag, metrics, time.monotonic() - started), goal, on_update)
+
+    async def settle(self) -> None:
+        """Finish the update a cancelled run left in the learner thread, if any.
+
+        Waits for it (at most ``CANCELLED_UPDATE_WAIT_S``): one that succeeded is applied and
+        recorded like any other (it goes into the final checkpoint), one that failed is undone
+        and its batch counted as discarded, so that the learner, the published version and the
+        step counts agree. A run cancelled while it waited for the update (a second Ctrl-C)
+        calls this again before its final checkpoint.
+        """
+        abandoned = self._abandoned
+        if abandoned is None:
+            return
+        future, batch = abandoned.future, abandoned.batch
+        done, _ = await asyncio.wait({future}, timeout=CANCELLED_UPDATE_WAIT_S)
+        self._abandoned = None
+        self.in_flight = 0
+        if future not in done:  # the thread may still read the batch's arrays
+            self.builder.forget_spare()
+        if future in done and not future.cancelled() and future.exception() is None:
+            metrics, weights = future.result()
+            lag = self._apply(batch, weights)
+            # It was applied (and goes into the final checkpoint): it gets its record too.
+            update_s = time.monotonic() - abandoned.started
+            report = self._report(abandoned.goal, batch, abandoned.rollouts, lag, metrics, update_s)
+            self._record_cancelled(report, abandoned.goal, abandoned.on_update)
+        else:
+            self.ledger.discard(batch.env_steps, DiscardReason.SHUTDOWN)
+            if future in done:  # it failed: undo whatever it changed
+                self.learner.load_weights(self.last_weights)
 
     def _record(self, report: UpdateReport, goal: RunGoal, on_update: UpdateCallback | None) -> None:
         """Count the learner's time, log progress and hand the update's report to ``on_update``."""

@@ -134,8 +134,11 @@ class TrainingRun:
             self._evaluation.raise_failure()  # the run's results include its last evaluation
             finished = True
         finally:
-            if self.checkpointer is not None:
-                await self.checkpointer.finish(finished=finished)
+            try:  # an update a second cancellation left in the learner thread: into the final checkpoint
+                await self.session.consumer.settle()
+            finally:
+                if self.checkpointer is not None:
+                    await self.checkpointer.finish(finished=finished)
         return self._result()
 
     async def _work(self, tasks: asyncio.TaskGroup) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.vector import VectorEnv
 
 from aiorl.envs.async_env import AsyncEnv
@@ -52,6 +53,12 @@ class EnvFactory:
                 with a callable, or anything else passed as ``env``.
         """
         if isinstance(env, str):
+            if env.startswith("ALE/") and env not in gym.registry:
+                raise ConfigError(
+                    f"env={env!r} is an ale-py id, which workers cannot make from the id alone: use "
+                    f"Trainer.from_preset({env!r}) (Atari's preprocessing and frame stack; Pong and Breakout) "
+                    f"or env=aiorl.envs.AtariEnv({env!r}); `pip install 'aiorl[atari]'` installs ale-py"
+                )
             if env not in gym.registry:
                 close = difflib.get_close_matches(env, list(gym.registry), n=3)
                 hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -141,12 +148,12 @@ class EnvSpaces:
                 autoreset_mode(env)
                 num_envs = int(env.num_envs)
                 observation_space, action_space = env.single_observation_space, env.single_action_space
-            ObservationEncoder.for_space(observation_space)  # unsupported spaces fail before any reset
+            encoder = ObservationEncoder.for_space(observation_space)  # unsupported spaces fail before any reset
             check_action_space(action_space)
             if is_async:
                 info: object = {"action_mask": True} if getattr(env, "action_masks", False) is True else {}
             else:
-                info = _reset_info(env, factory)
+                info = _first_reset(env, factory, encoder, num_envs)
             masks = detect_action_masks(info, action_space)
             if masks is not None and not is_async and num_envs is None:
                 _check_first_mask(masks, info, factory)
@@ -168,12 +175,45 @@ def _check_first_mask(masks: ActionMasks, info: Any, factory: EnvFactory) -> Non
         raise ConfigError(f"env={factory.describe()!r}: on its first reset, {exc}") from exc
 
 
-def _reset_info(env: gym.Env | VectorEnv, factory: EnvFactory) -> object:
-    """The info of one ``reset`` of the probe env (where an action mask would be)."""
+def _first_reset(
+    env: gym.Env | VectorEnv, factory: EnvFactory, encoder: ObservationEncoder, num_envs: int | None
+) -> object:
+    """Reset the probe env once, check what it returns as workers will, and return its info.
+
+    The info is where an action mask would be; the observation must be one of the env's
+    observation space (a batch of ``num_envs`` for a vector env).
+
+    Raises:
+        ConfigError: the reset raised, did not return ``(observation, info)``, or returned an
+            observation that is not of the observation space.
+    """
+    where = f"env={factory.describe()!r}"
     try:
-        return env.reset()[1]
+        returned = env.reset()
     except Exception as exc:
         raise ConfigError(
-            f"env={factory.describe()!r} could not be reset (the trainer resets one env to look for "
-            f"info['action_mask']): {type(exc).__name__}: {exc}"
+            f"{where} could not be reset (the trainer resets one env to check it): {type(exc).__name__}: {exc}"
         ) from exc
+    if not (isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[1], dict)):
+        raise ConfigError(
+            f"{where}: reset() returned {type(returned).__name__} {_short(returned)}, expected a tuple "
+            "(observation, info: dict) as in gymnasium's API (an old gym env returns the observation alone)"
+        )
+    obs, info = returned
+    try:
+        if num_envs is None:
+            encoder.encode_into(obs, np.zeros(encoder.shape, dtype=np.float32))
+        else:
+            encoder.encode_batch_into(obs, np.zeros((num_envs, *encoder.shape), dtype=np.float32))
+    except Exception as exc:
+        raise ConfigError(
+            f"{where}: reset() returned an observation that does not fit its observation_space: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return info
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -66,13 +66,16 @@ class ObservationEncoder:
     shape: tuple[int, ...]
     space: gym.Space
     kind: str
+    bytes: bool = False
+    """A ``uint8`` Box space: rollouts store its observations as bytes (:attr:`storage_dtype`)."""
 
     @classmethod
     def for_space(cls, space: gym.Space) -> ObservationEncoder:
         """Build the encoder for ``space`` or raise :class:`ConfigError` naming it."""
         _check_observation_space(space)
         if isinstance(space, gym.spaces.Box):
-            return cls(shape=tuple(int(d) for d in space.shape), space=space, kind="box")
+            shape = tuple(int(d) for d in space.shape)
+            return cls(shape=shape, space=space, kind="box", bytes=space.dtype == np.uint8)
         if isinstance(space, gym.spaces.Discrete):
             return cls(shape=(int(space.n),), space=space, kind="one_hot")
         size = int(gym.spaces.flatdim(space))
@@ -85,7 +88,7 @@ class ObservationEncoder:
         Encoded ``uint8`` observations are whole numbers in [0, 255], so storing them as bytes is
         exact and 4x smaller; the learner turns them back into float32.
         """
-        if self.kind == "box" and self.space.dtype == np.uint8:
+        if self.bytes:
             return "uint8"
         return "float32"
 
@@ -102,6 +105,8 @@ class ObservationEncoder:
             shape = tuple(np.shape(obs)) if shape is None else tuple(shape)  # type: ignore[arg-type]
             if shape != self.shape:
                 raise ValueError(f"an observation of shape {shape}, but observation_space is {self.space}")
+            if self.bytes and getattr(obs, "dtype", None) != np.uint8:
+                self._check_bytes(obs, "an observation")
             out[...] = obs
         elif self.kind == "one_hot":
             index = int(obs) - int(self.space.start)  # type: ignore[attr-defined, call-overload]
@@ -111,6 +116,20 @@ class ObservationEncoder:
             out[index] = 1.0
         else:
             out[:] = gym.spaces.flatten(self.space, obs)
+
+    def _check_bytes(self, obs: object, what: str) -> None:
+        """Raise unless ``obs`` (not of dtype ``uint8``) holds only whole numbers in [0, 255].
+
+        Rollouts store a ``uint8`` space's observations as bytes: any other value would reach
+        the learner changed (0.7 as 0, 300 as 44) while the workers acted on the real one.
+        """
+        values = np.asarray(obs)
+        if values.dtype.kind not in "biuf" or not np.array_equal(values, np.clip(np.rint(values), 0, 255)):
+            raise ValueError(
+                f"{what} of dtype {values.dtype} with values other than whole numbers in [0, 255] "
+                f"(min {values.min()}, max {values.max()}), but observation_space is {self.space}: "
+                "its observations are stored as bytes. Return uint8 arrays, or declare a float32 Box"
+            )
 
     def encode_batch_into(self, obs: object, out: np.ndarray) -> None:
         """Write a vector env's batch of observations ``obs`` into ``out`` (float32, ``[K, *shape]``).
@@ -126,6 +145,8 @@ class ObservationEncoder:
             shape = tuple(np.shape(obs))
             if shape != out.shape:
                 raise ValueError(f"a batch of observations of shape {shape}, expected {out.shape} ({self.space})")
+            if self.bytes and getattr(obs, "dtype", None) != np.uint8:
+                self._check_bytes(obs, "a batch of observations")
             out[...] = obs
         elif self.kind == "one_hot":
             values = np.asarray(obs)
@@ -150,6 +171,11 @@ def check_action_space(space: gym.Space) -> None:
         raise ConfigError(f"action_space={space!r} is not supported; supported: {_names(ACTION_SPACES)}")
     if isinstance(space, gym.spaces.Box) and len(space.shape) != 1:
         raise ConfigError(f"action_space={space!r} is not supported: Box actions must be 1-D")
+    if isinstance(space, gym.spaces.Box) and not np.issubdtype(space.dtype, np.floating):
+        raise ConfigError(
+            f"action_space={space!r} is not supported: a Box of {space.dtype} would get Gaussian (float) "
+            "actions; use a float Box, or MultiDiscrete for whole-number actions"
+        )
     if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim != 1:
         raise ConfigError(f"action_space={space!r} is not supported: MultiDiscrete must be 1-D")
     if isinstance(space, gym.spaces.MultiBinary) and np.ndim(space.n) != 0:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import secrets
 import sys
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 
@@ -68,6 +68,9 @@ class Segment:
     def create(cls, nbytes: int, purpose: str) -> Segment:
         """Create a new zero-filled segment named ``aiorl_<pid>_<random>_<purpose>``."""
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}_{purpose}"
+        # The tracker unlinks the segment if this process is killed; starting it takes ~50 ms,
+        # which SharedMemory would otherwise spend after creating the segment, unprotected.
+        resource_tracker.ensure_running()
         return cls(shared_memory.SharedMemory(name=name, create=True, size=max(nbytes, 1)), True)
 
     @classmethod
