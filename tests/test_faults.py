@@ -218,6 +218,7 @@ async def test_a_nan_observation_is_handled_like_an_env_error():
         ("nan", 2, "reset"),
         ("wrong_shape", 30, "step"),
         ("wrong_shape", 2, "reset"),
+        ("bad_flags", 30, "step"),  # a terminated flag with no truth value (crashed the worker)
     ],
 )
 async def test_non_finite_or_malformed_rewards_and_observations_anywhere_are_env_errors(fault, at, method):

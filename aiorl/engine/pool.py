@@ -440,7 +440,8 @@ def _env_error(worker_id: int, message: protocol.EnvFailed | protocol.EnvRecover
 
 def _worker_error(worker_id: int, message: protocol.WorkerFailed) -> WorkerError:
     error = WorkerError(
-        f"{message.error_type}: {message.message} (raised outside the envs: the policy or action sampling)",
+        f"{message.error_type}: {message.message} "
+        "(raised in the worker outside its env calls: by the policy, action sampling or the worker itself)",
         worker_id=worker_id,
         policy_version=message.policy_version,
         remote_traceback=message.traceback,

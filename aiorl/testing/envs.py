@@ -21,8 +21,18 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 
-Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward", "wrong_shape"]
-FAULTS: tuple[str, ...] = ("raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward", "wrong_shape")
+Fault = Literal["raise", "hang", "kill", "segfault", "exit", "nan", "nan_reward", "wrong_shape", "bad_flags"]
+FAULTS: tuple[str, ...] = (
+    "raise",
+    "hang",
+    "kill",
+    "segfault",
+    "exit",
+    "nan",
+    "nan_reward",
+    "wrong_shape",
+    "bad_flags",
+)
 
 
 class InjectedFault(RuntimeError):
@@ -47,7 +57,8 @@ class FaultyEnv(gym.Wrapper):
             ``"kill"`` (SIGKILL its own process), ``"segfault"`` (SIGSEGV),
             ``"exit"`` (``os._exit(1)``), ``"nan"`` (return a NaN observation),
             ``"nan_reward"`` (return a NaN reward; ``step`` only), ``"wrong_shape"``
-            (return an observation with one element too many).
+            (return an observation with one element too many), ``"bad_flags"`` (return
+            ``terminated`` as an array of two flags, which has no truth value; ``step`` only).
         at: fault on this call (1-based) of ``method``, counted per env instance.
         method: ``"step"``, ``"reset"``, or ``"init"`` (the constructor; ``at`` is ignored).
         workers, env_indices, incarnations: where the fault happens (``None``: everywhere).
@@ -96,7 +107,7 @@ class FaultyEnv(gym.Wrapper):
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.fault == "exit":
             os._exit(1)
-        return True  # "nan", "nan_reward" or "wrong_shape": the caller corrupts its result
+        return True  # "nan", "nan_reward", "wrong_shape" or "bad_flags": the caller corrupts its result
 
     def step(self, action: Any) -> Any:
         """Step the wrapped env, or misbehave on schedule."""
@@ -108,6 +119,8 @@ class FaultyEnv(gym.Wrapper):
             reward = float("nan")
         if corrupt and self.fault == "wrong_shape":
             obs = np.append(obs, obs[:1])
+        if corrupt and self.fault == "bad_flags":
+            terminated = np.array([terminated, not terminated])
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs: Any) -> Any:
