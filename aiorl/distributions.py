@@ -37,7 +37,18 @@ MASKED_LOGIT = -1e8
 _TINY_NOISE = 1e-30
 """The smallest exponential noise of categorical sampling (log: -69, far above a masked log-prob)."""
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+"""Bounds of a Gaussian's log standard deviation as the distribution uses it (:func:`bounded_log_std`)."""
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def bounded_log_std(log_std: torch.Tensor) -> torch.Tensor:
+    """``log_std`` clamped to [``LOG_STD_MIN``, ``LOG_STD_MAX``], with the gradient of the identity.
+
+    A plain clamp has no gradient beyond its bounds: a log std that ran past 2 (wide action
+    bounds, a large entropy bonus) would stay there for good. Here the value is bounded and
+    the gradient still tells the parameter which way to go, so it can learn its way back.
+    """
+    return log_std + (log_std.clamp(LOG_STD_MIN, LOG_STD_MAX) - log_std).detach()
 
 
 def _categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +122,7 @@ class ActionDistribution:
         if self.kind == "bernoulli":
             return Bernoulli(logits=dist_inputs, validate_args=False)
         mean, log_std = dist_inputs.chunk(2, dim=-1)
-        std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        std = bounded_log_std(log_std).exp()
         return Normal(mean, std, validate_args=False)
 
     @property
@@ -188,7 +199,7 @@ class ActionDistribution:
             return log_prob.sum(dim=-1), entropy.sum(dim=-1)
         # Diagonal Gaussian: log p(a) = -((a - mu) / sigma)^2 / 2 - log sigma - log(2 pi) / 2.
         mean, log_std = dist_inputs.chunk(2, dim=-1)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = bounded_log_std(log_std)
         z = (actions - mean) * torch.exp(-log_std)
         log_prob = (-0.5 * z**2 - log_std - _HALF_LOG_2PI).sum(dim=-1)
         entropy = (log_std + (0.5 + _HALF_LOG_2PI)).sum(dim=-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -78,6 +80,16 @@ def test_categorical_actions_are_drawn_with_the_policy_s_probabilities():
     frequencies = torch.bincount(actions, minlength=3) / 40_000
     torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)  # ~4 standard errors
     torch.testing.assert_close(log_probs, probs.log()[actions])
+
+
+def test_a_gaussian_log_std_past_its_bound_is_bounded_but_still_learns_back():
+    dist = ActionDistribution.for_space(gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
+    log_std = torch.tensor([2.5], requires_grad=True)  # past LOG_STD_MAX = 2
+    dist_inputs = torch.cat([torch.zeros(1), log_std]).unsqueeze(0)
+    log_prob, entropy = dist.log_prob_entropy(dist_inputs, torch.tensor([[0.1]]))
+    torch.testing.assert_close(entropy, torch.tensor([2.0 + 0.5 + 0.5 * math.log(2 * math.pi)]))  # at the bound
+    log_prob.sum().backward()
+    assert log_std.grad is not None and log_std.grad.item() < -0.9  # a plain clamp gave 0: stuck for good
 
 
 def test_gaussian_actions_are_clipped_only_for_the_env():
