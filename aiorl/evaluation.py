@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class _Expired(Exception):
     """The wall-clock limit passed (turned into :class:`EvaluationTimeout` by :func:`play`)."""
 
 
+class EvaluationStopped(Exception):
+    """:func:`play` stopped early because its ``stop`` event was set (whoever waited was cancelled)."""
+
+
 def play(
     env: EpisodeEnv,
     act: Actor,
@@ -135,6 +140,7 @@ def play(
     on_frame: FrameSink | None = None,
     name: str | None = None,
     memory: RecurrentMemory | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalResult:
     """Play ``episodes`` whole episodes in ``env`` (episode ``i`` reset with ``seed + i``); close it at the end.
 
@@ -155,9 +161,12 @@ def play(
         on_frame: receives ``env.render()`` after the reset and after every step of the
             first episode.
         name: how messages name the env (default: its spec id, else its class name).
+        stop: set from another thread (the caller was cancelled): stop after the current
+            call and raise :class:`EvaluationStopped`.
 
     Raises:
         EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
+        EvaluationStopped: ``stop`` was set.
         ConfigError: a limit is not a positive number, or ``seed`` is not an integer >= 0.
     """
     name = name or _describe(env)
@@ -193,6 +202,8 @@ def play(
                     done = True
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _Expired
+                if stop is not None and stop.is_set():
+                    raise EvaluationStopped(f"evaluation of env {name!r} stopped: its caller was cancelled")
             returns.append(total)
             lengths.append(length)
     except _Expired:
@@ -290,15 +301,19 @@ def play_episodes(
     policy_version: int,
     max_episode_steps: int | None = None,
     timeout_s: float | None = None,
+    call_timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalResult:
     """Play ``episodes`` episodes of a fresh env from ``env_factory`` with :func:`play` (blocking).
 
-    An :class:`~aiorl.AsyncEnv` is played on a private event loop of the calling thread.
+    An :class:`~aiorl.AsyncEnv` is played on a private event loop of the calling thread, each
+    call bounded by ``call_timeout_s`` (the trainer's ``env_timeout_s``) as well as by
+    ``timeout_s``. ``stop``: as for :func:`play`.
     """
     made = env_factory()
     if is_vector_env(made):  # the workers' vector env: play in its first sub-env
         made = FirstSubEnv(made)  # type: ignore[arg-type]
-    env: EpisodeEnv = _Awaited(made, env_factory.describe()) if isinstance(made, AsyncEnv) else made
+    env: EpisodeEnv = _Awaited(made, env_factory.describe(), call_timeout_s) if isinstance(made, AsyncEnv) else made
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
     memory = RecurrentMemory() if state_size(policy) else None
 
@@ -318,6 +333,7 @@ def play_episodes(
         timeout_s=timeout_s,
         name=env_factory.describe(),
         memory=memory,
+        stop=stop,
     )
 
 
@@ -383,30 +399,39 @@ class PeriodicEvaluation:
 class _Awaited:
     """An :class:`~aiorl.AsyncEnv` driven by :func:`play` on a private event loop of the calling thread.
 
-    Each call runs to completion on the loop, cancelled when :func:`play`'s deadline passes.
+    Each call runs to completion on the loop, cancelled when :func:`play`'s deadline passes
+    or after ``call_timeout_s`` (then :class:`~aiorl.EvaluationTimeout` names that limit).
     """
 
-    def __init__(self, env: AsyncEnv, name: str) -> None:
+    def __init__(self, env: AsyncEnv, name: str, call_timeout_s: float | None = None) -> None:
         self.env = env
         self.name = name
         self.spec = getattr(env, "spec", None)
         self.deadline: float | None = None  # time.monotonic() deadline, set by play()
+        self.call_timeout_s = call_timeout_s
         self._runner = asyncio.Runner()
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         return self._runner.run(self._bounded(call))
 
     async def _bounded(self, call: Coroutine[Any, Any, T]) -> T:
-        if self.deadline is None:
+        limits = [] if self.deadline is None else [self.deadline - time.monotonic()]
+        if self.call_timeout_s is not None:
+            limits.append(self.call_timeout_s)
+        if not limits:
             return await call
-        scope = asyncio.timeout(max(self.deadline - time.monotonic(), 0.0))
+        scope = asyncio.timeout(max(min(limits), 0.0))
         try:
             async with scope:
                 return await call
         except TimeoutError:
-            if scope.expired():
+            if not scope.expired():
+                raise
+            if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise _Expired from None
-            raise
+            raise EvaluationTimeout(
+                f"evaluation of env {self.name!r}: a call took longer than env_timeout_s={self.call_timeout_s:g}"
+            ) from None
 
     def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
         """``await env.reset(seed=seed)``."""

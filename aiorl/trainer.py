@@ -19,6 +19,7 @@ import copy
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +61,8 @@ log = logging.getLogger("aiorl")
 
 RUN_STOP_WAIT_S = 60.0
 EVAL_SEED_OFFSET = 1_000_000_007
+EVALUATION_STOP_WAIT_S = 5.0
+"""How long a cancelled ``evaluate()`` waits for its thread to stop after the env call in progress."""
 LAUNCH_SEED_STRIDE = 10_000_019
 """Worker seeds move by this much each time the trainer starts its workers again (and on
 resume from a checkpoint), so a restarted trainer never replays the same env episodes."""
@@ -549,27 +552,44 @@ class Trainer:
         100,000) is cut there and counted in ``EvalResult.capped``; ``timeout_s`` (default:
         ``eval_timeout_s``) limits the wall-clock time of all the episodes.
 
+        An :class:`~aiorl.AsyncEnv`'s calls are also bounded by ``env_timeout_s``. Cancelling
+        the call stops the episodes after the env call in progress.
+
         Raises:
-            EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
+            EvaluationTimeout: ``timeout_s`` passed, or an async env's call took longer than
+                ``env_timeout_s`` (the message names the env and the limit).
         """
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         weights, version = published(self._session, self._learner, self._version)
         policy = copy.deepcopy(self._policy_template)
         assign_flat(policy, weights)
-        result = await asyncio.to_thread(
-            play_episodes,
-            self.env_factory,
-            self.obs_encoder,
-            self.dist,
-            policy,
-            episodes=episodes,
-            deterministic=deterministic,
-            seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
-            policy_version=version,
-            max_episode_steps=self.config.eval_max_episode_steps if max_episode_steps is None else max_episode_steps,
-            timeout_s=self.config.eval_timeout_s if timeout_s is None else timeout_s,
+        stop = threading.Event()  # a cancelled evaluation ends its thread after the current env call
+        cap = self.config.eval_max_episode_steps if max_episode_steps is None else max_episode_steps
+        playing = asyncio.ensure_future(
+            asyncio.to_thread(
+                play_episodes,
+                self.env_factory,
+                self.obs_encoder,
+                self.dist,
+                policy,
+                episodes=episodes,
+                deterministic=deterministic,
+                seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
+                policy_version=version,
+                max_episode_steps=cap,
+                timeout_s=self.config.eval_timeout_s if timeout_s is None else timeout_s,
+                call_timeout_s=self.config.env_timeout_s,
+                stop=stop,
+            )
         )
+        try:
+            result = await asyncio.shield(playing)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):  # EvaluationStopped, or what it raised meanwhile
+                await asyncio.wait({playing}, timeout=EVALUATION_STOP_WAIT_S)
+            raise
         self._events.publish(EvaluationFinished(result))
         return result
 

@@ -198,6 +198,41 @@ async def test_an_async_env_call_that_never_returns_is_cancelled_at_the_evaluati
         await asyncio.wait_for(trainer.evaluate(episodes=1), timeout=60)
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_call_in_evaluation_is_bounded_by_env_timeout_s_too():
+    trainer = Trainer(NeverAnsweringEnv, QUICK_PPO, env_timeout_s=0.3, eval_timeout_s=5, **SMALL)
+    with pytest.raises(EvaluationTimeout, match=r"'NeverAnsweringEnv': a call took longer than env_timeout_s=0.3"):
+        await asyncio.wait_for(trainer.evaluate(episodes=1), timeout=60)  # before: only eval_timeout_s ended it
+
+
+class CountedEndlessEnv(EndlessEnv):
+    """:class:`EndlessEnv` whose steps (in any instance of this process) are counted, 1 ms each."""
+
+    steps = 0
+
+    def step(self, action):
+        """One more step, counted."""
+        CountedEndlessEnv.steps += 1
+        time.sleep(0.001)
+        return super().step(action)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_cancelled_evaluation_stops_its_thread_instead_of_playing_on():
+    # A thread cannot be cancelled: before, it played its (capped) episodes to the end, and an
+    # interpreter exiting, or a Ctrl-C of `aiorl train` with periodic evaluation, waited for it.
+    trainer = Trainer(CountedEndlessEnv, QUICK_PPO, **SMALL)
+    evaluation = asyncio.create_task(trainer.evaluate(episodes=1, max_episode_steps=50_000))
+    while CountedEndlessEnv.steps < 50:
+        await asyncio.sleep(0.01)
+    evaluation.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await evaluation
+    stopped_at = CountedEndlessEnv.steps
+    await asyncio.sleep(0.3)
+    assert CountedEndlessEnv.steps == stopped_at < 50_000
+
+
 def test_bad_episode_limits_are_rejected():
     env = EndlessEnv()
     with pytest.raises(ConfigError, match=r"max_episode_steps=0 must be an integer >= 1"):
