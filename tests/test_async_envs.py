@@ -255,8 +255,9 @@ async def test_strict_on_policy_mode_trains_only_on_the_newest_policy():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_an_env_step_that_raises_is_recreated_and_its_episode_discarded():
-    env = functools.partial(AsyncCountingEnv, episode_length=50, fault="raise", fault_at=10)
+@pytest.mark.parametrize("fault", ["raise", "cancelled"])  # cancelled: the env's lane ended silently, the run hung
+async def test_an_env_step_that_raises_is_recreated_and_its_episode_discarded(fault):
+    env = functools.partial(AsyncCountingEnv, episode_length=50, fault=fault, fault_at=10)
     async with Trainer(env, QUICK_PPO, **FAST) as trainer:
         await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
     assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0

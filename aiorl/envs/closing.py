@@ -36,11 +36,25 @@ async def aclose_env(env: AsyncEnv, what: str, timeout_s: float = CLOSE_TIMEOUT_
             await env.close()
     except TimeoutError:
         log.warning("closing %s gave up after %g s", what, timeout_s)
+    except asyncio.CancelledError as exc:
+        if cancelled_from_outside():
+            raise
+        _log_failure(what, exc)  # the env's own (a future it awaited was cancelled)
     except Exception as exc:
         _log_failure(what, exc)
 
 
-def _log_failure(what: str, exc: Exception) -> None:
+def cancelled_from_outside() -> bool:
+    """Whether the current task is being cancelled (``Task.cancel``).
+
+    As opposed to a ``CancelledError`` that an env raised on its own (say, from awaiting a
+    future that its connection's teardown cancelled).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _log_failure(what: str, exc: BaseException) -> None:
     log.warning("closing %s failed (ignored): %s: %s", what, type(exc).__name__, exc)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from aiorl.envs.async_env import AsyncEnv, StepResult
 from aiorl.testing.envs import InjectedFault, worker_identity
 
-AsyncFault = Literal["raise", "hang", "nan", "wrong_shape", "block"]
+AsyncFault = Literal["raise", "hang", "nan", "wrong_shape", "block", "cancelled"]
 
 
 class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
@@ -33,7 +33,9 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
         fault: ``"raise"`` (:class:`~aiorl.testing.InjectedFault`), ``"hang"`` (await
             forever), ``"nan"`` (a NaN observation), ``"wrong_shape"`` (an observation
             with one element too many) or ``"block"`` (block the thread
-            for ``block_s``, as a blocking call in a coroutine would), on the
+            for ``block_s``, as a blocking call in a coroutine would) or ``"cancelled"``
+            (await a future that is cancelled, as a request whose connection dropped would:
+            ``CancelledError`` though nobody cancelled the worker), on the
             ``fault_at``-th step of the envs in ``fault_envs`` of the workers in
             ``fault_workers`` (``None``: all), first incarnation only, in the first
             ``fault_times`` envs built at each of those indices (a re-created env is
@@ -105,6 +107,10 @@ class AsyncCountingEnv(AsyncEnv[np.ndarray, np.int64]):
                 obs = np.append(obs, obs[:1])
             if self.fault == "block":
                 time.sleep(self.block_s)  # noqa: ASYNC251 - the fault being simulated
+            if self.fault == "cancelled":
+                reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                reply.cancel()  # the connection that would have answered went away
+                await reply
         done = self.episode_step >= self.episode_length
         return obs, 1.0, done and not self.truncate, done and self.truncate, {}
 

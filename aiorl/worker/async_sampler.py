@@ -49,7 +49,7 @@ import torch
 
 from aiorl import protocol
 from aiorl.envs import AsyncEnv, ThreadedEnv
-from aiorl.envs.closing import aclose_env
+from aiorl.envs.closing import aclose_env, cancelled_from_outside
 from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import PER_ENV_FIELDS
@@ -68,6 +68,10 @@ CLOSE_TIMEOUT_S = 5.0
 SlotReport = Callable[[int, RolloutSummary, int], None]
 """``(slot, summary, newest policy version in the slot) -> None``."""
 EnvErrorReport = Callable[[protocol.EnvRecovered], None]
+
+
+class EnvCancelledError(RuntimeError):
+    """An env call raised ``CancelledError`` while nobody cancelled the worker: an env error like any other."""
 
 
 class EnvCallTimeout(TimeoutError):
@@ -318,6 +322,13 @@ class AsyncEnvSampler:
                 raise
             limit = self.acting.env_timeout_s
             raise EnvCallTimeout(f"env {what} did not return within env_timeout_s={limit}") from None
+        except asyncio.CancelledError as exc:
+            if cancelled_from_outside():  # the worker is stopping
+                raise
+            # The env's own: it awaited something that was cancelled (a request whose connection
+            # dropped). Left alone, it would end the env's lane without a word (a task group
+            # ignores a child that ends cancelled) and the worker would wait forever.
+            raise EnvCancelledError(f"env {what} raised CancelledError without being cancelled") from exc
 
     async def run(
         self, slots: RolloutSlots, granted: asyncio.Queue[int], report: SlotReport, on_env_error: EnvErrorReport
