@@ -57,6 +57,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    """An int or a float, not a bool (``True`` is no number of seconds)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainerConfig:
     """How the trainer collects and learns. Defaults suit a 2-core machine."""
@@ -223,7 +228,7 @@ class TrainerConfig:
                 f"act_batch={self.act_batch!r} exceeds envs_per_worker={self.envs_per_worker!r}: "
                 "no worker ever has that many envs waiting"
             )
-        if not (isinstance(self.act_wait_s, int | float) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
+        if not (_is_number(self.act_wait_s) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
             problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
         if self.recurrent is not None and self.recurrent not in RECURRENT_KINDS:
             problems.append(f"recurrent={self.recurrent!r} must be one of {RECURRENT_KINDS} or None")
@@ -247,7 +252,7 @@ class TrainerConfig:
         )
         for name in durations:
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 problems.append(f"{name}={value!r} must be a finite number of seconds > 0")
         if self.start_method is not None and self.start_method not in START_METHODS:
             problems.append(f"start_method={self.start_method!r} must be one of {START_METHODS} or None")

@@ -143,19 +143,26 @@ class Policy:
         """A fresh instance of the env the policy was trained on.
 
         Raises:
-            ConfigError: the policy has no env recipe, or the env cannot render in
-                ``render_mode``.
+            ConfigError: the policy has no env recipe, the env cannot be made in this process,
+                or it cannot render in ``render_mode``.
         """
         factory = self.env_factory
         if factory is None:
             raise ConfigError("this Policy was built without an env_factory; make the env yourself")
         made: gym.Env | AsyncEnv
-        if factory.env_id is not None:
-            made = gym.make(factory.env_id, render_mode=render_mode, **factory.kwargs)
-        elif render_mode is not None and factory.make_fn is not None and _accepts(factory.make_fn, "render_mode"):
-            made = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
-        else:
-            made = factory()
+        try:
+            if factory.env_id is not None:
+                # render_mode=None is left out: gym.make passes it on, and not every env takes one.
+                options = factory.kwargs if render_mode is None else {**factory.kwargs, "render_mode": render_mode}
+                made = gym.make(factory.env_id, **options)
+            elif render_mode is not None and factory.make_fn is not None and _accepts(factory.make_fn, "render_mode"):
+                made = factory.make_fn(render_mode=render_mode)  # type: ignore[call-arg]
+            else:
+                made = factory()
+        except Exception as exc:  # an id registered by a module not imported here, a missing dependency
+            raise ConfigError(
+                f"env={factory.describe()!r} could not be made here: {type(exc).__name__}: {exc}"
+            ) from exc
         if is_vector_env(made):  # a trainer's workers step vector envs: play in one of its sub-envs
             made = FirstSubEnv(made)  # type: ignore[arg-type]
         if not isinstance(made, gym.Env):

@@ -333,6 +333,28 @@ async def test_cartpole_as_an_async_env_learns_to_475_with_appo():
     assert evaluation.mean_return > 200
 
 
+class ExhaustedReplayEnv(gym.Wrapper):
+    """CartPole that, like a replay of a log, calls ``next()`` on an iterator that runs out at step 10."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.log = iter(range(9))
+
+    def step(self, action):
+        """The next logged step (StopIteration once the log is exhausted)."""
+        next(self.log)
+        return self.env.step(action)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_stop_iteration_from_a_threaded_env_is_an_env_error_not_a_timeout():
+    # asyncio cannot put StopIteration into a future: the call never ended and the env
+    # waited out env_timeout_s (60 s by default), then was reported as a timeout.
+    trainer = Trainer(ExhaustedReplayEnv, QUICK_PPO, env_threads=True, env_timeout_s=60, **FAST)
+    with pytest.raises(EnvError, match=r"RuntimeError: the env raised StopIteration"):
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=30)
+
+
 def test_env_threads_with_an_async_env_is_a_config_error():
     with pytest.raises(ConfigError, match="env_threads=True"):
         Trainer(AsyncCountingEnv, env_threads=True)

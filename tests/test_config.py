@@ -45,6 +45,8 @@ def starts_nothing():
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
         ),
         ({"num_wokers": 2}, "num_wokers=2 is not a Trainer option"),
+        ({"act_wait_s": True}, "act_wait_s=True must be a finite number of seconds >= 0"),  # was taken as 1 s
+        ({"env_timeout_s": True}, "env_timeout_s=True must be a finite number of seconds > 0"),
         ({"seed": -1}, "seed=-1 must be an integer in [0, 2**63)"),  # gymnasium refused it in the workers
         ({"seed": 2**70}, "must be an integer in [0, 2**63)"),  # torch could not take it
     ],
@@ -124,6 +126,15 @@ def test_unsupported_action_space():
 class IntegerBoxActionEnv(gym.Env):
     observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     action_space = gym.spaces.Box(0, 10, (2,), np.int64)
+
+
+def async_vector_cartpole() -> gym.vector.VectorEnv:
+    return gym.make_vec("CartPole-v1", 2, vectorization_mode="async")
+
+
+def test_a_gymnasium_async_vector_env_is_refused_before_workers_fail_to_start_it():
+    with pytest.raises(ConfigError, match=r"returned a gymnasium AsyncVectorEnv, whose env processes a worker"):
+        Trainer(async_vector_cartpole)
 
 
 def test_an_integer_box_action_space_is_rejected_not_given_float_actions():

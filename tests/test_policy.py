@@ -11,6 +11,7 @@ from conftest import SMALL, leftover_workers, our_segments
 from aiorl import APPO, ConfigError, Policy, Trainer
 from aiorl.checkpoint import write_checkpoint
 from aiorl.models import evaluate
+from aiorl.testing import MASKED_CHOICE_ENV_ID
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
@@ -95,3 +96,11 @@ def test_play_cuts_an_episode_that_never_ends_at_max_episode_steps():
     assert result.lengths == (25, 25) and result.returns == (25.0, 25.0)
     assert result.capped == 2 and result.policy_version == 4
     assert [int(frame[0, 0, 0]) for frame in frames] == list(range(26))  # the reset's frame, then each step's
+
+
+def test_play_makes_a_registered_env_whose_constructor_takes_no_render_mode(tmp_path):
+    trainer = Trainer(MASKED_CHOICE_ENV_ID, **SMALL)  # MaskedChoiceEnv(): no render_mode argument
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(trainer.state_dict(), path)
+    result = Policy.load(path).play(episodes=2)  # was: TypeError, unexpected keyword 'render_mode'
+    assert result.episodes == 2

@@ -125,6 +125,10 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
             fn, future = call
             try:
                 result = fn()
+            except StopIteration as exc:  # a future cannot hold it (asyncio raises TypeError, the call never ends)
+                error = RuntimeError(f"the env raised StopIteration: {exc}")
+                error.__cause__ = exc
+                _resolve(future, None, error)
             except BaseException as exc:
                 _resolve(future, None, exc)
             else:

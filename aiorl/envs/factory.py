@@ -144,6 +144,13 @@ class EnvSpaces:
             is_async = isinstance(env, AsyncEnv)
             num_envs = None
             observation_space, action_space = env.observation_space, env.action_space
+            if isinstance(env, gym.vector.AsyncVectorEnv):
+                env.close()  # its env processes end now, not in the background
+                raise ConfigError(
+                    f"env={factory.describe()!r} returned a gymnasium AsyncVectorEnv, whose env processes a "
+                    "worker (a daemon process) cannot start: use a SyncVectorEnv (vectorization_mode='sync' or "
+                    "'vector_entry_point'), and more workers for more processes"
+                )
             if is_vector_env(env):
                 autoreset_mode(env)
                 num_envs = int(env.num_envs)
