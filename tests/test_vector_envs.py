@@ -168,6 +168,15 @@ def test_a_vector_envs_action_masks_are_read_per_sub_env_and_acted_within():
         slots.close()
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_evaluating_a_masked_vector_env_gives_every_sub_env_an_action_its_mask_allows(deterministic):
+    # Evaluation plays sub-env 0; the others were stepped with sub-env 0's action, which their
+    # masks may forbid (MaskedChoiceEnv raises InvalidAction on one).
+    trainer = Trainer(functools.partial(masked_vector, 4), num_workers=1, seed=2)
+    result = asyncio.run(trainer.evaluate(episodes=3, deterministic=deterministic))
+    assert result.episodes == 3 and all(length >= 1 for length in result.lengths)
+
+
 # ---- the trainer ----------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from aiorl.envs.masks import ACTION_MASK_KEY
 from aiorl.errors import ConfigError
 
 VECTOR_KINDS = ("gymnasium", "envpool")
@@ -165,7 +166,8 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
     For playing episodes (evaluation, :meth:`aiorl.Policy.play`) with the env a trainer's
     workers step as a vector env: ``reset`` starts a fresh episode in sub-env 0 (stepping
     through a ``NEXT_STEP`` reset step where one is due) and ``step`` steps every sub-env
-    with the same action.
+    with the same action, except that a sub-env whose info holds an ``action_mask`` that
+    forbids it gets a random action its mask allows (a masked env may raise on an invalid one).
     """
 
     def __init__(self, env: VectorEnv) -> None:
@@ -178,6 +180,7 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         self.render_mode = getattr(env, "render_mode", None)
         self._started = False
         self._ended = False
+        self._masks: Any = None  # the batched info's action masks, if it has any
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """A new episode of sub-env 0 (all sub-envs are reset the first time, and when ``seed`` is given)."""
@@ -188,11 +191,13 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         else:  # SAME_STEP: the step that ended the episode returned the next one's first observation
             obs, info = self._next_obs, self._next_info
         self._started, self._ended = True, False
+        self._masks = info.get(ACTION_MASK_KEY) if isinstance(info, dict) else None
         return _row(obs, 0), _info_row(info, 0)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Step every sub-env with ``action``; return sub-env 0's step."""
         obs, reward, terminated, truncated, info = self.vector.step(self._batch(action))
+        self._masks = info.get(ACTION_MASK_KEY) if isinstance(info, dict) else None
         term, trunc = bool(terminated[0]), bool(truncated[0])
         row_info = _info_row(info, 0)
         self._ended = term or trunc
@@ -202,7 +207,13 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         return _row(obs, 0), float(reward[0]), term, trunc, row_info
 
     def _batch(self, action: Any) -> np.ndarray:
-        return np.stack([np.asarray(action)] * self.vector.num_envs)
+        actions = np.stack([np.asarray(action)] * self.vector.num_envs)
+        masks = self._masks
+        if isinstance(self.action_space, gym.spaces.Discrete) and isinstance(masks, np.ndarray) and masks.ndim == 2:
+            for i in range(1, len(actions)):  # sub-env 0's action comes from the policy, with its own mask
+                if not masks[i][int(actions[i]) - int(self.action_space.start)]:
+                    actions[i] = self.action_space.sample(mask=masks[i].astype(np.int8))
+        return actions
 
     def render(self) -> Any:
         """The vector env's render (sub-env 0's frame where it renders a list or a batch)."""
