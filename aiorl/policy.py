@@ -58,8 +58,11 @@ class Policy:
         env_factory: EnvFactory | None = None,
         policy_version: int = 0,
         device: str = "cpu",
+        action_space: gym.Space | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.action_space = action_space
+        """The action space it was trained for (``None``: not known); :meth:`play` checks an env's against it."""
         self.module = module.to(self.device).eval()
         self.obs_encoder = obs_encoder
         self.dist = dist
@@ -92,6 +95,7 @@ class Policy:
             env_factory=state["env"],
             policy_version=state["policy_version"],
             device=device,
+            action_space=state["action_space"],
         )
 
     @torch.inference_mode()
@@ -210,10 +214,19 @@ class Policy:
 
         Raises:
             EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
+            ConfigError: ``env`` is an :class:`~aiorl.AsyncEnv`, or its action space is not the
+                policy's (a CartPole policy would play only two of three actions in silence);
+                an observation that does not fit the policy raises when it comes.
         """
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         name = self.env_factory.describe() if env is None and self.env_factory is not None else None
+        if env is not None:
+            try:
+                self._check_env(env)
+            except ConfigError:
+                env.close()  # closed at the end, as documented, also when refused
+                raise
         env = self.make_env() if env is None else env
         memory = RecurrentMemory() if self.recurrent else None
 
@@ -233,6 +246,14 @@ class Policy:
             name=name,
             memory=memory,
         )
+
+    def _check_env(self, env: object) -> None:
+        """Raise :class:`ConfigError` unless :meth:`play` can play in ``env`` with this policy."""
+        if isinstance(env, AsyncEnv):
+            raise ConfigError(f"env={env!r} is an aiorl.AsyncEnv; drive it yourself with policy.act()")
+        action_space = getattr(env, "action_space", None)
+        if self.action_space is not None and action_space != self.action_space:
+            raise ConfigError(f"env's action_space is {action_space}, but the policy's is {self.action_space}")
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:

@@ -104,3 +104,16 @@ def test_play_makes_a_registered_env_whose_constructor_takes_no_render_mode(tmp_
     write_checkpoint(trainer.state_dict(), path)
     result = Policy.load(path).play(episodes=2)  # was: TypeError, unexpected keyword 'render_mode'
     assert result.episodes == 2
+
+
+class ThreeActionCartPole(gym.Wrapper):
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.action_space = gym.spaces.Discrete(3)
+
+
+def test_play_refuses_an_env_whose_actions_are_not_the_policy_s(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"env's action_space is Discrete\(3\), but the policy's is Discrete\(2\)"):
+        Policy.load(path).play(episodes=1, env=ThreeActionCartPole())  # played actions 0 and 1 only, in silence
