@@ -120,12 +120,20 @@ class Policy:
         state per env; it is a ``[1, state_size]`` tensor on the policy's device.
 
         Raises:
-            ConfigError: ``state`` given to a feed-forward policy, or a mask for a ``Box``
-                or ``MultiBinary`` action space.
+            ConfigError: ``state`` given to a feed-forward policy, a ``state`` that is not
+                a ``[1, state_size]`` tensor, or a mask for a ``Box`` or ``MultiBinary`` action space.
             InvalidActionMask: (a ``ValueError``) the mask is malformed or allows no action.
         """
         if state is not None and not self.recurrent:
             raise ConfigError(f"state={type(state).__name__}: this policy is not recurrent and keeps no state")
+        if state is not None:
+            expected = (1, state_size(self.module))
+            if not (isinstance(state, torch.Tensor) and tuple(state.shape) == expected):
+                given = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+                raise ConfigError(
+                    f"state={given}: pass back the state act() returned (a tensor of shape {expected}), "
+                    "or None at the start of an episode"
+                )
         memory = RecurrentMemory(state) if self.recurrent else None
         action = self._act(obs, deterministic, memory, action_mask)
         return action if memory is None else (action, memory.state)

@@ -170,6 +170,16 @@ def test_a_feed_forward_policy_takes_no_state():
         policy.act(np.zeros(4, dtype=np.float32), torch.zeros(1, 8))
 
 
+@pytest.mark.parametrize("state", [torch.zeros(1, 3), torch.zeros(4), np.zeros((1, 256), np.float32)])
+def test_a_recurrent_policy_names_a_state_that_is_not_the_one_it_returned(state):
+    trainer = Trainer("CartPole-v1", recurrent="lstm")  # state_size 256: h and c of 128
+    policy = Policy(trainer.policy, trainer.obs_encoder, trainer.dist)
+    _, returned = policy.act(np.zeros(4, dtype=np.float32))
+    assert tuple(returned.shape) == (1, 256)
+    with pytest.raises(ConfigError, match=r"pass back the state act\(\) returned \(a tensor of shape \(1, 256\)\)"):
+        policy.act(np.zeros(4, dtype=np.float32), state)  # was an IndexError or AttributeError from inside
+
+
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_a_killed_worker_is_replaced_and_a_recurrent_run_stays_accounted():
     async with Trainer(CartPoleNoVelocity, PPO(update_epochs=1, num_minibatches=1), recurrent="gru", **FAST) as trainer:

@@ -214,6 +214,8 @@ BYTES = gym.spaces.Box(0, 255, (4,), np.uint8)
         (gym.spaces.Box(-1, 1, (2, 2)), np.zeros(4, np.float32), r"shape \(4,\)"),
         (gym.spaces.Discrete(3, start=1), 0, r"observation 0 is outside observation_space Discrete"),
         (gym.spaces.Discrete(3), 3, r"outside"),
+        (gym.spaces.Discrete(3), 1.7, r"observation 1.7 is not a whole number, but observation_space is Discrete"),
+        (gym.spaces.Discrete(3), np.array([1, 2]), r"is not a whole number"),
         # A uint8 space's observations are stored as bytes: 0.7 would reach the learner as 0, 300 as 44.
         (BYTES, np.array([0.7, 1, 2, 3]), r"dtype float64 with values other than whole numbers in \[0, 255\]"),
         (BYTES, np.array([300, 1, 2, 3]), r"max 300\), but observation_space is Box\(0, 255, \(4,\), uint8\)"),

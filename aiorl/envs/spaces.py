@@ -17,6 +17,7 @@ any worker starts.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -109,7 +110,7 @@ class ObservationEncoder:
                 self._check_bytes(obs, "an observation")
             out[...] = obs
         elif self.kind == "one_hot":
-            index = int(obs) - int(self.space.start)  # type: ignore[attr-defined, call-overload]
+            index = _whole_number(obs, self.space) - int(self.space.start)  # type: ignore[attr-defined]
             if not 0 <= index < self.shape[0]:
                 raise ValueError(f"observation {obs!r} is outside observation_space {self.space}")
             out[:] = 0.0
@@ -163,6 +164,20 @@ class ObservationEncoder:
                 if i >= k:
                     raise ValueError(f"a batch of more than {k} observations of {self.space}")
                 out[i] = gym.spaces.flatten(self.space, row)
+
+
+def _whole_number(obs: object, space: gym.Space) -> int:
+    """A Discrete observation as an int: an integer (numpy's too), or a float that is a whole number.
+
+    Raises:
+        ValueError: anything else (``5.7``, an array), which ``int()`` would truncate or reject obscurely.
+    """
+    try:
+        return operator.index(obs)  # type: ignore[arg-type]
+    except TypeError:
+        if isinstance(obs, float | np.floating) and float(obs).is_integer():
+            return int(obs)
+    raise ValueError(f"observation {obs!r} is not a whole number, but observation_space is {space}")
 
 
 def check_action_space(space: gym.Space) -> None:
