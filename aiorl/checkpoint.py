@@ -192,8 +192,9 @@ class Checkpointer:
     state is copied only then. :meth:`finish` writes the state when the run ends,
     whichever way: normally, cancelled (Ctrl-C) or failed, with the counters of the last
     update and the learner as it is then (after a learner failure, restored to the last
-    good update). If the learner is still busy then (a run cancelled twice), the file
-    keeps the last periodic snapshot.
+    good update). If the learner is still busy then (a run cancelled three times: after a
+    second cancellation the run still waits for the update, see ``Consumer.settle``), the
+    file keeps the last snapshot written.
 
     Args:
         path: the checkpoint file.
