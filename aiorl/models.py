@@ -186,7 +186,8 @@ class ObservationNormalizer(nn.Module):
 
     The statistics are float32 buffers, so they travel to the workers with the weights
     and are saved in the policy's ``state_dict``. The learner calls :meth:`observe` with
-    each batch's observations before it trains on them. Normalised values are clipped to
+    each batch's observations after it has trained on them (so it trains on them normalised
+    as the acting policy saw them; the next version acts with the new statistics). Normalised values are clipped to
     ``[-clip, clip]``.
     """
 

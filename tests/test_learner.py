@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 
@@ -12,12 +13,12 @@ import torch
 from test_activations import ran_through_sigmoid
 from torch.distributions import Bernoulli, Categorical, Normal
 
-from aiorl import PPO, LearnerError
+from aiorl import APPO, PPO, LearnerError
 from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.compiling import compiler_warnings_ignored
 from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
 from aiorl.distributions import ActionDistribution
-from aiorl.models import ActorCritic, flat_weights
+from aiorl.models import ActorCritic, ObservationNormalizer, evaluate, flat_weights
 
 OBS_DIM = 4
 SPACES = {
@@ -155,6 +156,26 @@ def test_update_reports_every_diagnostic_finite():
     for name in (*LOSS_STATS, "grad_norm", "learning_rate", "explained_variance"):
         assert np.isfinite(metrics[name]), (name, metrics)
     assert metrics["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("algo", [PPO, APPO])
+def test_with_normalised_observations_an_on_policy_batch_starts_its_update_at_ratio_one(algo):
+    # The observation statistics take in the batch after the update, not before: the update
+    # scores the batch as the workers saw it (as CleanRL's NormalizeObservation does), so the
+    # first minibatch's ratio is exactly 1 instead of spending the clip range on new statistics.
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    torch.manual_seed(0)
+    policy = ObservationNormalizer(ActorCritic((OBS_DIM,), dist), (OBS_DIM,))
+    batch = cartpole_like_batch()
+    batch = dataclasses.replace(batch, obs=batch.obs * 5 + 3)  # far from the statistics' start
+    with torch.no_grad():  # acted by this very policy: on-policy
+        logits, _ = evaluate(policy, torch.from_numpy(batch.obs.reshape(-1, OBS_DIM)))
+        chosen = torch.log_softmax(logits, -1).gather(1, torch.from_numpy(batch.actions.reshape(-1, 1)))
+    batch = dataclasses.replace(batch, logprobs=chosen.reshape(batch.actions.shape).numpy())
+    learner = algo(update_epochs=1, num_minibatches=1).make_learner(policy, dist, "cpu")
+    metrics = learner.update(batch, progress=0.0)
+    assert metrics["approx_kl"] < 1e-7 and metrics["clipfrac"] == 0.0
+    assert float(learner.policy.count) > batch.valid.size  # the statistics did take the batch in
 
 
 def test_a_non_finite_loss_restores_policy_and_optimizer():

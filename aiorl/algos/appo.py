@@ -123,9 +123,6 @@ class APPOLearner(SurrogateLearner):
         steps, envs = batch.rewards.shape
         obs = self.observations(batch)
         b_actions = self._tensor(batch.actions).reshape(steps * envs, *batch.actions.shape[2:])
-        observe = getattr(self.policy, "observe", None)
-        if observe is not None:  # running observation statistics (ObservationNormalizer)
-            observe(obs[valid])
         b_masks = self._masks(batch)
         dist_inputs, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
         with torch.no_grad():
@@ -161,6 +158,12 @@ class APPOLearner(SurrogateLearner):
             action_masks=b_masks,
         )
         report = self.optimise(targets, name="APPO")
+        # Running observation statistics (ObservationNormalizer) take the batch in after the
+        # update, which scored it as the workers saw it (CleanRL's order: an on-policy batch
+        # starts at ratio 1); the next version acts with the new statistics.
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(obs[valid])
         log_ratios = target_logprobs[batch.valid] - batch.logprobs[batch.valid]
         report.update(
             learning_rate=lr,

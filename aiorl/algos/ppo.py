@@ -111,9 +111,6 @@ class PPOLearner(SurrogateLearner):
         # 1. GAE with the critic as it is now (the data may be a few versions old).
         steps, envs = batch.rewards.shape
         obs = self.observations(batch)
-        observe = getattr(self.policy, "observe", None)
-        if observe is not None:  # running observation statistics (ObservationNormalizer)
-            observe(obs[valid])
         _, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
         values = b_values.reshape(steps, envs)
         values_np = values.cpu().numpy()
@@ -142,5 +139,11 @@ class PPOLearner(SurrogateLearner):
             action_masks=self._masks(batch),
         )
         report = self.optimise(targets, cfg.target_kl)
+        # Running observation statistics (ObservationNormalizer) take the batch in after the
+        # update, which scored it as the workers saw it (CleanRL's order: an on-policy batch
+        # starts at ratio 1); the next version acts with the new statistics.
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(obs[valid])
         report.update(learning_rate=lr, explained_variance=explained_variance(returns, values_np, batch.valid))
         return report
