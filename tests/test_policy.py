@@ -10,6 +10,7 @@ from conftest import SMALL, leftover_workers, our_segments
 
 from aiorl import APPO, ConfigError, Policy, Trainer
 from aiorl.checkpoint import write_checkpoint
+from aiorl.envs import EnvFactory
 from aiorl.models import evaluate
 from aiorl.testing import MASKED_CHOICE_ENV_ID
 
@@ -117,3 +118,11 @@ def test_play_refuses_an_env_whose_actions_are_not_the_policy_s(tmp_path):
     write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
     with pytest.raises(ConfigError, match=r"env's action_space is Discrete\(3\), but the policy's is Discrete\(2\)"):
         Policy.load(path).play(episodes=1, env=ThreeActionCartPole())  # played actions 0 and 1 only, in silence
+
+
+def test_make_env_names_an_env_it_cannot_make_here():
+    trainer = Trainer("CartPole-v1", **SMALL)
+    gone = EnvFactory(env_id="mypackage/Registered-By-An-Import-v0")  # registered in the training process only
+    policy = Policy(trainer.policy, trainer.obs_encoder, trainer.dist, env_factory=gone)
+    with pytest.raises(ConfigError, match=r"env='mypackage/Registered-By-An-Import-v0' could not be made here: "):
+        policy.make_env()  # was gymnasium's NamespaceNotFound (aiorl eval: a traceback, exit 1)
