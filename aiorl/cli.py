@@ -356,7 +356,8 @@ def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
 def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
     """Print a complete config file (every field with its value) to edit and pass to --config."""
     with _bad_input():
-        experiment = build_experiment(overrides={"run": _given(env=env_id or "CartPole-v1", algo=algo, preset=preset)})
+        env = env_id or (None if preset else "CartPole-v1")  # a preset brings its own env
+        experiment = build_experiment(overrides={"run": _given(env=env, algo=algo, preset=preset)})
     click.echo(experiment.to_toml(), nl=False)
 
 

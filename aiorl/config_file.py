@@ -67,7 +67,7 @@ class RunConfig:
     """Env steps to train on."""
     target_return: float | None = None
     """Stop once the mean return of the last ``trainer.return_window`` episodes reaches this
-    (default: the preset's target, if any)."""
+    (default: the preset's target when ``env`` is the preset's env)."""
     checkpoint_interval_s: float = 60.0
     """Seconds between periodic checkpoints (one is also written after the first update and when the run ends)."""
     vector: str | None = None
@@ -275,8 +275,11 @@ def build_experiment(
     algo = _collect(problems, dataclasses.replace, base_algo, **algo_values, table="algo")
     trainer = _collect(problems, TrainerConfig, **trainer_values, table="trainer")
     if run is not None and preset is not None:
-        target = run.target_return if "target_return" in merged["run"] else preset.target_return
-        run = dataclasses.replace(run, env=run.env or preset.env, target_return=target)
+        env = run.env or preset.env
+        # The preset's target is its env's: another env run with the preset's settings gets none.
+        inherited = preset.target_return if env == preset.env else None
+        target = run.target_return if "target_return" in merged["run"] else inherited
+        run = dataclasses.replace(run, env=env, target_return=target)
     if run is not None and run.env is None:
         problems.append("run.env is not set: give an env id (aiorl train CartPole-v1), a preset or [run] env")
     if problems or run is None or algo is None or trainer is None:

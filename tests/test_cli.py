@@ -428,6 +428,13 @@ def test_the_console_script_and_the_config_template(tmp_path):
     assert done.stdout == expected.to_toml()  # the file and nothing else on stdout (no log lines)
 
 
+def test_the_config_template_of_a_preset_names_the_preset_s_env(forked_aiorl, tmp_path):
+    done = forked_aiorl("config", "--preset", "Pendulum-v1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "p.toml").write_text(done.stdout)  # was env = "CartPole-v1" with Pendulum's target
+    assert load_experiment(tmp_path / "p.toml") == build_experiment({"run": {"preset": "Pendulum-v1"}})
+
+
 def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
     (tmp_path / "fragile.toml").write_text("[trainer]\nmax_restarts = 0\n")
     flags = ["--config", "fragile.toml", "--steps", "100000", *SMALL_FLAGS, "--logdir", "run"]

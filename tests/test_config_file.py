@@ -119,6 +119,12 @@ def test_a_preset_is_the_base_that_the_file_and_the_flags_override():
     assert experiment.trainer.seed == 7
 
 
+def test_a_preset_run_on_another_env_does_not_take_the_preset_s_target():
+    experiment = build_experiment({"run": {"env": "CartPole-v1", "preset": "Pendulum-v1"}})
+    assert experiment.run.env == "CartPole-v1" and experiment.run.target_return is None  # was Pendulum's -250
+    assert experiment.algo == PRESETS["Pendulum-v1"].algo  # its settings still apply
+
+
 def test_the_written_file_reads_back_to_the_same_experiment(tmp_path):
     experiment = build_experiment(
         {"run": {"env": "Acrobot-v1", "algo": "appo", "target_return": -100.0}, "trainer": {"max_policy_lag": "none"}}
