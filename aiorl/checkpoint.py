@@ -30,6 +30,7 @@ import functools
 import io
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,10 +95,10 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         raise CheckpointError(f"checkpoint path {str(target)!r} is a directory; name a file such as {CHECKPOINT_NAME}")
-    temporary = target.with_name(f".{target.name}.tmp")
+    temporary = _temporary_beside(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, FORMAT.encode())
         finally:
@@ -112,8 +113,10 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to ``path`` atomically and durably; return the path.
 
-    The bytes go to ``.NAME.tmp`` in the same directory, are flushed with ``fsync``,
-    then the file is renamed over ``path`` and the directory is flushed too.
+    The bytes go to a temporary file of its own in the same directory (``.NAME.<unique>.tmp``:
+    two writers to one path never write into the same file, the last rename wins and the
+    file is always whole), are flushed with ``fsync``, then the file is renamed over ``path``
+    and the directory is flushed too.
 
     Error handling:
         An ``OSError`` (disk full, permissions) propagates; ``path`` keeps its
@@ -122,8 +125,8 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Pat
     target = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    temporary = target.with_name(f".{target.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    temporary = _temporary_beside(target)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
             _write_all(fd, buffer.getbuffer())
@@ -137,6 +140,11 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Pat
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def _temporary_beside(target: Path) -> Path:
+    """A fresh hidden file name in ``target``'s directory, for this write alone."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def _write_all(fd: int, data: memoryview) -> None:

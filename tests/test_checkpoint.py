@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
 import random
@@ -188,10 +189,28 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_readable(tmp_p
         child.wait(timeout=30)
         child.stderr.close()
 
-    assert (tmp_path / ".checkpoint.pt.tmp").exists()  # the kill did land mid-save
+    assert list(tmp_path.glob(".checkpoint.pt.*.tmp"))  # the kill did land mid-save
     assert Trainer.load(path).config.seed == 1  # the previous checkpoint, whole
     write_checkpoint(Trainer("CartPole-v1", seed=3).state_dict(), path)  # the next save is not hindered
     assert read_checkpoint(path)["config"]["seed"] == 3
+
+
+def test_two_writers_to_one_path_never_collide_and_leave_one_whole_state(tmp_path):
+    # Both wrote through one temporary name: one renamed it away under the other
+    # (FileNotFoundError), or the file got a mix of both states.
+    path = tmp_path / "checkpoint.pt"
+    states = [{"weights": torch.full((250_000,), float(value))} for value in (1, 2)]
+
+    def write_often(state: dict) -> None:
+        for _ in range(15):
+            write_checkpoint(state, path)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(write_often, state) for state in states]:
+            done.result()
+    weights = torch.load(path, weights_only=False)["weights"]
+    assert weights.unique().numel() == 1
+    assert not list(tmp_path.glob(".checkpoint.pt.*"))  # no temporary file left
 
 
 def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
