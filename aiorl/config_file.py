@@ -207,7 +207,8 @@ def resolve_env(env: str) -> EnvSource:
     preprocessing, :class:`~aiorl.envs.atari.AtariEnv`) is that factory.
 
     Raises:
-        ConfigError: the module cannot be imported or has no such attribute.
+        ConfigError: the module cannot be imported (missing, or it raised while importing) or
+            has no such attribute.
     """
     preset_factory = preset_env_factory(env)
     if preset_factory is not None:
@@ -217,8 +218,10 @@ def resolve_env(env: str) -> EnvSource:
     module_name, _, attribute = env.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"run.env={env!r}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # not found, or the module raised (a SyntaxError, its own error) while importing
+        raise ConfigError(
+            f"run.env={env!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ConfigError(f"run.env={env!r}: module {module_name!r} has no callable {attribute!r}")

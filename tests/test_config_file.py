@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
 from aiorl import APPO, ConfigError, TrainerConfig
-from aiorl.config_file import build_experiment, load_experiment
+from aiorl.config_file import build_experiment, load_experiment, resolve_env
 from aiorl.presets import PRESETS
 
 
@@ -156,3 +157,19 @@ def test_differences_from_a_checkpoints_run_name_each_field_with_both_values():
     assert experiment.differences(**{**same, "algo": APPO()}, trainer=settled) == [
         "run.algo = 'ppo' in config.toml, 'appo' in the checkpoint"
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "env", "message"),
+    [
+        ("raise RuntimeError('no licence server')", "broken_env_module:make", r"RuntimeError: no licence server"),
+        ("def make(:\n", "broken_env_module:make", r"SyntaxError"),
+        ("", ":make", r"cannot import module ''"),
+    ],
+)
+def test_an_env_module_that_fails_to_import_is_a_config_error(tmp_path, monkeypatch, source, env, message):
+    (tmp_path / "broken_env_module.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "broken_env_module", raising=False)
+    with pytest.raises(ConfigError, match=message):  # was the module's traceback, exit 1
+        resolve_env(env)
