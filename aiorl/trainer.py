@@ -32,7 +32,7 @@ from torch import nn
 
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
-from aiorl.checkpoint import RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import RunPlan, checkpoint_path, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
 from aiorl.config import SMALL_MLP_UNITS, TrainerConfig
 from aiorl.distributions import ActionDistribution
@@ -41,7 +41,7 @@ from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
 from aiorl.engine.session import Session, published, worker_template
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
-from aiorl.errors import ConfigError, TrainerClosed, did_you_mean
+from aiorl.errors import CheckpointError, ConfigError, TrainerClosed, did_you_mean
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
 from aiorl.models import (
@@ -487,12 +487,23 @@ class Trainer:
         """Write a checkpoint of the current state to ``path`` (atomically, in a thread); return the path.
 
         Call it while no ``run()`` is in progress; during a run use ``run(checkpoint_path=...)``,
-        which saves between updates.
+        which saves between updates. A directory gets its ``checkpoint.pt`` (what
+        :meth:`load` reads there); missing directories are created.
+
+        Raises:
+            CheckpointError: the file cannot be written there (the message names the path).
         """
         if self._run_lock.locked():
             raise RuntimeError("save() while run() is in progress; pass checkpoint_path= to run() instead")
         state = self.state_dict()
-        return await asyncio.to_thread(write_checkpoint, state, path)
+        target = checkpoint_path(path)
+        await asyncio.to_thread(prepare_checkpoint_path, target)
+        try:
+            return await asyncio.to_thread(write_checkpoint, state, target)
+        except OSError as exc:  # a full disk since the check
+            raise CheckpointError(
+                f"checkpoint {str(target)!r} could not be written ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of everything a checkpoint holds (layout in :mod:`aiorl.checkpoint`).

@@ -195,6 +195,18 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_readable(tmp_p
     assert read_checkpoint(path)["config"]["seed"] == 3
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_save_creates_its_directory_and_writes_a_directory_s_checkpoint_pt(tmp_path):
+    trainer = Trainer("CartPole-v1", **SMALL)
+    assert await trainer.save(tmp_path / "new" / "x.pt") == tmp_path / "new" / "x.pt"  # was FileNotFoundError
+    (tmp_path / "run").mkdir()
+    assert await trainer.save(tmp_path / "run") == tmp_path / "run" / "checkpoint.pt"  # was IsADirectoryError
+    assert Trainer.load(tmp_path / "run").policy_version == 0
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(CheckpointError, match=r"checkpoints cannot be written to .*file/x.pt"):
+        await trainer.save(tmp_path / "file" / "x.pt")
+
+
 def test_two_writers_to_one_path_never_collide_and_leave_one_whole_state(tmp_path):
     # Both wrote through one temporary name: one renamed it away under the other
     # (FileNotFoundError), or the file got a mix of both states.
