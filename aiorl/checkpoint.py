@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,11 +171,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         CheckpointError: the file is missing, is not a readable checkpoint (truncated,
-            not a torch file), or was written by a newer aiorl; the message names the path.
+            bytes that fail their checksums, not a torch file), or was written by a newer
+            aiorl; the message names the path.
     """
     target = checkpoint_path(path)
     if not target.is_file():
         raise CheckpointError(f"checkpoint {str(target)!r} does not exist")
+    _check_archive(target)
     try:
         state = torch.load(target, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -187,6 +190,29 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {str(target)!r} has format_version={version!r}; this aiorl reads up to {FORMAT_VERSION}"
         )
     return state
+
+
+def _check_archive(target: Path) -> None:
+    """Raise if ``target`` is a torch zip archive that is cut short or fails its checksums.
+
+    ``torch.load`` reads the entries without checking their CRCs: flipped bytes in the
+    weights would load as other weights. A file that is no zip archive at all is left to
+    ``torch.load`` (and the format check) to name.
+
+    Raises:
+        CheckpointError: truncated, or an entry's checksum does not match.
+    """
+    try:
+        with zipfile.ZipFile(target) as archive:
+            corrupt = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError):
+        with open(target, "rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # begins as one: its end (the index) is missing
+        if zipped:
+            raise CheckpointError(f"checkpoint {str(target)!r} is truncated or corrupt (no zip index)") from None
+        return
+    if corrupt is not None:
+        raise CheckpointError(f"checkpoint {str(target)!r} is corrupt: {corrupt} fails its checksum")
 
 
 class Checkpointer:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import SMALL, wait_until
 
-from aiorl import PPO, CheckpointError, Trainer, WorkerRestartError
+from aiorl import PPO, CheckpointError, Policy, Trainer, WorkerRestartError
 from aiorl.checkpoint import Checkpointer, RunPlan, read_checkpoint, write_checkpoint
 from aiorl.models import flat_weights
 from aiorl.testing import FaultyEnv
@@ -232,8 +232,15 @@ def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
     write_checkpoint(Trainer("CartPole-v1").state_dict(), whole)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(whole.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt' could not be read"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt' is truncated or corrupt \(no zip index\)"):
         Trainer.load(truncated)
+    flipped = tmp_path / "flipped.pt"  # bytes changed inside the weights: torch.load would not notice
+    data = bytearray(whole.read_bytes())
+    start = data.index(b"archive/data/0") + 200  # past that entry's header, into its bytes
+    data[start : start + 64] = bytes(b ^ 0xFF for b in data[start : start + 64])
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"flipped\.pt' is corrupt: .* fails its checksum"):
+        Policy.load(flipped)
     foreign = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match="is not an aiorl checkpoint"):
