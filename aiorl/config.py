@@ -381,6 +381,7 @@ class TrainerConfig:
                     "which act as one batch"
                 )
             envs_per_worker = vector_envs
+        problems += self._minibatch_problems(algo, envs_per_worker)
         if problems:
             raise ConfigError(problems)
         return replace(
@@ -389,6 +390,25 @@ class TrainerConfig:
             normalize_observations=_choose(self.normalize_observations, flat_float_observations),
             normalize_rewards=_choose(self.normalize_rewards, has_discount),
         )
+
+    def _minibatch_problems(self, algo: object, envs_per_worker: int) -> list[str]:
+        """A feed-forward batch split into minibatches of one sample, whose normalised advantage is 0.
+
+        (The learner would clamp the split to one sample per minibatch and learn nothing from
+        the policy loss, without a word. A recurrent policy's minibatches are whole
+        trajectories, never one sample.)
+        """
+        minibatches = getattr(algo, "num_minibatches", None)
+        if self.recurrent is not None or not _is_int(minibatches) or not getattr(algo, "normalize_advantages", False):
+            return []
+        batch = replace(self, envs_per_worker=envs_per_worker).batch_steps
+        if batch // minibatches >= 2:
+            return []
+        return [
+            f"algo.num_minibatches={minibatches} splits the batch of {batch} env steps (rollouts_per_batch x "
+            f"envs_per_worker x rollout_length) into minibatches of fewer than 2 samples, whose normalised "
+            f"advantages are all 0: use at most {batch // 2}"
+        ]
 
     def _local_backend(self) -> bool:
         from aiorl.backends import LocalBackend, resolve_backend

@@ -99,6 +99,13 @@ def test_ppo_options_of_the_wrong_type_are_config_errors(options, needle):
     assert needle in str(info.value)
 
 
+def test_minibatches_of_one_sample_are_refused_as_they_would_learn_nothing():
+    small = {"num_workers": 1, "envs_per_worker": 4, "rollout_length": 8}  # batches of 32 steps
+    with pytest.raises(ConfigError, match=r"algo.num_minibatches=64 splits the batch of 32 env steps .* at most 16"):
+        Trainer("CartPole-v1", PPO(num_minibatches=64), **small)  # trained with every advantage 0
+    assert Trainer("CartPole-v1", PPO(num_minibatches=16), **small).config.batch_steps == 32
+
+
 def test_an_integer_discount_is_a_discount():
     assert Trainer("CartPole-v1", PPO(gamma=1)).config.normalize_rewards is True  # as with gamma=1.0
 
