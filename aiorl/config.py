@@ -305,21 +305,10 @@ class TrainerConfig:
         return problems
 
     def _device_problems(self) -> list[str]:
-        problems = []
-        for name in ("device", "worker_device"):
-            value = getattr(self, name)
-            try:
-                device = torch.device(value)
-            except (RuntimeError, TypeError) as exc:
-                problems.append(f"{name}={value!r} is not a torch device ({exc})")
-                continue
-            if device.type == "cuda" and not torch.cuda.is_available():
-                problems.append(f"{name}={value!r} but CUDA is not available")
-            elif device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-                problems.append(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-            elif name == "worker_device" and device.type not in ("cpu", "cuda"):
-                problems.append(f"worker_device={value!r} must be a 'cpu' or 'cuda' device")
-        return problems
+        problems = [device_problem("device", self.device), device_problem("worker_device", self.worker_device)]
+        if not problems[1] and torch.device(self.worker_device).type not in ("cpu", "cuda"):
+            problems[1] = f"worker_device={self.worker_device!r} must be a 'cpu' or 'cuda' device"
+        return [problem for problem in problems if problem]
 
     def settled(
         self,
@@ -453,6 +442,19 @@ class TrainerConfig:
         if images and torch.device(self.device).type == "cpu":
             return usable_cores()
         return 1 if small_mlp else max(1, usable_cores() - self.num_workers)
+
+
+def device_problem(name: str, value: object) -> str:
+    """Why ``value`` (option ``name``) is not a torch device usable on this machine; ``""`` if it is."""
+    try:
+        device = torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError) as exc:
+        return f"{name}={value!r} is not a torch device ({exc})"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"{name}={value!r} but CUDA is not available"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return ""
 
 
 def _choose(option: bool | None, automatic: bool) -> bool:

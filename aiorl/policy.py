@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from aiorl.checkpoint import read_checkpoint
+from aiorl.config import device_problem
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.vector import FirstSubEnv, is_vector_env
@@ -80,7 +81,11 @@ class Policy:
 
         Raises:
             CheckpointError: the file is missing, unreadable or not an aiorl checkpoint.
+            ConfigError: ``device`` is not a torch device usable here.
         """
+        problem = device_problem("device", device)
+        if problem:
+            raise ConfigError(problem)
         state = read_checkpoint(path)
         encoder = ObservationEncoder.for_space(state["observation_space"])
         dist = ActionDistribution.for_space(state["action_space"])

@@ -198,8 +198,15 @@ class Trainer:
 
         Raises:
             CheckpointError: the file is missing, unreadable or not an aiorl checkpoint.
-            ConfigError: an override is invalid.
+            ConfigError: an override is invalid, or is one of what the checkpoint fixes (``env``,
+                ``env_kwargs``, ``algo``, ``policy``, ``recurrent``, ``recurrent_size``).
         """
+        fixed = sorted(set(options) & {"env", "env_kwargs", "algo", "policy", "recurrent", "recurrent_size"})
+        if fixed:
+            raise ConfigError(
+                f"{', '.join(fixed)} cannot be overridden when loading a checkpoint: its env, algorithm "
+                "and policy (architecture included) are what it continues; start a new Trainer for others"
+            )
         state = read_checkpoint(path)
         factory = state["env"]
         env: EnvSource = factory.env_id if factory.env_id is not None else factory.make_fn

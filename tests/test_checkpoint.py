@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import SMALL, wait_until
 
-from aiorl import PPO, CheckpointError, Policy, Trainer, WorkerRestartError
+from aiorl import PPO, CheckpointError, ConfigError, Policy, Trainer, WorkerRestartError
 from aiorl.checkpoint import Checkpointer, RunPlan, read_checkpoint, write_checkpoint
 from aiorl.models import flat_weights
 from aiorl.testing import FaultyEnv
@@ -205,6 +205,14 @@ async def test_save_creates_its_directory_and_writes_a_directory_s_checkpoint_pt
     (tmp_path / "file").write_text("a regular file")
     with pytest.raises(CheckpointError, match=r"checkpoints cannot be written to .*file/x.pt"):
         await trainer.save(tmp_path / "file" / "x.pt")
+
+
+@pytest.mark.parametrize("override", [{"env": "Acrobot-v1"}, {"algo": PPO()}, {"recurrent": "gru"}])
+def test_load_refuses_overrides_of_what_the_checkpoint_fixes(tmp_path, override):
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), tmp_path / "c.pt")
+    name = next(iter(override))
+    with pytest.raises(ConfigError, match=rf"{name} cannot be overridden when loading a checkpoint"):
+        Trainer.load(tmp_path / "c.pt", **override)  # a TypeError, or (recurrent) a config that lied
 
 
 def test_two_writers_to_one_path_never_collide_and_leave_one_whole_state(tmp_path):

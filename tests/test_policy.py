@@ -126,3 +126,21 @@ def test_make_env_names_an_env_it_cannot_make_here():
     policy = Policy(trainer.policy, trainer.obs_encoder, trainer.dist, env_factory=gone)
     with pytest.raises(ConfigError, match=r"env='mypackage/Registered-By-An-Import-v0' could not be made here: "):
         policy.make_env()  # was gymnasium's NamespaceNotFound (aiorl eval: a traceback, exit 1)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", r"device='gpu' is not a torch device"),
+        pytest.param(
+            "cuda",
+            r"device='cuda' but CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+    ],
+)
+def test_policy_load_names_a_device_it_cannot_use(tmp_path, device, message):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    with pytest.raises(ConfigError, match=message):  # was torch's RuntimeError or AssertionError
+        Policy.load(path, device=device)
