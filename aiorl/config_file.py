@@ -60,7 +60,9 @@ class RunConfig:
     (a module-level function or class) importable by the workers."""
     preset: str | None = None
     """A preset of :data:`aiorl.presets.PRESETS`: its algorithm settings and trainer options
-    are the base the rest of the file overrides (and its env is the default ``env``)."""
+    are the base the rest of the file overrides (and its env is the default ``env``). Its
+    algorithm settings apply when ``algo`` is the preset's algorithm (or left out); its target
+    when ``env`` is its env."""
     algo: str | None = None
     """``"ppo"`` or ``"appo"``; ``None`` means the preset's algorithm, else PPO."""
     total_steps: int = 1_000_000
