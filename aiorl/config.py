@@ -444,6 +444,10 @@ class TrainerConfig:
         return 1 if small_mlp else max(1, usable_cores() - self.num_workers)
 
 
+SETTLED_FIELDS = ("normalize_observations", "normalize_rewards")
+"""The fields :meth:`TrainerConfig.settled` turns from ``None`` (automatic) into the trainer's choice."""
+
+
 def device_problem(name: str, value: object) -> str:
     """Why ``value`` (option ``name``) is not a torch device usable on this machine; ``""`` if it is."""
     try:

@@ -37,7 +37,7 @@ import gymnasium as gym
 import tomli_w
 
 from aiorl.algos import APPO, PPO
-from aiorl.config import TrainerConfig, _is_int
+from aiorl.config import SETTLED_FIELDS, TrainerConfig, _is_int
 from aiorl.envs import AtariEnv, EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError, did_you_mean
@@ -153,8 +153,9 @@ class Experiment:
         """Where this experiment and a checkpoint's run disagree, one line each naming both values.
 
         ``env`` is the checkpoint's env as ``run.env`` writes it (an id or ``module:factory``),
-        ``trainer`` its (settled) trainer config. A trainer field left automatic (``None``)
-        here agrees with whatever the trainer chose for it.
+        ``trainer`` its (settled) trainer config. A trainer field the trainer chooses when it
+        is left automatic (``None``: :data:`~aiorl.config.SETTLED_FIELDS`) agrees with whatever
+        it chose; for every other field ``None`` is a value like any other ("no limit", "never").
         """
         found = []
 
@@ -171,7 +172,7 @@ class Experiment:
             for f in dataclasses.fields(self.algo):
                 differ(f"algo.{f.name}", getattr(self.algo, f.name), getattr(algo, f.name))
         for f in dataclasses.fields(self.trainer):
-            if getattr(self.trainer, f.name) is not None:
+            if not (getattr(self.trainer, f.name) is None and f.name in SETTLED_FIELDS):
                 differ(f"trainer.{f.name}", getattr(self.trainer, f.name), getattr(trainer, f.name))
         return found
 

@@ -173,3 +173,12 @@ def test_an_env_module_that_fails_to_import_is_a_config_error(tmp_path, monkeypa
     monkeypatch.delitem(sys.modules, "broken_env_module", raising=False)
     with pytest.raises(ConfigError, match=message):  # was the module's traceback, exit 1
         resolve_env(env)
+
+
+def test_none_in_config_toml_differs_from_a_checkpoint_s_value_unless_the_trainer_chose_it():
+    experiment = build_experiment({"run": {"env": "CartPole-v1"}, "trainer": {"max_policy_lag": "none"}})
+    checkpoint = dataclasses.replace(experiment.trainer, max_policy_lag=4, normalize_observations=True)
+    differences = experiment.differences(env="CartPole-v1", env_kwargs={}, algo=experiment.algo, trainer=checkpoint)
+    # None is "no limit" for max_policy_lag (was skipped: the edit went unnoticed), "automatic" for
+    # normalize_observations (the trainer chose True: no difference).
+    assert differences == ["trainer.max_policy_lag = None in config.toml, 4 in the checkpoint"]
