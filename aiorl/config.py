@@ -211,10 +211,7 @@ class TrainerConfig:
         ):
             problems.append(f"eval_max_episode_steps={self.eval_max_episode_steps!r} must be an integer >= 1 or None")
         if self.eval_timeout_s is not None and not (
-            isinstance(self.eval_timeout_s, int | float)
-            and not isinstance(self.eval_timeout_s, bool)
-            and math.isfinite(self.eval_timeout_s)
-            and self.eval_timeout_s > 0
+            _is_number(self.eval_timeout_s) and math.isfinite(self.eval_timeout_s) and self.eval_timeout_s > 0
         ):
             problems.append(f"eval_timeout_s={self.eval_timeout_s!r} must be a finite number of seconds > 0 or None")
         if self.learner_threads is not None and not (_is_int(self.learner_threads) and self.learner_threads >= 1):
@@ -337,8 +334,7 @@ class TrainerConfig:
             ConfigError: the options contradict the algorithm or the env.
         """
         problems: list[str] = []
-        gamma = getattr(algo, "gamma", None)
-        has_discount = isinstance(gamma, int | float) and not isinstance(gamma, bool)  # PPO(gamma=1) has one
+        has_discount = _is_number(getattr(algo, "gamma", None))  # PPO(gamma=1) has one too
         if self.normalize_rewards and not has_discount:
             problems.append(
                 f"normalize_rewards=True needs the algorithm's discount, but algo={algo!r} has no numeric `gamma`"
@@ -390,7 +386,7 @@ class TrainerConfig:
         minibatches = getattr(algo, "num_minibatches", None)
         if self.recurrent is not None or not _is_int(minibatches) or not getattr(algo, "normalize_advantages", False):
             return []
-        batch = replace(self, envs_per_worker=envs_per_worker).batch_steps
+        batch = self.batch_rollouts * envs_per_worker * self.rollout_length  # batch_steps, settled envs_per_worker
         if batch // minibatches >= 2:
             return []
         return [

@@ -605,8 +605,10 @@ class Trainer:
             result = await asyncio.shield(playing)
         except asyncio.CancelledError:
             stop.set()
-            with contextlib.suppress(Exception):  # EvaluationStopped, or what it raised meanwhile
-                await asyncio.wait({playing}, timeout=EVALUATION_STOP_WAIT_S)
+            # Nobody reads its outcome (EvaluationStopped, or what it raised meanwhile): retrieve it,
+            # so asyncio does not log "exception was never retrieved".
+            playing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            await asyncio.wait({playing}, timeout=EVALUATION_STOP_WAIT_S)
             raise
         self._events.publish(EvaluationFinished(result))
         return result
