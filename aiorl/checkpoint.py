@@ -11,7 +11,9 @@ needed to continue training exactly where it stopped, or to act with the policy:
   restarts, env errors, the recent returns behind ``mean_return``), the policy version and
   the seconds trained so far;
 - the state of the trainer's own random-number generator (the learner's, which orders the
-  minibatches); the process's global generators are not the trainer's to save or restore;
+  minibatches) and its device kind: loaded onto another kind (a GPU run resumed on a CPU),
+  the generator is seeded from the saved state instead, as the two kinds' states differ;
+  the process's global generators are not the trainer's to save or restore;
 - the run in progress (its step budget, target and where it started), so
   :meth:`aiorl.Trainer.resume` can continue it with the same learning-rate schedule.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -86,7 +87,10 @@ def trainer_state(trainer: Trainer, taken: dict[str, Any] | None = None) -> dict
         "policy_module": template.policy if isinstance(template, ObservationNormalizer) else template,
         "learner": copy.deepcopy(weights),
         **copy.deepcopy(counters(trainer) if taken is None else taken),
-        "rng": {"learner": None if generator is None else generator.get_state()},
+        "rng": {
+            "learner": None if generator is None else generator.get_state(),
+            "learner_device": None if generator is None else generator.device.type,
+        },
         "run": None,
     }
 
@@ -149,8 +153,13 @@ def _load_generator(learner: Learner, rng: dict[str, Any]) -> None:
     saved = rng.get("learner")
     if saved is None and "torch" in rng and generator.device.type == "cpu":
         saved = rng["torch"]  # format version 1: the process's torch state, the learner's stream then
-    if saved is not None:
+    if saved is None:
+        return
+    same_kind = rng.get("learner_device", generator.device.type) == generator.device.type
+    if same_kind and saved.numel() == generator.get_state().numel():  # sizes: files from before learner_device
         generator.set_state(saved)
+    else:  # trained on another kind of device (resumed on the CPU after a GPU): states differ in kind
+        generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))
 
 
 def run_checkpointer(trainer: Trainer, path: str | os.PathLike[str], interval_s: float, plan: RunPlan) -> Checkpointer:

@@ -35,8 +35,9 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path
-from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, load_experiment, read_toml, write_text_atomic
+from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path, read_checkpoint
+from aiorl.config import RUNTIME_FIELDS, device_problem
+from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_toml, write_text_atomic
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import METRICS_NAME, MetricsLog
@@ -203,23 +204,40 @@ def train(
 @main.command()
 @click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--steps", type=int, help="Train this many more steps as a new run (default: finish the stopped run).")
+@click.option("--workers", type=int, help="Worker processes from now on (written to config.toml).")
+@click.option("--device", help="Torch device of the learner from now on, e.g. cpu or cuda (written to config.toml).")
 @_progress_option
 @_ctrl_c_before_training
-def resume(logdir: Path, steps: int | None, progress: str) -> None:
+def resume(logdir: Path, steps: int | None, workers: int | None, device: str | None, progress: str) -> None:
     """Continue the run in LOGDIR from its checkpoint, with the same step counters.
 
     Without --steps, the interrupted run goes on to its step budget and target with the
     same learning-rate schedule; with --steps it trains that many more steps. The run
-    continues as the checkpoint holds it: LOGDIR/config.toml must agree with it (env,
-    env_kwargs, algorithm and trainer settings), else nothing starts and each difference
-    is named.
+    continues as the checkpoint holds it: LOGDIR/config.toml must agree with it on what the
+    run learns from (env, env_kwargs, algorithm, and trainer settings such as the seed,
+    envs per worker or rollout length), else nothing starts and each difference is named.
+    How it runs (workers, devices, timeouts, logging, evaluation: aiorl.config.RUNTIME_FIELDS)
+    comes from config.toml, so a run can go on on another machine (--workers and --device
+    set the two that change most, and config.toml keeps them).
     """
     if steps is not None and steps < 1:
         raise BadInput(f"--steps={steps} must be >= 1")
     with _bad_input():
-        experiment = load_experiment(logdir / CONFIG_NAME)
+        layers = read_toml(logdir / CONFIG_NAME)
+        table = layers.get("trainer")
+        saved_device = table.get("device") if isinstance(table, dict) else None
+        problem = device_problem("device", saved_device) if device is None and isinstance(saved_device, str) else ""
+        if problem:  # a run trained on a GPU, resumed where there is none
+            raise BadInput(
+                f"trainer.device={saved_device!r} in {logdir / CONFIG_NAME} is not usable here ({problem}): "
+                f"go on here with `aiorl resume {logdir} --device cpu`"
+            )
+        given = _given(num_workers=workers, device=device)
+        experiment = build_experiment(layers, overrides={"trainer": given})
         prepare_checkpoint_path(logdir / CHECKPOINT_NAME)
-        trainer = Trainer.load(logdir / CHECKPOINT_NAME)
+        state = read_checkpoint(logdir / CHECKPOINT_NAME)
+        runtime = {name: getattr(experiment.trainer, name) for name in RUNTIME_FIELDS}
+        trainer = Trainer.load(state, **runtime)
     _check_same_run(experiment, trainer, logdir)
     plan = trainer.unfinished_run
     done = trainer.stats.steps_trained
@@ -230,10 +248,15 @@ def resume(logdir: Path, steps: int | None, progress: str) -> None:
         assert plan is not None
         _check_same_plan(experiment, plan, logdir)
     else:  # a new run of `steps` from here: config.toml describes it from now on
-        run = dataclasses.replace(experiment.run, total_steps=steps)
-        experiment = dataclasses.replace(experiment, run=run)
+        experiment = dataclasses.replace(experiment, run=dataclasses.replace(experiment.run, total_steps=steps))
+    if steps is not None or given:
         write_text_atomic(logdir / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: resuming {logdir} at update {trainer.policy_version}, {done:,} steps", err=True)
+    for name, value in runtime.items():
+        if name in state["config"] and state["config"][name] != value:
+            click.echo(
+                f"aiorl: trainer.{name} = {value!r} (the checkpoint's run had {state['config'][name]!r})", err=True
+            )
     if steps is not None:
         total, start, target = steps, done, experiment.run.target_return
     else:

@@ -443,6 +443,39 @@ class TrainerConfig:
 SETTLED_FIELDS = ("normalize_observations", "normalize_rewards")
 """The fields :meth:`TrainerConfig.settled` turns from ``None`` (automatic) into the trainer's choice."""
 
+RUNTIME_FIELDS = (
+    "num_workers",
+    "slots_per_worker",
+    "learner_threads",
+    "device",
+    "worker_device",
+    "heartbeat_interval_s",
+    "worker_timeout_s",
+    "max_restarts",
+    "restart_window_s",
+    "restart_backoff_s",
+    "restart_backoff_max_s",
+    "env_error_limit",
+    "env_threads",
+    "env_timeout_s",
+    "act_batch",
+    "act_wait_s",
+    "start_timeout_s",
+    "shutdown_grace_s",
+    "start_method",
+    "log_interval_s",
+    "eval_interval_steps",
+    "eval_episodes",
+    "eval_max_episode_steps",
+    "eval_timeout_s",
+    "backend",
+)
+"""The trainer fields about where and how a run executes (processes, devices, supervision,
+logging, evaluation) rather than what it learns from: ``aiorl resume`` takes them from
+``config.toml`` (and ``--workers``/``--device``), not from the checkpoint, so a run can go on
+on another machine. ``num_workers`` changes the batch only where ``rollouts_per_batch`` is
+automatic (one rollout per worker)."""
+
 
 def device_problem(name: str, value: object) -> str:
     """Why ``value`` (option ``name``) is not a torch device usable on this machine; ``""`` if it is."""

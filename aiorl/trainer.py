@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -186,8 +187,11 @@ class Trainer:
         return trainer
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], **options: Any) -> Trainer:
+    def load(cls, path: str | os.PathLike[str] | Mapping[str, Any], **options: Any) -> Trainer:
         """A trainer restored from a checkpoint file (or a log directory holding ``checkpoint.pt``).
+
+        ``path`` may also be a checkpoint already in memory: what :func:`aiorl.checkpoint.read_checkpoint`
+        or :meth:`state_dict` returned.
 
         The policy, the optimiser, the counters (steps, episodes, updates, the policy
         version), the recent returns, the seconds trained and the state of the learner's
@@ -207,7 +211,7 @@ class Trainer:
                 f"{', '.join(fixed)} cannot be overridden when loading a checkpoint: its env, algorithm "
                 "and policy (architecture included) are what it continues; start a new Trainer for others"
             )
-        state = read_checkpoint(path)
+        state = path if isinstance(path, Mapping) else read_checkpoint(path)
         factory = state["env"]
         env: EnvSource = factory.env_id if factory.env_id is not None else factory.make_fn
         saved = {k: v for k, v in state["config"].items() if k in TrainerConfig.__dataclass_fields__}

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from cli_envs import BUILDING_FLAG_VARIABLE, STEP_DELAY_VARIABLE
 from conftest import documented_metrics_keys, wait_until
 
@@ -258,6 +259,49 @@ def test_resume_refuses_a_config_toml_that_names_another_env(forked_aiorl, train
     assert "run/config.toml does not describe the run in run/checkpoint.pt:" in done.stderr
     assert "run.env = 'Acrobot-v1' in config.toml, 'CartPole-v1' in the checkpoint" in done.stderr
     assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
+
+
+def test_resume_takes_how_the_run_executes_from_config_toml_and_its_flags(trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace("worker_timeout_s = 30.0", "worker_timeout_s = 90.0"))
+    done = aiorl("resume", str(logdir), "--steps", "256", "--workers", "1", "--progress", "plain", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr  # was: refused, naming both settings as differences
+    assert "trainer.num_workers = 1 (the checkpoint's run had 2)" in done.stderr
+    assert "trainer.worker_timeout_s = 90.0 (the checkpoint's run had 30.0)" in done.stderr
+    saved = read_checkpoint(logdir)
+    assert (saved["config"]["num_workers"], saved["config"]["worker_timeout_s"]) == (1, 90.0)
+    assert saved["stats"]["steps_trained"] == 2048 + 256
+    assert load_experiment(config).trainer.num_workers == 1  # --workers is kept for the next resume
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_trained_on_a_gpu_resumes_on_a_cpu_with_device_cpu(forked_aiorl, trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    state = read_checkpoint(logdir)
+    cuda_generator_state = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0] + [0] * 8, dtype=torch.uint8)  # seed 7, offset 0
+    state["config"]["device"] = "cuda"
+    state["rng"] = {"learner": cuda_generator_state, "learner_device": "cuda"}
+    write_checkpoint(state, logdir / "checkpoint.pt")
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"', 1))
+
+    refused = forked_aiorl("resume", "run", "--steps", "256", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        "trainer.device='cuda' in run/config.toml is not usable here (device='cuda' but CUDA is not available)"
+        in refused.stderr
+    )
+    assert "go on here with `aiorl resume run --device cpu`" in refused.stderr
+
+    done = aiorl("resume", "run", "--steps", "256", "--device", "cpu", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # the CUDA generator state did not fit the CPU learner's
+    assert "trainer.device = 'cpu' (the checkpoint's run had 'cuda')" in done.stderr
+    assert read_checkpoint(logdir)["stats"]["steps_trained"] == 2048 + 256
+    assert load_experiment(config).trainer.device == "cpu"
 
 
 def interrupted_copy(trained: tuple[Path, object], tmp_path: Path, plan: dict[str, object]) -> Path:
