@@ -53,6 +53,21 @@ FORMAT_VERSION = 2
 """The layout version written into ``"format_version"``; readers refuse newer ones.
 Version 2 saves the learner's generator (``rng["learner"]``) where version 1 saved the
 process's global generators."""
+CONTENTS = (
+    "env",
+    "observation_space",
+    "action_space",
+    "algo",
+    "config",
+    "policy_module",
+    "learner",
+    "policy_version",
+    "stats",
+    "rng",
+    "launches",
+    "train_time_s",
+)
+"""The keys every checkpoint holds besides its format marks (``run`` and ``reward_normalizer`` may be missing)."""
 CHECKPOINT_NAME = "checkpoint.pt"
 """The file name used inside a log directory."""
 WRITE_CHUNK = 1 << 20
@@ -190,6 +205,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(target)!r} has format_version={version!r}; this aiorl reads up to {FORMAT_VERSION}"
+        )
+    missing = [key for key in CONTENTS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(target)!r} lacks {', '.join(missing)}: it is not a complete aiorl checkpoint"
         )
     return state
 

@@ -255,6 +255,17 @@ def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
         read_checkpoint(foreign)
 
 
+def test_a_checkpoint_missing_part_of_its_contents_names_what_is_missing(tmp_path):
+    state = Trainer("CartPole-v1").state_dict()
+    del state["learner"], state["stats"]
+    cut = tmp_path / "cut.pt"
+    write_checkpoint(state, cut)
+    with pytest.raises(CheckpointError, match=r"cut\.pt' lacks learner, stats: it is not a complete aiorl checkpoint"):
+        Trainer.load(cut)  # was: KeyError: 'learner'
+    with pytest.raises(CheckpointError, match="lacks learner, stats"):
+        Policy.load(cut)
+
+
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_a_failed_run_leaves_a_checkpoint_of_its_last_update(tmp_path):
     path = tmp_path / "checkpoint.pt"
