@@ -84,9 +84,10 @@ class TrainerConfig:
     ``0`` is strict on-policy (workers wait for the newest weights); ``None`` keeps all."""
     normalize_observations: bool | None = None
     """Normalise observations by a running mean/std, kept with the policy's weights
-    (:class:`~aiorl.models.ObservationNormalizer`). ``None`` (automatic): on for flat float
-    ``Box`` observations (vectors of physical quantities, as in CleanRL's continuous-action PPO),
-    off for images and encoded discrete observations. The trainer's ``config`` holds the outcome."""
+    (:class:`~aiorl.models.ObservationNormalizer`). ``None`` (automatic): on for ``Box``
+    observations of quantities (vectors, matrices, grids smaller than the default CNN's 7x7; as
+    in CleanRL's continuous-action PPO), off for images and encoded discrete observations. The
+    trainer's ``config`` holds the outcome."""
     normalize_rewards: bool | None = None
     """Divide rewards by a running standard deviation of the discounted return before each update
     (gymnasium's ``NormalizeReward``; :class:`~aiorl.algos.reward_scaling.RewardNormalizer`). Returns
@@ -311,7 +312,7 @@ class TrainerConfig:
         self,
         *,
         algo: object,
-        flat_float_observations: bool,
+        numeric_observations: bool,
         async_env: bool,
         env: str,
         vector_envs: int | None = None,
@@ -321,8 +322,8 @@ class TrainerConfig:
 
         Args:
             algo: the algorithm config; reward scaling needs its discount ``gamma``.
-            flat_float_observations: observations are flat float vectors (where running
-                observation normalisation helps).
+            numeric_observations: observations are a ``Box`` of quantities that the default
+                MLP reads, not images (where running observation normalisation helps).
             async_env: the env is an :class:`~aiorl.AsyncEnv`.
             env: the env's description, for messages.
             vector_envs: the env factory returns vector envs of this many sub-envs (``None``:
@@ -372,7 +373,7 @@ class TrainerConfig:
         return replace(
             self,
             envs_per_worker=envs_per_worker,
-            normalize_observations=_choose(self.normalize_observations, flat_float_observations),
+            normalize_observations=_choose(self.normalize_observations, numeric_observations),
             normalize_rewards=_choose(self.normalize_rewards, has_discount),
         )
 

@@ -98,6 +98,36 @@ class ActorCritic(nn.Module):
         return out, value.squeeze(-1)
 
 
+MIN_IMAGE_SIZE = 7
+"""The smallest height and width the default CNN takes (two 3x3 convolutions of stride 2).
+Smaller 3-D observations (a 5x5 grid world, say) are not images to aiorl: the default policy
+is the MLP over them, flattened."""
+
+
+def is_channel_last(shape: Sequence[int]) -> bool:
+    """Whether a 3-D image of ``shape`` is ``H, W, C`` (``C <= 4 < H``, as gymnasium's renderers give them)."""
+    return shape[-1] <= 4 < shape[0]
+
+
+def is_image_shape(shape: Sequence[int]) -> bool:
+    """Whether observations of ``shape`` are images for the default policies.
+
+    That is: 3-D, at least :data:`MIN_IMAGE_SIZE` high and wide (channel-last or channel-first).
+    """
+    if len(shape) != 3:
+        return False
+    height, width = (shape[0], shape[1]) if is_channel_last(shape) else (shape[1], shape[2])
+    return min(height, width) >= MIN_IMAGE_SIZE
+
+
+def _check_image_shape(owner: str, obs_shape: Sequence[int]) -> None:
+    if not is_image_shape(obs_shape):
+        raise ConfigError(
+            f"{owner} needs 3-D image observations at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (channel-last or "
+            f"channel-first), got obs_shape={tuple(obs_shape)}; aiorl's ActorCritic takes smaller ones, flattened"
+        )
+
+
 def conv_trunk(channels: int) -> nn.Sequential:
     """The default CNN's convolutions: two strided 3x3 layers, flattened (input ``[B, C, H, W]``)."""
     return nn.Sequential(
@@ -117,9 +147,8 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, obs_shape: Sequence[int], scale: float = 1.0) -> None:
         super().__init__()
-        if len(obs_shape) != 3:
-            raise ConfigError(f"ImageEncoder needs 3-D image observations, got obs_shape={tuple(obs_shape)}")
-        self.channel_last = obs_shape[-1] <= 4 < obs_shape[0]
+        _check_image_shape("ImageEncoder", obs_shape)
+        self.channel_last = is_channel_last(obs_shape)
         self.scale = scale
         self.trunk = conv_trunk(obs_shape[-1] if self.channel_last else obs_shape[0])
         with torch.no_grad():
@@ -136,7 +165,7 @@ class ImageEncoder(nn.Module):
 
 
 class CNNActorCritic(nn.Module):
-    """A small convolutional actor-critic for image observations (default for 3-D ``Box``).
+    """A small convolutional actor-critic for image observations (the default for :func:`is_image_space`).
 
     Two strided 3x3 convolutions and a 256-unit layer, shared by the actor and critic
     heads. Images may be channel-last (``H, W, C`` with ``C <= 4``, as gymnasium's Atari
@@ -153,9 +182,8 @@ class CNNActorCritic(nn.Module):
         self, obs_shape: Sequence[int], dist: ActionDistribution, scale: float = 1.0, log_std_init: float = 0.0
     ) -> None:
         super().__init__()
-        if len(obs_shape) != 3:
-            raise ConfigError(f"CNNActorCritic needs 3-D image observations, got obs_shape={tuple(obs_shape)}")
-        self.channel_last = obs_shape[-1] <= 4 < obs_shape[0]
+        _check_image_shape("CNNActorCritic", obs_shape)
+        self.channel_last = is_channel_last(obs_shape)
         channels = obs_shape[-1] if self.channel_last else obs_shape[0]
         self.scale = scale
         self.trunk = conv_trunk(channels)
@@ -232,8 +260,8 @@ class ObservationNormalizer(nn.Module):
 
 
 def is_image_space(space: gym.Space) -> bool:
-    """Whether observations of ``space`` are images (a 3-D ``Box``): the default policy is then a CNN."""
-    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
+    """Whether observations of ``space`` are images (a ``Box`` of an image shape): the default policy is a CNN."""
+    return isinstance(space, gym.spaces.Box) and is_image_shape(space.shape)
 
 
 def default_policy(obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution) -> nn.Module:

@@ -37,7 +37,7 @@ from torch import nn
 
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
-from aiorl.models import ImageEncoder, _layer, _mlp
+from aiorl.models import ImageEncoder, _layer, _mlp, is_image_shape, is_image_space
 
 RecurrentKind = Literal["lstm", "gru"]
 RECURRENT_KINDS: tuple[str, ...] = ("lstm", "gru")
@@ -82,7 +82,7 @@ class RecurrentActorCritic(nn.Module):
         self.hidden_size = hidden_size
         self.state_size = 2 * hidden_size if kind == "lstm" else hidden_size
         self.encoder: nn.Module
-        if len(obs_shape) == 3:
+        if is_image_shape(obs_shape):
             self.encoder = ImageEncoder(obs_shape, scale)
             features = self.encoder.features
         else:
@@ -163,7 +163,7 @@ def default_recurrent_policy(
     obs_space: gym.Space, obs_shape: tuple[int, ...], dist: ActionDistribution, kind: str, hidden_size: int
 ) -> RecurrentActorCritic:
     """The recurrent policy aiorl builds for ``recurrent=kind`` (a CNN encoder for images, else an MLP)."""
-    uint8_images = isinstance(obs_space, gym.spaces.Box) and len(obs_shape) == 3 and obs_space.dtype == np.uint8
+    uint8_images = is_image_space(obs_space) and obs_space.dtype == np.uint8
     return RecurrentActorCritic(
         obs_shape,
         dist,

@@ -116,7 +116,7 @@ class Trainer:
         self.spaces = EnvSpaces.probe(self.env_factory)
         self.config = config.settled(
             algo=self.algo,
-            flat_float_observations=_is_flat_float_box(self.spaces),
+            numeric_observations=_is_numeric_box(self.spaces),
             async_env=self.spaces.is_async,
             env=self.env_factory.describe(),
             vector_envs=self.spaces.num_envs,
@@ -618,10 +618,10 @@ class Trainer:
         return result
 
 
-def _is_flat_float_box(spaces: EnvSpaces) -> bool:
-    """Whether observations are a flat float vector (where running normalisation helps)."""
+def _is_numeric_box(spaces: EnvSpaces) -> bool:
+    """Whether observations are a ``Box`` of quantities, not images (where running normalisation helps)."""
     space = spaces.observation_space
-    return isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
+    return isinstance(space, gym.spaces.Box) and not is_image_space(space) and space.dtype != np.bool_
 
 
 def _trainer_config(options: dict[str, Any]) -> TrainerConfig:

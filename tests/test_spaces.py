@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from aiorl import PPO, CNNActorCritic, Trainer
+from aiorl import PPO, ActorCritic, CNNActorCritic, ConfigError, Trainer
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import ObservationEncoder
 from aiorl.models import ObservationNormalizer
@@ -181,6 +181,48 @@ async def test_image_observations_get_a_cnn_that_learns():
     assert isinstance(trainer.policy, CNNActorCritic)
     result = await trainer.run(total_steps=60_000, target_return=0.9)
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+class GridSideEnv(gym.Env):
+    """A 5x5x3 uint8 grid (too small for the CNN) with one bright cell; the action must name its half."""
+
+    observation_space = gym.spaces.Box(0, 255, (5, 5, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        self.side = int(self.np_random.integers(2))
+        grid = np.zeros((5, 5, 3), dtype=np.uint8)
+        grid[self.np_random.integers(5), self.side * 3 + self.np_random.integers(2), 0] = 255
+        return grid
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(action == self.side)
+        return self._obs(), reward, True, False, {}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_grid_smaller_than_the_cnn_takes_gets_the_mlp_and_learns():
+    trainer = Trainer(GridSideEnv, PPO(), num_workers=2, envs_per_worker=8, rollout_length=16, return_window=100)
+    # was: RuntimeError "Kernel size can't be greater than actual input size" from building the CNN
+    assert isinstance(trainer.policy, ObservationNormalizer) and isinstance(trainer.policy.policy, ActorCritic)
+    result = await trainer.run(total_steps=60_000, target_return=0.9)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+
+
+def test_a_recurrent_policy_reads_a_small_grid_through_its_mlp_encoder():
+    trainer = Trainer(GridSideEnv, recurrent="gru")
+    assert isinstance(trainer.policy.policy.encoder, torch.nn.Sequential)
+
+
+def test_the_cnn_names_the_smallest_image_it_takes():
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    with pytest.raises(ConfigError, match=r"at least 7x7 .* got obs_shape=\(5, 5, 3\)"):
+        CNNActorCritic((5, 5, 3), dist)
+    assert isinstance(CNNActorCritic((7, 7, 3), dist), CNNActorCritic)
 
 
 def test_observation_normalizer_tracks_running_mean_and_variance():
