@@ -225,6 +225,41 @@ def test_the_cnn_names_the_smallest_image_it_takes():
     assert isinstance(CNNActorCritic((7, 7, 3), dist), CNNActorCritic)
 
 
+class SignEnv(gym.Env):
+    """A scalar observation (a ``Box`` of shape ``()``); the action must name its sign (1-step episodes)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        self.x = np.float32(self.np_random.uniform(-1, 1))
+        return self.x
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(action == int(self.x > 0))
+        return self._obs(), reward, True, False, {}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_scalar_observations_are_vectors_of_one_that_learn():
+    trainer = Trainer(SignEnv, PPO(), num_workers=2, envs_per_worker=8, rollout_length=16, return_window=100)
+    # was: a worker error ("'numpy.float32' object does not support item assignment") at the first step
+    result = await trainer.run(total_steps=60_000, target_return=0.9)
+    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
+    played = await trainer.evaluate(episodes=20)
+    assert played.mean_return >= 0.8
+
+
+def test_a_vector_env_s_batch_of_scalars_encodes_to_a_column():
+    out = np.zeros((3, 1), dtype=np.float32)
+    ObservationEncoder.for_space(SignEnv.observation_space).encode_batch_into(np.array([0.5, -0.25, 1.0]), out)
+    assert out.tolist() == [[0.5], [-0.25], [1.0]]
+
+
 def test_observation_normalizer_tracks_running_mean_and_variance():
     normalizer = ObservationNormalizer(torch.nn.Identity(), (2,))
     data = torch.randn(1000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([10.0, -2.0])

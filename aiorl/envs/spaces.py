@@ -75,7 +75,7 @@ class ObservationEncoder:
         """Build the encoder for ``space`` or raise :class:`ConfigError` naming it."""
         _check_observation_space(space)
         if isinstance(space, gym.spaces.Box):
-            shape = tuple(int(d) for d in space.shape)
+            shape = tuple(int(d) for d in space.shape) or (1,)  # a scalar Box: a vector of one
             return cls(shape=shape, space=space, kind="box", bytes=space.dtype == np.uint8)
         if isinstance(space, gym.spaces.Discrete):
             return cls(shape=(int(space.n),), space=space, kind="one_hot")
@@ -104,11 +104,11 @@ class ObservationEncoder:
         if self.kind == "box":
             shape = getattr(obs, "shape", None)
             shape = tuple(np.shape(obs)) if shape is None else tuple(shape)  # type: ignore[arg-type]
-            if shape != self.shape:
+            if shape != self.space.shape:
                 raise ValueError(f"an observation of shape {shape}, but observation_space is {self.space}")
             if self.bytes and getattr(obs, "dtype", None) != np.uint8:
                 self._check_bytes(obs, "an observation")
-            out[...] = obs
+            out[...] = obs  # a scalar fills its vector of one
         elif self.kind == "one_hot":
             index = _whole_number(obs, self.space) - int(self.space.start)  # type: ignore[attr-defined]
             if not 0 <= index < self.shape[0]:
@@ -143,12 +143,12 @@ class ObservationEncoder:
         """
         k = out.shape[0]
         if self.kind == "box":
-            shape = tuple(np.shape(obs))
-            if shape != out.shape:
-                raise ValueError(f"a batch of observations of shape {shape}, expected {out.shape} ({self.space})")
+            shape, expected = tuple(np.shape(obs)), (k, *self.space.shape)
+            if shape != expected:
+                raise ValueError(f"a batch of observations of shape {shape}, expected {expected} ({self.space})")
             if self.bytes and getattr(obs, "dtype", None) != np.uint8:
                 self._check_bytes(obs, "a batch of observations")
-            out[...] = obs
+            out[...] = obs if shape == out.shape else np.reshape(obs, out.shape)  # scalars: [K] -> [K, 1]
         elif self.kind == "one_hot":
             values = np.asarray(obs)
             if values.shape != (k,) or values.dtype.kind not in "iu":
