@@ -124,6 +124,12 @@ def test_a_multi_discrete_mask_needs_a_valid_action_in_every_component():
         masks.from_raw((np.ones(3, np.int8), np.ones(3, np.int8)))
 
 
+def test_a_mask_of_another_number_of_parts_names_the_form_expected():
+    masks = ActionMasks.for_space(gym.spaces.MultiDiscrete([3, 2, 2]))
+    with pytest.raises(InvalidActionMask, match=r"is a tuple of 2 parts; expected 3 integer or bool arrays"):
+        masks.from_raw((np.ones(3, np.int8), np.ones(2, np.int8)))  # was numpy's "inhomogeneous shape" error
+
+
 # ---- detecting masks ---------------------------------------------------------------------------
 
 
@@ -273,6 +279,24 @@ def test_a_bad_mask_at_the_first_reset_is_a_config_error_before_any_process_star
         ConfigError, match=r"env=.*MaskedChoiceEnv.*: on its first reset, info\['action_mask'\] " + problem
     ):
         Trainer(env, QUICK_PPO, **FAST)  # the probe reads the mask as workers would
+
+
+def vector_env_whose_second_env_has(bad_mask: str) -> gym.vector.SyncVectorEnv:
+    bad = functools.partial(MaskedChoiceEnv, bad_mask=bad_mask, bad_mask_at=0, bad_mask_times=None)
+    return gym.vector.SyncVectorEnv([MaskedChoiceEnv, bad])
+
+
+@pytest.mark.parametrize(
+    ("bad_mask", "problem"),
+    [
+        ("none_valid", r"sub-env 1: info\['action_mask'\] allows no action"),
+        ("missing", r"sub-env 1 put no 'action_mask' into its info \(the vector env filled zeros in\)"),
+    ],
+)
+def test_a_bad_first_mask_of_a_vector_env_is_a_config_error_naming_the_sub_env(bad_mask, problem):
+    env = functools.partial(vector_env_whose_second_env_has, bad_mask)
+    with pytest.raises(ConfigError, match=r"on its first reset, " + problem):
+        Trainer(env, QUICK_PPO, **{**FAST, "envs_per_worker": 2})  # was: workers started, then an EnvError
 
 
 def test_a_mask_that_stays_bad_is_fatal_after_env_error_limit_failures():

@@ -162,22 +162,28 @@ class EnvSpaces:
             else:
                 info = _first_reset(env, factory, encoder, num_envs)
             masks = detect_action_masks(info, action_space)
-            if masks is not None and not is_async and num_envs is None:
-                _check_first_mask(masks, info, factory)
+            if masks is not None and not is_async:
+                _check_first_mask(masks, info, factory, num_envs)
             return cls(observation_space, action_space, is_async, masks, num_envs, frame_stack_size(env))
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")
 
 
-def _check_first_mask(masks: ActionMasks, info: Any, factory: EnvFactory) -> None:
-    """Read the probe env's first mask as workers will, so a malformed one fails before any process starts.
+def _check_first_mask(masks: ActionMasks, info: Any, factory: EnvFactory, num_envs: int | None) -> None:
+    """Read the probe env's first mask (each sub-env's of a vector env) as workers will.
+
+    So a malformed one fails before any process starts.
 
     Raises:
-        ConfigError: the mask is malformed or allows no action (the message says how).
+        ConfigError: a mask is malformed, missing or allows no action (the message says how).
     """
     try:
-        masks.from_raw(info[ACTION_MASK_KEY])
+        if num_envs is None:
+            masks.from_raw(info[ACTION_MASK_KEY])
+        else:
+            rows = np.ones(num_envs, dtype=np.bool_)
+            masks.read_batch_info(info, rows, np.empty((num_envs, masks.width), dtype=np.bool_))
     except InvalidActionMask as exc:
         raise ConfigError(f"env={factory.describe()!r}: on its first reset, {exc}") from exc
 

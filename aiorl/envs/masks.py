@@ -85,6 +85,34 @@ class ActionMasks:
             ) from None
         self.read(raw, out)
 
+    def read_batch_info(self, info: object, rows: np.ndarray, out: np.ndarray) -> None:
+        """Write a vector env's masks of the sub-envs ``rows`` (bool ``[K]``) into ``out`` (bool ``[K, width]``).
+
+        A gymnasium vector env marks which sub-envs put a mask into their info
+        (``info["_action_mask"]``) and fills the others with zeros: those are named as missing.
+
+        Raises:
+            InvalidActionMask: a mask is missing, malformed or leaves no valid action (naming the sub-env).
+        """
+        try:
+            raw = info[ACTION_MASK_KEY]  # type: ignore[index]
+        except (KeyError, TypeError):
+            raise InvalidActionMask(
+                f"the vector env's info has no {ACTION_MASK_KEY!r}, but its first reset had one "
+                "(an env with action masks puts one into the info of every reset and step)"
+            ) from None
+        present = info.get(f"_{ACTION_MASK_KEY}") if isinstance(info, Mapping) else None
+        for i in np.flatnonzero(rows):
+            if present is not None and not present[i]:
+                raise InvalidActionMask(
+                    f"sub-env {i} put no {ACTION_MASK_KEY!r} into its info (the vector env filled zeros in); "
+                    "an env with action masks puts one into the info of every reset and step"
+                )
+            try:
+                self.read(raw[i], out[i])
+            except InvalidActionMask as exc:
+                raise InvalidActionMask(f"sub-env {i}: {exc}") from None
+
     def read(self, raw: Any, out: np.ndarray) -> None:
         """Write the mask ``raw`` (as an env gives it) into ``out`` (bool, ``[width]``).
 
@@ -104,7 +132,12 @@ class ActionMasks:
                 np.not_equal(array, 0, out=out[start : start + size])
                 start += size
         else:
-            array = np.asarray(raw) if isinstance(raw, list | tuple | np.ndarray) else None
+            try:
+                array = np.asarray(raw) if isinstance(raw, list | tuple | np.ndarray) else None
+            except ValueError:  # a ragged sequence: parts of other sizes, or another number of them
+                raise InvalidActionMask(
+                    f"info['action_mask'] is a {type(raw).__name__} of {len(raw)} parts; expected {self._describe()}"
+                ) from None
             if array is None or array.shape != out.shape or not _is_integer_or_bool(array):
                 shown = _summary(array) if array is not None else type(raw).__name__
                 raise InvalidActionMask(f"info['action_mask'] is {shown}; expected {self._describe()}")

@@ -38,7 +38,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from aiorl.envs.closing import close_env
-from aiorl.envs.masks import ACTION_MASK_KEY, InvalidActionMask, check_no_action_mask
+from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.vector import SEED_VARIABLE, autoreset_mode, is_vector_env, seeds_at_construction
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
@@ -132,15 +132,7 @@ class VectorEnvSampler:
     def _read_masks(self, info: object, rows: np.ndarray) -> None:
         """Read the action masks of sub-envs ``rows`` (bool ``[K]``) from a vector env's info."""
         assert self.action_masks is not None
-        try:
-            raw = info[ACTION_MASK_KEY]  # type: ignore[index]
-        except (KeyError, TypeError):
-            raise InvalidActionMask(
-                f"the vector env's info has no {ACTION_MASK_KEY!r}, but its first reset had one "
-                "(an env with action masks puts one into the info of every reset and step)"
-            ) from None
-        for i in np.flatnonzero(rows):
-            self.action_masks.read(raw[i], self.masks[i])
+        self.action_masks.read_batch_info(info, rows, self.masks)
 
     async def collect(self, arrays: SlotArrays, policy_version: int) -> RolloutSummary:
         """Fill ``arrays`` with one rollout acted by ``policy_version``."""
