@@ -32,6 +32,7 @@ from aiorl.testing import (
     ChildProcessEnv,
     FaultyEnv,
     NanMeanOnRealObservations,
+    OneRowForBigBatches,
     RaisesOnRealObservations,
     env_child_pids,
     worker_identity,
@@ -291,6 +292,15 @@ async def test_a_policy_with_non_finite_outputs_is_blamed_not_the_env_that_would
     trainer = Trainer("Pendulum-v1", QUICK_PPO, policy=NanMeanOnRealObservations(), **FAST)
     with pytest.raises(WorkerError, match=r"FloatingPointError: the policy \(weights version 0\) gave non-finite"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    assert trainer.stats.worker_restarts == 0 and trainer.stats.env_errors == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_policy_whose_outputs_lose_the_batch_dimension_is_blamed_not_the_env():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, policy=OneRowForBigBatches(), **FAST)
+    with pytest.raises(WorkerError, match=r"ValueError: .* inputs of 1 rows for a batch of 4 observations"):
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+    # was: each env re-created 3 times over an IndexError, then an EnvError
     assert trainer.stats.worker_restarts == 0 and trainer.stats.env_errors == 0
 
 

@@ -24,7 +24,7 @@ from aiorl.testing.envs import (
     worker_identity,
 )
 from aiorl.testing.frames import NoiseFramesEnv, stacked_noise_frames
-from aiorl.testing.policies import NanMeanOnRealObservations, RaisesOnRealObservations
+from aiorl.testing.policies import NanMeanOnRealObservations, OneRowForBigBatches, RaisesOnRealObservations
 
 __all__ = [
     "BAD_MASKS",
@@ -40,6 +40,7 @@ __all__ = [
     "InvalidAction",
     "MaskedChoiceEnv",
     "NanMeanOnRealObservations",
+    "OneRowForBigBatches",
     "RaisesOnRealObservations",
     "NoiseFramesEnv",
     "RaiseAtStep",

@@ -37,3 +37,22 @@ class NanMeanOnRealObservations(nn.Module):
         """``[mean, log_std]`` and values; the mean is NaN on a batch holding any non-zero observation."""
         mean = self.actor(obs) * (float("nan") if bool((obs != 0).any()) else 1.0)
         return torch.cat([mean, self.log_std.expand_as(mean)], -1), self.critic(obs).squeeze(-1)
+
+
+class OneRowForBigBatches(nn.Module):
+    """A discrete-action policy that answers a batch of more than ``up_to`` observations with one row.
+
+    A bug that validation on batches of 1 and 2 does not see: its outputs have the batch's
+    first dimension only for small batches.
+    """
+
+    def __init__(self, obs_size: int = 4, num_actions: int = 2, up_to: int = 2) -> None:
+        super().__init__()
+        self.actor, self.critic = nn.Linear(obs_size, num_actions), nn.Linear(obs_size, 1)
+        self.up_to = up_to
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values, of the first observation only when the batch is larger than ``up_to``."""
+        if len(obs) > self.up_to:
+            obs = obs[:1]
+        return self.actor(obs), self.critic(obs).squeeze(-1)

@@ -149,22 +149,31 @@ def act_into_row(
     with torch.inference_mode():
         actions, logprobs = dist.sample(dist_inputs, None if masks is None else torch.from_numpy(masks))
     actions_np, logprobs_np = actions.numpy(), logprobs.numpy()
-    check_sampled(logprobs_np, policy_version)
+    check_sampled(logprobs_np, policy_version, len(obs))
     arrays["actions"][t] = actions_np
     arrays["logprobs"][t] = logprobs_np
     arrays["versions"][t] = policy_version
     return actions_np
 
 
-def check_sampled(logprobs: np.ndarray, policy_version: int | None) -> None:
-    """Raise if a sampled action's log-probability is not finite: the policy's outputs were not.
+def check_sampled(logprobs: np.ndarray, policy_version: int | None, rows: int) -> None:
+    """Raise unless the policy gave one action per observation acted on (``rows``), each with a finite log-probability.
 
-    A NaN logit or Gaussian mean would otherwise reach the env as a NaN action (and the
-    env be blamed for what it returns) or the learner as a NaN behaviour log-probability.
+    A policy whose output has another batch size would otherwise have its actions broadcast
+    over the envs (or the env blamed for an index error); a NaN logit or Gaussian mean would
+    reach the env as a NaN action (and the env be blamed for what it returns) or the learner
+    as a NaN behaviour log-probability.
 
     Raises:
+        ValueError: another number of actions than ``rows``.
         FloatingPointError: naming the envs (rows of the batch) and the weights' version.
     """
+    if logprobs.shape != (rows,):
+        raise ValueError(
+            f"the policy (weights version {policy_version}) gave action-distribution inputs of "
+            f"{logprobs.shape[0] if logprobs.ndim else 'no'} rows for a batch of {rows} observations "
+            "(its outputs' first dimension must be the batch's)"
+        )
     if not np.isfinite(logprobs).all():
         rows = np.flatnonzero(~np.isfinite(logprobs)).tolist()
         raise FloatingPointError(

@@ -139,7 +139,7 @@ class ActionBatcher:
             with torch.inference_mode():
                 mask = torch.from_numpy(self.masks[rows]) if self.masked else None
                 actions, logprobs = self.dist.sample(dist_inputs, mask)
-            check_sampled(logprobs.numpy(), self.version)
+            check_sampled(logprobs.numpy(), self.version, len(rows))
         except Exception as exc:  # e.g. NaN logits: the waiting lanes raise it (the worker fails, as it
             if not served.done():  # would with the synchronous sampler), rather than wait forever
                 served.set_exception(exc)
