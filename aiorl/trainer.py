@@ -349,8 +349,9 @@ class Trainer:
             total_steps: env steps to train on in this call.
             target_return: stop as soon as the mean return of the last
                 ``return_window`` finished episodes is at least this.
-            on_update: called on the loop after every learner update with an
-                :class:`~aiorl.records.UpdateReport`; keep it quick.
+            on_update: a plain function called on the loop after every learner update with
+                an :class:`~aiorl.records.UpdateReport`; keep it quick (an ``async def`` is refused:
+                it may start a task, or read :meth:`events` instead).
                 (:meth:`events` publishes the same object, a
                 :class:`~aiorl.events.TrainingUpdate`, to any number of consumers.)
             checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
@@ -361,7 +362,7 @@ class Trainer:
             checkpoint_interval_s: seconds between periodic checkpoints.
 
         Raises:
-            ConfigError: invalid ``total_steps`` or ``target_return``.
+            ConfigError: invalid ``total_steps``, ``target_return`` or ``on_update``.
             CheckpointError: no file can be written at ``checkpoint_path`` (raised before
                 any process starts), or the run's first checkpoint could not be written.
             EnvError: an env kept failing: ``env_error_limit`` failures in a row of one env
@@ -375,7 +376,7 @@ class Trainer:
                 inputs (the worker's traceback is the ``__cause__``; no restart).
             LearnerError: the update raised or produced a non-finite loss.
         """
-        check_run_arguments(total_steps, target_return, checkpoint_interval_s)
+        check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update)
         if checkpoint_path is not None:  # before any process starts
             await asyncio.to_thread(prepare_checkpoint_path, checkpoint_path)
         if self._session is None:

@@ -273,6 +273,40 @@ async def test_bad_total_steps(total_steps):
         await trainer.run(total_steps=total_steps)
 
 
+async def report_later(report):
+    return report
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.parametrize(
+    ("on_update", "problem"),
+    [
+        (report_later, r"on_update=<function report_later .*> is called on the loop .* must not be async"),
+        ("print", r"on_update='print' must be callable"),
+    ],
+)
+async def test_an_async_or_uncallable_on_update_is_refused_before_anything_starts(on_update, problem):
+    trainer = Trainer("CartPole-v1", num_workers=1)
+    with pytest.raises(ConfigError, match=problem):  # was: never awaited (async), or a TypeError after an update
+        await trainer.run(total_steps=1_000, on_update=on_update)
+    assert trainer.stats.steps_collected == 0
+
+
+class Reporter:
+    """A callable object whose call returns a coroutine: not seen as async before it is called."""
+
+    def __call__(self, report):
+        return report_later(report)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_on_update_that_returns_an_awaitable_ends_the_run_saying_why(recwarn):
+    trainer = Trainer("CartPole-v1", num_workers=1, envs_per_worker=4, rollout_length=16)
+    with pytest.raises(ConfigError, match=r"on_update=.*Reporter.* returned an awaitable: it is called on the loop"):
+        await trainer.run(total_steps=10_000, on_update=Reporter())
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 def test_defaults_build_a_ppo_trainer():
     trainer = aiorl.Trainer("CartPole-v1")
     assert isinstance(trainer.algo, PPO)

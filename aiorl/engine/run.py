@@ -11,6 +11,7 @@ the same object to the user's ``on_update`` and starts a periodic evaluation whe
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -150,8 +151,10 @@ class TrainingRun:
         if self.checkpointer is not None:
             self.checkpointer.after_update()
         self.events.publish(report)  # the record is the event (TrainingUpdate)
-        if self.on_update is not None:
-            self.on_update(report)
+        if self.on_update is not None and inspect.isawaitable(returned := self.on_update(report)):
+            if inspect.iscoroutine(returned):
+                returned.close()  # never awaited: say why instead of Python's "never awaited" warning
+            raise ConfigError(f"on_update={self.on_update!r} returned an awaitable: it {_NOT_ASYNC}")
         assert self._evaluation is not None
         self._evaluation.after_update(self.stats.steps_trained)
 
@@ -180,9 +183,21 @@ class TrainingRun:
         )
 
 
-def check_run_arguments(total_steps: object, target_return: object, checkpoint_interval_s: object) -> None:
+_NOT_ASYNC = (
+    "is called on the loop after each update and must not be async: use a plain function (it may start a task), "
+    "or read the same reports from `async for event in trainer.events()`"
+)
+
+
+def check_run_arguments(
+    total_steps: object, target_return: object, checkpoint_interval_s: object, on_update: object = None
+) -> None:
     """Raise one :class:`~aiorl.errors.ConfigError` naming every bad argument of ``Trainer.run``."""
     problems = []
+    if on_update is not None and not callable(on_update):
+        problems.append(f"on_update={on_update!r} must be callable (it gets each update's UpdateReport)")
+    elif inspect.iscoroutinefunction(on_update) or inspect.iscoroutinefunction(type(on_update).__call__):
+        problems.append(f"on_update={on_update!r} {_NOT_ASYNC}")
     if not (isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1):
         problems.append(f"total_steps={total_steps!r} must be an integer >= 1")
     if target_return is not None and not (isinstance(target_return, int | float) and math.isfinite(target_return)):
