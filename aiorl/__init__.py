@@ -8,7 +8,8 @@ Quick start::
     print(result.mean_return)
 
 In your process ``import aiorl`` loads the whole public API at once, so that
-nothing heavy (torch, the trainer) is imported later inside your event loop. In
+nothing heavy (torch, the trainer, the ``torch._dynamo`` that torch's optimisers import)
+is imported later inside your event loop. In
 aiorl's worker processes (started with ``AIORL_WORKER_SIDE=1`` in their environment)
 the public names load on first use instead (PEP 562): a worker, which imports
 ``aiorl.worker.main``, loads only the worker side.
@@ -152,3 +153,6 @@ WORKER_SIDE_VARIABLE = "AIORL_WORKER_SIDE"
 if not os.environ.get(WORKER_SIDE_VARIABLE):
     for _name in _EXPORTS:
         __getattr__(_name)
+    # The first torch optimizer imports torch._dynamo (and sympy: ~800 modules, seconds): here,
+    # not inside the application's event loop when it builds its first Trainer.
+    importlib.import_module("torch._dynamo")

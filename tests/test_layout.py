@@ -132,3 +132,15 @@ def test_the_users_process_loads_the_public_api_at_import():
     env = {k: v for k, v in os.environ.items() if k != "AIORL_WORKER_SIDE"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.strip() == "True"
+
+
+def test_building_the_first_trainer_imports_no_more_of_torch():
+    # torch's first optimizer imports torch._dynamo (~800 modules with sympy): it took 3-6 s of
+    # the application's event loop when its first Trainer was built there.
+    code = (
+        "import sys, aiorl\nloaded = set(sys.modules)\naiorl.Trainer('CartPole-v1', num_workers=1)\n"
+        "print(sorted(name for name in set(sys.modules) - loaded if name.split('.')[0] in ('torch', 'sympy')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AIORL_WORKER_SIDE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "[]"
