@@ -14,7 +14,8 @@ import pytest
 from conftest import SMALL
 from test_faults import assert_accounted
 
-from aiorl import APPO, Trainer
+from aiorl import APPO, Policy, Trainer
+from aiorl.checkpoint import write_checkpoint
 from aiorl.config_file import build_experiment
 from aiorl.envs import AtariEnv
 from aiorl.errors import ConfigError
@@ -80,6 +81,20 @@ def test_bad_atari_settings_are_named() -> None:
     with pytest.raises(ConfigError, match=r"frame_stack=0 must be an int >= 1") as caught:
         AtariEnv("ALE/Pong-v5", frame_stack=0, repeat_action_probability=2.0)
     assert "repeat_action_probability=2.0" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"repeat_action_probability='0.1' must be a number in \[0, 1\]") as caught:
+        AtariEnv("ALE/Pong-v5", repeat_action_probability="0.1", clip_rewards="no")  # was a TypeError; "no" clipped
+    assert "clip_rewards='no' must be True or False" in str(caught.value)
+
+
+@needs_atari
+def test_an_atari_checkpoint_s_policy_plays_in_a_game_that_renders(tmp_path) -> None:
+    write_checkpoint(Trainer.from_preset("ALE/Pong-v5", num_workers=1).state_dict(), tmp_path / "c.pt")
+    env = Policy.load(tmp_path / "c.pt").make_env("rgb_array")  # was: "does not render in that mode"
+    try:
+        env.reset(seed=0)
+        assert env.render().shape == (210, 160, 3)
+    finally:
+        env.close()
 
 
 @needs_atari

@@ -23,10 +23,12 @@ from test_action_masks import assert_rows_were_acted_under_their_masks
 from test_cli import command_env
 from test_faults import FAST, QUICK_PPO, assert_accounted
 
-from aiorl import EnvError, Trainer
+from aiorl import EnvError, Policy, Trainer
+from aiorl.checkpoint import write_checkpoint
 from aiorl.config_file import build_experiment, load_experiment
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, EnvSpaces, VectorEnvs
+from aiorl.envs.vector import FirstSubEnv
 from aiorl.errors import ConfigError
 from aiorl.models import evaluate
 from aiorl.recurrent import RecurrentActorCritic
@@ -291,3 +293,13 @@ def test_aiorl_train_with_vector_gymnasium_trains_and_records_it_in_config_toml(
     assert "finished: mean return" in done.stdout  # (reset steps are not trained on: a little over 1,024 steps)
     experiment = load_experiment(tmp_path / "run" / "config.toml")
     assert experiment.run.vector == "gymnasium" and experiment.trainer.envs_per_worker == 8
+
+
+def test_a_policy_trained_on_vector_envs_plays_in_a_sub_env_made_to_render(tmp_path):
+    trainer = Trainer(VectorEnvs("CartPole-v1", 2), num_workers=1)
+    write_checkpoint(trainer.state_dict(), tmp_path / "c.pt")
+    env = Policy.load(tmp_path / "c.pt").make_env("rgb_array")  # was: "does not render in that mode"
+    try:
+        assert isinstance(env, FirstSubEnv) and env.render_mode == "rgb_array"
+    finally:
+        env.close()

@@ -42,8 +42,11 @@ class AtariEnv:
             of the last two).
         screen_size: the side of the square grayscale frames.
         noop_max: the most no-op actions taken after a reset (a random number of them).
-        terminal_on_life_loss: end an episode when a life is lost (CleanRL's "episodic
-            life"); off by default, as in Sample Factory and Machado et al.
+        terminal_on_life_loss: end an episode when a life is lost; off by default, as in
+            Sample Factory and Machado et al. This is gymnasium's ``AtariPreprocessing`` option:
+            the next reset starts a new game, so only first lives are played (CleanRL's
+            ``EpisodicLifeEnv`` and EnvPool's ``episodic_life``, used by :meth:`vector`, play
+            on with the lives left).
         clip_rewards: clip each reward to [-1, 1].
         repeat_action_probability: ALE's sticky actions (v5 ids use 0.25, Machado et al.'s
             recommendation; CleanRL's EnvPool PPO uses 0).
@@ -68,13 +71,19 @@ class AtariEnv:
                 problems.append(f"{name}={value!r} must be an int >= 1")
         if isinstance(self.noop_max, bool) or not isinstance(self.noop_max, int) or self.noop_max < 0:
             problems.append(f"noop_max={self.noop_max!r} must be an int >= 0")
-        if not 0.0 <= self.repeat_action_probability <= 1.0:
-            problems.append(f"repeat_action_probability={self.repeat_action_probability!r} must be in [0, 1]")
+        sticky = self.repeat_action_probability
+        if isinstance(sticky, bool) or not isinstance(sticky, int | float) or not 0.0 <= sticky <= 1.0:
+            problems.append(f"repeat_action_probability={sticky!r} must be a number in [0, 1]")
+        for name in ("terminal_on_life_loss", "clip_rewards"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be True or False")
         if problems:
             raise ConfigError(problems)
 
-    def __call__(self) -> gym.Env:
+    def __call__(self, render_mode: str | None = None) -> gym.Env:
         """Make one preprocessed game (registers ale-py's ids in this process first).
+
+        ``render_mode`` (e.g. ``"rgb_array"``, for ``aiorl eval --video``) goes to ``gym.make``.
 
         Raises:
             ConfigError: ale-py is not installed, or ``game`` is not one of its ids.
@@ -83,7 +92,8 @@ class AtariEnv:
         if self.game not in gym.registry:
             raise ConfigError(f"game={self.game!r} is not an ale-py gymnasium id (such as 'ALE/Pong-v5')")
         # frameskip=1: AtariPreprocessing skips frames itself (and max-pools the last two).
-        env = gym.make(self.game, frameskip=1, repeat_action_probability=self.repeat_action_probability)
+        rendering = {} if render_mode is None else {"render_mode": render_mode}
+        env = gym.make(self.game, frameskip=1, repeat_action_probability=self.repeat_action_probability, **rendering)
         env = gym.wrappers.AtariPreprocessing(
             env,
             noop_max=self.noop_max,

@@ -124,8 +124,8 @@ class VectorEnvs:
         if self.kind == "envpool":
             _import_envpool()
 
-    def __call__(self) -> VectorEnv:
-        """Build one vector env."""
+    def __call__(self, render_mode: str | None = None) -> VectorEnv:
+        """Build one vector env; ``render_mode`` goes to the sub-envs of a gymnasium one (EnvPool's do not render)."""
         if self.kind == "envpool":
             seed = construction_seed()
             extra = {} if seed is None else {"seed": seed}
@@ -137,7 +137,7 @@ class VectorEnvs:
                 num_threads=self.num_threads,
                 **{**extra, **self.kwargs},
             )
-        kwargs = dict(self.kwargs)
+        kwargs = dict(self.kwargs) if render_mode is None else {**self.kwargs, "render_mode": render_mode}
         mode = kwargs.pop("vectorization_mode", None)
         if mode is None:
             spec = gym.spec(self.env_id)
