@@ -177,15 +177,17 @@ def train(
             f"{directory} holds the {METRICS_NAME} of a run that stopped before its first checkpoint (nothing to "
             "resume); remove the directory or pick --logdir, so the two runs' metrics do not mix"
         )
+    options = {name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__}
+    if "envs_per_worker" not in experiment.trainer_set:  # left out: a factory's vector envs set it
+        del options["envs_per_worker"]
     with _bad_input():
         trainer = Trainer(
-            experiment.env_source(),
-            experiment.algo,
-            env_kwargs=experiment.trainer_env_kwargs(),
-            **{name: getattr(experiment.trainer, name) for name in experiment.trainer.__dataclass_fields__},
+            experiment.env_source(), experiment.algo, env_kwargs=experiment.trainer_env_kwargs(), **options
         )
         trainer.preset = experiment.preset
         prepare_checkpoint_path(directory / CHECKPOINT_NAME)  # creates the directory; fails here, not at a save
+    settled = dataclasses.replace(experiment.trainer, envs_per_worker=trainer.config.envs_per_worker)
+    experiment = dataclasses.replace(experiment, trainer=settled)  # what config.toml and resume see
     write_text_atomic(directory / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: training {experiment.run.env} with {experiment.algo_name}, logging to {directory}", err=True)
     result = _session(

@@ -115,6 +115,8 @@ class Experiment:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     preset: str | None = field(default=None, compare=False)
     """The preset applied under the file's settings, if any (for the log; ``config.toml`` holds its values)."""
+    trainer_set: frozenset[str] = field(default=frozenset(), compare=False)
+    """The trainer fields a layer set (the preset, the file or a flag); the others are defaults."""
 
     @property
     def algo_name(self) -> str:
@@ -296,6 +298,7 @@ def build_experiment(
         algo=algo,
         env_kwargs=dict(merged["env_kwargs"]),
         preset=run.preset,
+        trainer_set=frozenset(trainer_values),
     )
 
 

@@ -84,3 +84,8 @@ def cartpole_slow_to_build() -> gym.Env:
         pass
     time.sleep(60)
     return gym.make("CartPole-v1")
+
+
+def four_cartpoles() -> gym.vector.VectorEnv:
+    """A vector env of 4 CartPoles: each worker steps one, so envs_per_worker is 4."""
+    return gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")

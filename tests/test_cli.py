@@ -304,6 +304,16 @@ def test_a_run_trained_on_a_gpu_resumes_on_a_cpu_with_device_cpu(forked_aiorl, t
     assert load_experiment(config).trainer.device == "cpu"
 
 
+def test_a_factory_of_vector_envs_sets_envs_per_worker_when_no_flag_does(tmp_path):
+    done = aiorl(
+        "train", "cli_envs:four_cartpoles", "--steps", "256", "--workers", "1", "--logdir", "run", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr  # was: "envs_per_worker=16, but ... num_envs=4" with no flag given
+    assert load_experiment(tmp_path / "run" / "config.toml").trainer.envs_per_worker == 4
+    again = aiorl("resume", "run", "--steps", "128", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # config.toml agrees with the checkpoint
+
+
 def interrupted_copy(trained: tuple[Path, object], tmp_path: Path, plan: dict[str, object]) -> Path:
     """A copy of the trained run whose checkpoint says it was interrupted with ``plan`` unfinished."""
     logdir = tmp_path / "run"
