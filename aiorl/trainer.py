@@ -155,7 +155,8 @@ class Trainer:
         self._version = 0
         self._session: Session | None = None
         self._opening = False
-        self._run_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._events = EventHub()
         self._stop_requested = False
         self._launches = 0  # times the workers were started and stopped (moves their seeds)
@@ -224,6 +225,18 @@ class Trainer:
         )
         trainer.load_state_dict(state)
         return trainer
+
+    @property
+    def _run_lock(self) -> asyncio.Lock:
+        """The lock held by ``run()`` and ``sample()``: one per event loop the trainer is used in.
+
+        An ``asyncio.Lock`` belongs to the first loop that waits on it; a trainer used in one
+        ``asyncio.run()`` after another gets a new one while no run holds the old.
+        """
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop and not self._lock.locked():
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     # ---- public state --------------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import SMALL
 
-from aiorl import PPO, Trainer, TrainingUpdate
+from aiorl import PPO, Trainer, TrainerClosed, TrainingUpdate
 from aiorl.testing import FaultyEnv
 
 QUICK_PPO = PPO(update_epochs=1, num_minibatches=1)
@@ -185,3 +185,22 @@ async def test_the_same_seed_trains_the_same_policy():
 
 def _one_worker() -> dict:
     return SMALL | {"num_workers": 1, "max_policy_lag": 0, "rollouts_per_batch": 1}
+
+
+def test_a_trainer_closed_mid_run_in_one_event_loop_closes_the_same_way_in_the_next():
+    trainer = Trainer("CartPole-v1", PPO(update_epochs=1, num_minibatches=1), **SMALL)
+
+    async def close_while_running() -> int:
+        async with trainer:
+            before = trainer.policy_version
+            running = asyncio.create_task(trainer.run(total_steps=10**9))
+            while trainer.policy_version == before:  # run() holds its lock, in this loop
+                await asyncio.sleep(0.05)
+            await trainer.aclose()  # in the second loop: "Lock ... is bound to a different event loop"
+            with pytest.raises(TrainerClosed):
+                await running
+        return trainer.policy_version
+
+    first = asyncio.run(close_while_running())
+    assert asyncio.run(close_while_running()) > first
+    assert trainer.worker_pids == {}
