@@ -71,6 +71,8 @@ CONTENTS = (
 CHECKPOINT_NAME = "checkpoint.pt"
 """The file name used inside a log directory."""
 WRITE_CHUNK = 1 << 20
+WRITE_WAIT_S = 60.0
+"""How long the end of a cancelled run waits for a checkpoint write in progress."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +265,10 @@ class Checkpointer:
         on_saved: called on the loop with the path and the state after each write.
 
     Resource handling:
-        One writer thread, ended by :meth:`finish`. A write already started completes
-        even if the run is cancelled again meanwhile: the rename is atomic either way.
+        One writer thread, ended by :meth:`finish`, which waits for a write in progress
+        even when the run is cancelled meanwhile (up to ``WRITE_WAIT_S``; a second
+        cancellation stops waiting, and the write then completes on its own: the rename
+        is atomic either way).
     """
 
     def __init__(
@@ -366,7 +370,7 @@ class Checkpointer:
         try:
             if self._pending is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(asyncio.wrap_future(self._pending))
+                    await self._written(self._pending)
             if self._failed or not (finished or self._updated):
                 return
             try:
@@ -377,7 +381,7 @@ class Checkpointer:
             if finished:
                 state["run"] = None
             try:
-                await asyncio.shield(asyncio.wrap_future(self._submit(state)))
+                await self._written(self._submit(state))
             except Exception as exc:
                 message = f"checkpoint {str(self.path)!r} could not be written ({type(exc).__name__}: {exc})"
                 if finished:
@@ -385,3 +389,17 @@ class Checkpointer:
                 log.error("%s; the run's last checkpoint is the one written before", message)
         finally:
             self._executor.shutdown(wait=False)
+
+    @staticmethod
+    async def _written(write: Future[Path]) -> Path:
+        """Wait for ``write``; cancelled meanwhile, wait for it still (at most ``WRITE_WAIT_S``), then re-raise.
+
+        So the writer thread has finished when the run ends: nothing writes the file after
+        the application moved on. A second cancellation stops waiting.
+        """
+        try:
+            return await asyncio.shield(asyncio.wrap_future(write))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(write)), WRITE_WAIT_S)
+            raise

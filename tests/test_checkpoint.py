@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -342,6 +344,37 @@ async def test_the_checkpointer_snapshots_after_the_first_update_then_only_when_
     await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
     assert captured == [0, 5, 6]
     assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}
+
+
+class SlowToPickle:
+    """Takes ``seconds`` to pickle: a checkpoint write that is still going on when the run is cancelled."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        time.sleep(self.seconds)
+        return (SlowToPickle, (self.seconds,))
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_run_cancelled_during_its_final_write_ends_after_the_write(tmp_path):
+    checkpointer = Checkpointer(
+        tmp_path / "c.pt", lambda _: {"policy_version": 1, "slow": SlowToPickle(1.0), "run": {}}, interval_s=60
+    )
+    checkpointer.after_update()  # marks an update: the end of the run writes
+    ending = asyncio.create_task(checkpointer.finish(finished=True))
+    await asyncio.sleep(0.2)  # the write of the first update has started
+    ending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ending
+    assert (tmp_path / "c.pt").exists()  # was: still being written by the thread after the run had ended
+    for _ in range(100):  # the idle writer thread ends once it sees the executor's shutdown
+        if not [t for t in threading.enumerate() if t.name.startswith("aiorl-checkpoint")]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the checkpoint writer thread is still alive")
 
 
 def test_a_checkpoint_of_another_env_is_refused_before_anything_is_overwritten():
