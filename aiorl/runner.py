@@ -20,6 +20,17 @@ def run(main: Coroutine[Any, Any, T] | Trainer, /, **run_kwargs: Any) -> T | Tra
     policy), else ``asyncio.run``. Ctrl-C cancels the main task, so the trainer
     tears down its workers before ``KeyboardInterrupt`` propagates.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop runs in this thread: the usual case
+    else:
+        if not isinstance(main, Trainer):
+            main.close()  # never to be awaited: closed, so Python does not warn about it as well
+        raise RuntimeError(
+            "aiorl.run() starts an event loop, but one is running in this thread: await the coroutine "
+            "(or `await trainer.run(...)`) there instead"
+        )
     if isinstance(main, Trainer):
         coro: Coroutine[Any, Any, Any] = main.run(**run_kwargs)
     elif run_kwargs:

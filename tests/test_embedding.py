@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import SMALL
 
+import aiorl
 from aiorl import PPO, Trainer, TrainerClosed, TrainingUpdate
 from aiorl.testing import FaultyEnv
 
@@ -204,3 +205,14 @@ def test_a_trainer_closed_mid_run_in_one_event_loop_closes_the_same_way_in_the_n
     first = asyncio.run(close_while_running())
     assert asyncio.run(close_while_running()) > first
     assert trainer.worker_pids == {}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_aiorl_run_inside_a_running_loop_says_to_await_instead(recwarn):
+    async def main() -> None:
+        pass
+
+    for given in (Trainer("CartPole-v1", num_workers=1), main()):
+        with pytest.raises(RuntimeError, match=r"one is running in this thread: await the coroutine"):
+            aiorl.run(given)
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]  # was: Trainer.run never awaited
