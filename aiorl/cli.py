@@ -240,7 +240,7 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
         state = read_checkpoint(logdir / CHECKPOINT_NAME)
         runtime = {name: getattr(experiment.trainer, name) for name in RUNTIME_FIELDS}
         trainer = Trainer.load(state, **runtime)
-    _check_same_run(experiment, trainer, logdir)
+        _check_same_run(experiment, trainer, logdir)
     plan = trainer.unfinished_run
     done = trainer.stats.steps_trained
     if steps is None and (plan is None or plan.remaining(done) == 0):  # interrupted after its last update
@@ -542,8 +542,10 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
     factory = trainer.env_factory
     env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
     env_kwargs, vector = dict(factory.kwargs), None
-    if factory.make_fn is not None and factory.make_fn == preset_env_factory(experiment.run.env):
-        env = experiment.run.env  # a preset's factory (Atari): run.env names it by the preset's id
+    preset_factory = preset_env_factory(experiment.run.env)
+    atari = factory.make_fn is not None and preset_factory is not None and experiment.run.vector is None
+    if atari and factory.make_fn == experiment.env_source():  # a preset's factory with env_kwargs as its options
+        env, env_kwargs = experiment.run.env, dict(experiment.env_kwargs)
     if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
         env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
         if experiment.run.vector is not None and factory.make_fn == experiment.env_source():

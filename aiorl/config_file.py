@@ -137,11 +137,15 @@ class Experiment:
         if self.run.vector is not None:
             kind = typing.cast(VectorKind, self.run.vector)
             return VectorEnvs(self.run.env, self.trainer.envs_per_worker, kind, kwargs=dict(self.env_kwargs))
+        if isinstance(preset_factory, AtariEnv):  # env_kwargs are its options (repeat_action_probability, ...)
+            return preset_factory.with_options(self.env_kwargs)
         return resolve_env(self.run.env)
 
     def trainer_env_kwargs(self) -> dict[str, Any] | None:
-        """``Trainer(env_kwargs=...)``: ``env_kwargs`` for an env id (a vector env's factory holds them)."""
-        return None if self.run.vector is not None else (dict(self.env_kwargs) or None)
+        """``Trainer(env_kwargs=...)``: ``env_kwargs`` for an env id (a vector env's or Atari's factory holds them)."""
+        if self.run.vector is not None or isinstance(preset_env_factory(self.run.env), AtariEnv):
+            return None
+        return dict(self.env_kwargs) or None
 
     def differences(
         self,

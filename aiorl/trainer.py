@@ -41,7 +41,7 @@ from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
 from aiorl.engine.session import Session, published, worker_template
 from aiorl.engine.stats import TrainingStats
-from aiorl.envs import EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
+from aiorl.envs import AtariEnv, EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
 from aiorl.errors import CheckpointError, ConfigError, TrainerClosed, did_you_mean
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
@@ -179,11 +179,25 @@ class Trainer:
         """A trainer with the tuned settings of :data:`aiorl.presets.PRESETS` ``[name]``.
 
         ``overrides`` replace trainer options (``seed=1``) or the algorithm (``algo=...``).
-        The env is the preset's ``env_factory`` where it has one (Atari's preprocessing), else its id.
+        The env is the preset's ``env_factory`` where it has one (Atari's preprocessing, whose
+        options ``env_kwargs`` then sets: ``env_kwargs={"repeat_action_probability": 0.0}``),
+        else its id.
+
+        Raises:
+            ConfigError: an unknown preset, ``env`` among ``overrides`` (the preset names its env),
+                or a bad override.
         """
         preset = get_preset(name)
+        if "env" in overrides:
+            raise ConfigError(
+                f"env={overrides['env']!r}: Trainer.from_preset({name!r}) trains the preset's env; "
+                "for another one, Trainer(env, algo, **settings)"
+            )
         algo = overrides.pop("algo", preset.algo)
-        trainer = cls(preset.env_source, algo, **{**preset.options, **overrides})
+        source = preset.env_source
+        if isinstance(source, AtariEnv):
+            source = source.with_options(overrides.pop("env_kwargs", None) or {})
+        trainer = cls(source, algo, **{**preset.options, **overrides})
         trainer.preset = name
         return trainer
 

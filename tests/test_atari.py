@@ -77,6 +77,24 @@ def test_the_cli_trains_an_atari_preset_id_on_its_factory() -> None:
     assert experiment.algo.learning_rate == 2.5e-4
 
 
+def test_a_config_file_s_env_kwargs_set_the_atari_preset_s_options() -> None:
+    layers = {"run": {"env": "ALE/Pong-v5", "preset": "ALE/Pong-v5"}, "env_kwargs": {"repeat_action_probability": 0.0}}
+    experiment = build_experiment(layers)  # was: "only applies to a gymnasium id; bind ... (functools.partial)"
+    assert experiment.env_source() == AtariEnv("ALE/Pong-v5", repeat_action_probability=0.0)
+    assert experiment.trainer_env_kwargs() is None
+    with pytest.raises(ConfigError, match=r"env_kwargs\['frame_stacks'\] is not an AtariEnv option; did you mean"):
+        build_experiment({**layers, "env_kwargs": {"frame_stacks": 2}}).env_source()
+
+
+@needs_atari
+def test_from_preset_takes_env_kwargs_as_atari_options_and_refuses_another_env() -> None:
+    trainer = Trainer.from_preset("ALE/Pong-v5", env_kwargs={"frame_stack": 2}, num_workers=1)
+    assert trainer.env_factory.make_fn == AtariEnv("ALE/Pong-v5", frame_stack=2)
+    assert trainer.spaces.observation_space.shape == (2, 84, 84)
+    with pytest.raises(ConfigError, match=r"env='CartPole-v1': Trainer.from_preset\('ALE/Pong-v5'\) trains the"):
+        Trainer.from_preset("ALE/Pong-v5", env="CartPole-v1")  # was: TypeError, env given twice
+
+
 def test_bad_atari_settings_are_named() -> None:
     with pytest.raises(ConfigError, match=r"frame_stack=0 must be an int >= 1") as caught:
         AtariEnv("ALE/Pong-v5", frame_stack=0, repeat_action_probability=2.0)

@@ -20,13 +20,15 @@ frame once (see :mod:`aiorl.envs.frames`).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
 from aiorl.envs.vector import VectorEnvs
-from aiorl.errors import ConfigError
+from aiorl.errors import ConfigError, did_you_mean
 
 ATARI_EXTRA_HINT = "Atari needs ale-py and OpenCV: pip install 'aiorl[atari]' (ale-py, opencv-python-headless)"
 
@@ -79,6 +81,22 @@ class AtariEnv:
                 problems.append(f"{name}={getattr(self, name)!r} must be True or False")
         if problems:
             raise ConfigError(problems)
+
+    def with_options(self, options: Mapping[str, Any]) -> AtariEnv:
+        """A copy with ``options`` replacing its fields: a preset's ``env_kwargs`` (``[env_kwargs]`` in TOML).
+
+        Raises:
+            ConfigError: an option that is no field (named, with the one it resembles), or a bad value.
+        """
+        fields = [f.name for f in dataclasses.fields(self) if f.name != "game"]
+        unknown = [
+            f"env_kwargs[{name!r}] is not an AtariEnv option{did_you_mean(name, fields)}; options: {', '.join(fields)}"
+            for name in options
+            if name not in fields
+        ]
+        if unknown:
+            raise ConfigError(unknown)
+        return dataclasses.replace(self, **options)
 
     def __call__(self, render_mode: str | None = None) -> gym.Env:
         """Make one preprocessed game (registers ale-py's ids in this process first).
