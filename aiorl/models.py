@@ -339,6 +339,21 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
     return flat
 
 
+def check_float32_weights(policy: nn.Module) -> None:
+    """Raise :class:`ConfigError` unless every parameter and floating-point buffer of ``policy`` is float32."""
+    bad = [tuple(t.shape) for t in weight_tensors(policy) if t.dtype != torch.float32]
+    if bad:
+        raise ConfigError(f"policy={type(policy).__name__} has non-float32 weights of shapes {bad}")
+
+
+def check_float_outputs(name: str, outputs: dict[str, object]) -> None:
+    """Raise :class:`ConfigError` unless each of a policy's ``outputs`` (by name) is a floating-point tensor."""
+    for what, tensor in outputs.items():
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+            kind = f"a tensor of dtype {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ConfigError(f"policy={name} returned {what} as {kind}; expected a floating-point torch.Tensor")
+
+
 def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDistribution) -> None:
     """Check ``policy`` against the interface on dummy batches of two observations and of one.
 
@@ -352,9 +367,7 @@ def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDist
     if not isinstance(policy, nn.Module):
         raise ConfigError(f"policy={policy!r} must be a torch.nn.Module")
     name = type(policy).__name__
-    bad = [tuple(t.shape) for t in weight_tensors(policy) if t.dtype != torch.float32]
-    if bad:
-        raise ConfigError(f"policy={name} has non-float32 weights of shapes {bad}")
+    check_float32_weights(policy)
     for batch in (2, 1):
         try:
             with torch.no_grad():
@@ -366,12 +379,7 @@ def validate_policy(policy: object, obs_shape: tuple[int, ...], dist: ActionDist
             ) from exc
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ConfigError(f"policy={name} must return (dist_inputs, value), got {type(out).__name__}")
-        for what, tensor in zip(("dist_inputs", "value"), out, strict=True):
-            if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
-                kind = (
-                    f"a tensor of dtype {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                )
-                raise ConfigError(f"policy={name} returned {what} as {kind}; expected a floating-point torch.Tensor")
+        check_float_outputs(name, dict(zip(("dist_inputs", "value"), out, strict=True)))
         dist_inputs, value = out
         expected = (batch, dist.num_inputs)
         if tuple(dist_inputs.shape) != expected:

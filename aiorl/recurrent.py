@@ -37,7 +37,15 @@ from torch import nn
 
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError
-from aiorl.models import ImageEncoder, _layer, _mlp, is_image_shape, is_image_space
+from aiorl.models import (
+    ImageEncoder,
+    _layer,
+    _mlp,
+    check_float32_weights,
+    check_float_outputs,
+    is_image_shape,
+    is_image_space,
+)
 
 RecurrentKind = Literal["lstm", "gru"]
 RECURRENT_KINDS: tuple[str, ...] = ("lstm", "gru")
@@ -216,6 +224,7 @@ def validate_recurrent_policy(policy: nn.Module, obs_shape: tuple[int, ...], dis
     """
     name = type(policy).__name__
     size = state_size(policy)
+    check_float32_weights(policy)
     if not callable(getattr(policy, "initial_state", None)):
         raise ConfigError(f"policy={name} has state_size={size} but no initial_state(batch) method")
     steps, batch = 3, 2
@@ -243,6 +252,7 @@ def validate_recurrent_policy(policy: nn.Module, obs_shape: tuple[int, ...], dis
         "value": (steps, batch),
         "new_state": (batch, size),
     }
+    check_float_outputs(name, dict(zip(expected, out, strict=True)))  # was: int logits failing in the workers
     for (what, shape), tensor in zip(expected.items(), out, strict=True):
         if tuple(tensor.shape) != shape:
             raise ConfigError(

@@ -218,6 +218,19 @@ def test_recurrent_options_and_policies_are_checked_before_anything_starts():
     with pytest.raises(ConfigError, match=r"initial_state\(2\) returned \(2, 3\), expected \(2, 1\)"):
         Trainer("CartPole-v1", policy=WrongState((4,), ActionDistribution.for_space(CueRecallEnv.action_space)))
 
+    class IntegerLogits(StepsSinceReset):  # was accepted, then failed in every worker
+        def forward(self, obs, state, episode_start):
+            dist_inputs, value, new_state = super().forward(obs, state, episode_start)
+            return dist_inputs.long(), value, new_state
+
+    dist = ActionDistribution.for_space(CueRecallEnv.action_space)
+    with pytest.raises(
+        ConfigError, match=r"returned dist_inputs as a tensor of dtype torch.int64; expected a floating"
+    ):
+        Trainer("CartPole-v1", policy=IntegerLogits((4,), dist))
+    with pytest.raises(ConfigError, match=r"has non-float32 weights"):
+        Trainer("CartPole-v1", policy=StepsSinceReset((4,), dist).double())
+
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_the_fused_and_the_stepwise_replay_of_the_built_in_policy_agree(kind):
