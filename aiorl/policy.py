@@ -219,7 +219,8 @@ class Policy:
             deterministic: act with the most likely action, else sample.
             on_frame: receives ``env.render()`` after the reset and after every step of
                 the *first* episode (make the env with ``render_mode="rgb_array"``).
-            env: play in this env (closed at the end); default: :meth:`make_env`.
+            env: play in this env (closed at the end; a vector env: in its first sub-env);
+                default: :meth:`make_env`.
             max_episode_steps: the step cap of an episode; default: the env's
                 ``spec.max_episode_steps``, else :data:`aiorl.evaluation.DEFAULT_MAX_EPISODE_STEPS`.
             timeout_s: wall-clock limit for all the episodes (``None``: none), checked
@@ -234,6 +235,8 @@ class Policy:
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         name = self.env_factory.describe() if env is None and self.env_factory is not None else None
+        if env is not None and is_vector_env(env):  # as trained on vector envs: play in one of its sub-envs
+            env = FirstSubEnv(env)  # type: ignore[arg-type]
         if env is not None:
             try:
                 self._check_env(env)

@@ -303,3 +303,10 @@ def test_a_policy_trained_on_vector_envs_plays_in_a_sub_env_made_to_render(tmp_p
         assert isinstance(env, FirstSubEnv) and env.render_mode == "rgb_array"
     finally:
         env.close()
+
+
+def test_a_policy_plays_in_the_first_sub_env_of_a_vector_env_it_is_given(tmp_path):
+    write_checkpoint(Trainer(VectorEnvs("CartPole-v1", 2), num_workers=1).state_dict(), tmp_path / "c.pt")
+    policy = Policy.load(tmp_path / "c.pt")
+    result = policy.play(2, env=gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
+    assert result.episodes == 2  # was: "env's action_space is MultiDiscrete([2 2]), but the policy's is Discrete(2)"
