@@ -31,7 +31,7 @@ from torch import nn
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
-from aiorl.envs.masks import ACTION_MASK_KEY
+from aiorl.envs.masks import ACTION_MASK_KEY, InvalidActionMask
 from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
@@ -182,6 +182,7 @@ def play(
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if isinstance(env, _Awaited):
             env.deadline = deadline
+        masked: bool | None = None  # whether the env gives action masks: known at its first reset
         for episode in range(episodes):
             sink = on_frame if episode == 0 else None
             obs, info = env.reset(seed=seed + episode)
@@ -190,8 +191,19 @@ def play(
             if sink is not None:
                 sink(env.render())
             total, length, done = 0.0, 0, False
+            masked = _action_mask(info) is not None if masked is None else masked
             while not done:
-                obs, reward, terminated, truncated, info = env.step(act(obs, _action_mask(info)))
+                mask = _action_mask(info)
+                if masked and mask is None:
+                    raise InvalidActionMask(
+                        f"env {name!r}, episode {episode + 1}, step {length}: the info has no "
+                        f"{ACTION_MASK_KEY!r}, but the env's first reset had one"
+                    )
+                try:
+                    action = act(obs, mask)
+                except InvalidActionMask as exc:
+                    raise InvalidActionMask(f"env {name!r}, episode {episode + 1}, step {length}: {exc}") from None
+                obs, reward, terminated, truncated, info = env.step(action)
                 if sink is not None:
                     sink(env.render())
                 total += float(reward)

@@ -387,6 +387,19 @@ def test_policy_play_passes_the_envs_masks():
     assert result.lengths == (20, 20, 20)
 
 
+@pytest.mark.parametrize(
+    ("bad_mask", "problem"),
+    [
+        ("missing", r"the info has no 'action_mask', but the env's first reset had one"),
+        ("none_valid", r"info\['action_mask'\] allows no action"),
+    ],
+)
+def test_policy_play_names_the_episode_and_step_of_a_missing_or_bad_mask(bad_mask, problem):
+    env = MaskedChoiceEnv(bad_mask=bad_mask, bad_mask_at=3, bad_mask_times=None)
+    with pytest.raises(InvalidActionMask, match=r"env 'MaskedChoiceEnv', episode 1, step 3: " + problem):
+        untrained_policy(env).play(episodes=2, env=env)  # was: acted unmasked (the env raised InvalidAction)
+
+
 def test_an_unmasked_policy_act_reaches_the_env_that_raises():
     env = MaskedChoiceEnv()
     policy = untrained_policy(env)
