@@ -183,25 +183,16 @@ async def test_image_observations_get_a_cnn_that_learns():
     assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
 
 
-class GridSideEnv(gym.Env):
+class GridSideEnv(SideEnv):
     """A 5x5x3 uint8 grid (too small for the CNN) with one bright cell; the action must name its half."""
 
     observation_space = gym.spaces.Box(0, 255, (5, 5, 3), np.uint8)
-    action_space = gym.spaces.Discrete(2)
 
     def _obs(self):
         self.side = int(self.np_random.integers(2))
         grid = np.zeros((5, 5, 3), dtype=np.uint8)
         grid[self.np_random.integers(5), self.side * 3 + self.np_random.integers(2), 0] = 255
         return grid
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return self._obs(), {}
-
-    def step(self, action):
-        reward = float(action == self.side)
-        return self._obs(), reward, True, False, {}
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
