@@ -36,7 +36,7 @@ import secrets
 import time
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,23 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
         reason = f"{str(exc.filename)!r} is not a directory" if isinstance(exc, FileExistsError) else str(exc)
         raise CheckpointError(f"checkpoints cannot be written to {str(target)!r}: {reason}") from exc
     return target
+
+
+def copy_tensors(state: Any) -> Any:
+    """``state`` with each tensor cloned on its own (dicts, lists and tuples rebuilt, other values kept).
+
+    ``copy.deepcopy`` of a learner's state copied the whole flat storage behind every view
+    of its weights, at 2-14 ms for the default MLP; this takes 0.15-0.6 ms. Values other
+    than tensors are kept as they are: what changes during training (the counters) is
+    copied where it is taken.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: copy_tensors(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(copy_tensors(value) for value in state)
+    return state
 
 
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -245,9 +262,12 @@ class Checkpointer:
     :meth:`after_update` is called on the event loop after every learner update, when the
     learner is idle: it notes the cheap part of the state (``mark``: counters, versions)
     and, after the run's first update (so that a run killed early can be resumed) and then
-    every ``interval_s``, takes a full snapshot (``capture``: a copy of the state, so it
-    stays consistent while training goes on) and hands it to a writer thread; the learner's
-    state is copied only then. :meth:`finish` writes the state when the run ends,
+    every ``interval_s``, takes a full snapshot (``capture``), has its tensors copied
+    (:func:`copy_tensors`, so it stays consistent while training goes on) and hands it to a
+    writer thread; the learner's state is copied only then, and in ``copy_in`` where given:
+    the learner's own executor, whose one thread copies before it starts the next update,
+    so a big model's copy (~25 ms for 2M parameters) does not hold up the event loop.
+    :meth:`finish` writes the state when the run ends,
     whichever way: normally, cancelled (Ctrl-C) or failed, with the counters of the last
     update and the learner as it is then (after a learner failure, restored to the last
     good update). If the learner is still busy then (a run cancelled three times: after a
@@ -257,12 +277,15 @@ class Checkpointer:
     Args:
         path: the checkpoint file.
         capture: builds the state to save from the counters ``mark`` returned after the
-            last update (``None`` before the first); raises ``RuntimeError`` when no
-            consistent state can be taken now.
+            last update (``None`` before the first), on the loop; raises ``RuntimeError``
+            when no consistent state can be taken now. Its tensors may be the live ones:
+            they are copied before the learner's next update.
         mark: notes the cheap part of the state after an update.
         interval_s: seconds between periodic writes.
         clock: the time source.
         on_saved: called on the loop with the path and the state after each write.
+        copy_in: where the tensors of a periodic snapshot are copied: the learner's
+            executor (one thread, first in first out); ``None``: on the loop.
 
     Resource handling:
         One writer thread, ended by :meth:`finish`, which waits for a write in progress
@@ -280,15 +303,17 @@ class Checkpointer:
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_saved: Callable[[Path, dict[str, Any]], None] | None = None,
+        copy_in: Executor | None = None,
     ) -> None:
         self.path = Path(path)
         self._on_saved = on_saved
         self.interval_s = interval_s
         self._capture = capture
+        self._copy_in = copy_in
         self._mark = mark
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiorl-checkpoint")
-        self._pending: Future[Path] | None = None
+        self._pending: Future[tuple[Path, dict[str, Any]]] | None = None
         self._marked: Any = None
         self._updated = False  # an update happened since the last snapshot was written
         self._failed = False  # the first write failed: the run ends with a CheckpointError
@@ -312,7 +337,7 @@ class Checkpointer:
         self._updated = True
         due = self.snapshots == 0 or self._clock() - self._last_write >= self.interval_s
         if due and (self._pending is None or self._pending.done()):
-            self._submit(self._snapshot())
+            self._submit(self._snapshot(copy_in=self._copy_in))
 
     def _check_last_write(self) -> None:
         """Raise if the first write failed; log a later failed write (once)."""
@@ -332,31 +357,40 @@ class Checkpointer:
             "could not write the checkpoint %s (%s: %s); trying again later", self.path, type(error).__name__, error
         )
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self, *, finished: bool = False, copy_in: Executor | None = None) -> Future[dict[str, Any]]:
+        """Capture the state now (on the loop) and copy its tensors in ``copy_in`` (or now)."""
         state = self._capture(self._marked)
         self.snapshots += 1
         self._updated = False
-        return state
+        if finished:
+            state["run"] = None
+        if copy_in is not None:
+            return copy_in.submit(copy_tensors, state)
+        copied: Future[dict[str, Any]] = Future()
+        copied.set_result(copy_tensors(state))
+        return copied
 
-    def _submit(self, state: dict[str, Any]) -> Future[Path]:
+    def _submit(self, copied: Future[dict[str, Any]]) -> Future[tuple[Path, dict[str, Any]]]:
         self._last_write = self._clock()
-        self._pending = self._executor.submit(self._write, state)
+        self._pending = self._executor.submit(self._write, copied)
         if self._on_saved is not None:
-            self._pending.add_done_callback(functools.partial(self._saved, asyncio.get_running_loop(), state))
+            self._pending.add_done_callback(functools.partial(self._saved, asyncio.get_running_loop()))
         return self._pending
 
-    def _saved(self, loop: asyncio.AbstractEventLoop, state: dict[str, Any], write: Future[Path]) -> None:
+    def _saved(self, loop: asyncio.AbstractEventLoop, write: Future[tuple[Path, dict[str, Any]]]) -> None:
         """In the writer thread: tell ``on_saved`` (on the loop) about a successful write."""
         if write.cancelled() or write.exception() is not None or self._on_saved is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens any more
-            loop.call_soon_threadsafe(self._on_saved, write.result(), state)
+            loop.call_soon_threadsafe(self._on_saved, *write.result())
 
-    def _write(self, state: dict[str, Any]) -> Path:
+    def _write(self, copied: Future[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+        """In the writer thread: wait for the copy (made in ``copy_in``), write it."""
+        state = copied.result()
         path = write_checkpoint(state, self.path)
         self.saved += 1
         log.debug("checkpoint %s: policy version %d", path, state["policy_version"])
-        return path
+        return path, state
 
     async def finish(self, *, finished: bool) -> None:
         """Write the final state (marked finished when the run ended normally); end the thread.
@@ -373,15 +407,13 @@ class Checkpointer:
                     await self._written(self._pending)
             if self._failed or not (finished or self._updated):
                 return
-            try:
-                state = self._snapshot()
+            try:  # the run is over: no update follows, the loop copies
+                copied = self._snapshot(finished=finished)
             except RuntimeError as exc:
                 log.warning("no final checkpoint (%s); %s keeps the last one", exc, self.path)
                 return
-            if finished:
-                state["run"] = None
             try:
-                await self._written(self._submit(state))
+                await self._written(self._submit(copied))
             except Exception as exc:
                 message = f"checkpoint {str(self.path)!r} could not be written ({type(exc).__name__}: {exc})"
                 if finished:
@@ -391,7 +423,7 @@ class Checkpointer:
             self._executor.shutdown(wait=False)
 
     @staticmethod
-    async def _written(write: Future[Path]) -> Path:
+    async def _written(write: Future[Any]) -> Any:
         """Wait for ``write``; cancelled meanwhile, wait for it still (at most ``WRITE_WAIT_S``), then re-raise.
 
         So the writer thread has finished when the run ends: nothing writes the file after

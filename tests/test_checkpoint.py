@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import unittest.mock
 
 import numpy as np
 import pytest
@@ -344,6 +345,35 @@ async def test_the_checkpointer_snapshots_after_the_first_update_then_only_when_
     await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
     assert captured == [0, 5, 6]
     assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_periodic_snapshot_is_copied_in_the_learner_s_thread_before_its_next_update(tmp_path):
+    weights = torch.zeros(3)  # the learner's live tensor
+    learner_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
+    copied_in: list[str] = []
+    real_clone = torch.Tensor.clone
+
+    def recording_clone(tensor, *args, **kwargs):
+        copied_in.append(threading.current_thread().name)
+        return real_clone(tensor, *args, **kwargs)
+
+    checkpointer = Checkpointer(
+        tmp_path / "c.pt", lambda _: {"policy_version": 1, "weights": weights}, interval_s=60, copy_in=learner_thread
+    )
+    release = threading.Event()
+    learner_thread.submit(release.wait)  # the thread is busy: the copy waits in its queue
+    with unittest.mock.patch.object(torch.Tensor, "clone", recording_clone):
+        checkpointer.after_update()
+        next_update = learner_thread.submit(weights.add_, 1.0)  # submitted after the snapshot, as the consumer does
+        assert copied_in == []  # the event loop copied nothing
+        release.set()
+        next_update.result(timeout=10)
+    await checkpointer.finish(finished=False)
+    learner_thread.shutdown()
+
+    assert copied_in and all(name.startswith("learner") for name in copied_in)
+    assert torch.equal(torch.load(tmp_path / "c.pt")["weights"], torch.zeros(3))  # not the next update's
 
 
 class SlowToPickle:
