@@ -28,7 +28,7 @@ key                    meaning
 ``workers_alive``      worker processes running after the update
 ``num_workers``        worker processes configured
 ``worker_restarts``    worker replacements so far
-``env_errors``         env exceptions recovered from so far
+``env_errors``         env failures so far (each re-created the env, or ended the run)
 ``learner``            the learner's metrics: ``policy_loss``, ``value_loss``,
                        ``entropy``, ``approx_kl``, ``clipfrac``, ``learning_rate``,
                        ``explained_variance`` (APPO adds ``rho_mean``); NaN as ``null``

@@ -76,7 +76,12 @@ class EnvRecovered:
 
 @dataclass(frozen=True, slots=True)
 class EnvFailed:
-    """An env failed for good (constructor, or too many failures in a row); the worker exits."""
+    """An env failed for good (constructor, or too many failures in a row); the worker exits.
+
+    ``earlier`` holds the failures of the rollout this one cut short (its last entry is this
+    failure's own report): they had not been reported, and are counted like
+    :class:`EnvRecovered` reports.
+    """
 
     env_index: int | None
     step: int | None
@@ -84,6 +89,7 @@ class EnvFailed:
     error_type: str
     message: str
     traceback: str
+    earlier: tuple[EnvRecovered, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,7 @@ class UpdateReport:
         steps_discarded: collected steps not trained on (policy lag, lost workers, ...).
         episodes: episodes finished over the trainer's life.
         worker_restarts: worker replacements over the trainer's life.
-        env_errors: env exceptions recovered from over the trainer's life.
+        env_errors: env failures over the trainer's life: each re-created the env, or (the last) ended the run.
         workers_alive: workers running after the update.
         num_workers: workers configured.
     """

@@ -56,6 +56,15 @@ def assert_accounted(trainer: Trainer, result: TrainResult | None = None) -> Non
         assert result.steps_collected == result.total_env_steps + sum(result.steps_discarded.values()) + pending
 
 
+def assert_failures_counted(trainer: Trainer) -> None:
+    """An env failed for good: its failures are counted, the rollout it lost discarded as ``env_error``."""
+    stats = trainer.stats
+    assert stats.env_errors >= 3  # was 0: the failures of the rollout in progress went unreported
+    assert stats.discarded.get("env_error", 0) > 0
+    assert stats.discarded.get("worker_lost", 0) == 0  # was: every step of that rollout, as "worker_lost"
+    assert_accounted(trainer)
+
+
 async def run_until_restarts(trainer: Trainer, restarts: int, timeout_s: float = 60) -> None:
     """Keep training in short runs until ``restarts`` workers have been replaced."""
     async with asyncio.timeout(timeout_s):
@@ -266,6 +275,7 @@ async def test_an_env_that_keeps_failing_ends_the_run_instead_of_looping():
     with pytest.raises(EnvError, match=r"env 0, step 1, .*InjectedFault.*failed 3 times in a row"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.worker_restarts == 0
+    assert_failures_counted(trainer)
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])

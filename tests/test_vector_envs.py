@@ -21,7 +21,7 @@ from conftest import sampler_template
 from gymnasium.vector import AutoresetMode
 from test_action_masks import assert_rows_were_acted_under_their_masks
 from test_cli import command_env
-from test_faults import FAST, QUICK_PPO, assert_accounted
+from test_faults import FAST, QUICK_PPO, assert_accounted, assert_failures_counted
 
 from aiorl import EnvError, Policy, Trainer
 from aiorl.checkpoint import write_checkpoint
@@ -256,6 +256,7 @@ async def test_a_vector_env_that_keeps_failing_ends_the_run_with_env_error_after
     with pytest.raises(EnvError, match=r"InjectedFault.*failed 3 times in a row"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.worker_restarts == 0
+    assert_failures_counted(trainer)
 
 
 # ---- the command line -----------------------------------------------------------------------

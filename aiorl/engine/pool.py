@@ -268,6 +268,8 @@ class WorkerPool:
             elif isinstance(message, protocol.EnvRecovered):
                 self._on_env_recovered(handle, message)
             elif isinstance(message, protocol.EnvFailed):
+                for i, earlier in enumerate(message.earlier, 1):  # the rollout's failures, the last one fatal
+                    self._on_env_recovered(handle, earlier, fatal=i == len(message.earlier))
                 handle.fatal = self.last_env_error = _env_error(handle.worker_id, message)
             elif isinstance(message, protocol.WorkerFailed):
                 handle.fatal = _worker_error(handle.worker_id, message)
@@ -289,15 +291,27 @@ class WorkerPool:
             )
         )
 
-    def _on_env_recovered(self, handle: WorkerHandle, message: protocol.EnvRecovered) -> None:
+    def _on_env_recovered(self, handle: WorkerHandle, message: protocol.EnvRecovered, *, fatal: bool = False) -> None:
+        """Count an env failure and log it (``fatal``: the failure after which the env could not go on)."""
         error = _env_error(handle.worker_id, message)
         self.last_env_error = error
         self.stats.env_errors += 1
-        log.warning("%s (env re-created, %d steps discarded)\n%s", error, message.discarded_steps, message.traceback)
+        outcome = "" if fatal else "env re-created, "
+        log.warning("%s (%s%d steps discarded)\n%s", error, outcome, message.discarded_steps, message.traceback)
 
     def _account_lost_steps(self, seat: Seat, handle: WorkerHandle) -> None:
-        """Count the steps the worker took but never reported, and take back its slots."""
-        reason = DiscardReason.SHUTDOWN if self.closing else DiscardReason.WORKER_LOST
+        """Count the steps the worker took but never reported, and take back its slots.
+
+        They are discarded as ``env_error`` when an env failed for good (its rollout is what
+        the failure cost), ``shutdown`` when the trainer stopped the worker, and
+        ``worker_lost`` otherwise.
+        """
+        if self.closing:
+            reason = DiscardReason.SHUTDOWN
+        elif isinstance(handle.fatal, EnvError):
+            reason = DiscardReason.ENV_ERROR
+        else:
+            reason = DiscardReason.WORKER_LOST
         self.ledger.reclaim(seat.worker_id, handle.link.steps_taken(), reason)
 
     def _after_loss(self, seat: Seat, handle: WorkerHandle) -> None:

@@ -38,7 +38,7 @@ class TrainResult:
             decided to stop.
         wall_time: seconds this run took.
         worker_restarts: workers replaced during this run.
-        env_errors: env exceptions recovered from during this run (env re-created).
+        env_errors: env failures during this run (each re-created the env, or ended the run).
         reached_target: whether the run stopped because ``target_return`` was reached.
         updates: learner updates during this run.
         policy_version: the policy version at the end of the run.

@@ -16,7 +16,8 @@ class DiscardReason(StrEnum):
     WORKER_LOST = "worker_lost"
     """Taken by a worker that died or hung before reporting them."""
     ENV_ERROR = "env_error"
-    """The broken episode of an env that raised (masked out of its rollout)."""
+    """The broken episode of an env that raised (masked out of its rollout), or the rollout of
+    an env that failed for good."""
     LEARNER_ERROR = "learner_error"
     """In the batch of a learner update that failed."""
     SHUTDOWN = "shutdown"

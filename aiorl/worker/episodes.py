@@ -31,7 +31,9 @@ class EnvStepError(Exception):
     """An env failed for good; carries where it happened.
 
     ``step`` is the failing env's own step count (1 for its first ``step`` call; 0 for
-    its constructor or first ``reset``).
+    its constructor or first ``reset``). ``unreported`` holds the failures of the rollout
+    in progress (the last one is this failure's), which its summary would have reported:
+    they go with the fatal report (``EnvFailed.earlier``), so the trainer counts them.
     """
 
     def __init__(self, env_index: int | None, step: int, original: BaseException, reason: str = "") -> None:
@@ -40,6 +42,7 @@ class EnvStepError(Exception):
         self.step = step
         self.original = original
         self.reason = reason
+        self.unreported: list[protocol.EnvRecovered] = []
 
     def to_message(self, policy_version: int | None) -> protocol.EnvFailed:
         """The :class:`~aiorl.protocol.EnvFailed` report of this failure, with its traceback."""
@@ -51,6 +54,7 @@ class EnvStepError(Exception):
             error_type=type(original).__name__,
             message=f"{original} ({self.reason})" if self.reason else str(original),
             traceback="".join(traceback.format_exception(original)),
+            earlier=tuple(self.unreported),
         )
 
 

@@ -109,7 +109,11 @@ class EnvSampler:
         for episode in self.episodes:
             episode.start = 0
         self.acting.record_start(arrays)
-        await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, policy_version, summary))
+        try:
+            await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, policy_version, summary))
+        except EnvStepError as error:  # failed for good: the rollout's failures go with the error
+            error.unreported = summary.env_errors
+            raise
         self.acting.record_end(arrays, self.obs)
         summary.env_steps = self.spec.layout.steps - summary.discarded_steps
         return summary

@@ -140,7 +140,11 @@ class VectorEnvSampler:
         self.policy_version = policy_version
         self.start[:] = 0
         self.acting.record_start(arrays)
-        await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, summary))
+        try:
+            await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, summary))
+        except EnvStepError as error:  # failed for good: the rollout's failures go with the error
+            error.unreported = summary.env_errors
+            raise
         self.acting.record_end(arrays, self.obs)
         summary.env_steps = int(arrays["valid"].sum())  # reset steps are no env steps
         return summary
