@@ -139,9 +139,30 @@ def async_vector_cartpole() -> gym.vector.VectorEnv:
     return gym.make_vec("CartPole-v1", 2, vectorization_mode="async")
 
 
-def test_a_gymnasium_async_vector_env_is_refused_before_workers_fail_to_start_it():
+def wrapped_async_vector_cartpole() -> gym.vector.VectorEnv:
+    return gym.wrappers.vector.RecordEpisodeStatistics(async_vector_cartpole())
+
+
+@pytest.mark.parametrize("factory", [async_vector_cartpole, wrapped_async_vector_cartpole], ids=["bare", "wrapped"])
+def test_a_gymnasium_async_vector_env_is_refused_before_workers_fail_to_start_it(factory):
     with pytest.raises(ConfigError, match=r"returned a gymnasium AsyncVectorEnv, whose env processes a worker"):
-        Trainer(async_vector_cartpole)
+        Trainer(factory)  # wrapped, it was accepted, and failed in the workers ("daemonic processes ...")
+
+
+class NoSubEnvs(gym.vector.VectorEnv):
+    """A vector env of no sub-envs."""
+
+    def __init__(self) -> None:
+        self.num_envs = 0
+        self.single_observation_space = gym.spaces.Box(-1, 1, (2,))
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, 0)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, 0)
+
+
+def test_a_vector_env_of_no_sub_envs_is_refused_naming_num_envs():
+    with pytest.raises(ConfigError, match=r"returned a vector env with num_envs=0: it must step at least one"):
+        Trainer(NoSubEnvs)  # was: "algo.num_minibatches=2 splits the batch of 0 env steps ..."
 
 
 def test_an_integer_box_action_space_is_rejected_not_given_float_actions():

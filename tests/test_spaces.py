@@ -251,6 +251,29 @@ def test_a_vector_env_s_batch_of_scalars_encodes_to_a_column():
     assert out.tolist() == [[0.5], [-0.25], [1.0]]
 
 
+@pytest.mark.parametrize(
+    ("space", "batch", "entry"),
+    [
+        (
+            gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,)), "id": gym.spaces.Discrete(4)}),
+            {"pos": np.zeros((2, 2), np.float32), "id": np.zeros(3, np.int64)},
+            "observations\\['pos'\\] holds 2 rows for 3 sub-envs",
+        ),
+        (
+            gym.spaces.Tuple((gym.spaces.Discrete(4), gym.spaces.MultiBinary(2))),
+            (np.zeros(3, np.int64), np.zeros((4, 2), np.int8)),
+            "observations\\[1\\] holds 4 rows for 3 sub-envs",
+        ),
+        (gym.spaces.MultiDiscrete([3, 3]), np.zeros((2, 2), np.int64), "observations holds 2 rows for 3 sub-envs"),
+    ],
+    ids=["dict", "tuple", "multi_discrete"],
+)
+def test_a_structured_batch_with_rows_missing_or_extra_is_refused_naming_the_entry(space, batch, entry):
+    out = np.full((3, gym.spaces.flatdim(space)), 7.0, np.float32)
+    with pytest.raises(ValueError, match=entry):  # was: a short Dict entry left its sub-env's row stale
+        ObservationEncoder.for_space(space).encode_batch_into(batch, out)
+
+
 def test_observation_normalizer_tracks_running_mean_and_variance():
     normalizer = ObservationNormalizer(torch.nn.Identity(), (2,))
     data = torch.randn(1000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([10.0, -2.0])

@@ -296,6 +296,22 @@ def test_aiorl_train_with_vector_gymnasium_trains_and_records_it_in_config_toml(
     assert experiment.run.vector == "gymnasium" and experiment.trainer.envs_per_worker == 8
 
 
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_the_first_sub_env_resets_mid_episode_without_a_seed_into_a_fresh_episode(mode):
+    vector = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode})
+    env = FirstSubEnv(vector)
+    try:
+        env.reset(seed=0)
+        for _ in range(5):
+            env.step(1)
+        obs, _ = env.reset()  # was: AttributeError '_next_obs' (or, SAME_STEP, an old episode's first obs)
+        assert np.abs(obs).max() <= 0.05  # CartPole's reset draws every value in [-0.05, 0.05]
+        after, *_ = env.step(1)
+        assert after[0] == pytest.approx(obs[0] + 0.02 * obs[1])  # the step continues from that observation
+    finally:
+        env.close()
+
+
 def test_a_policy_trained_on_vector_envs_plays_in_a_sub_env_made_to_render(tmp_path):
     trainer = Trainer(VectorEnvs("CartPole-v1", 2), num_workers=1)
     write_checkpoint(trainer.state_dict(), tmp_path / "c.pt")

@@ -144,7 +144,7 @@ class EnvSpaces:
             is_async = isinstance(env, AsyncEnv)
             num_envs = None
             observation_space, action_space = env.observation_space, env.action_space
-            if isinstance(env, gym.vector.AsyncVectorEnv):
+            if isinstance(getattr(env, "unwrapped", env), gym.vector.AsyncVectorEnv):  # under vector wrappers too
                 env.close()  # its env processes end now, not in the background
                 raise ConfigError(
                     f"env={factory.describe()!r} returned a gymnasium AsyncVectorEnv, whose env processes a "
@@ -153,7 +153,14 @@ class EnvSpaces:
                 )
             if is_vector_env(env):
                 autoreset_mode(env)
-                num_envs = int(env.num_envs)
+                num_envs = env.num_envs
+                if not (isinstance(num_envs, int | np.integer) and num_envs >= 1):
+                    env.close()
+                    raise ConfigError(
+                        f"env={factory.describe()!r} returned a vector env with num_envs={num_envs!r}: "
+                        "it must step at least one sub-env"
+                    )
+                num_envs = int(num_envs)
                 observation_space, action_space = env.single_observation_space, env.single_action_space
             encoder = ObservationEncoder.for_space(observation_space)  # unsupported spaces fail before any reset
             check_action_space(action_space)

@@ -159,11 +159,36 @@ class ObservationEncoder:
             out[...] = 0.0
             out[np.arange(k), index] = 1.0
         else:
+            _check_batch_rows(self.space, obs, k, "observations")
             rows = gym.vector.utils.iterate(gym.vector.utils.batch_space(self.space, k), obs)
             for i, row in enumerate(rows):
-                if i >= k:
-                    raise ValueError(f"a batch of more than {k} observations of {self.space}")
                 out[i] = gym.spaces.flatten(self.space, row)
+
+
+def _check_batch_rows(space: gym.Space, batch: object, k: int, where: str) -> None:
+    """Every array of a batched structured observation (Dict, Tuple, Multi*) has ``k`` rows.
+
+    Raises:
+        ValueError: naming the entry (``observations['pos']``) and its number of rows; a
+            short entry would otherwise leave the missing sub-envs' rows stale, unnoticed.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(batch, dict) or set(batch) != set(space.spaces):
+            got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"{where} is {got!r}, expected a dict of {sorted(space.spaces)} ({space})")
+        for key, subspace in space.spaces.items():
+            _check_batch_rows(subspace, batch[key], k, f"{where}[{key!r}]")
+    elif isinstance(space, gym.spaces.Tuple):
+        if not isinstance(batch, tuple | list) or len(batch) != len(space.spaces):
+            raise ValueError(f"{where} is not a tuple of {len(space.spaces)} batches ({space})")
+        for i, (subspace, part) in enumerate(zip(space.spaces, batch, strict=True)):
+            _check_batch_rows(subspace, part, k, f"{where}[{i}]")
+    else:
+        rows = np.shape(batch)[0] if np.ndim(batch) else None
+        if rows != k:
+            raise ValueError(
+                f"{where} holds {rows} rows for {k} sub-envs (a batch of {space}, shape {np.shape(batch)})"
+            )
 
 
 def _whole_number(obs: object, space: gym.Space) -> int:
