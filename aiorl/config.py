@@ -304,8 +304,6 @@ class TrainerConfig:
 
     def _device_problems(self) -> list[str]:
         problems = [device_problem("device", self.device), device_problem("worker_device", self.worker_device)]
-        if not problems[1] and torch.device(self.worker_device).type not in ("cpu", "cuda"):
-            problems[1] = f"worker_device={self.worker_device!r} must be a 'cpu' or 'cuda' device"
         return [problem for problem in problems if problem]
 
     def settled(
@@ -484,6 +482,8 @@ def device_problem(name: str, value: object) -> str:
         device = torch.device(value)  # type: ignore[call-overload]
     except (RuntimeError, TypeError) as exc:
         return f"{name}={value!r} is not a torch device ({exc})"
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: untested, and failing deep inside torch
+        return f"{name}={value!r} must be a 'cpu' or 'cuda' device"
     if device.type == "cuda" and not torch.cuda.is_available():
         return f"{name}={value!r} but CUDA is not available"
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

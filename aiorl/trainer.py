@@ -19,6 +19,7 @@ import copy
 import functools
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import Mapping
@@ -128,6 +129,8 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
                 torch.manual_seed(self.config.seed)
                 policy = self._default_policy()
+        else:
+            _check_picklable_policy(policy)
         if state_size(policy):
             validate_recurrent_policy(policy, self.obs_encoder.shape, self.dist)
         elif self.config.recurrent is not None:
@@ -667,6 +670,22 @@ def _trainer_config(options: dict[str, Any]) -> TrainerConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _check_picklable_policy(policy: nn.Module) -> None:
+    """A copy of the policy travels to every worker process, pickled: refuse one that cannot be.
+
+    Raises:
+        ConfigError: naming the policy and why (a lambda or a local function in it, say),
+            before any process starts.
+    """
+    try:
+        pickle.dumps(policy)
+    except Exception as exc:
+        raise ConfigError(
+            f"policy={type(policy).__name__}(...) cannot be pickled to reach worker processes "
+            f"({type(exc).__name__}: {exc}); keep lambdas, local functions and open handles out of it"
+        ) from exc
 
 
 def _is_small_mlp(policy: nn.Module) -> bool:

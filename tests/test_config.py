@@ -38,6 +38,8 @@ def starts_nothing():
         ({"device": "tpu:banana"}, "device='tpu:banana'"),
         ({"worker_device": "tpu:banana"}, "worker_device='tpu:banana' is not a torch device"),
         ({"worker_device": "meta"}, "worker_device='meta' must be a 'cpu' or 'cuda' device"),
+        ({"device": "mps"}, "device='mps' must be a 'cpu' or 'cuda' device"),  # was torch's RuntimeError
+        ({"device": "xpu"}, "device='xpu' must be a 'cpu' or 'cuda' device"),  # was an AssertionError
         ({"worker_device": "cuda", "backend": "ray"}, "worker_device='cuda' needs local workers (backend='local')"),
         pytest.param(
             {"worker_device": "cuda"},
@@ -163,6 +165,13 @@ class NoSubEnvs(gym.vector.VectorEnv):
 def test_a_vector_env_of_no_sub_envs_is_refused_naming_num_envs():
     with pytest.raises(ConfigError, match=r"returned a vector env with num_envs=0: it must step at least one"):
         Trainer(NoSubEnvs)  # was: "algo.num_minibatches=2 splits the batch of 0 env steps ..."
+
+
+def test_a_policy_that_cannot_be_pickled_is_refused_before_workers_start():
+    policy = aiorl.ActorCritic((4,), ActionDistribution.for_space(gym.spaces.Discrete(2)))
+    policy.squash = lambda x: x  # a lambda cannot travel to a worker process
+    with pytest.raises(ConfigError, match=r"policy=ActorCritic\(...\) cannot be pickled .*lambda"):
+        Trainer("CartPole-v1", policy=policy)  # was: multiprocessing's AttributeError when run() started workers
 
 
 def test_an_integer_box_action_space_is_rejected_not_given_float_actions():

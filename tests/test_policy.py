@@ -132,6 +132,7 @@ def test_make_env_names_an_env_it_cannot_make_here():
     ("device", "message"),
     [
         ("gpu", r"device='gpu' is not a torch device"),
+        ("meta", r"device='meta' must be a 'cpu' or 'cuda' device"),  # was: loaded, then failed in play()
         pytest.param(
             "cuda",
             r"device='cuda' but CUDA is not available",

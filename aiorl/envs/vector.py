@@ -183,8 +183,11 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         self._masks: Any = None  # the batched info's action masks, if it has any
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """A new episode of sub-env 0 (all sub-envs are reset the first time, when ``seed`` is given,
-        and when sub-env 0's episode has not ended)."""
+        """A new episode of sub-env 0.
+
+        Every sub-env is reset the first time, when ``seed`` is given, and when sub-env 0's
+        episode has not ended; otherwise sub-env 0's next episode has already begun.
+        """
         if not self._started or seed is not None or not self._ended:
             obs, info = self.vector.reset(seed=None if seeds_at_construction(self.vector) else seed)
         elif self._ended and self.mode is AutoresetMode.NEXT_STEP:
