@@ -97,7 +97,11 @@ class RunPlan:
 def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a directory (a log directory)."""
     resolved = Path(path)
-    return resolved / CHECKPOINT_NAME if resolved.is_dir() else resolved
+    try:
+        is_dir = resolved.is_dir()
+    except OSError:  # a name too long, say: not a directory, and writing there says why
+        is_dir = False
+    return resolved / CHECKPOINT_NAME if is_dir else resolved
 
 
 def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
@@ -113,10 +117,12 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
             and the reason.
     """
     target = Path(path)
-    if target.is_dir():
-        raise CheckpointError(f"checkpoint path {str(target)!r} is a directory; name a file such as {CHECKPOINT_NAME}")
     temporary = _temporary_beside(target)
     try:
+        if target.is_dir():
+            raise CheckpointError(
+                f"checkpoint path {str(target)!r} is a directory; name a file such as {CHECKPOINT_NAME}"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -218,18 +224,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(target, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(target)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+    return check_state(state, repr(str(target)))
+
+
+def check_state(state: object, where: str = "the state") -> dict[str, Any]:
+    """``state`` if it is a whole aiorl checkpoint of a format this aiorl reads.
+
+    Raises:
+        CheckpointError: it is not one (``where`` names it: the file, or ``"the state"``
+            for a mapping given to :meth:`aiorl.Trainer.load`), is of a newer format, or
+            lacks part of :data:`CONTENTS`.
+    """
     if not (isinstance(state, dict) and state.get("format") == FORMAT):
-        raise CheckpointError(f"{str(target)!r} is not an aiorl checkpoint")
+        raise CheckpointError(f"{where} is not an aiorl checkpoint")
     version = state.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(target)!r} has format_version={version!r}; this aiorl reads up to {FORMAT_VERSION}"
+            f"checkpoint {where} has format_version={version!r}; this aiorl reads up to {FORMAT_VERSION}"
         )
     missing = [key for key in CONTENTS if key not in state]
     if missing:
-        raise CheckpointError(
-            f"checkpoint {str(target)!r} lacks {', '.join(missing)}: it is not a complete aiorl checkpoint"
-        )
+        raise CheckpointError(f"checkpoint {where} lacks {', '.join(missing)}: it is not a complete aiorl checkpoint")
     return state
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
+from typing import TypeGuard
 
 import torch
 
+from aiorl.algos.options import suggest_unknown_options
 from aiorl.backends.base import Backend  # at runtime: config files read the field types
 from aiorl.errors import ConfigError
 from aiorl.recurrent import RECURRENT_KINDS
@@ -53,15 +55,17 @@ def local_worker_limit() -> int:
     return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * usable_cores())
 
 
-def _is_int(value: object) -> bool:
+def is_integer(value: object) -> TypeGuard[int]:
+    """An int, not a bool (``True`` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """An int or a float, not a bool (``True`` is no number of seconds)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+@suggest_unknown_options
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainerConfig:
     """How the trainer collects and learns. Defaults suit a 2-core machine."""
@@ -195,38 +199,38 @@ class TrainerConfig:
         )
         for name in positive_ints:
             value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
+            if not (is_integer(value) and value >= 1):
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not (_is_int(self.seed) and 0 <= self.seed < 2**63):
+        if not (is_integer(self.seed) and 0 <= self.seed < 2**63):
             problems.append(f"seed={self.seed!r} must be an integer in [0, 2**63)")
         if self.rollouts_per_batch is not None and not (
-            _is_int(self.rollouts_per_batch) and self.rollouts_per_batch >= 1
+            is_integer(self.rollouts_per_batch) and self.rollouts_per_batch >= 1
         ):
             problems.append(f"rollouts_per_batch={self.rollouts_per_batch!r} must be an integer >= 1 or None")
         if self.eval_interval_steps is not None and not (
-            _is_int(self.eval_interval_steps) and self.eval_interval_steps >= 1
+            is_integer(self.eval_interval_steps) and self.eval_interval_steps >= 1
         ):
             problems.append(f"eval_interval_steps={self.eval_interval_steps!r} must be an integer >= 1 or None")
         if self.eval_max_episode_steps is not None and not (
-            _is_int(self.eval_max_episode_steps) and self.eval_max_episode_steps >= 1
+            is_integer(self.eval_max_episode_steps) and self.eval_max_episode_steps >= 1
         ):
             problems.append(f"eval_max_episode_steps={self.eval_max_episode_steps!r} must be an integer >= 1 or None")
         if self.eval_timeout_s is not None and not (
-            _is_number(self.eval_timeout_s) and math.isfinite(self.eval_timeout_s) and self.eval_timeout_s > 0
+            is_number(self.eval_timeout_s) and math.isfinite(self.eval_timeout_s) and self.eval_timeout_s > 0
         ):
             problems.append(f"eval_timeout_s={self.eval_timeout_s!r} must be a finite number of seconds > 0 or None")
-        if self.learner_threads is not None and not (_is_int(self.learner_threads) and self.learner_threads >= 1):
+        if self.learner_threads is not None and not (is_integer(self.learner_threads) and self.learner_threads >= 1):
             problems.append(f"learner_threads={self.learner_threads!r} must be an integer >= 1 or None")
-        if self.max_policy_lag is not None and not (_is_int(self.max_policy_lag) and self.max_policy_lag >= 0):
+        if self.max_policy_lag is not None and not (is_integer(self.max_policy_lag) and self.max_policy_lag >= 0):
             problems.append(f"max_policy_lag={self.max_policy_lag!r} must be an integer >= 0 or None")
-        if self.act_batch is not None and not (_is_int(self.act_batch) and self.act_batch >= 1):
+        if self.act_batch is not None and not (is_integer(self.act_batch) and self.act_batch >= 1):
             problems.append(f"act_batch={self.act_batch!r} must be an integer >= 1 or None")
-        elif self.act_batch is not None and _is_int(self.envs_per_worker) and self.act_batch > self.envs_per_worker:
+        elif self.act_batch is not None and is_integer(self.envs_per_worker) and self.act_batch > self.envs_per_worker:
             problems.append(
                 f"act_batch={self.act_batch!r} exceeds envs_per_worker={self.envs_per_worker!r}: "
                 "no worker ever has that many envs waiting"
             )
-        if not (_is_number(self.act_wait_s) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
+        if not (is_number(self.act_wait_s) and math.isfinite(self.act_wait_s) and self.act_wait_s >= 0):
             problems.append(f"act_wait_s={self.act_wait_s!r} must be a finite number of seconds >= 0")
         if self.recurrent is not None and self.recurrent not in RECURRENT_KINDS:
             problems.append(f"recurrent={self.recurrent!r} must be one of {RECURRENT_KINDS} or None")
@@ -235,7 +239,7 @@ class TrainerConfig:
         for name in ("normalize_observations", "normalize_rewards"):
             if not isinstance(getattr(self, name), bool | None):
                 problems.append(f"{name}={getattr(self, name)!r} must be True, False or None (automatic)")
-        if not (_is_int(self.max_restarts) and self.max_restarts >= 0):
+        if not (is_integer(self.max_restarts) and self.max_restarts >= 0):
             problems.append(f"max_restarts={self.max_restarts!r} must be an integer >= 0")
         durations = (
             "heartbeat_interval_s",
@@ -250,7 +254,7 @@ class TrainerConfig:
         )
         for name in durations:
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
+            if not (is_number(value) and math.isfinite(value) and value > 0):
                 problems.append(f"{name}={value!r} must be a finite number of seconds > 0")
         if self.start_method is not None and self.start_method not in START_METHODS:
             problems.append(f"start_method={self.start_method!r} must be one of {START_METHODS} or None")
@@ -333,7 +337,7 @@ class TrainerConfig:
             ConfigError: the options contradict the algorithm or the env.
         """
         problems: list[str] = []
-        has_discount = _is_number(getattr(algo, "gamma", None))  # PPO(gamma=1) has one too
+        has_discount = is_number(getattr(algo, "gamma", None))  # PPO(gamma=1) has one too
         if self.normalize_rewards and not has_discount:
             problems.append(
                 f"normalize_rewards=True needs the algorithm's discount, but algo={algo!r} has no numeric `gamma`"
@@ -348,6 +352,13 @@ class TrainerConfig:
                 f"backend={self.backend!r} steps gymnasium envs inline only; async envs (an aiorl.AsyncEnv "
                 "or env_threads=True) run on the local backend for now"
             )
+        if vector_envs is None and not (async_env or self.env_threads):
+            problems += [
+                f"{name}={value!r} batches the actions of async envs (an aiorl.AsyncEnv or env_threads=True), "
+                f"but env={env!r} steps gymnasium envs inline, acting for all of a worker's envs at once"
+                for name, value in (("act_batch", self.act_batch), ("act_wait_s", self.act_wait_s))
+                if value not in (None, 0)
+            ]
         envs_per_worker = self.envs_per_worker
         if vector_envs is not None:
             if envs_per_worker_given and self.envs_per_worker != vector_envs:
@@ -383,7 +394,11 @@ class TrainerConfig:
         trajectories, never one sample.)
         """
         minibatches = getattr(algo, "num_minibatches", None)
-        if self.recurrent is not None or not _is_int(minibatches) or not getattr(algo, "normalize_advantages", False):
+        if (
+            self.recurrent is not None
+            or not is_integer(minibatches)
+            or not getattr(algo, "normalize_advantages", False)
+        ):
             return []
         batch = self.batch_rollouts * envs_per_worker * self.rollout_length  # batch_steps, settled envs_per_worker
         if batch // minibatches >= 2:

@@ -37,7 +37,7 @@ import gymnasium as gym
 import tomli_w
 
 from aiorl.algos import APPO, PPO
-from aiorl.config import SETTLED_FIELDS, TrainerConfig, _is_int, _is_number
+from aiorl.config import SETTLED_FIELDS, TrainerConfig, is_integer, is_number
 from aiorl.envs import AtariEnv, EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError, did_you_mean
@@ -94,12 +94,12 @@ class RunConfig:
                 "preprocessing), which a gymnasium vector env of the bare id would skip; use run.vector = "
                 "'envpool' (EnvPool's Atari, the same preprocessing) or leave run.vector out"
             )
-        if not (_is_int(self.total_steps) and self.total_steps >= 1):
+        if not (is_integer(self.total_steps) and self.total_steps >= 1):
             problems.append(f"run.total_steps={self.total_steps!r} must be an integer >= 1")
         if not (isinstance(self.checkpoint_interval_s, int | float) and self.checkpoint_interval_s > 0):
             problems.append(f"run.checkpoint_interval_s={self.checkpoint_interval_s!r} must be > 0")
         target = self.target_return
-        if target is not None and not (_is_number(target) and math.isfinite(target)):
+        if target is not None and not (is_number(target) and math.isfinite(target)):
             problems.append(f"run.target_return={target!r} must be a finite number")
         if problems:
             raise ConfigError(problems)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aiorl.config import is_number
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
@@ -167,7 +168,8 @@ def play(
     Raises:
         EvaluationTimeout: ``timeout_s`` passed (the message names the env and the limit).
         EvaluationStopped: ``stop`` was set.
-        ConfigError: a limit is not a positive number, or ``seed`` is not an integer >= 0.
+        ConfigError: a limit is not a positive number, ``seed`` is not an integer >= 0, or
+            ``on_frame`` is not callable.
     """
     name = name or _describe(env)
     returns: list[float] = []
@@ -177,8 +179,10 @@ def play(
         cap = episode_step_cap(env, max_episode_steps)
         if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
             raise ConfigError(f"seed={seed!r} must be an integer >= 0")
-        if timeout_s is not None and not (_is_number(timeout_s) and 0 < timeout_s < math.inf):
+        if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
+        if on_frame is not None and not callable(on_frame):
+            raise ConfigError(f"on_frame={on_frame!r} must be callable (it gets each rendered frame) or None")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if isinstance(env, _Awaited):
             env.deadline = deadline
@@ -243,15 +247,11 @@ def _action_mask(info: object) -> Any:
 def episode_step_cap(env: object, max_episode_steps: int | None) -> int:
     """The step cap of ``env``'s episodes: ``max_episode_steps``, else the env's spec's, else the default."""
     if max_episode_steps is not None:
-        if not (_is_number(max_episode_steps) and isinstance(max_episode_steps, int) and max_episode_steps >= 1):
+        if not (is_number(max_episode_steps) and isinstance(max_episode_steps, int) and max_episode_steps >= 1):
             raise ConfigError(f"max_episode_steps={max_episode_steps!r} must be an integer >= 1 or None")
         return max_episode_steps
     from_spec = getattr(getattr(env, "spec", None), "max_episode_steps", None)
     return from_spec if isinstance(from_spec, int) and from_spec >= 1 else DEFAULT_MAX_EPISODE_STEPS
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _describe(env: object) -> str:

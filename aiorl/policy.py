@@ -241,7 +241,8 @@ class Policy:
             try:
                 self._check_env(env)
             except ConfigError:
-                env.close()  # closed at the end, as documented, also when refused
+                if callable(getattr(env, "close", None)):
+                    env.close()  # closed at the end, as documented, also when refused
                 raise
         env = self.make_env() if env is None else env
         memory = RecurrentMemory() if self.recurrent else None
@@ -267,6 +268,11 @@ class Policy:
         """Raise :class:`ConfigError` unless :meth:`play` can play in ``env`` with this policy."""
         if isinstance(env, AsyncEnv):
             raise ConfigError(f"env={env!r} is an aiorl.AsyncEnv; drive it yourself with policy.act()")
+        if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
+            raise ConfigError(
+                f"env={env!r} must be a gymnasium env (or vector env) to play in; for an env id, "
+                "make it first (gymnasium.make) or leave env out to play in make_env()"
+            )
         action_space = getattr(env, "action_space", None)
         if self.action_space is not None and action_space != self.action_space:
             raise ConfigError(f"env's action_space is {action_space}, but the policy's is {self.action_space}")

@@ -118,6 +118,8 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name`` (raises :class:`ConfigError` listing the known names)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"preset={name!r} must be a preset's name (a str): one of {', '.join(sorted(PRESETS))}")
     try:
         return PRESETS[name]
     except KeyError:

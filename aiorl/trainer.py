@@ -34,15 +34,23 @@ from torch import nn
 
 from aiorl.algos import PPO, Algorithm
 from aiorl.algos.reward_scaling import RewardNormalizer
-from aiorl.checkpoint import RunPlan, checkpoint_path, prepare_checkpoint_path, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import (
+    RunPlan,
+    check_state,
+    checkpoint_path,
+    prepare_checkpoint_path,
+    read_checkpoint,
+    write_checkpoint,
+)
 from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
-from aiorl.config import SMALL_MLP_UNITS, TrainerConfig
+from aiorl.config import SMALL_MLP_UNITS, TrainerConfig, is_integer
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
 from aiorl.engine.session import Session, published, worker_template
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import AtariEnv, EnvFactory, EnvSource, EnvSpaces, ObservationEncoder
+from aiorl.envs.factory import check_env_kwargs
 from aiorl.errors import CheckpointError, ConfigError, TrainerClosed, did_you_mean
 from aiorl.evaluation import EvalResult, play_episodes
 from aiorl.events import DEFAULT_BUFFER, EvaluationFinished, EventHub, EventStream
@@ -111,6 +119,8 @@ class Trainer:
     ) -> None:
         config = _trainer_config(options)
         self.algo: Algorithm = PPO() if algo is None else algo
+        if isinstance(self.algo, type):
+            raise ConfigError(f"algo={self.algo.__name__} is a class: pass an instance, such as {self.algo.__name__}()")
         if not callable(getattr(self.algo, "make_learner", None)):
             raise ConfigError(f"algo={self.algo!r} must be an algorithm config such as aiorl.PPO()")
         self.env_factory = EnvFactory.from_user(env, env_kwargs)
@@ -199,6 +209,7 @@ class Trainer:
         algo = overrides.pop("algo", preset.algo)
         source = preset.env_source
         if isinstance(source, AtariEnv):
+            check_env_kwargs(overrides.get("env_kwargs"))
             source = source.with_options(overrides.pop("env_kwargs", None) or {})
         trainer = cls(source, algo, **{**preset.options, **overrides})
         trainer.preset = name
@@ -229,7 +240,7 @@ class Trainer:
                 f"{', '.join(fixed)} cannot be overridden when loading a checkpoint: its env, algorithm "
                 "and policy (architecture included) are what it continues; start a new Trainer for others"
             )
-        state = path if isinstance(path, Mapping) else read_checkpoint(path)
+        state = check_state(dict(path)) if isinstance(path, Mapping) else read_checkpoint(path)
         factory = state["env"]
         env: EnvSource = factory.env_id if factory.env_id is not None else factory.make_fn
         saved = {k: v for k, v in state["config"].items() if k in TrainerConfig.__dataclass_fields__}
@@ -406,7 +417,7 @@ class Trainer:
                 inputs (the worker's traceback is the ``__cause__``; no restart).
             LearnerError: the update raised or produced a non-finite loss.
         """
-        check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update)
+        check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update, checkpoint_path)
         if checkpoint_path is not None:  # before any process starts
             await asyncio.to_thread(prepare_checkpoint_path, checkpoint_path)
         if self._session is None:
@@ -535,6 +546,8 @@ class Trainer:
         Raises:
             CheckpointError: the file cannot be written there (the message names the path).
         """
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path={path!r} must be a path (str or os.PathLike)")
         if self._run_lock.locked():
             raise RuntimeError("save() while run() is in progress; pass checkpoint_path= to run() instead")
         state = self.state_dict()
@@ -559,10 +572,15 @@ class Trainer:
         return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned into this (not started) trainer."""
+        """Restore what :meth:`state_dict` returned into this (not started) trainer.
+
+        Raises:
+            CheckpointError: ``state`` is not a whole aiorl checkpoint, or its policy does
+                not fit this trainer's.
+        """
         if self._session is not None:
             raise RuntimeError("load_state_dict() needs a trainer that is not started")
-        load_trainer_state(self, state)
+        load_trainer_state(self, check_state(dict(state) if isinstance(state, Mapping) else state))
 
     async def sample(self, total_steps: int) -> float:
         """Collect ``total_steps`` env steps without learning; return env steps per second.
@@ -572,7 +590,7 @@ class Trainer:
         This measures the sampling side alone (``benchmarks/throughput.py`` uses it).
         Requires a started trainer (``async with``).
         """
-        if not (isinstance(total_steps, int) and total_steps >= 1):
+        if not (is_integer(total_steps) and total_steps >= 1):
             raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
         session = self._session
         if session is None:

@@ -373,3 +373,10 @@ def test_env_threads_with_an_async_env_is_a_config_error():
 def test_bad_async_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
         Trainer(AsyncCountingEnv, **options)
+
+
+@pytest.mark.parametrize("options", [{"act_batch": 4}, {"act_wait_s": 0.5}])
+def test_async_acting_options_for_inline_gymnasium_envs_are_refused_not_ignored(options):
+    (name,) = options
+    with pytest.raises(ConfigError, match=f"{name}=.* batches the actions of async envs"):
+        Trainer("CartPole-v1", **options)  # was: accepted, and ignored

@@ -258,6 +258,15 @@ def test_reading_a_missing_truncated_or_foreign_file_names_it(tmp_path):
         read_checkpoint(foreign)
 
 
+def test_a_state_in_memory_that_is_no_whole_checkpoint_is_refused_like_a_file():
+    state = Trainer("CartPole-v1").state_dict()
+    del state["learner"]
+    with pytest.raises(CheckpointError, match="the state is not an aiorl checkpoint"):
+        Trainer.load({})  # was: KeyError 'env'
+    with pytest.raises(CheckpointError, match="checkpoint the state lacks learner"):
+        Trainer("CartPole-v1").load_state_dict(state)  # was: KeyError 'learner'
+
+
 def test_a_checkpoint_missing_part_of_its_contents_names_what_is_missing(tmp_path):
     state = Trainer("CartPole-v1").state_dict()
     del state["learner"], state["stats"]

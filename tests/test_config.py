@@ -285,6 +285,27 @@ def test_algo_must_be_an_algorithm_config():
         Trainer("CartPole-v1", algo={"learning_rate": 1e-3})
 
 
+def test_an_algorithm_class_is_refused_with_the_instance_to_pass():
+    with pytest.raises(ConfigError, match=r"algo=PPO is a class: pass an instance, such as PPO\(\)"):
+        Trainer("CartPole-v1", PPO)  # was: "make_learner() missing 1 required positional argument"
+
+
+@pytest.mark.parametrize("env_kwargs", [[1, 2], "abc", {1: "x"}])
+def test_env_kwargs_that_are_no_keyword_arguments_are_named(env_kwargs):
+    with pytest.raises(ConfigError, match=r"env_kwargs=.* must be a dict of keyword arguments"):
+        Trainer("CartPole-v1", env_kwargs=env_kwargs)  # was: dict()'s TypeError or ValueError
+
+
+def test_a_preset_name_that_is_no_string_is_named():
+    with pytest.raises(ConfigError, match=r"preset=None must be a preset's name \(a str\): one of .*CartPole-v1"):
+        Trainer.from_preset(None)  # type: ignore[arg-type]  # was: difflib's TypeError
+
+
+def test_an_unknown_trainer_config_field_is_named_with_the_closest_one():
+    with pytest.raises(ConfigError, match=r"num_workerz=1 is not a TrainerConfig option; did you mean 'num_workers'"):
+        aiorl.TrainerConfig(num_workerz=1)  # type: ignore[call-arg]  # was: dataclass's plain TypeError
+
+
 def test_strict_on_policy_batch_must_fit_in_slots():
     with pytest.raises(ValueError, match=r"rollouts_per_batch=5 exceeds the 4 slots"):
         Trainer("CartPole-v1", max_policy_lag=0, rollouts_per_batch=5)
@@ -303,6 +324,34 @@ async def test_bad_total_steps(total_steps):
         await trainer.run(total_steps=total_steps)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"target_return": True}, "target_return=True must be a finite number or None"),  # was: a target of 1
+        ({"checkpoint_interval_s": True}, "checkpoint_interval_s=True must be a number of seconds > 0"),
+        ({"checkpoint_path": 123}, "checkpoint_path=123 must be a path"),  # was: pathlib's TypeError
+    ],
+)
+async def test_bad_run_arguments_are_named_before_anything_starts(arguments, problem):
+    trainer = Trainer("CartPole-v1", num_workers=1)
+    with pytest.raises(ConfigError, match=problem):
+        await trainer.run(total_steps=1_000, **arguments)
+    assert trainer.stats.steps_collected == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_checkpoint_name_too_long_for_the_file_system_is_a_checkpoint_error(tmp_path):
+    trainer = Trainer("CartPole-v1", num_workers=1)
+    too_long = tmp_path / ("c" * 300 + ".pt")
+    with pytest.raises(aiorl.CheckpointError, match=r"checkpoints cannot be written to .*File name too long"):
+        await trainer.run(total_steps=1_000, checkpoint_path=too_long)  # was: a raw OSError
+    with pytest.raises(aiorl.CheckpointError, match=r"checkpoints cannot be written to .*File name too long"):
+        await trainer.save(too_long)
+    with pytest.raises(ConfigError, match="path=123 must be a path"):
+        await trainer.save(123)  # type: ignore[arg-type]
+
+
 async def report_later(report):
     return report
 
@@ -313,6 +362,7 @@ async def report_later(report):
     [
         (report_later, r"on_update=<function report_later .*> is called on the loop .* must not be async"),
         ("print", r"on_update='print' must be callable"),
+        (lambda: None, r"on_update=<function <lambda> .*> must take one argument"),  # was: a TypeError after an update
     ],
 )
 async def test_an_async_or_uncallable_on_update_is_refused_before_anything_starts(on_update, problem):

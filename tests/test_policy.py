@@ -120,6 +120,20 @@ def test_play_refuses_an_env_whose_actions_are_not_the_policy_s(tmp_path):
         Policy.load(path).play(episodes=1, env=ThreeActionCartPole())  # played actions 0 and 1 only, in silence
 
 
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"env": "CartPole-v1"}, r"env='CartPole-v1' must be a gymnasium env .* make it first"),  # was: 'str' .close
+        ({"on_frame": 5}, r"on_frame=5 must be callable"),  # was: 'int' object is not callable, mid-episode
+    ],
+)
+def test_play_names_an_env_or_on_frame_it_cannot_use(tmp_path, arguments, problem):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    with pytest.raises(ConfigError, match=problem):
+        Policy.load(path).play(episodes=1, **arguments)
+
+
 def test_make_env_names_an_env_it_cannot_make_here():
     trainer = Trainer("CartPole-v1", **SMALL)
     gone = EnvFactory(env_id="mypackage/Registered-By-An-Import-v0")  # registered in the training process only

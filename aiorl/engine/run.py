@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiorl.checkpoint import Checkpointer
+from aiorl.config import is_integer, is_number
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.session import Session
 from aiorl.engine.stats import TrainingStats
@@ -190,7 +192,11 @@ _NOT_ASYNC = (
 
 
 def check_run_arguments(
-    total_steps: object, target_return: object, checkpoint_interval_s: object, on_update: object = None
+    total_steps: object,
+    target_return: object,
+    checkpoint_interval_s: object,
+    on_update: object = None,
+    checkpoint_path: object = None,
 ) -> None:
     """Raise one :class:`~aiorl.errors.ConfigError` naming every bad argument of ``Trainer.run``."""
     problems = []
@@ -198,11 +204,26 @@ def check_run_arguments(
         problems.append(f"on_update={on_update!r} must be callable (it gets each update's UpdateReport)")
     elif inspect.iscoroutinefunction(on_update) or inspect.iscoroutinefunction(type(on_update).__call__):
         problems.append(f"on_update={on_update!r} {_NOT_ASYNC}")
-    if not (isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1):
+    elif on_update is not None and not _takes_one_argument(on_update):
+        problems.append(f"on_update={on_update!r} must take one argument (each update's UpdateReport)")
+    if not (is_integer(total_steps) and total_steps >= 1):
         problems.append(f"total_steps={total_steps!r} must be an integer >= 1")
-    if target_return is not None and not (isinstance(target_return, int | float) and math.isfinite(target_return)):
+    if target_return is not None and not (is_number(target_return) and math.isfinite(target_return)):
         problems.append(f"target_return={target_return!r} must be a finite number or None")
-    if not (isinstance(checkpoint_interval_s, int | float) and checkpoint_interval_s > 0):
+    if not (is_number(checkpoint_interval_s) and checkpoint_interval_s > 0):
         problems.append(f"checkpoint_interval_s={checkpoint_interval_s!r} must be a number of seconds > 0")
+    if checkpoint_path is not None and not isinstance(checkpoint_path, str | os.PathLike):
+        problems.append(f"checkpoint_path={checkpoint_path!r} must be a path (str or os.PathLike) or None")
     if problems:
         raise ConfigError(problems)
+
+
+def _takes_one_argument(function: object) -> bool:
+    """Whether ``function`` can be called with one positional argument (``True`` where it cannot be told)."""
+    try:
+        inspect.signature(function).bind(None)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): let the call say
+        return True
+    return True

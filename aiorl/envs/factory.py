@@ -32,6 +32,14 @@ from aiorl.errors import ConfigError
 EnvSource = str | Callable[[], gym.Env | AsyncEnv | VectorEnv]
 
 
+def check_env_kwargs(env_kwargs: object) -> None:
+    """Raise :class:`ConfigError` unless ``env_kwargs`` is ``None`` or a mapping with str keys."""
+    if env_kwargs is not None and not (
+        isinstance(env_kwargs, Mapping) and all(isinstance(key, str) for key in env_kwargs)
+    ):
+        raise ConfigError(f"env_kwargs={env_kwargs!r} must be a dict of keyword arguments (str keys) or None")
+
+
 @dataclass(frozen=True, slots=True)
 class EnvFactory:
     """A picklable recipe for one environment.
@@ -50,8 +58,9 @@ class EnvFactory:
         Raises:
             ConfigError: unknown gymnasium id, a callable that cannot be pickled
                 (lambdas and closures cannot reach a worker process), kwargs given
-                with a callable, or anything else passed as ``env``.
+                with a callable or not as a mapping, or anything else passed as ``env``.
         """
+        check_env_kwargs(env_kwargs)
         if isinstance(env, str):
             if env.startswith("ALE/") and env not in gym.registry:
                 raise ConfigError(
