@@ -135,12 +135,11 @@ class Trainer:
         )
         self.obs_encoder = ObservationEncoder.for_space(self.spaces.observation_space)
         self.dist = ActionDistribution.for_space(self.spaces.action_space)
+        given = policy is not None
         if policy is None:
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
                 torch.manual_seed(self.config.seed)
                 policy = self._default_policy()
-        else:
-            _check_picklable_policy(policy)
         if state_size(policy):
             validate_recurrent_policy(policy, self.obs_encoder.shape, self.dist)
         elif self.config.recurrent is not None:
@@ -150,6 +149,8 @@ class Trainer:
             )
         else:
             validate_policy(policy, self.obs_encoder.shape, self.dist)
+        if given:  # after the checks of its outputs, which say more
+            _check_picklable_policy(policy)
         self.learner_threads = self.config.learner_thread_count(
             images=is_image_space(self.spaces.observation_space),
             small_mlp=_is_small_mlp(policy),
