@@ -149,24 +149,28 @@ async def test_a_hung_actor_is_killed_and_replaced(caplog):
 
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_an_env_that_fails_for_good_ends_the_run_with_env_error():
-    failing = functools.partial(RaiseAtStep, "CartPole-v1", 5)  # every env, every time: the limit is reached
-    trainer = Trainer(failing, QUICK_PPO, backend=local_ray(), **FAST)
-    with pytest.raises(EnvError, match="env_error_limit=3") as caught:
-        await trainer.run(total_steps=100_000)
-    assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
-    stats = trainer.stats
-    assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
-    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+async def test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up():
+    # One Ray for both trainers, initialised by the application: each trainer leaves it as it found it.
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        failing = functools.partial(RaiseAtStep, "CartPole-v1", 5)  # every env, every time: the limit is reached
+        trainer = Trainer(failing, QUICK_PPO, backend=RayBackend(), **FAST)
+        with pytest.raises(EnvError, match="env_error_limit=3") as caught:
+            await trainer.run(total_steps=100_000)
+        assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
+        stats = trainer.stats
+        assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
+        assert stats.env_errors >= 3 and stats.discarded.get("worker_lost", 0) == 0  # its failures, counted
+        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+        assert ray.is_initialized()  # the application's Ray
 
-
-@pytest.mark.timeout(150)
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error():
-    trainer = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), backend=local_ray(), **FAST)
-    with pytest.raises(WorkerError, match="IndexError: a bug in the user") as caught:
-        await trainer.run(total_steps=100_000)
-    assert "in forward" in caught.value.remote_traceback
-    stats = trainer.stats
-    assert stats.worker_restarts == 0, "the same policy on the same weights would raise again: no restart"
-    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+        raising = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), backend=RayBackend(), **FAST)
+        with pytest.raises(WorkerError, match="IndexError: a bug in the user") as caught:
+            await raising.run(total_steps=100_000)
+        assert "in forward" in caught.value.remote_traceback
+        stats = raising.stats
+        assert stats.worker_restarts == 0, "the same policy on the same weights would raise again: no restart"
+        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

@@ -448,7 +448,7 @@ async def settled(trainer: Trainer) -> None:
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_no_fd_or_thread_growth_across_50_restarts():
+async def test_no_fd_or_thread_growth_across_25_restarts():
     async def replace_worker(trainer: Trainer) -> None:
         victim = trainer.worker_pids[1]
         restarts = trainer.stats.worker_restarts
@@ -469,9 +469,9 @@ async def test_no_fd_or_thread_growth_across_50_restarts():
         # or the count falls during this test and hides growth.
         gc.collect()
         fds, threads = open_fds(), threading.active_count()
-        for _ in range(49):
+        for _ in range(24):  # each would leave its fd behind: equality below catches a single one
             await replace_worker(trainer)
-        assert trainer.stats.worker_restarts == 50
+        assert trainer.stats.worker_restarts == 25
         async with asyncio.timeout(10):  # a loaded machine may take a few loop turns more to close the last ones
             while len(open_fds()) > len(fds):
                 await asyncio.sleep(0.05)

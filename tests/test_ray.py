@@ -96,11 +96,8 @@ ISOLATED_TESTS = {
         "test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced"
     ),
     "test_a_hung_actor_is_killed_and_replaced": "test_a_hung_actor_is_killed_and_replaced",
-    "test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error": (
-        "test_an_env_that_fails_for_good_ends_the_run_with_env_error"
-    ),
-    "test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error": (
-        "test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error"
+    "test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up": (
+        "test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up"
     ),
 }
 """The tests here that pass when their test of ``ray_isolated.py`` passes in the namespace."""
@@ -196,12 +193,7 @@ def test_a_hung_actor_is_killed_and_replaced(isolated_outcomes, request):
 
 
 @IN_NAMESPACE
-def test_an_env_that_fails_for_good_on_an_actor_ends_the_run_with_env_error(isolated_outcomes, request):
-    assert_passed_in_namespace(isolated_outcomes, request)
-
-
-@IN_NAMESPACE
-def test_a_policy_that_raises_on_an_actor_ends_the_run_with_worker_error(isolated_outcomes, request):
+def test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up(isolated_outcomes, request):
     assert_passed_in_namespace(isolated_outcomes, request)
 
 
