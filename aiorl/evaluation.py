@@ -383,8 +383,13 @@ class PeriodicEvaluation:
         """Start an evaluation if one is due and none is running."""
         if self.interval is None or steps_trained < self.next_at or not (self._task is None or self._task.done()):
             return
+        evaluation = self._evaluate()
+        try:
+            self._task = self._tasks.create_task(evaluation, name="aiorl-evaluation")
+        except RuntimeError:  # the run's task group has ended (an update settled after a cancellation)
+            evaluation.close()
+            return
         self.next_at = steps_trained + self.interval
-        self._task = self._tasks.create_task(self._evaluate(), name="aiorl-evaluation")
 
     async def _evaluate(self) -> None:
         try:

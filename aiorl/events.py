@@ -165,6 +165,10 @@ class EventStream:
         while not self._buffer:
             if self._closed:
                 raise StopAsyncIteration
+            if self._waiter is not None:  # a second reader would take the first one's wake-up
+                raise RuntimeError(
+                    "another task is already reading this EventStream: call trainer.events() once per reader"
+                )
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -20,6 +21,9 @@ def run(main: Coroutine[Any, Any, T] | Trainer, /, **run_kwargs: Any) -> T | Tra
     policy), else ``asyncio.run``. Ctrl-C cancels the main task, so the trainer
     tears down its workers before ``KeyboardInterrupt`` propagates.
     """
+    if not isinstance(main, Trainer | Coroutine):
+        hint = f": call it, aiorl.run({main.__name__}())" if inspect.iscoroutinefunction(main) else ""
+        raise TypeError(f"aiorl.run() takes a coroutine or a Trainer, not {main!r}{hint}")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -34,6 +38,7 @@ def run(main: Coroutine[Any, Any, T] | Trainer, /, **run_kwargs: Any) -> T | Tra
     if isinstance(main, Trainer):
         coro: Coroutine[Any, Any, Any] = main.run(**run_kwargs)
     elif run_kwargs:
+        main.close()  # never to be awaited
         raise TypeError(f"keyword arguments {sorted(run_kwargs)} only apply when main is a Trainer")
     else:
         coro = main

@@ -169,6 +169,10 @@ class Trainer:
         self._version = 0
         self._session: Session | None = None
         self._opening = False
+        self._close_requested = False  # aclose() while starting: the start tears down and raises
+        self._opened: asyncio.Event | None = None  # set when the start in progress is over
+        self._closing: asyncio.Future[None] | None = None  # the aclose() in progress, which others await
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._events = EventHub()
@@ -296,11 +300,18 @@ class Trainer:
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Trainer:
-        """Create shared memory, the learner thread and the worker pool; start the workers."""
+        """Create shared memory, the learner thread and the worker pool; start the workers.
+
+        Raises:
+            TrainerClosed: :meth:`aclose` was called (from another task) while it started.
+        """
+        self._check_loop()
         if self._session is not None or self._opening:
             raise RuntimeError("this Trainer is already started (or starting in another task)")
         cfg = self.config
         self._opening = True  # set before the first await: a concurrent start fails at once
+        self._close_requested = False
+        self._opened = opened = asyncio.Event()
         try:
             self._session = await Session.open(
                 config=cfg,
@@ -325,11 +336,16 @@ class Trainer:
                 reward_normalizer=self.reward_normalizer,
                 on_event=self._events.publish,
             )
+            self._session_loop = asyncio.get_running_loop()
         except BaseException:
             self._events.end_streams()
             raise
         finally:
             self._opening = False
+            opened.set()
+        if self._close_requested:  # aclose() came while the workers started: it waits for this
+            await self.aclose()
+            raise TrainerClosed("the trainer was closed while it was starting")
         log.info(
             "started %d workers x %d envs of %s (pids %s)",
             cfg.num_workers,
@@ -352,23 +368,50 @@ class Trainer:
     async def aclose(self) -> None:
         """Tear everything down (idempotent); ``async with`` calls this for you.
 
-        A ``run()`` still in progress in another task ends with :class:`TrainerClosed`.
+        A ``run()`` still in progress in another task ends with :class:`TrainerClosed`; so
+        does a start in progress (``async with`` or ``run()`` in another task), once its
+        workers are up. Concurrent calls close once; each returns when the trainer is closed.
         """
+        if self._opening and self._opened is not None:
+            self._close_requested = True
+            await self._opened.wait()  # the start sees the request, and closes
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
         session = self._session
         if session is None:
             return
-        if self._run_lock.locked():
-            session.fail(TrainerClosed("the trainer was closed while run() was in progress"))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RUN_STOP_WAIT_S), self._run_lock:
-                    pass
-        self._session = None
-        self._version = session.consumer.version
-        self._launches += 1
+        self._check_loop()
+        self._closing = closing = asyncio.get_running_loop().create_future()
         try:
-            await session.close()
+            if self._run_lock.locked():
+                session.fail(TrainerClosed("the trainer was closed while run() was in progress"))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RUN_STOP_WAIT_S), self._run_lock:
+                        pass
+            self._session = None
+            self._session_loop = None
+            self._version = session.consumer.version
+            self._launches += 1
+            try:
+                await session.close()
+            finally:
+                self._events.end_streams()
         finally:
-            self._events.end_streams()
+            self._closing = None
+            closing.set_result(None)
+
+    def _check_loop(self) -> None:
+        """Raise ``RuntimeError`` when the trainer's workers were started in another event loop.
+
+        Its pipes, tasks and (once that loop closed) shared memory belong to that loop: used
+        from this one they would fail, or crash the process.
+        """
+        if self._session is not None and self._session_loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                "this Trainer was started in another event loop (an earlier asyncio.run(), say): use it "
+                "there, and close it there (`async with`) before using it in another loop"
+            )
 
     # ---- training ------------------------------------------------------------------------
     async def run(
@@ -419,17 +462,21 @@ class Trainer:
             LearnerError: the update raised or produced a non-finite loss.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update, checkpoint_path)
+        self._check_loop()
         if checkpoint_path is not None:  # before any process starts
             await asyncio.to_thread(prepare_checkpoint_path, checkpoint_path)
         if self._session is None:
-            async with self:
-                return await self.run(
-                    total_steps,
-                    target_return,
-                    on_update=on_update,
-                    checkpoint_path=checkpoint_path,
-                    checkpoint_interval_s=checkpoint_interval_s,
-                )
+            try:
+                async with self:
+                    return await self.run(
+                        total_steps,
+                        target_return,
+                        on_update=on_update,
+                        checkpoint_path=checkpoint_path,
+                        checkpoint_interval_s=checkpoint_interval_s,
+                    )
+            finally:  # a stop() during the teardown was for this run, not the next
+                self._stop_requested = False
         if self._run_lock.locked():
             raise RuntimeError("run() is already in progress on this Trainer")
         async with self._run_lock:
@@ -593,6 +640,7 @@ class Trainer:
         """
         if not (is_integer(total_steps) and total_steps >= 1):
             raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
+        self._check_loop()
         session = self._session
         if session is None:
             raise RuntimeError("sample() needs a started trainer: use `async with trainer:`")

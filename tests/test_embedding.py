@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import random
 import signal
 import threading
@@ -207,6 +208,59 @@ def test_a_trainer_closed_mid_run_in_one_event_loop_closes_the_same_way_in_the_n
     assert trainer.worker_pids == {}
 
 
+def test_a_trainer_started_in_one_event_loop_refuses_another_until_closed_there():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(trainer.__aenter__())
+        for use in (trainer.run(total_steps=256), trainer.aclose()):  # was: a segfault, once that loop closed
+            with pytest.raises(RuntimeError, match=r"started in another event loop .* close it there"):
+                asyncio.run(use)
+        first.run_until_complete(trainer.aclose())
+    finally:
+        first.close()
+    assert asyncio.run(trainer.run(total_steps=256)).env_steps >= 256  # closed there, it starts here
+
+
+@pytest.mark.asyncio
+async def test_aclose_while_run_starts_the_workers_ends_that_run_with_trainer_closed():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    running = asyncio.create_task(trainer.run(total_steps=10**9))
+    await asyncio.sleep(0)  # run() is starting the workers
+    await trainer.aclose()  # was: returned at once, and the run trained on
+    assert trainer.worker_pids == {}
+    with pytest.raises(TrainerClosed, match="closed while it was starting"):
+        await running
+    assert trainer.stats.updates == 0
+
+
+@pytest.mark.asyncio
+async def test_concurrent_acloses_close_the_trainer_once():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    async with trainer:
+        running = asyncio.create_task(trainer.run(total_steps=10**9))
+        while trainer.stats.updates == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(trainer.aclose(), trainer.aclose())
+        with pytest.raises(TrainerClosed):
+            await running
+    assert trainer._launches == 1  # was 2: the session closed twice, moving the next start's seeds twice
+    assert trainer.stats.steps_pending == 0
+
+
+@pytest.mark.asyncio
+async def test_stop_while_a_run_tears_down_its_workers_does_not_stop_the_next_run():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    first = asyncio.create_task(trainer.run(total_steps=256))
+    while trainer.stats.steps_trained < 256 or trainer.worker_pids:  # done training; then the workers go
+        await asyncio.sleep(0.001)
+    assert not first.done()  # tearing down: the stop is for this run
+    trainer.stop()
+    await first
+    second = await trainer.run(total_steps=256)
+    assert not second.stopped and second.env_steps >= 256  # was: stopped at once, no update
+
+
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_aiorl_run_inside_a_running_loop_says_to_await_instead(recwarn):
     async def main() -> None:
@@ -216,3 +270,15 @@ async def test_aiorl_run_inside_a_running_loop_says_to_await_instead(recwarn):
         with pytest.raises(RuntimeError, match=r"one is running in this thread: await the coroutine"):
             aiorl.run(given)
     assert not [w for w in recwarn if "never awaited" in str(w.message)]  # was: Trainer.run never awaited
+
+
+def test_aiorl_run_names_a_coroutine_function_passed_uncalled_and_closes_a_coroutine_it_refuses(recwarn):
+    async def main() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"takes a coroutine or a Trainer, not .*: call it, aiorl.run\(main\(\)\)"):
+        aiorl.run(main)  # type: ignore[arg-type]  # was: "object function can't be used in 'await' expression"
+    with pytest.raises(TypeError, match=r"keyword arguments \['total_steps'\] only apply when main is a Trainer"):
+        aiorl.run(main(), total_steps=5)
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

@@ -73,6 +73,18 @@ async def test_a_waiting_consumer_is_woken_by_a_publish_and_by_the_end():
 
 
 @pytest.mark.asyncio
+async def test_a_second_task_reading_the_same_stream_is_told_to_subscribe_its_own():
+    hub = EventHub()
+    stream = hub.subscribe()
+    first = asyncio.create_task(anext(stream, None))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match=r"already reading this EventStream: call trainer.events\(\) once per"):
+        await anext(stream)  # was: took the first reader's wake-up, which then waited forever
+    hub.end_streams()
+    assert await first is None
+
+
+@pytest.mark.asyncio
 async def test_a_stream_left_with_break_stops_receiving():
     hub = EventHub()
     hub.publish(checkpoint(0))  # before anyone listens: nobody gets it
