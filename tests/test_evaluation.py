@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from aiorl import PPO, AsyncEnv, ConfigError, EvaluationFinished, EvaluationTime
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import ObservationEncoder
 from aiorl.envs.async_env import StepResult
-from aiorl.evaluation import choose_action, play
+from aiorl.evaluation import PeriodicEvaluation, choose_action, play
 from aiorl.models import ActorCritic
 from aiorl.testing import AsyncCountingEnv, EndlessEnv
 
@@ -241,3 +242,18 @@ def test_bad_episode_limits_are_rejected():
         play(env, greedy_actor(env), episodes=1, seed=0, policy_version=0, timeout_s=-1)
     with pytest.raises(ConfigError, match=r"eval_max_episode_steps=0 .*\n?.*eval_timeout_s=inf"):
         Trainer("CartPole-v1", eval_max_episode_steps=0, eval_timeout_s=math.inf)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_evaluation_falling_due_after_its_run_ended_is_not_started(recwarn):
+    async def evaluate():
+        raise AssertionError("no evaluation once the run's tasks have ended")
+
+    async with asyncio.TaskGroup() as tasks:
+        periodic = PeriodicEvaluation(evaluate, interval=100, steps_trained=0, tasks=tasks)
+    # An update that a second cancellation left in the learner thread is settled after the run's
+    # task group ended: its after-update call must not fail on it ("TaskGroup ... is finished").
+    periodic.after_update(100)
+    periodic.raise_failure()
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
