@@ -40,7 +40,7 @@ from aiorl.config import RUNTIME_FIELDS, device_problem
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_toml, write_text_atomic
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
-from aiorl.metrics_log import METRICS_NAME, MetricsLog
+from aiorl.metrics_log import METRICS_NAME, MetricsLog, read_metrics
 from aiorl.presets import preset_env_factory
 from aiorl.progress import ProgressDisplay
 from aiorl.trainer import Trainer, TrainResult
@@ -102,6 +102,19 @@ _progress_option = click.option(
     show_default=True,
     help="Live panel on a terminal, plain periodic lines otherwise.",
 )
+
+
+def _ctrl_c_exits_130(command: Callable[..., None]) -> Callable[..., None]:
+    """Exit 130 with one line on Ctrl-C in a command that trains nothing (click would say "Aborted!", exit 1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _exit(EXIT_INTERRUPTED, "interrupted")
+
+    return wrapper
 
 
 def _ctrl_c_before_training(command: Callable[..., None]) -> Callable[..., None]:
@@ -241,6 +254,8 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
         runtime = {name: getattr(experiment.trainer, name) for name in RUNTIME_FIELDS}
         trainer = Trainer.load(state, **runtime)
         _check_same_run(experiment, trainer, logdir)
+        if (logdir / METRICS_NAME).is_file():  # its records are kept up to the checkpoint's update
+            read_metrics(logdir)
     plan = trainer.unfinished_run
     done = trainer.stats.steps_trained
     if steps is None and (plan is None or plan.remaining(done) == 0):  # interrupted after its last update
@@ -288,6 +303,7 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
+@_ctrl_c_exits_130
 def eval_(
     checkpoints: tuple[Path, ...], episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool
 ) -> None:
@@ -351,16 +367,20 @@ def _evaluate(
         f"(policy version {result.policy_version})"
     )
     if recorder is not None:
-        click.echo(f"video: {recorder.save()}")
+        try:
+            click.echo(f"video: {recorder.save()}")
+        except OSError as exc:  # the default beside the checkpoint, say, in a read-only directory
+            raise BadInput(f"the video could not be written ({exc})") from exc
 
 
 @main.command()
 @click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"))
 @click.option("--title", help="Figure title.")
+@_ctrl_c_exits_130
 def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """Draw the learning curves of LOGDIRS (return vs env steps and vs wall time) into a PNG."""
-    from aiorl.plot import plot_learning_curves, supported_formats
+    from aiorl.plot import plot_learning_curves, png_name, supported_formats
 
     try:
         formats = supported_formats()
@@ -369,9 +389,13 @@ def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
     suffix = output.suffix.lower().lstrip(".")
     if suffix and suffix not in formats:  # no suffix: matplotlib writes a PNG
         raise BadInput(f"-o={str(output)!r}: the file type must be one of {', '.join(sorted(formats))} (e.g. .png)")
+    output = png_name(output)  # what matplotlib writes where no suffix is given
     _check_output_dir("-o", output)
     with _bad_input():
-        click.echo(f"wrote {plot_learning_curves(logdirs, output, title=title)}")
+        try:
+            click.echo(f"wrote {plot_learning_curves(logdirs, output, title=title)}")
+        except OSError as exc:
+            raise BadInput(f"-o={str(output)!r} could not be written ({exc})") from exc
 
 
 @main.command("config")
@@ -387,13 +411,21 @@ def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
 
 
 def _check_output_dir(option: str, path: Path) -> None:
-    """Refuse an output file whose directory does not exist, before any work.
+    """Refuse an output file that cannot be written (no such directory, no permission), before any work.
 
     Raises:
-        BadInput: naming the option and the path.
+        BadInput: naming the option, the path and why.
     """
     if not path.resolve().parent.is_dir():
         raise BadInput(f"{option}={str(path)!r}: the directory {str(path.parent)!r} does not exist")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):  # appends nothing: an existing file is left as it is
+            pass
+    except OSError as exc:
+        raise BadInput(f"{option}={str(path)!r} cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def _check_renders(env: gym.Env, render: str, seed: int) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aiorl.errors import ConfigError
 from aiorl.records import UpdateReport
 
 METRICS_NAME = "metrics.jsonl"
@@ -146,15 +147,26 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (or of ``DIR/metrics.jsonl``), in order.
 
     A last line cut short by a killed process is skipped.
+
+    Raises:
+        ConfigError: a whole line is not a record of an update (a JSON object with an
+            integer ``update``); the message names the file and the line.
     """
     target = Path(path)
     if target.is_dir():
         target = target / METRICS_NAME
     records = []
     with open(target, encoding="utf-8") as file:
-        for line in file:
-            if line.endswith("\n"):
-                records.append(json.loads(line))
+        for number, line in enumerate(file, 1):
+            if not line.endswith("\n"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{str(target)!r}, line {number}: not a JSON record ({exc})") from None
+            if not (isinstance(record, dict) and isinstance(record.get("update"), int)):
+                raise ConfigError(f"{str(target)!r}, line {number}: not the record of an update: {line.strip()[:80]}")
+            records.append(record)
     return records
 
 

@@ -59,9 +59,15 @@ def plot_learning_curves(
         axes.grid(alpha=0.3)
     by_steps.legend(loc="best", fontsize="small")
     figure.suptitle(title or "learning curve")
-    target = Path(output)
+    target = png_name(output)
     figure.savefig(target, dpi=110)
     return target
+
+
+def png_name(output: str | os.PathLike[str]) -> Path:
+    """The file matplotlib writes for ``output``: with ``.png`` added where it has no suffix."""
+    target = Path(output)
+    return target if target.suffix else target.with_name(target.name + ".png")
 
 
 def _curve(logdir: Path) -> tuple[list[int], list[float], list[float]]:

@@ -157,6 +157,7 @@ def test_plot_writes_a_png(forked_aiorl, trained, tmp_path):
     [
         ("curve.jpg2", "Error: -o='curve.jpg2': the file type must be one of "),
         ("missing/curve.png", "Error: -o='missing/curve.png': the directory 'missing' does not exist"),
+        ("/proc/curve.png", "Error: -o='/proc/curve.png' cannot be written"),  # was a traceback after the plot
     ],
 )
 def test_plot_refuses_an_output_it_cannot_write_before_reading_any_run(forked_aiorl, tmp_path, output, error):
@@ -164,6 +165,26 @@ def test_plot_refuses_an_output_it_cannot_write_before_reading_any_run(forked_ai
     done = forked_aiorl("plot", "run", "-o", output, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines()[0].startswith(error), done.stderr
+
+
+def test_plot_says_the_name_it_writes_where_the_output_has_no_suffix(forked_aiorl, trained, tmp_path):
+    done = forked_aiorl("plot", str(trained[0]), "-o", "curve", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote curve.png"  # was "wrote curve", the file being curve.png
+    assert (tmp_path / "curve.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [("notjson", "line 2: not a JSON record"), ("[1, 2]", "line 2: not the record of an update: [1, 2]")],
+)
+def test_plot_names_a_metrics_line_that_is_no_record(forked_aiorl, trained, tmp_path, line, error):
+    records = (trained[0] / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(f"{records[0]}\n{line}\n")
+    done = forked_aiorl("plot", "run", cwd=tmp_path)
+    assert done.returncode == 2  # was a JSONDecodeError or AttributeError traceback, exit 1
+    assert done.stderr.startswith(f"Error: 'run/metrics.jsonl', {error}"), done.stderr
 
 
 def test_eval_refuses_a_video_that_is_not_a_gif_before_playing(forked_aiorl, trained, tmp_path):
