@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path, read_checkpoint
+from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.config import RUNTIME_FIELDS, device_problem
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_toml, write_text_atomic
 from aiorl.envs.vector import VectorEnvs
@@ -266,6 +266,10 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
         _check_same_plan(experiment, plan, logdir)
     else:  # a new run of `steps` from here: config.toml describes it from now on
         experiment = dataclasses.replace(experiment, run=dataclasses.replace(experiment.run, total_steps=steps))
+    if steps is not None:  # the checkpoint describes the new run too: a Ctrl-C before its first update keeps
+        # config.toml and the checkpoint in agreement, so the `aiorl resume LOGDIR` it suggests works
+        new_run = RunPlan(steps, experiment.run.target_return, done)
+        write_checkpoint({**state, "run": dataclasses.asdict(new_run)}, logdir / CHECKPOINT_NAME)
     if steps is not None or given:
         write_text_atomic(logdir / CONFIG_NAME, experiment.to_toml())
     click.echo(f"aiorl: resuming {logdir} at update {trainer.policy_version}, {done:,} steps", err=True)
