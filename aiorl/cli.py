@@ -104,33 +104,25 @@ _progress_option = click.option(
 )
 
 
-def _ctrl_c_exits_130(command: Callable[..., None]) -> Callable[..., None]:
-    """Exit 130 with one line on Ctrl-C in a command that trains nothing (click would say "Aborted!", exit 1)."""
+def _ctrl_c_exits_130(message: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator: Ctrl-C in the command exits 130 with ``message`` (click would say "Aborted!", exit 1)."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except KeyboardInterrupt:
-            _exit(EXIT_INTERRUPTED, "interrupted")
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            try:
+                command(*args, **kwargs)
+            except KeyboardInterrupt:
+                _exit(EXIT_INTERRUPTED, message)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-def _ctrl_c_before_training(command: Callable[..., None]) -> Callable[..., None]:
-    """Exit 130 with one line on Ctrl-C while ``command`` builds its trainer (click would say "Aborted!", exit 1).
-
-    Ctrl-C during training is :func:`_session`'s to handle (it saves a checkpoint first).
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except KeyboardInterrupt:
-            _exit(EXIT_INTERRUPTED, "interrupted before training started; nothing was trained or saved")
-
-    return wrapper
+_ctrl_c_before_training = _ctrl_c_exits_130("interrupted before training started; nothing was trained or saved")
+"""For train and resume while they build their trainer; Ctrl-C during training is :func:`_session`'s to
+handle (it saves a checkpoint first)."""
 
 
 @main.command()
@@ -307,7 +299,7 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
-@_ctrl_c_exits_130
+@_ctrl_c_exits_130("interrupted")
 def eval_(
     checkpoints: tuple[Path, ...], episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool
 ) -> None:
@@ -381,7 +373,7 @@ def _evaluate(
 @click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"))
 @click.option("--title", help="Figure title.")
-@_ctrl_c_exits_130
+@_ctrl_c_exits_130("interrupted")
 def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """Draw the learning curves of LOGDIRS (return vs env steps and vs wall time) into a PNG."""
     from aiorl.plot import plot_learning_curves, png_name, supported_formats
