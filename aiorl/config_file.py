@@ -292,7 +292,8 @@ def build_experiment(
         inherited = preset.target_return if env == preset.env else None
         target = run.target_return if "target_return" in merged["run"] else inherited
         run = dataclasses.replace(run, env=env, target_return=target)
-    if run is not None and run.env is None:
+    given = {name for name in ("env", "preset") if merged["run"].get(name) is not None}
+    if run is not None and run.env is None and not given:  # one given but bad is named already
         problems.append("run.env is not set: give an env id (aiorl train CartPole-v1), a preset or [run] env")
     if problems or run is None or algo is None or trainer is None:
         raise ConfigError(problems)

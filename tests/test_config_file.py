@@ -138,6 +138,15 @@ def test_an_env_is_required():
         build_experiment({"trainer": {"seed": 1}})
 
 
+@pytest.mark.parametrize(
+    ("run", "problem"), [({"preset": "nosuch"}, "preset='nosuch' is unknown"), ({"env": 5}, "run.env=5 must be")]
+)
+def test_an_env_or_preset_given_but_bad_is_the_one_problem_named(run, problem):
+    with pytest.raises(ConfigError) as caught:
+        build_experiment({"run": run})
+    assert len(caught.value.problems) == 1 and problem in caught.value.problems[0]  # was also "run.env is not set"
+
+
 def test_differences_from_a_checkpoints_run_name_each_field_with_both_values():
     experiment = build_experiment({"run": {"env": "CartPole-v1"}, "trainer": {"num_workers": 3}})
     settled = dataclasses.replace(experiment.trainer, normalize_observations=True)  # automatic (None) here
