@@ -13,9 +13,8 @@ from typing import TypeGuard
 
 import torch
 
-from aiorl.algos.options import suggest_unknown_options
 from aiorl.backends.base import Backend  # at runtime: config files read the field types
-from aiorl.errors import ConfigError
+from aiorl.errors import ConfigError, suggest_unknown_options
 from aiorl.recurrent import RECURRENT_KINDS
 
 START_METHODS = ("forkserver", "spawn")

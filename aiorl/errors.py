@@ -6,8 +6,11 @@ Every error derives from :class:`AiorlError`. Configuration problems are also
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 
 class AiorlError(Exception):
@@ -32,6 +35,35 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` naming the closest of ``known`` to a mistyped ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+Config = TypeVar("Config", bound=type)
+
+
+def suggest_unknown_options(cls: Config) -> Config:
+    """Make ``cls(...)`` (a keyword-only dataclass) reject unknown options with a :class:`ConfigError`.
+
+    ``PPO(learnig_rate=1e-3)`` then says ``learnig_rate=0.001 is not a PPO option; did you
+    mean 'learning_rate'?``, as ``Trainer`` does for its options, instead of Python's plain
+    ``TypeError``. Apply it on top of ``@dataclass`` (the algorithm configs, ``TrainerConfig``).
+    """
+    init = cls.__init__
+    known = tuple(f.name for f in dataclasses.fields(cls))
+
+    @functools.wraps(init)
+    def __init__(self: Any, **options: Any) -> None:
+        unknown = sorted(name for name in options if name not in known)
+        if unknown:
+            raise ConfigError(
+                [
+                    f"{name}={options[name]!r} is not a {cls.__name__} option{did_you_mean(name, known)}"
+                    for name in unknown
+                ]
+            )
+        init(self, **options)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls
 
 
 class EnvError(AiorlError):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aiorl.config import is_number
+from aiorl.config import is_integer, is_number
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
@@ -247,7 +247,7 @@ def _action_mask(info: object) -> Any:
 def episode_step_cap(env: object, max_episode_steps: int | None) -> int:
     """The step cap of ``env``'s episodes: ``max_episode_steps``, else the env's spec's, else the default."""
     if max_episode_steps is not None:
-        if not (is_number(max_episode_steps) and isinstance(max_episode_steps, int) and max_episode_steps >= 1):
+        if not (is_integer(max_episode_steps) and max_episode_steps >= 1):
             raise ConfigError(f"max_episode_steps={max_episode_steps!r} must be an integer >= 1 or None")
         return max_episode_steps
     from_spec = getattr(getattr(env, "spec", None), "max_episode_steps", None)

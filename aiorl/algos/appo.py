@@ -32,7 +32,6 @@ from torch import nn
 
 from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.optim import set_learning_rate
-from aiorl.algos.options import suggest_unknown_options
 from aiorl.algos.surrogate import (
     SurrogateLearner,
     Targets,
@@ -41,7 +40,7 @@ from aiorl.algos.surrogate import (
 )
 from aiorl.algos.vtrace import vtrace
 from aiorl.distributions import ActionDistribution
-from aiorl.errors import ConfigError
+from aiorl.errors import ConfigError, suggest_unknown_options
 
 
 @suggest_unknown_options

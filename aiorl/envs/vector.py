@@ -190,7 +190,7 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         """
         if not self._started or seed is not None or not self._ended:
             obs, info = self.vector.reset(seed=None if seeds_at_construction(self.vector) else seed)
-        elif self._ended and self.mode is AutoresetMode.NEXT_STEP:
+        elif self.mode is AutoresetMode.NEXT_STEP:  # sub-env 0's episode ended
             obs, _, _, _, info = self.vector.step(self._batch(self.action_space.sample()))  # the reset step
         else:  # SAME_STEP: the step that ended the episode returned the next one's first observation
             obs, info = self._next_obs, self._next_info
