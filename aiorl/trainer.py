@@ -22,7 +22,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -175,6 +175,7 @@ class Trainer:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._holder = "run()"  # which of run() and sample() holds the lock (for messages)
         self._events = EventHub()
         self._stop_requested = False
         self._launches = 0  # times the workers were started and stopped (moves their seeds)
@@ -270,6 +271,16 @@ class Trainer:
         if self._lock_loop is not loop and not self._lock.locked():
             self._lock, self._lock_loop = asyncio.Lock(), loop
         return self._lock
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold the run lock as ``name`` (``"run()"`` or ``"sample()"``); raise if either already holds it."""
+        lock = self._run_lock
+        if lock.locked():
+            raise RuntimeError(f"{name} while {self._holder} is in progress on this Trainer; await it first")
+        async with lock:
+            self._holder = name
+            yield
 
     # ---- public state --------------------------------------------------------------------
     @property
@@ -385,7 +396,7 @@ class Trainer:
         self._closing = closing = asyncio.get_running_loop().create_future()
         try:
             if self._run_lock.locked():
-                session.fail(TrainerClosed("the trainer was closed while run() was in progress"))
+                session.fail(TrainerClosed(f"the trainer was closed while {self._holder} was in progress"))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RUN_STOP_WAIT_S), self._run_lock:
                         pass
@@ -460,6 +471,7 @@ class Trainer:
             WorkerError: the policy raised in a worker, or gave non-finite action-distribution
                 inputs (the worker's traceback is the ``__cause__``; no restart).
             LearnerError: the update raised or produced a non-finite loss.
+            RuntimeError: another ``run()`` or a ``sample()`` is in progress on this trainer.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update, checkpoint_path)
         self._check_loop()
@@ -477,9 +489,7 @@ class Trainer:
                     )
             finally:  # a stop() during the teardown was for this run, not the next
                 self._stop_requested = False
-        if self._run_lock.locked():
-            raise RuntimeError("run() is already in progress on this Trainer")
-        async with self._run_lock:
+        async with self._exclusive("run()"):
             session = self._session
             plan, self._resume_plan = self._resume_plan, None
             start = self.stats.steps_trained if plan is None else plan.trained_at_start
@@ -597,7 +607,8 @@ class Trainer:
         if not isinstance(path, str | os.PathLike):
             raise ConfigError(f"path={path!r} must be a path (str or os.PathLike)")
         if self._run_lock.locked():
-            raise RuntimeError("save() while run() is in progress; pass checkpoint_path= to run() instead")
+            hint = "; pass checkpoint_path= to run() instead" if self._holder == "run()" else ""
+            raise RuntimeError(f"save() while {self._holder} is in progress{hint}")
         state = self.state_dict()
         target = checkpoint_path(path)
         await asyncio.to_thread(prepare_checkpoint_path, target)
@@ -637,6 +648,9 @@ class Trainer:
         rollout arrives; the steps are counted as discarded with reason ``sample_only``.
         This measures the sampling side alone (``benchmarks/throughput.py`` uses it).
         Requires a started trainer (``async with``).
+
+        Raises:
+            RuntimeError: a ``run()`` or another ``sample()`` is in progress on this trainer.
         """
         if not (is_integer(total_steps) and total_steps >= 1):
             raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
@@ -644,7 +658,7 @@ class Trainer:
         session = self._session
         if session is None:
             raise RuntimeError("sample() needs a started trainer: use `async with trainer:`")
-        async with self._run_lock:
+        async with self._exclusive("sample()"):
             started = time.monotonic()
             taken = await session.supervise(lambda _tasks: session.consumer.drain(total_steps), broadcast=False)
             return taken / (time.monotonic() - started)

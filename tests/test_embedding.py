@@ -64,6 +64,31 @@ async def test_stop_finishes_the_update_in_progress_and_returns_the_result():
 
 
 @pytest.mark.asyncio
+async def test_run_and_sample_refuse_to_overlap_naming_the_one_in_progress():
+    algo = GatedPPO()
+    async with Trainer("CartPole-v1", algo, **SMALL) as trainer:
+        run = asyncio.create_task(trainer.run(total_steps=10**9))
+        await asyncio.to_thread(algo.update_started.wait, 60)
+        for call in (trainer.sample(64), trainer.run(total_steps=64)):
+            with pytest.raises(RuntimeError, match=r"while run\(\) is in progress"):
+                await call
+        trainer.stop()
+        algo.gate.set()
+        await asyncio.wait_for(run, timeout=60)
+
+        sampling = asyncio.create_task(trainer.sample(10**9))
+        while trainer.stats.steps_discarded == 0:  # sample() holds the trainer
+            await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match=r"run\(\) while sample\(\) is in progress"):
+            await trainer.run(total_steps=64)
+        with pytest.raises(RuntimeError, match=r"save\(\) while sample\(\) is in progress$"):
+            await trainer.save("never.pt")
+        sampling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sampling
+
+
+@pytest.mark.asyncio
 async def test_stop_while_waiting_for_rollouts_returns_at_once():
     # Every worker's env 0 hangs at its 50th step, so after 3 rollouts per worker no more come.
     hangs = functools.partial(FaultyEnv, "CartPole-v1", "hang", 50, workers=None)
