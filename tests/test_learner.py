@@ -119,6 +119,26 @@ def test_masked_samples_count_for_nothing_even_when_garbage():
     assert all(torch.isfinite(g).all() for g in gradients(policy, loss) if g is not None)
 
 
+def test_a_masked_sample_cannot_overflow_the_ratio_of_a_sharp_gaussian():
+    # A masked sample's zeroed action at the policy's mean scores a log-prob of ~19 per
+    # dimension at the smallest std: exp() of six of them overflows float32.
+    dist = ActionDistribution.for_space(gym.spaces.Box(-1.0, 1.0, (6,), np.float32))
+    torch.manual_seed(0)
+    policy = ActorCritic((OBS_DIM,), dist, log_std_init=-20.0)
+    mb = sample_minibatch(dist, policy)
+    valid = torch.ones(64, dtype=torch.bool)
+    valid[0] = False
+    targets = Targets.masked(valid, **mb)
+    with torch.no_grad():
+        new_logprob, _ = dist.log_prob_entropy(policy(targets.obs[:1])[0], targets.actions[:1])
+    assert new_logprob.item() > 88.8  # exp() of it is inf in float32
+
+    loss, stats = clipped_surrogate_loss(policy, dist, PPO(), *targets.minibatch(torch.arange(64)))
+
+    assert torch.isfinite(stats).all(), stats
+    assert all(torch.isfinite(g).all() for g in gradients(policy, loss) if g is not None)
+
+
 def cartpole_like_batch(steps: int = 16, envs: int = 8, seed: int = 0) -> RolloutBatch:
     rng = np.random.default_rng(seed)
     return RolloutBatch(

@@ -267,7 +267,9 @@ def clipped_surrogate_loss(
     else:
         dist_inputs, new_value = evaluate(policy, obs)
     new_logprob, entropy = dist.log_prob_entropy(dist_inputs, actions, action_masks)
-    log_ratio = new_logprob - behaviour_logprobs
+    # A masked sample's ratio is 1: its zeroed action could score a log-prob whose exp() overflows
+    # (a sharp Gaussian near 0), and 0 * inf would put a NaN into every mean.
+    log_ratio = (new_logprob - behaviour_logprobs) * valid
     ratio = log_ratio.exp()
     with torch.no_grad():
         approx_kl = mean((ratio - 1) - log_ratio)
