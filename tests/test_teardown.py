@@ -87,16 +87,35 @@ async def test_cancelling_while_workers_start_leaves_no_process(delay_s):
 SCRIPT = textwrap.dedent(
     """
     import functools
+    import os
     import sys
+    import time
+    import gymnasium as gym
     import aiorl
-    from aiorl.testing import ChildProcessEnv
+    from aiorl.testing import ChildProcessEnv, worker_identity
 
     def announce(report):
         if report.policy_version == 2:
             print("training", flush=True)
 
+    class Worker0HangsOnFlag(gym.Wrapper):  # CartPole whose steps in worker 0 block once the file exists
+
+        def __init__(self, flag):
+            super().__init__(gym.make("CartPole-v1"))
+            self.flag = flag
+
+        def step(self, action):
+            if worker_identity()[0] == 0 and os.path.exists(self.flag):
+                open(self.flag + ".hung", "w").close()
+                time.sleep(3600)
+            return self.env.step(action)
+
     if __name__ == "__main__":
-        env = functools.partial(ChildProcessEnv, "CartPole-v1", sys.argv[1]) if sys.argv[1:] else "CartPole-v1"
+        env = "CartPole-v1"
+        if sys.argv[2:]:
+            env = functools.partial(ChildProcessEnv, functools.partial(Worker0HangsOnFlag, sys.argv[2]), sys.argv[1])
+        elif sys.argv[1:]:
+            env = functools.partial(ChildProcessEnv, "CartPole-v1", sys.argv[1])
         trainer = aiorl.Trainer(env, num_workers=2, envs_per_worker=4, rollout_length=16)
         aiorl.run(trainer, total_steps=10**9, on_update=announce)
     """
@@ -129,18 +148,21 @@ def test_ctrl_c_in_a_script_stops_workers_and_frees_memory(tmp_path):
     assert our_segments(process.pid) == []
 
 
-def test_parent_killed_workers_and_their_envs_children_exit_on_their_own(tmp_path):
-    pid_dir = tmp_path / "env_children"
+def test_parent_killed_workers_and_their_envs_children_exit_on_their_own_even_in_a_hung_env_step(tmp_path):
+    pid_dir, flag = tmp_path / "env_children", tmp_path / "hang"
     pid_dir.mkdir()
-    process = start_script(tmp_path, str(pid_dir))  # each env starts a child process and leaves it running
+    process = start_script(tmp_path, str(pid_dir), str(flag))  # each env starts a child process, left running
     children = descendants(process.pid)
     assert len(env_child_pids(str(pid_dir))) == 8 and set(env_child_pids(str(pid_dir)).values()) <= children
+    flag.touch()  # worker 0's next env step blocks for good; worker 1 goes on
+    assert wait_until(lambda: os.path.exists(f"{flag}.hung"), 30)
     process.kill()
     process.wait(timeout=10)
 
     def all_gone() -> bool:
-        return not any(os.path.exists(f"/proc/{pid}") and alive(pid) for pid in children)
+        return not any(alive(pid) for pid in children)
 
+    # worker 1 stops in order; worker 0's loop is blocked in the step: its thread watching the trainer ends it
     assert wait_until(all_gone, 20), f"orphans: {[pid for pid in children if alive(pid)]}"
     assert wait_until(lambda: our_segments(process.pid) == [], 10), our_segments(process.pid)
     assert glob.glob(f"{tempfile.gettempdir()}/aiorl_{process.pid}_*") == [], "stack files left behind"

@@ -7,7 +7,10 @@ slot and report :class:`SlotReady`. An env that fails for good is reported as
 :class:`WorkerFailed`; either way the worker then exits. Heartbeats go out on a timer; every env
 step is also counted on the shared progress board. The worker stops on a
 :class:`Stop` frame, on EOF of its socket, or when its parent process dies
-(parent sentinel), so it never outlives the trainer. ``SIGUSR1`` dumps its
+(parent sentinel), so it never outlives the trainer: its event loop notices and stops in
+order, and a thread notices too, which ends the worker, its envs' children and the trainer's
+shared memory if the loop has not stopped within ``PARENT_GONE_GRACE_S`` (an env call
+blocked in a hung simulator). ``SIGUSR1`` dumps its
 Python stack into ``spec.local.stack_path`` (the trainer asks before killing a hung
 worker).
 
@@ -31,7 +34,10 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
+from multiprocessing.connection import wait
 
 import torch
 
@@ -51,6 +57,8 @@ EXIT_ENV_ERROR = 3
 EXIT_WORKER_ERROR = 4
 WORKER_ID_VARIABLE = "AIORL_WORKER_ID"
 INCARNATION_VARIABLE = "AIORL_WORKER_INCARNATION"
+PARENT_GONE_GRACE_S = 3.0
+"""How long a worker whose trainer died may take to stop in order before its watch thread ends it."""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -72,6 +80,7 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     os.environ[INCARNATION_VARIABLE] = str(spec.incarnation)
     torch.set_num_threads(1)
     torch.manual_seed(spec.torch_seed())
+    _watch_parent_from_a_thread(local)
     try:
         with open(local.stack_path, "w") as stack_file:
             faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
@@ -81,14 +90,49 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
                 code = loop.run_until_complete(Worker(spec, sock).serve())
             finally:
                 loop.close()
-    finally:  # the trainer removes it too, unless it was killed
-        with contextlib.suppress(OSError):
-            os.unlink(local.stack_path)
-        if _trainer_is_gone():  # maybe with its resource tracker (a process-group SIGKILL): free its memory
-            for name in (local.slots_name, local.weights_name, local.progress_name):
-                unlink_for_dead_owner(name)
+    finally:
+        _remove_files(local, trainer_gone=_trainer_is_gone())
         _end_own_group()
     sys.exit(code)
+
+
+def _remove_files(local: LocalPlumbing, *, trainer_gone: bool) -> None:
+    """Remove the worker's stack file and, once the trainer is gone, the trainer's shared memory.
+
+    The trainer removes the stack file too, unless it was killed; a trainer killed with its
+    resource tracker (a process-group SIGKILL) leaves its segments to the workers.
+    """
+    with contextlib.suppress(OSError):
+        os.unlink(local.stack_path)
+    if trainer_gone:
+        for name in (local.slots_name, local.weights_name, local.progress_name):
+            unlink_for_dead_owner(name)
+
+
+def _watch_parent_from_a_thread(local: LocalPlumbing) -> None:
+    """End this worker if its trainer dies and the worker has not stopped ``PARENT_GONE_GRACE_S`` later.
+
+    The event loop watches the trainer too and stops in order, but an env call that blocks
+    (a hung simulator) blocks the loop, and the worker would live, with its envs' children
+    and the trainer's shared memory, as long as the call. This daemon thread waits on the
+    parent's sentinel; once the trainer is gone and the grace has passed, it removes what
+    :func:`process_main` would have, signals the worker's process group (its envs' children
+    and itself) and exits.
+    """
+    parent = multiprocessing.parent_process()
+    sentinel = None if parent is None else parent.sentinel
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([sentinel])
+        time.sleep(PARENT_GONE_GRACE_S)  # a worker that stops in order exits meanwhile, ending this thread
+        _remove_files(local, trainer_gone=True)
+        if os.getpgid(0) == os.getpid():  # its own group (see _end_own_group): the envs' children and itself
+            os.killpg(0, signal.SIGTERM)
+        os._exit(EXIT_OK)
+
+    threading.Thread(target=watch, name="aiorl-trainer-watch", daemon=True).start()
 
 
 def _trainer_is_gone() -> bool:
