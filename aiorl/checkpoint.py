@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import glob
 import io
 import logging
 import os
@@ -111,6 +112,8 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     temporary file that :func:`write_checkpoint` writes through, so that a read-only
     directory, a full disk or a path under a regular file is found before a run starts
     rather than at its first save (a permission check alone would say yes to root).
+    Temporary files that killed writers left beside ``path`` are removed
+    (:func:`remove_abandoned_temporaries`).
 
     Raises:
         CheckpointError: the file cannot be written there; the message names the path
@@ -124,6 +127,7 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
                 f"checkpoint path {str(target)!r} is a directory; name a file such as {CHECKPOINT_NAME}"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temporaries(target)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, FORMAT.encode())
@@ -183,6 +187,44 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Pat
         raise
     _fsync_directory(target.parent)
     return target
+
+
+ABANDONED_AFTER_S = 600.0
+"""A temporary checkpoint file untouched this long, whose writer's pid is not running here, is removed."""
+
+
+def remove_abandoned_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary files that writers killed mid-save left beside ``target``; return them.
+
+    A writer killed between creating its temporary file and renaming it (SIGKILL, a power
+    cut) leaves a checkpoint-sized hidden file, ``.NAME.<pid>-<token>.tmp``. One is taken for
+    abandoned when no process with that pid runs on this machine and the file has not been
+    modified for ``ABANDONED_AFTER_S`` (a writer on another machine sharing the directory
+    writes into its file all along). Files that cannot be removed are left.
+    """
+    abandoned = []
+    for temporary in target.parent.glob(f".{glob.escape(target.name)}.*-*.tmp"):
+        pid_text = temporary.name[len(target.name) + 2 :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == 0 or _running(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - temporary.stat().st_mtime >= ABANDONED_AFTER_S:
+                temporary.unlink()
+                abandoned.append(temporary)
+    if abandoned:
+        log.info("removed %d temporary checkpoint file(s) of killed writers: %s", len(abandoned), abandoned)
+    return abandoned
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this machine (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
 
 
 def _temporary_beside(target: Path) -> Path:

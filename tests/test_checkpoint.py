@@ -21,7 +21,14 @@ import torch
 from conftest import SMALL, wait_until
 
 from aiorl import PPO, CheckpointError, ConfigError, Policy, Trainer, WorkerRestartError
-from aiorl.checkpoint import Checkpointer, RunPlan, read_checkpoint, write_checkpoint
+from aiorl.checkpoint import (
+    ABANDONED_AFTER_S,
+    Checkpointer,
+    RunPlan,
+    prepare_checkpoint_path,
+    read_checkpoint,
+    write_checkpoint,
+)
 from aiorl.models import flat_weights
 from aiorl.testing import FaultyEnv
 
@@ -195,10 +202,17 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_readable(tmp_p
         child.wait(timeout=30)
         child.stderr.close()
 
-    assert list(tmp_path.glob(".checkpoint.pt.*.tmp"))  # the kill did land mid-save
+    (left,) = tmp_path.glob(".checkpoint.pt.*.tmp")  # the kill did land mid-save
     assert Trainer.load(path).config.seed == 1  # the previous checkpoint, whole
     write_checkpoint(Trainer("CartPole-v1", seed=3).state_dict(), path)  # the next save is not hindered
     assert read_checkpoint(path)["config"]["seed"] == 3
+
+    prepare_checkpoint_path(path)  # as every run and save does first
+    assert left.exists()  # just written: maybe by a writer on another machine sharing the directory
+    stale = time.time() - ABANDONED_AFTER_S
+    os.utime(left, (stale, stale))
+    prepare_checkpoint_path(path)
+    assert not left.exists()  # its writer is not running and it is old: removed
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
