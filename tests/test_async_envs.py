@@ -22,6 +22,7 @@ from conftest import SMALL, sampler_template
 
 from aiorl import APPO, PPO, AsyncEnv, ConfigError, EnvError, Trainer
 from aiorl.engine.stats import TrainingStats
+from aiorl.envs import ThreadedEnv
 from aiorl.models import evaluate
 from aiorl.shm import RolloutSlots
 from aiorl.testing import AsyncCountingEnv, FaultyEnv
@@ -299,6 +300,36 @@ async def test_a_blocking_env_that_hangs_in_its_thread_is_abandoned_after_env_ti
     async with Trainer(HangsOnce, QUICK_PPO, env_threads=True, env_timeout_s=0.5, **FAST) as trainer:
         await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
     assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+
+
+class StuckUntilReleased(gym.Wrapper):
+    """CartPole whose step blocks its thread until ``release`` is set; ``closed`` is set by close()."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.release, self.closed = threading.Event(), threading.Event()
+
+    def step(self, action: Any) -> Any:
+        self.release.wait(timeout=60)
+        return self.env.step(action)
+
+    def close(self) -> None:
+        self.closed.set()
+        super().close()
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_abandoned_env_is_closed_if_its_stuck_call_ever_returns():
+    env = StuckUntilReleased()
+    threaded = ThreadedEnv(env)
+    await threaded.reset(seed=0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(threaded.step(0), timeout=0.05)  # as the worker's env_timeout_s does
+    threaded.abandon()
+    env.release.set()  # the simulator answers at last
+    assert await asyncio.to_thread(env.closed.wait, 10), "the abandoned env (and what it started) stayed open"
+    await asyncio.to_thread(threaded._thread.join, 10)
+    assert not threaded._thread.is_alive()
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])

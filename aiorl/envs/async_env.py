@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, SupportsFloat, TypeVar
 
 import gymnasium as gym
+
+log = logging.getLogger("aiorl")
 
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
@@ -98,7 +101,9 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
     """
 
     def __init__(self, env: gym.Env | None = None) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any] | None] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(target=self._serve, name="aiorl-env", daemon=True)
         self._thread.start()
         if env is not None:
@@ -123,6 +128,9 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
             fn, future = call
+            if future is None:  # nobody waits (see abandon)
+                fn()
+                continue
             try:
                 result = fn()
             except StopIteration as exc:  # a future cannot hold it (asyncio raises TypeError, the call never ends)
@@ -155,8 +163,20 @@ class ThreadedEnv(AsyncEnv[Any, Any]):
             self._calls.put(None)
 
     def abandon(self) -> None:
-        """Give up on an env whose call never returned: its thread ends if the call ever does."""
+        """Give up on an env whose call never returned: if the call ever does, its thread closes the env and ends.
+
+        (A simulator the env started would otherwise run until the worker exits, one more
+        for every timeout.)
+        """
+        if hasattr(self, "env"):
+            self._calls.put((self._close_abandoned, None))
         self._calls.put(None)
+
+    def _close_abandoned(self) -> None:
+        try:
+            self.env.close()
+        except Exception as exc:
+            log.warning("closing an env abandoned after a timeout raised %s: %s", type(exc).__name__, exc)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
