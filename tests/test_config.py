@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import gymnasium as gym
@@ -484,6 +486,35 @@ def test_building_a_trainer_does_not_wait_for_the_probed_env_to_close():
     finally:
         RELEASE.set()
     assert CLOSED.wait(timeout=30)
+
+
+FAILS_TO_RESET_AND_CLOSES_SLOWLY = """
+import sys, time
+import gymnasium as gym
+import aiorl
+
+class Broken(gym.Wrapper):
+    def __init__(self):
+        super().__init__(gym.make("CartPole-v1"))
+
+    def reset(self, **kwargs):
+        return "not an observation", {}
+
+    def close(self):  # as a simulator's shutdown might: slow, and it must happen
+        time.sleep(1.0)
+        open(sys.argv[1], "w").close()
+
+if __name__ == "__main__":
+    aiorl.Trainer(Broken)  # the probe's reset is refused: ConfigError, and the script exits at once
+"""
+
+
+def test_a_script_that_exits_right_after_trainer_raised_still_closes_the_probed_env(tmp_path):
+    script, closed = tmp_path / "broken.py", tmp_path / "closed"
+    script.write_text(FAILS_TO_RESET_AND_CLOSES_SLOWLY)
+    done = subprocess.run([sys.executable, str(script), str(closed)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "ConfigError" in done.stderr, done.stderr
+    assert closed.exists(), "the interpreter exited while the probed env was still closing"
 
 
 def test_more_local_workers_than_the_machine_can_run_is_rejected_before_any_process_starts():

@@ -8,8 +8,10 @@ simulator); that must not take a worker down, but it must not vanish either.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
+import time
 
 import gymnasium as gym
 
@@ -19,6 +21,11 @@ log = logging.getLogger("aiorl")
 
 CLOSE_TIMEOUT_S = 10.0
 """How long an :class:`~aiorl.AsyncEnv`'s ``close`` may take before it is given up on."""
+CLOSE_AT_EXIT_S = 10.0
+"""How long the interpreter's exit waits for envs still being closed in the background."""
+
+_closing: set[threading.Thread] = set()
+_closing_lock = threading.Lock()
 
 
 def close_env(env: gym.Env, what: str) -> None:
@@ -63,13 +70,34 @@ def close_in_background(env: gym.Env | AsyncEnv, what: str) -> None:
 
     For an env built only to read its spaces: ``Trainer()`` (often called on an event
     loop) must not wait for a slow ``close``; an :class:`~aiorl.AsyncEnv` is closed on a
-    private loop of that thread.
+    private loop of that thread. The interpreter's exit waits for such closes, up to
+    ``CLOSE_AT_EXIT_S`` in all: a script whose ``Trainer()`` raised and that exits at once
+    would otherwise leave what the env started (a simulator) running.
     """
 
     def run() -> None:
-        if isinstance(env, AsyncEnv):
-            asyncio.run(aclose_env(env, what))
-        else:
-            close_env(env, what)
+        try:
+            if isinstance(env, AsyncEnv):
+                asyncio.run(aclose_env(env, what))
+            else:
+                close_env(env, what)
+        finally:
+            with _closing_lock:
+                _closing.discard(thread)
 
-    threading.Thread(target=run, name="aiorl-env-close", daemon=True).start()
+    thread = threading.Thread(target=run, name="aiorl-env-close", daemon=True)
+    with _closing_lock:
+        _closing.add(thread)
+    thread.start()
+
+
+@atexit.register
+def _wait_for_closes_at_exit() -> None:
+    """At the interpreter's exit: give the envs still closing up to ``CLOSE_AT_EXIT_S`` to finish."""
+    deadline = time.monotonic() + CLOSE_AT_EXIT_S
+    with _closing_lock:
+        pending = list(_closing)
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in pending):
+        log.warning("an env built to read its spaces was still closing after %g s; exiting anyway", CLOSE_AT_EXIT_S)
