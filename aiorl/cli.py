@@ -10,9 +10,9 @@ checkpoint is kept); 2 bad input (an unknown config key, a bad value, a missing
 checkpoint, a log directory where nothing can be written, a ``config.toml`` that does not
 match the checkpoint beside it, a missing optional dependency); 130 interrupted by Ctrl-C
 (SIGINT), 143 terminated by SIGTERM (``kill``, ``docker stop``) and 129 by SIGHUP (the terminal
-or SSH connection closed): each saves a checkpoint first, so ``aiorl resume`` goes on. A second
-SIGTERM (or SIGHUP) while that checkpoint is being written ends the process at once (the
-previous checkpoint stays readable).
+or SSH connection closed): in training each saves a checkpoint first, so ``aiorl resume`` goes
+on (eval and plot close their env or file first). A second SIGTERM (or SIGHUP) while that
+checkpoint is being written ends the process at once (the previous checkpoint stays readable).
 """
 
 from __future__ import annotations
@@ -104,16 +104,43 @@ _progress_option = click.option(
 )
 
 
-def _ctrl_c_exits_130(message: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """A decorator: Ctrl-C in the command exits 130 with ``message`` (click would say "Aborted!", exit 1)."""
+class _Ended(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP in a command that ends on them as on Ctrl-C."""
+
+    def __init__(self, number: signal.Signals) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+def _ctrl_c_exits_130(
+    message: str, *, also_sigterm: bool = False
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator: Ctrl-C in the command exits 130 with ``message`` (click would say "Aborted!", exit 1).
+
+    ``also_sigterm``: SIGTERM and SIGHUP unwind the command the same way (its ``finally``
+    blocks close what it opened, such as an env and the simulator it started) and exit
+    with 128 + the signal's number; a second one ends the process at once. (Training
+    handles them in :func:`_session`, which saves a checkpoint first.)
+    """
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> None:
+            def end(number: int, _frame: object) -> None:
+                for ending in ENDING_SIGNALS:
+                    signal.signal(ending, signal.SIG_DFL)
+                raise _Ended(signal.Signals(number))
+
+            previous = {number: signal.signal(number, end) for number in ENDING_SIGNALS} if also_sigterm else {}
             try:
                 command(*args, **kwargs)
             except KeyboardInterrupt:
                 _exit(EXIT_INTERRUPTED, message)
+            except _Ended as ended:
+                _exit(128 + ended.number, f"{ENDING_SIGNALS[ended.number]} ({ended.number.name})")
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
 
         return wrapper
 
@@ -299,7 +326,7 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
-@_ctrl_c_exits_130("interrupted")
+@_ctrl_c_exits_130("interrupted", also_sigterm=True)
 def eval_(
     checkpoints: tuple[Path, ...], episodes: int, render: str | None, video: Path | None, seed: int, stochastic: bool
 ) -> None:
@@ -373,7 +400,7 @@ def _evaluate(
 @click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"))
 @click.option("--title", help="Figure title.")
-@_ctrl_c_exits_130("interrupted")
+@_ctrl_c_exits_130("interrupted", also_sigterm=True)
 def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """Draw the learning curves of LOGDIRS (return vs env steps and vs wall time) into a PNG."""
     from aiorl.plot import plot_learning_curves, png_name, supported_formats

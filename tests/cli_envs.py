@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import ClassVar
 
@@ -89,3 +91,30 @@ def cartpole_slow_to_build() -> gym.Env:
 def four_cartpoles() -> gym.vector.VectorEnv:
     """A vector env of 4 CartPoles: each worker steps one, so envs_per_worker is 4."""
     return gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+
+
+SIMULATOR_PID_VARIABLE = "AIORL_TEST_SIMULATOR_PID_FILE"
+"""Where ``cartpole_with_a_simulator`` writes its child's pid, when set."""
+
+
+class WithSimulator(gym.Wrapper):
+    """CartPole-v1 that starts a child process, as one driving a simulator would, and ends it in ``close()``."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.DEVNULL)
+        path = os.environ.get(SIMULATOR_PID_VARIABLE)
+        if path:
+            with open(path + ".tmp", "w") as f:
+                f.write(str(self.child.pid))
+            os.replace(path + ".tmp", path)  # a reader sees the whole pid or no file
+
+    def close(self) -> None:
+        self.child.kill()
+        self.child.wait()
+        super().close()
+
+
+def cartpole_with_a_simulator() -> gym.Env:
+    """A :class:`WithSimulator`."""
+    return WithSimulator()

@@ -7,6 +7,7 @@ the others (plot, eval, bad input) run in processes forked from one that importe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_envs import BUILDING_FLAG_VARIABLE, STEP_DELAY_VARIABLE
-from conftest import documented_metrics_keys, wait_until
+from cli_envs import BUILDING_FLAG_VARIABLE, SIMULATOR_PID_VARIABLE, STEP_DELAY_VARIABLE, cartpole_with_a_simulator
+from conftest import alive, documented_metrics_keys, wait_until
 
 from aiorl import Trainer
 from aiorl.checkpoint import read_checkpoint, write_checkpoint
@@ -389,6 +390,29 @@ def test_sigterm_and_sighup_save_a_checkpoint_and_exit_with_128_plus_the_signal(
     interrupted = Trainer.load(tmp_path / "run")  # the one the signal wrote (after the first update's)
     assert interrupted.unfinished_run is not None and interrupted.policy_version >= 2
     assert interrupted.stats.steps_trained < total
+
+
+def test_sigterm_during_eval_closes_the_env_and_exits_143(tmp_path):
+    asyncio.run(Trainer(cartpole_with_a_simulator, seed=0).save(tmp_path / "checkpoint.pt"))
+    pid_file = tmp_path / "simulator"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aiorl", "eval", "checkpoint.pt", "--episodes", "100000000"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(**{SIMULATOR_PID_VARIABLE: str(pid_file)}),
+    )
+    try:
+        assert wait_until(pid_file.exists, timeout_s=120)  # playing
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        reap(child)
+    assert child.returncode == 143, stderr  # was -15, no message
+    assert stderr.strip() == "aiorl: terminated (SIGTERM)"
+    simulator = int(pid_file.read_text())
+    assert wait_until(lambda: not alive(simulator), timeout_s=10), "the eval env's simulator outlived aiorl eval"
 
 
 def test_ctrl_c_while_the_trainer_is_built_exits_130_with_one_line(tmp_path):
