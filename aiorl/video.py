@@ -8,6 +8,7 @@ memory until the file is written.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,27 @@ class GifRecorder:
         self.frames.append(image.quantize(colors=256))
 
     def save(self) -> Path:
-        """Write the GIF (raises ``ValueError`` when no frame was recorded); return its path."""
+        """Write the GIF (raises ``ValueError`` when no frame was recorded); return its path.
+
+        The file is written beside ``path`` under a temporary name and renamed over it when
+        whole, so an interrupted save (Ctrl-C, a full disk) leaves no truncated GIF and an
+        earlier recording at ``path`` as it was.
+        """
         if not self.frames:
             raise ValueError("no frame was recorded")
         first, *rest = self.frames
-        first.save(
-            self.path,
-            save_all=True,
-            append_images=rest,
-            duration=max(round(1000 / self.fps), 20),
-            loop=0,
-        )
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            first.save(
+                temporary,
+                format="GIF",
+                save_all=True,
+                append_images=rest,
+                duration=max(round(1000 / self.fps), 20),
+                loop=0,
+            )
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return self.path

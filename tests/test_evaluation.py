@@ -24,6 +24,7 @@ from aiorl.envs.async_env import StepResult
 from aiorl.evaluation import PeriodicEvaluation, choose_action, play
 from aiorl.models import ActorCritic
 from aiorl.testing import AsyncCountingEnv, EndlessEnv
+from aiorl.video import GifRecorder
 
 QUICK_PPO = PPO(update_epochs=2, num_minibatches=2)
 
@@ -257,3 +258,25 @@ async def test_an_evaluation_falling_due_after_its_run_ended_is_not_started(recw
     periodic.raise_failure()
     gc.collect()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+def test_a_recording_that_fails_to_save_leaves_the_earlier_gif_whole_and_no_temporary_file(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "eval.gif"
+    frames = [np.full((8, 8, 3), shade, dtype=np.uint8) for shade in (0, 128, 255)]
+    earlier = GifRecorder(path)
+    for frame in frames:
+        earlier(frame)
+    assert earlier.save() == path
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+    before = path.read_bytes()
+
+    failing = GifRecorder(path)
+    failing(frames[0])
+    failing.frames.append("not a frame")  # Pillow fails after writing the first frame
+    with pytest.raises(AttributeError):
+        failing.save()
+    assert path.read_bytes() == before  # was truncated to the part written before the failure
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.gif"]
