@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -150,13 +152,19 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After each test: no worker process and no shared-memory segment of ours remains."""
+    """After each test: no worker process, no shared-memory segment and no worker stack file of ours remains."""
     before = leftover_workers()
     yield
     assert wait_until(lambda: not (leftover_workers() - before), 10.0), (
         f"processes left behind: {sorted(leftover_workers() - before)}"
     )
     assert our_segments() == [], f"shared memory left behind: {our_segments()}"
+    assert wait_until(lambda: not our_stack_files(), 10.0), f"worker stack files left behind: {our_stack_files()}"
+
+
+def our_stack_files() -> list[str]:
+    """The files this process's trainers named for their workers' stack dumps that still exist."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"aiorl_{os.getpid()}_w*.stack"))
 
 
 SMALL = {"num_workers": 2, "envs_per_worker": 4, "rollout_length": 16, "log_interval_s": 60.0}

@@ -82,7 +82,7 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
     torch.manual_seed(spec.torch_seed())
     _watch_parent_from_a_thread(local)
     try:
-        with open(local.stack_path, "w") as stack_file:
+        with open(local.stack_path, "x") as stack_file:  # a fresh file, named by the trainer
             faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
             loop = new_event_loop()
             asyncio.set_event_loop(loop)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import tempfile
@@ -125,8 +126,11 @@ class LocalHost(WorkerHost):
 
     async def start_worker(self, worker_id: int, incarnation: int) -> WorkerLink:
         """Start a worker process; its link is connected when this returns."""
-        fd, stack_path = tempfile.mkstemp(prefix=f"aiorl_{os.getpid()}_w{worker_id}_", suffix=".stack")
-        os.close(fd)
+        # Only named here: the worker creates the file (a trainer killed before the process
+        # existed left one it had created), and removes it when it ends.
+        stack_path = os.path.join(
+            tempfile.gettempdir(), f"aiorl_{os.getpid()}_w{worker_id}_{secrets.token_hex(8)}.stack"
+        )
         self.progress.reset(worker_id)
         process = None
         try:
