@@ -333,8 +333,8 @@ def eval_(
     """Play episodes with the policy in each CHECKPOINT (a file or a log directory) and print the returns.
 
     Several checkpoints (``aiorl eval runs/CartPole-v1-ppo-*/``) are evaluated one after the
-    other, each under a line naming it. --video implies --render rgb_array; with several
-    checkpoints each GIF goes beside its checkpoint.
+    other, each under a line naming it. --video (one checkpoint only) implies --render
+    rgb_array; with --render and several checkpoints each GIF goes beside its checkpoint.
     """
     from aiorl.policy import Policy
 
@@ -398,7 +398,14 @@ def _evaluate(
 
 @main.command()
 @click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("curve.png"),
+    show_default=True,
+    help="Image file to write (.png unless another suffix matplotlib writes is given).",
+)
 @click.option("--title", help="Figure title.")
 @_ctrl_c_exits_130("interrupted", also_sigterm=True)
 def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
@@ -423,8 +430,8 @@ def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
 @main.command("config")
 @click.argument("env_id", required=False)
-@click.option("--algo", type=click.Choice(sorted(ALGORITHMS)))
-@click.option("--preset")
+@click.option("--algo", type=click.Choice(sorted(ALGORITHMS)), help="Algorithm (default: the preset's, else ppo).")
+@click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1); it brings its env.")
 def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
     """Print a complete config file (every field with its value) to edit and pass to --config."""
     with _bad_input():

@@ -21,7 +21,8 @@ class ConfigError(AiorlError, ValueError):
     """A configuration value is invalid.
 
     Raised at construction time, before any process starts. The message names
-    every offending field and its value, one problem per line.
+    every offending field and its value: the problems joined by ``"; "``, each one
+    on its own in :attr:`problems` (the CLI prints one per line).
     """
 
     def __init__(self, problems: list[str] | str) -> None:

@@ -30,8 +30,10 @@ key                    meaning
 ``worker_restarts``    worker replacements so far
 ``env_errors``         env failures so far (each re-created the env, or ended the run)
 ``learner``            the learner's metrics: ``policy_loss``, ``value_loss``,
-                       ``entropy``, ``approx_kl``, ``clipfrac``, ``learning_rate``,
-                       ``explained_variance`` (APPO adds ``rho_mean``); NaN as ``null``
+                       ``entropy``, ``approx_kl``, ``clipfrac``, ``loss``,
+                       ``grad_norm`` (before clipping), ``learning_rate``,
+                       ``explained_variance`` (APPO adds ``rho_mean``, reward
+                       normalisation ``reward_scale``); NaN as ``null``
 =====================  ===========================================================
 
 With the ``tensorboard`` extra installed, the same numbers go to TensorBoard event files in

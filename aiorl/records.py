@@ -54,9 +54,9 @@ class UpdateReport:
         lag: policy lag of the batch's samples (learner version minus acting version).
         rollouts: ``(worker_id, pid, policy_version)`` of each rollout in the batch.
         learner: the learner's losses and diagnostics (``policy_loss``, ``value_loss``,
-            ``entropy``, ``approx_kl``, ``clipfrac``, ``learning_rate``,
-            ``explained_variance``; APPO adds ``rho_mean``, reward normalisation
-            ``reward_scale``).
+            ``entropy``, ``approx_kl``, ``clipfrac``, ``loss``, ``grad_norm`` before
+            clipping, ``learning_rate``, ``explained_variance``; APPO adds ``rho_mean``,
+            reward normalisation ``reward_scale``).
         mean_return: mean return of the last ``return_window`` finished episodes (NaN
             before the first one).
         update_s: seconds the update took in the learner thread.
