@@ -45,22 +45,35 @@ FAST = {
 }
 
 
+@pytest.fixture(scope="module")
+def applications_ray():
+    """One local Ray, initialised as an application would before it builds trainers; shut down at the end.
+
+    The tests that take it share it (a ``ray.init`` costs ~8 s here), so they run after the
+    ones that start a Ray of their own (``test_ray.py`` orders them): each of its trainers
+    must leave it up, as it found it.
+    """
+    assert not ray.is_initialized(), "Ray was initialised before the application's"
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
-def no_ray_left_initialised():
-    """Each test starts without Ray and leaves none for the next one (``test_ray.py`` runs them in one pytest).
+def ray_left_as_found(request):
+    """Each test finds Ray initialised only if it shares the application's, and leaves it so.
 
     A trainer uses a Ray that is already initialised as it finds it: a test that left one
     behind would change the ones after it. Shut down here, and that test fails.
     """
-    assert not ray.is_initialized(), "Ray was initialised before the test"
+    shared = "applications_ray" in request.fixturenames
+    assert ray.is_initialized() == shared, f"Ray initialised: {ray.is_initialized()} before the test"
     yield
-    if ray.is_initialized():
+    if shared and not ray.is_initialized():
+        pytest.fail("a trainer shut down the application's Ray")
+    if not shared and ray.is_initialized():
         ray.shutdown()
         pytest.fail("the test left Ray initialised")
-
-
-def local_ray() -> RayBackend:
-    return RayBackend(init_options={"num_cpus": 2, "include_dashboard": False})
 
 
 @pytest.fixture
@@ -73,32 +86,6 @@ def two_node_cluster():
         yield cluster
     finally:
         cluster.shutdown()
-
-
-@pytest.mark.timeout(150)
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_cartpole_preset_reaches_475_on_local_ray():
-    async with Trainer.from_preset("CartPole-v1", backend=local_ray(), seed=0) as trainer:
-        assert len(set(trainer.worker_nodes.values())) == 1  # one local Ray node
-        result = await trainer.run(total_steps=300_000, target_return=475)
-    assert result.reached_target, f"mean return {result.mean_return} after {result.env_steps} steps"
-    assert result.worker_restarts == 0
-    stats = trainer.stats
-    assert stats.steps_pending == 0
-    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
-    assert not ray.is_initialized()  # the trainer started Ray, so it shut it down
-
-
-@pytest.mark.timeout(150)
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray():
-    options = {**FAST, "rollout_length": 16, "recurrent_size": 32}
-    async with Trainer(CueRecallEnv, recurrent="lstm", backend=local_ray(), **options) as trainer:
-        result = await trainer.run(total_steps=25_000, target_return=0.98)
-        remembered = await trainer.evaluate(episodes=50)
-    assert remembered.mean_return > 0.9, f"{remembered} after {result.env_steps} steps"
-    stats = trainer.stats
-    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
 
 
 @pytest.mark.timeout(150)
@@ -129,9 +116,21 @@ async def test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced(two_
 
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_a_hung_actor_is_killed_and_replaced(caplog):
+async def test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray(applications_ray):
+    options = {**FAST, "rollout_length": 16, "recurrent_size": 32}
+    async with Trainer(CueRecallEnv, recurrent="lstm", backend=RayBackend(), **options) as trainer:
+        result = await trainer.run(total_steps=25_000, target_return=0.98)
+        remembered = await trainer.evaluate(episodes=50)
+    assert remembered.mean_return > 0.9, f"{remembered} after {result.env_steps} steps"
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_hung_actor_is_killed_and_replaced(applications_ray, caplog):
     hangs_once = functools.partial(FaultyEnv, "CartPole-v1", "hang", 40, workers=(1,))  # worker 1, first actor
-    async with Trainer(hangs_once, QUICK_PPO, backend=local_ray(), worker_timeout_s=2.0, **FAST) as trainer:
+    async with Trainer(hangs_once, QUICK_PPO, backend=RayBackend(), worker_timeout_s=2.0, **FAST) as trainer:
         first_pids = dict(trainer.worker_pids)
         async with asyncio.timeout(60):
             while trainer.stats.worker_restarts < 1:
@@ -149,28 +148,25 @@ async def test_a_hung_actor_is_killed_and_replaced(caplog):
 
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up():
-    # One Ray for both trainers, initialised by the application: each trainer leaves it as it found it.
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        failing = functools.partial(RaiseAtStep, "CartPole-v1", 5)  # every env, every time: the limit is reached
-        trainer = Trainer(failing, QUICK_PPO, backend=RayBackend(), **FAST)
-        with pytest.raises(EnvError, match="env_error_limit=3") as caught:
-            await trainer.run(total_steps=100_000)
-        assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
-        stats = trainer.stats
-        assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
-        assert stats.env_errors >= 3 and stats.discarded.get("worker_lost", 0) == 0  # its failures, counted
-        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
-        assert ray.is_initialized()  # the application's Ray
+async def test_an_env_failing_for_good_on_actors_ends_the_run_with_env_error(applications_ray):
+    failing = functools.partial(RaiseAtStep, "CartPole-v1", 5)  # every env, every time: the limit is reached
+    trainer = Trainer(failing, QUICK_PPO, backend=RayBackend(), **FAST)
+    with pytest.raises(EnvError, match="env_error_limit=3") as caught:
+        await trainer.run(total_steps=100_000)
+    assert "InjectedFault" in str(caught.value) and caught.value.__cause__ is not None  # the remote traceback
+    stats = trainer.stats
+    assert stats.worker_restarts == 0, "an env that fails for good would fail again: no restart"
+    assert stats.env_errors >= 3 and stats.discarded.get("worker_lost", 0) == 0  # its failures, counted
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
 
-        raising = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), backend=RayBackend(), **FAST)
-        with pytest.raises(WorkerError, match="IndexError: a bug in the user") as caught:
-            await raising.run(total_steps=100_000)
-        assert "in forward" in caught.value.remote_traceback
-        stats = raising.stats
-        assert stats.worker_restarts == 0, "the same policy on the same weights would raise again: no restart"
-        assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
-        assert ray.is_initialized()
-    finally:
-        ray.shutdown()
+
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_policy_raising_on_actors_ends_the_run_with_its_remote_traceback(applications_ray):
+    raising = Trainer("CartPole-v1", QUICK_PPO, policy=RaisesOnRealObservations(), backend=RayBackend(), **FAST)
+    with pytest.raises(WorkerError, match="IndexError: a bug in the user") as caught:
+        await raising.run(total_steps=100_000)
+    assert "in forward" in caught.value.remote_traceback
+    stats = raising.stats
+    assert stats.worker_restarts == 0, "the same policy on the same weights would raise again: no restart"
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded

@@ -89,15 +89,17 @@ def run_in_namespace(arguments: list[str], timeout_s: float = 240) -> subprocess
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-ISOLATED_TESTS = {
-    "test_cartpole_reaches_475_with_workers_on_local_ray": "test_cartpole_preset_reaches_475_on_local_ray",
-    "test_a_recurrent_policy_learns_on_local_ray": "test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray",
+ISOLATED_TESTS = {  # in this order: those that start a Ray of their own, then those sharing the application's
     "test_two_node_cluster_spreads_workers_and_replaces_a_killed_actor": (
         "test_workers_spread_over_two_nodes_and_a_killed_actor_is_replaced"
     ),
+    "test_a_recurrent_policy_learns_on_local_ray": "test_a_recurrent_policy_learns_to_recall_a_cue_on_local_ray",
     "test_a_hung_actor_is_killed_and_replaced": "test_a_hung_actor_is_killed_and_replaced",
-    "test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up": (
-        "test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up"
+    "test_an_env_failing_for_good_on_actors_ends_the_run_with_env_error": (
+        "test_an_env_failing_for_good_on_actors_ends_the_run_with_env_error"
+    ),
+    "test_a_policy_raising_on_actors_ends_the_run_with_its_remote_traceback": (
+        "test_a_policy_raising_on_actors_ends_the_run_with_its_remote_traceback"
     ),
 }
 """The tests here that pass when their test of ``ray_isolated.py`` passes in the namespace."""
@@ -114,7 +116,7 @@ def isolated_outcomes(request: pytest.FixtureRequest) -> dict[str, tuple[str, st
     Returns each one's outcome (``passed``, ``failed``, ``error`` or ``skipped``) and its report.
     """
     selected = [item.name for item in request.session.items if getattr(item, "module", None) is request.module]
-    names = [ISOLATED_TESTS[name] for name in selected if name in ISOLATED_TESTS]
+    names = [inner for outer, inner in ISOLATED_TESTS.items() if outer in selected]  # in ISOLATED_TESTS' order
     workdir = tempfile.mkdtemp(prefix="aiorl-ray-report-")
     report = os.path.join(workdir, "report.xml")
     try:
@@ -173,11 +175,6 @@ def test_only_a_passing_inner_run_counts_as_a_pass():
 
 
 @IN_NAMESPACE
-def test_cartpole_reaches_475_with_workers_on_local_ray(isolated_outcomes, request):
-    assert_passed_in_namespace(isolated_outcomes, request)
-
-
-@IN_NAMESPACE
 def test_a_recurrent_policy_learns_on_local_ray(isolated_outcomes, request):
     assert_passed_in_namespace(isolated_outcomes, request)
 
@@ -193,17 +190,26 @@ def test_a_hung_actor_is_killed_and_replaced(isolated_outcomes, request):
 
 
 @IN_NAMESPACE
-def test_failures_on_actors_end_their_runs_and_leave_the_application_s_ray_up(isolated_outcomes, request):
+def test_an_env_failing_for_good_on_actors_ends_the_run_with_env_error(isolated_outcomes, request):
     assert_passed_in_namespace(isolated_outcomes, request)
 
 
-def test_ray_cluster_example_trains_and_prints_where_workers_run():
-    arguments = [str(EXAMPLES / "ray_cluster.py"), "--steps", "4096", "--envs-per-worker", "4", "--num-cpus", "2"]
+@IN_NAMESPACE
+def test_a_policy_raising_on_actors_ends_the_run_with_its_remote_traceback(isolated_outcomes, request):
+    assert_passed_in_namespace(isolated_outcomes, request)
+
+
+def test_ray_cluster_example_trains_the_preset_to_475_on_a_ray_it_starts_and_stops():
+    # The example starts a local Ray (the trainer's), trains, and the trainer shuts that Ray down:
+    # run_in_namespace checks that no process of it is left.
+    arguments = [str(EXAMPLES / "ray_cluster.py"), "--steps", "300000", "--num-cpus", "2"]
     done = run_in_namespace(arguments)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("worker 0: pid ") and lines[1].startswith("worker 1: pid "), done.stdout
-    assert "mean return of 475" in lines[-1] and "steps/s" in lines[-1], done.stdout
+    assert lines[0].split(" on node ")[1] == lines[1].split(" on node ")[1], "one local Ray node"
+    assert lines[-1].startswith("reached a mean return of 475: "), done.stdout
+    assert lines[-1].endswith("steps/s), 0 restarts"), done.stdout
 
 
 def test_importing_aiorl_never_imports_ray():
