@@ -88,6 +88,10 @@ def process_main(spec: WorkerSpec, sock: socket.socket) -> None:
             asyncio.set_event_loop(loop)
             try:
                 code = loop.run_until_complete(Worker(spec, sock).serve())
+            except Exception:
+                if not _trainer_is_gone():
+                    raise
+                code = EXIT_OK  # killed while this worker started (its memory unlinked already): nobody to tell
             finally:
                 loop.close()
     finally:
