@@ -341,8 +341,9 @@ class Checkpointer:
         interval_s: seconds between periodic writes.
         clock: the time source.
         on_saved: called on the loop with the path and the state after each write.
-        copy_in: where the tensors of a periodic snapshot are copied: the learner's
-            executor (one thread, first in first out); ``None``: on the loop.
+        copy_in: where the tensors of a snapshot (periodic or final) are copied: the
+            learner's executor (one thread, first in first out); ``None`` (or shut
+            down): on the loop.
 
     Resource handling:
         One writer thread, ended by :meth:`finish`, which waits for a write in progress
@@ -422,7 +423,8 @@ class Checkpointer:
         if finished:
             state["run"] = None
         if copy_in is not None:
-            return copy_in.submit(copy_tensors, state)
+            with contextlib.suppress(RuntimeError):  # shut down (the trainer is closing): copy here
+                return copy_in.submit(copy_tensors, state)
         copied: Future[dict[str, Any]] = Future()
         copied.set_result(copy_tensors(state))
         return copied
@@ -464,8 +466,8 @@ class Checkpointer:
                     await self._written(self._pending)
             if self._failed or not (finished or self._updated):
                 return
-            try:  # the run is over: no update follows, the loop copies
-                copied = self._snapshot(finished=finished)
+            try:  # the run is over: the learner's thread is idle, and copies
+                copied = self._snapshot(finished=finished, copy_in=self._copy_in)
             except RuntimeError as exc:
                 log.warning("no final checkpoint (%s); %s keeps the last one", exc, self.path)
                 return

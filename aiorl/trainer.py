@@ -609,15 +609,17 @@ class Trainer:
         if self._run_lock.locked():
             hint = "; pass checkpoint_path= to run() instead" if self._holder == "run()" else ""
             raise RuntimeError(f"save() while {self._holder} is in progress{hint}")
-        state = self.state_dict()
-        target = checkpoint_path(path)
-        await asyncio.to_thread(prepare_checkpoint_path, target)
-        try:
-            return await asyncio.to_thread(write_checkpoint, state, target)
-        except OSError as exc:  # a full disk since the check
-            raise CheckpointError(
-                f"checkpoint {str(target)!r} could not be written ({type(exc).__name__}: {exc})"
-            ) from exc
+        async with self._exclusive("save()"):  # nothing trains meanwhile: the state's tensors can be the live ones
+            self._check_learner_idle("save()")
+            state = trainer_state(self, copy_learner=False)  # copied only as torch.save writes them, in its thread
+            target = checkpoint_path(path)
+            await asyncio.to_thread(prepare_checkpoint_path, target)
+            try:
+                return await asyncio.to_thread(write_checkpoint, state, target)
+            except OSError as exc:  # a full disk since the check
+                raise CheckpointError(
+                    f"checkpoint {str(target)!r} could not be written ({type(exc).__name__}: {exc})"
+                ) from exc
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of everything a checkpoint holds (layout in :mod:`aiorl.checkpoint`).
@@ -626,9 +628,13 @@ class Trainer:
         ``on_update`` callback. Steps collected but not trained yet are counted as
         discarded (``shutdown``) in the copy, as they would be if the trainer closed now.
         """
-        if self._session is not None and self._session.consumer.in_flight:
-            raise RuntimeError("state_dict() during a learner update; call it from on_update or between runs")
+        self._check_learner_idle("state_dict()")
         return trainer_state(self)
+
+    def _check_learner_idle(self, name: str) -> None:
+        """Raise if an update is in the learner (left running by a run cancelled twice, say)."""
+        if self._session is not None and self._session.consumer.in_flight:
+            raise RuntimeError(f"{name} during a learner update; call it from on_update or between runs")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned into this (not started) trainer.
@@ -696,17 +702,16 @@ class Trainer:
         if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         weights, version = published(self._session, self._learner, self._version)
-        policy = copy.deepcopy(self._policy_template)
-        assign_flat(policy, weights)
         stop = threading.Event()  # a cancelled evaluation ends its thread after the current env call
         cap = self.config.eval_max_episode_steps if max_episode_steps is None else max_episode_steps
         playing = asyncio.ensure_future(
             asyncio.to_thread(
-                play_episodes,
+                _play_snapshot,
+                self._policy_template,
+                weights,
                 self.env_factory,
                 self.obs_encoder,
                 self.dist,
-                policy,
                 episodes=episodes,
                 deterministic=deterministic,
                 seed=self.config.seed + EVAL_SEED_OFFSET if seed is None else seed,
@@ -728,6 +733,16 @@ class Trainer:
             raise
         self._events.publish(EvaluationFinished(result))
         return result
+
+
+def _play_snapshot(template: nn.Module, weights: np.ndarray, *args: Any, **kwargs: Any) -> EvalResult:
+    """:func:`play_episodes` with a copy of ``template`` holding ``weights`` (flat, as published).
+
+    In the evaluation's thread: a big model's copy took ~80 ms, too long for the event loop.
+    """
+    policy = copy.deepcopy(template)
+    assign_flat(policy, weights)
+    return play_episodes(*args, policy, **kwargs)
 
 
 def _is_numeric_box(spaces: EnvSpaces) -> bool:
