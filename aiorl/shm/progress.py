@@ -1,9 +1,13 @@
 """The progress board: one int64 counter per worker, in shared memory.
 
-A worker adds to its counter after every env step it writes into a slot. When a
-worker is lost (or stopped), the trainer compares the counter with the steps the
-worker reported in finished rollouts: the difference is its unfinished rollout,
-counted as discarded. Nothing is lost silently, even after a SIGKILL.
+A worker adds to its counter once per row of env steps it writes into a slot (one
+step of each of its envs), and for the steps its envs took in a row where one failed
+for good. When a worker is lost (or stopped), the trainer compares the counter with
+the steps the worker reported in finished rollouts: the difference is its unfinished
+rollout, counted as discarded, even after a SIGKILL. The one thing a SIGKILL (or a
+hung env's kill) takes uncounted is the row in progress: steps some of its envs took
+but the worker never wrote, at most one per env. (Counting each env step on the board
+instead would cost the hot loop a shared-memory write per step.)
 """
 
 from __future__ import annotations

@@ -135,53 +135,60 @@ class EnvSampler:
         not_encodable: list[tuple[int, Exception]] = []  # envs whose next observation is not of their space
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         episodes = self.episodes
-        for i, env in enumerate(self.envs):
-            episode = episodes[i]
-            episode.env_steps += 1
-            try:
-                obs, reward, term, trunc, info = env.step(to_env(actions_np[i]))
-                reward, term, trunc = float(reward), bool(term), bool(trunc)
-                if not math.isfinite(reward):
-                    raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
-                if masks is not None and not (term or trunc):  # the mask of the next observation
-                    masks.read_info(info, self.masks[i])
-                if trunc and not term:  # bootstrap from V(final observation), checked here
-                    final = self.final_obs[len(final_rows)]
-                    encode(obs, final)
-                    if not np.isfinite(final).all():
-                        raise FloatingPointError(f"env {i} returned a non-finite observation")
-            except Exception as exc:
-                obs = self._recover(i, exc, arrays, t, summary)
-                truncated[i] = True  # an inert, masked row: no reward, no bootstrap
-                encode(obs, self.obs[i])
-                continue
-            rewards[i], terminated[i], truncated[i] = reward, term, trunc
-            disc_returns[i] = episode.rewarded(reward)
-            if term or trunc:
-                acting.episode_started(i)
-                episode_return, episode_length = episode.finished(t + 1)
-                summary.episode_returns.append(episode_return)
-                summary.episode_lengths.append(episode_length)
-                if trunc and not term:
-                    final_rows.append(i)
+        i, looped = -1, False
+        try:
+            for i, env in enumerate(self.envs):
+                episode = episodes[i]
+                episode.env_steps += 1
                 try:
-                    obs, info = env.reset()
-                    if masks is not None:
+                    obs, reward, term, trunc, info = env.step(to_env(actions_np[i]))
+                    reward, term, trunc = float(reward), bool(term), bool(trunc)
+                    if not math.isfinite(reward):
+                        raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
+                    if masks is not None and not (term or trunc):  # the mask of the next observation
                         masks.read_info(info, self.masks[i])
+                    if trunc and not term:  # bootstrap from V(final observation), checked here
+                        final = self.final_obs[len(final_rows)]
+                        encode(obs, final)
+                        if not np.isfinite(final).all():
+                            raise FloatingPointError(f"env {i} returned a non-finite observation")
                 except Exception as exc:
-                    obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
-            try:
-                encode(obs, self.obs[i])
-            except Exception as exc:  # handled once the row is written, as a non-finite one is
-                not_encodable.append((i, exc))
-        arrays["rewards"][t] = rewards
-        arrays["terminated"][t] = terminated
-        arrays["truncated"][t] = truncated
-        arrays["disc_returns"][t] = disc_returns  # written either way: a Ray actor's arrays start uninitialised
-        for i, exc in not_encodable:  # e.g. an observation of the wrong shape: the env is broken
-            self._fail_step(i, exc, arrays, t, summary)
-        if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
-            self._recover_non_finite(arrays, t, summary)
+                    obs = self._recover(i, exc, arrays, t, summary)
+                    truncated[i] = True  # an inert, masked row: no reward, no bootstrap
+                    encode(obs, self.obs[i])
+                    continue
+                rewards[i], terminated[i], truncated[i] = reward, term, trunc
+                disc_returns[i] = episode.rewarded(reward)
+                if term or trunc:
+                    acting.episode_started(i)
+                    episode_return, episode_length = episode.finished(t + 1)
+                    summary.episode_returns.append(episode_return)
+                    summary.episode_lengths.append(episode_length)
+                    if trunc and not term:
+                        final_rows.append(i)
+                    try:
+                        obs, info = env.reset()
+                        if masks is not None:
+                            masks.read_info(info, self.masks[i])
+                    except Exception as exc:
+                        obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
+                try:
+                    encode(obs, self.obs[i])
+                except Exception as exc:  # handled once the row is written, as a non-finite one is
+                    not_encodable.append((i, exc))
+            looped = True
+            arrays["rewards"][t] = rewards
+            arrays["terminated"][t] = terminated
+            arrays["truncated"][t] = truncated
+            arrays["disc_returns"][t] = disc_returns  # written either way: a Ray actor's arrays start uninitialised
+            for j, exc in not_encodable:  # e.g. an observation of the wrong shape: the env is broken
+                self._fail_step(j, exc, arrays, t, summary)
+            if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
+                self._recover_non_finite(arrays, t, summary)
+        except EnvStepError:  # an env failed for good mid-row: the steps its envs took still count
+            if self.progress is not None:
+                self.progress.add(self.spec.worker_id, k if looped else i + 1)
+            raise
         self.total_steps += k
         if self.progress is not None:  # counted once the step's row is fully written
             self.progress.add(self.spec.worker_id, k)

@@ -163,11 +163,16 @@ class VectorEnvSampler:
         stepped = int(np.count_nonzero(live))
         self.fault.env_steps += 1
         try:
-            rewards, terminated, truncated, ended, bootstrap, final = self._step_env(actions_np, live)
-        except Exception as exc:
-            self._recover(exc, arrays, t, summary)
-        else:
-            self._record(arrays, t, summary, rewards, terminated, truncated, ended, bootstrap, final)
+            try:
+                rewards, terminated, truncated, ended, bootstrap, final = self._step_env(actions_np, live)
+            except Exception as exc:
+                self._recover(exc, arrays, t, summary)
+            else:
+                self._record(arrays, t, summary, rewards, terminated, truncated, ended, bootstrap, final)
+        except EnvStepError:  # the vector env failed for good: the steps it took still count
+            if self.progress is not None:
+                self.progress.add(self.spec.worker_id, stepped)
+            raise
         self.total_steps += stepped
         if self.progress is not None:  # counted once the step's row is fully written
             self.progress.add(self.spec.worker_id, stepped)
