@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from cli_envs import slow_cartpole
 from conftest import SMALL, sampler_template
 
 from aiorl import APPO, PPO, AsyncEnv, ConfigError, EnvError, Trainer
@@ -25,7 +26,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import ThreadedEnv
 from aiorl.models import evaluate
 from aiorl.shm import RolloutSlots
-from aiorl.testing import AsyncCountingEnv, FaultyEnv
+from aiorl.testing import AsyncCountingEnv, FaultyEnv, StepsTakenEnv, steps_taken
 from aiorl.worker import AsyncActing
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import RolloutSummary
@@ -300,6 +301,16 @@ async def test_a_blocking_env_that_hangs_in_its_thread_is_abandoned_after_env_ti
     async with Trainer(HangsOnce, QUICK_PPO, env_threads=True, env_timeout_s=0.5, **FAST) as trainer:
         await run_until(trainer, lambda stats: stats.discarded["env_error"] > 0)
     assert trainer.stats.env_errors == 1 and trainer.stats.worker_restarts == 0
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_steps_in_flight_in_env_threads_when_the_workers_stop_are_counted(tmp_path):
+    env = functools.partial(StepsTakenEnv, str(tmp_path), slow_cartpole)  # 2 ms steps: some in flight at the stop
+    async with Trainer(env, QUICK_PPO, env_threads=True, **FAST) as trainer:
+        await trainer.run(total_steps=512)
+    stats = trainer.stats
+    assert stats.steps_collected == stats.steps_trained + stats.steps_discarded
+    assert stats.steps_collected == steps_taken(str(tmp_path))  # was up to one step per env short
 
 
 class StuckUntilReleased(gym.Wrapper):

@@ -34,7 +34,9 @@ from aiorl.testing import (
     NanMeanOnRealObservations,
     OneRowForBigBatches,
     RaisesOnRealObservations,
+    StepsTakenEnv,
     env_child_pids,
+    steps_taken,
     worker_identity,
 )
 
@@ -278,31 +280,14 @@ async def test_an_env_that_keeps_failing_ends_the_run_instead_of_looping():
     assert_failures_counted(trainer)
 
 
-class CountsItsSteps(gym.Wrapper):
-    """Wraps ``inner()``; in a worker, appends one byte per completed step to a file of its own in ``directory``."""
-
-    def __init__(self, directory: str, inner: functools.partial) -> None:
-        super().__init__(inner())
-        worker, incarnation, env_index = worker_identity()
-        self.path = os.path.join(directory, f"{worker}.{incarnation}.{env_index}") if worker >= 0 else None
-
-    def step(self, action):
-        result = self.env.step(action)
-        if self.path is not None:
-            with open(self.path, "ab") as f:
-                f.write(b"x")
-        return result
-
-
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_the_steps_taken_in_the_row_where_an_env_fails_for_good_are_counted(tmp_path):
     # env 3 of worker 0 breaks on its 100th step (after envs 0-2 took theirs) and may fail only once
     breaks = faulty("wrong_shape", at=100, env_indices=(3,))
-    trainer = Trainer(functools.partial(CountsItsSteps, str(tmp_path), breaks), QUICK_PPO, env_error_limit=1, **FAST)
+    trainer = Trainer(functools.partial(StepsTakenEnv, str(tmp_path), breaks), QUICK_PPO, env_error_limit=1, **FAST)
     with pytest.raises(EnvError, match=r"env 3, step 100"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
-    taken = sum(path.stat().st_size for path in tmp_path.iterdir())
-    assert trainer.stats.steps_collected == taken  # was 4 short: the row was never on the progress board
+    assert trainer.stats.steps_collected == steps_taken(str(tmp_path))  # was 4 short: the row was not on the board
     assert_accounted(trainer)
 
 

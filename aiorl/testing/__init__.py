@@ -19,8 +19,10 @@ from aiorl.testing.envs import (
     MaskedChoiceEnv,
     RaiseAtStep,
     RaiseOnCreate,
+    StepsTakenEnv,
     WorkerSideOnly,
     env_child_pids,
+    steps_taken,
     worker_identity,
 )
 from aiorl.testing.frames import NoiseFramesEnv, stacked_noise_frames
@@ -45,8 +47,10 @@ __all__ = [
     "NoiseFramesEnv",
     "RaiseAtStep",
     "RaiseOnCreate",
+    "StepsTakenEnv",
     "WorkerSideOnly",
     "env_child_pids",
     "stacked_noise_frames",
+    "steps_taken",
     "worker_identity",
 ]

@@ -171,6 +171,36 @@ def env_child_pids(pid_dir: str) -> dict[tuple[int, int, int], int]:
     return pids  # type: ignore[return-value]
 
 
+class StepsTakenEnv(gym.Wrapper):
+    """Wraps an env; in a worker, appends one byte per ``step`` it completes to a file of its own.
+
+    The steps the envs really took, for checking a trainer's accounting against them
+    (:func:`steps_taken`). Built outside a worker (the trainer's probe env), it counts nothing.
+
+    Args:
+        directory: an existing directory for the files (one per worker, incarnation and env).
+        env: a gymnasium id, or a function that builds the wrapped env.
+    """
+
+    def __init__(self, directory: str, env: str | Callable[[], gym.Env] = "CartPole-v1") -> None:
+        super().__init__(gym.make(env) if isinstance(env, str) else env())
+        worker, incarnation, env_index = worker_identity()
+        self.path = os.path.join(directory, f"{worker}.{incarnation}.{env_index}") if worker >= 0 else None
+
+    def step(self, action: Any) -> Any:
+        """Step the wrapped env; count the step once it returned."""
+        result = self.env.step(action)
+        if self.path is not None:
+            with open(self.path, "ab") as f:
+                f.write(b"x")
+        return result
+
+
+def steps_taken(directory: str) -> int:
+    """The steps the :class:`StepsTakenEnv` s writing into ``directory`` completed, all together."""
+    return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
 class RaiseAtStep(FaultyEnv):
     """Raises :class:`InjectedFault` on its ``at_step``-th step, in every worker and env."""
 

@@ -375,13 +375,18 @@ class AsyncEnvSampler:
             rows["versions"][t] = version
             rows["valid"][t] = True
             rows["trunc_values"][t] = 0.0
-            obs = await self._step(i, t)
-            error = self._encode(i, obs)
-            if error is not None:  # e.g. a reset that returned NaN, an observation of the wrong shape
-                obs = await self._recover(i, error, t)
-                if not rows["valid"][t]:  # the row belongs to the broken episode
-                    self._make_inert(trajectory, t)
-                self.encoder.encode_into(obs, self.obs[i])
+            try:
+                obs = await self._step(i, t)
+                error = self._encode(i, obs)
+                if error is not None:  # e.g. a reset that returned NaN, an observation of the wrong shape
+                    obs = await self._recover(i, error, t)
+                    if not rows["valid"][t]:  # the row belongs to the broken episode
+                        self._make_inert(trajectory, t)
+                    self.encoder.encode_into(obs, self.obs[i])
+            except asyncio.CancelledError:  # the worker stops: the env was asked to step (a threaded
+                if self.progress is not None:  # env's thread finishes the call), so the step counts
+                    self.progress.add(self.spec.worker_id, 1)
+                raise
             trajectory.rows += 1
             self.total_steps += 1
             if self.progress is not None:  # counted once the row is fully written
