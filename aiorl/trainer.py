@@ -175,7 +175,7 @@ class Trainer:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._holder = "run()"  # which of run() and sample() holds the lock (for messages)
+        self._holder = "run()"  # which of run(), sample() and save() holds the lock (for messages)
         self._events = EventHub()
         self._stop_requested = False
         self._launches = 0  # times the workers were started and stopped (moves their seeds)
@@ -262,7 +262,7 @@ class Trainer:
 
     @property
     def _run_lock(self) -> asyncio.Lock:
-        """The lock held by ``run()`` and ``sample()``: one per event loop the trainer is used in.
+        """The lock held by ``run()``, ``sample()`` and ``save()``: one per event loop the trainer is used in.
 
         An ``asyncio.Lock`` belongs to the first loop that waits on it; a trainer used in one
         ``asyncio.run()`` after another gets a new one while no run holds the old.
@@ -274,7 +274,7 @@ class Trainer:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, name: str) -> AsyncIterator[None]:
-        """Hold the run lock as ``name`` (``"run()"`` or ``"sample()"``); raise if either already holds it."""
+        """Hold the run lock as ``name`` (``"run()"``, ``"sample()"`` or ``"save()"``); raise if it is held."""
         lock = self._run_lock
         if lock.locked():
             raise RuntimeError(f"{name} while {self._holder} is in progress on this Trainer; await it first")

@@ -4,8 +4,8 @@ Lifecycle: attach shared memory, build envs, say :class:`Hello`, then forever
 wait for a granted slot, pull newer weights if the store has them, fill the
 slot and report :class:`SlotReady`. An env that fails for good is reported as
 :class:`EnvFailed`, anything else that raises (the policy, action sampling) as
-:class:`WorkerFailed`; either way the worker then exits. Heartbeats go out on a timer; every env
-step is also counted on the shared progress board. The worker stops on a
+:class:`WorkerFailed`; either way the worker then exits. Heartbeats go out on a timer; env steps
+are also counted on the shared progress board (once per row). The worker stops on a
 :class:`Stop` frame, on EOF of its socket, or when its parent process dies
 (parent sentinel), so it never outlives the trainer: its event loop notices and stops in
 order, and a thread notices too, which ends the worker, its envs' children and the trainer's
