@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,33 @@ def reap(child: subprocess.Popen[str]) -> None:
     for pipe in (child.stdout, child.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def signalled(
+    args: list[str], cwd: Path, ready: Callable[[], bool], number: signal.Signals, **variables: str
+) -> tuple[int, str]:
+    """Run ``aiorl ARGS``, send it signal ``number`` once ``ready()``; return its exit code and stderr."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aiorl", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(**variables),
+    )
+    try:
+        assert wait_until(ready, timeout_s=120), child.stderr.read() if child.poll() is not None else "not ready"
+        child.send_signal(number)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        reap(child)
+    return child.returncode, stderr
+
+
+def two_updates(cwd: Path) -> Callable[[], bool]:
+    """Whether the run in ``cwd/run`` has logged two updates (it is training)."""
+    metrics = cwd / "run" / "metrics.jsonl"
+    return lambda: metrics.exists() and metrics.read_text().count("\n") >= 2
 
 
 def aiorl(
@@ -370,22 +397,12 @@ def test_a_plain_resume_refuses_a_config_toml_with_another_step_budget(forked_ai
 def test_sigterm_and_sighup_save_a_checkpoint_and_exit_with_128_plus_the_signal(tmp_path, signal_number, code, said):
     total = 32 * 256
     flags = ["--steps", str(total), "--checkpoint-interval", "60", *SMALL_FLAGS, "--logdir", "run"]
-    child = subprocess.Popen(  # about 8 s for the whole budget, so SIGTERM lands mid-run
-        [sys.executable, "-m", "aiorl", "train", "cli_envs:slow_cartpole", *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=command_env(),
+    # about 8 s for the whole budget, so the signal lands mid-run (SIGTERM: `kill PID`, `docker stop`;
+    # SIGHUP: the terminal closed)
+    returncode, stderr = signalled(
+        ["train", "cli_envs:slow_cartpole", *flags], tmp_path, two_updates(tmp_path), signal_number
     )
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    try:
-        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout_s=120)
-        child.send_signal(signal_number)  # SIGTERM: `kill PID`, `docker stop`; SIGHUP: the terminal closed
-        _, stderr = child.communicate(timeout=120)
-    finally:
-        reap(child)
-    assert child.returncode == code, stderr
+    assert returncode == code, stderr
     assert f"{said}; checkpoint: run/checkpoint.pt; continue with: aiorl resume run" in stderr
     interrupted = Trainer.load(tmp_path / "run")  # the one the signal wrote (after the first update's)
     assert interrupted.unfinished_run is not None and interrupted.policy_version >= 2
@@ -394,66 +411,34 @@ def test_sigterm_and_sighup_save_a_checkpoint_and_exit_with_128_plus_the_signal(
 
 def test_sigterm_during_eval_closes_the_env_and_exits_143(tmp_path):
     asyncio.run(Trainer(cartpole_with_a_simulator, seed=0).save(tmp_path / "checkpoint.pt"))
-    pid_file = tmp_path / "simulator"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "aiorl", "eval", "checkpoint.pt", "--episodes", "100000000"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=command_env(**{SIMULATOR_PID_VARIABLE: str(pid_file)}),
-    )
-    try:
-        assert wait_until(pid_file.exists, timeout_s=120)  # playing
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        reap(child)
-    assert child.returncode == 143, stderr  # was -15, no message
+    pid_file = tmp_path / "simulator"  # written once the eval env is built: playing
+    arguments = ["eval", "checkpoint.pt", "--episodes", "100000000"]
+    variables = {SIMULATOR_PID_VARIABLE: str(pid_file)}
+    returncode, stderr = signalled(arguments, tmp_path, pid_file.exists, signal.SIGTERM, **variables)
+    assert returncode == 143, stderr  # was -15, no message
     assert stderr.strip() == "aiorl: terminated (SIGTERM)"
     simulator = int(pid_file.read_text())
     assert wait_until(lambda: not alive(simulator), timeout_s=10), "the eval env's simulator outlived aiorl eval"
 
 
 def test_ctrl_c_while_the_trainer_is_built_exits_130_with_one_line(tmp_path):
-    flag = tmp_path / "building"
-    child = subprocess.Popen(  # the trainer builds one env to read its spaces: that one takes 60 s
-        [sys.executable, "-m", "aiorl", "train", "cli_envs:cartpole_slow_to_build", "--logdir", "run"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=command_env(**{BUILDING_FLAG_VARIABLE: str(flag)}),
+    flag = tmp_path / "building"  # the trainer builds one env to read its spaces: that one takes 60 s
+    arguments = ["train", "cli_envs:cartpole_slow_to_build", "--logdir", "run"]
+    returncode, stderr = signalled(
+        arguments, tmp_path, flag.exists, signal.SIGINT, **{BUILDING_FLAG_VARIABLE: str(flag)}
     )
-    try:
-        assert wait_until(flag.exists, timeout_s=120)
-        child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        reap(child)
-    assert child.returncode == 130, stderr  # was click's "Aborted!", exit 1 ("training failed")
+    assert returncode == 130, stderr  # was click's "Aborted!", exit 1 ("training failed")
     assert stderr.strip() == "aiorl: interrupted before training started; nothing was trained or saved"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     total = 32 * 256  # whole updates of 256 steps
     flags = ["--steps", str(total), "--checkpoint-interval", "0.2", *SMALL_FLAGS, "--logdir", "run"]
-    child = subprocess.Popen(  # 2 ms steps: about 8 s for the whole budget, so Ctrl-C lands mid-run
-        [sys.executable, "-m", "aiorl", "train", "cli_envs:slow_cartpole", *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=command_env(),
+    # 2 ms steps: about 8 s for the whole budget, so Ctrl-C lands mid-run
+    returncode, stderr = signalled(
+        ["train", "cli_envs:slow_cartpole", *flags], tmp_path, two_updates(tmp_path), signal.SIGINT
     )
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    try:
-        assert wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout_s=120)
-        child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=120)
-    finally:
-        reap(child)
-    assert child.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert "continue with: aiorl resume run" in stderr
 
     interrupted = Trainer.load(tmp_path / "run")
