@@ -324,10 +324,10 @@ class Checkpointer:
     writer thread; the learner's state is copied only then, and in ``copy_in`` where given:
     the learner's own executor, whose one thread copies before it starts the next update,
     so a big model's copy (~25 ms for 2M parameters) does not hold up the event loop.
-    :meth:`finish` writes the state when the run ends,
-    whichever way: normally, cancelled (Ctrl-C) or failed, with the counters of the last
-    update and the learner as it is then (after a learner failure, restored to the last
-    good update). If the learner is still busy then (a run cancelled three times: after a
+    :meth:`finish` writes the state when the run ends, whichever way: normally, cancelled
+    (Ctrl-C) or failed, with the counters as they are then (the steps collected since the
+    last update included, as discarded) and the learner as it is then (after a learner
+    failure, restored to the last good update). If the learner is still busy then (a run cancelled three times: after a
     second cancellation the run still waits for the update, see ``Consumer.settle``), the
     file keeps the last snapshot written.
 
@@ -466,6 +466,7 @@ class Checkpointer:
                     await self._written(self._pending)
             if self._failed or not (finished or self._updated):
                 return
+            self._marked = self._mark()  # the counters now: with the steps collected since the last update
             try:  # the run is over: the learner's thread is idle, and copies
                 copied = self._snapshot(finished=finished, copy_in=self._copy_in)
             except RuntimeError as exc:

@@ -368,9 +368,9 @@ async def test_the_checkpointer_snapshots_after_the_first_update_then_only_when_
     checkpointer.after_update()
     assert captured == [0, 5]
     checkpointer.after_update()
-    await checkpointer.finish(finished=True)  # the end of the run writes the last update's state
-    assert captured == [0, 5, 6]
-    assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 6, "run": None}
+    await checkpointer.finish(finished=True)  # the end of the run writes the state as it is then
+    assert captured == [0, 5, 7]  # counters taken anew: steps collected since the last update count (was 6)
+    assert torch.load(tmp_path / "c.pt", weights_only=False) == {"policy_version": 7, "run": None}
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
