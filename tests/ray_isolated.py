@@ -49,7 +49,7 @@ FAST = {
 def applications_ray():
     """One local Ray, initialised as an application would before it builds trainers; shut down at the end.
 
-    The tests that take it share it (a ``ray.init`` costs ~8 s here), so they run after the
+    The tests that take it share it (a ``ray.init`` costs ~5 s here), so they run after the
     ones that start a Ray of their own (``test_ray.py`` orders them): each of its trainers
     must leave it up, as it found it.
     """
