@@ -112,6 +112,7 @@ class Consumer:
         pool: WorkerPool,
         layout: RolloutLayout,
         learner: Learner,
+        weights: np.ndarray,
         broadcaster: Broadcaster,
         executor: Executor,
         stats: TrainingStats,
@@ -137,7 +138,8 @@ class Consumer:
         self.learner_s = 0.0
         """Seconds the learner spent in finished updates over the trainer's life."""
         self._learner_s_at_run_start = 0.0
-        self.last_weights = learner.weights()
+        self.last_weights = weights
+        """The weights of the last good update (the learner's ``weights()`` at the start)."""
         self.lag_min: int | None = None
         self.lag_max: int | None = None
         self._lag_sum = 0.0

@@ -97,7 +97,8 @@ class Session:
         try:
             host = await stack.enter_async_context(resolve_backend(config.backend).open(template))
             broadcaster = Broadcaster(host.weights)
-            broadcaster.publish_now(learner.weights(), version)
+            weights = await asyncio.to_thread(learner.weights)  # gathered once, off the loop (a big model's: ms)
+            broadcaster.publish_now(weights, version)  # on the loop: the store must not close under a thread
             executor = learner_executor(learner_threads)
             stack.push_async_callback(_shutdown_executor, executor)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
@@ -120,6 +121,7 @@ class Session:
                 pool=pool,
                 layout=template.layout,
                 learner=learner,
+                weights=weights,
                 broadcaster=broadcaster,
                 executor=executor,
                 stats=stats,
