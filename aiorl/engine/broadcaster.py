@@ -46,22 +46,22 @@ class Broadcaster:
 
         Synchronous: if :meth:`run`'s thread is writing an older version, this waits for it.
         """
-        self._submitted.clear()
-        if self._latest is not None:
-            weights, version = self._latest
-            self._latest = None
-            self._publish(weights, version)
+        if (latest := self._take_latest()) is not None:
+            self._publish(*latest)
 
     async def run(self) -> None:
         """Publish submitted weights in a thread until cancelled; versions submitted meanwhile coalesce."""
         while True:
             await self._submitted.wait()
-            self._submitted.clear()
-            if self._latest is not None:
-                weights, version = self._latest
-                self._latest = None
+            if (latest := self._take_latest()) is not None:
                 # Cancelled meanwhile, the thread still finishes the write (flush() waits for it).
-                await asyncio.to_thread(self._publish, weights, version)
+                await asyncio.to_thread(self._publish, *latest)
+
+    def _take_latest(self) -> tuple[np.ndarray, int] | None:
+        """The newest submitted weights and version not published yet, if any (taken: none after)."""
+        self._submitted.clear()
+        latest, self._latest = self._latest, None
+        return latest
 
     def _publish(self, weights: np.ndarray, version: int) -> None:
         with self._writing:

@@ -23,9 +23,7 @@ CLOSE_TIMEOUT_S = 10.0
 """How long an :class:`~aiorl.AsyncEnv`'s ``close`` may take before it is given up on."""
 CLOSE_AT_EXIT_S = 10.0
 """How long the interpreter's exit waits for envs still being closed in the background."""
-
-_closing: set[threading.Thread] = set()
-_closing_lock = threading.Lock()
+_CLOSER_NAME = "aiorl-env-close"
 
 
 def close_env(env: gym.Env, what: str) -> None:
@@ -76,27 +74,19 @@ def close_in_background(env: gym.Env | AsyncEnv, what: str) -> None:
     """
 
     def run() -> None:
-        try:
-            if isinstance(env, AsyncEnv):
-                asyncio.run(aclose_env(env, what))
-            else:
-                close_env(env, what)
-        finally:
-            with _closing_lock:
-                _closing.discard(thread)
+        if isinstance(env, AsyncEnv):
+            asyncio.run(aclose_env(env, what))
+        else:
+            close_env(env, what)
 
-    thread = threading.Thread(target=run, name="aiorl-env-close", daemon=True)
-    with _closing_lock:
-        _closing.add(thread)
-    thread.start()
+    threading.Thread(target=run, name=_CLOSER_NAME, daemon=True).start()
 
 
 @atexit.register
 def _wait_for_closes_at_exit() -> None:
     """At the interpreter's exit: give the envs still closing up to ``CLOSE_AT_EXIT_S`` to finish."""
     deadline = time.monotonic() + CLOSE_AT_EXIT_S
-    with _closing_lock:
-        pending = list(_closing)
+    pending = [thread for thread in threading.enumerate() if thread.name == _CLOSER_NAME]
     for thread in pending:
         thread.join(max(0.0, deadline - time.monotonic()))
     if any(thread.is_alive() for thread in pending):
