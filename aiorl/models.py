@@ -88,14 +88,18 @@ class ActorCritic(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(dist_inputs, value)`` for a batch of observations."""
         x = obs.flatten(start_dim=1)
-        sigmoid = through_sigmoid(x) if self.tanh_via_sigmoid is None else self.tanh_via_sigmoid
-        if sigmoid and is_tanh_mlp(self.actor) and is_tanh_mlp(self.critic):
-            out, value = run_tanh_mlp(self.actor, x), run_tanh_mlp(self.critic, x)
-        else:
-            out, value = self.actor(x), self.critic(x)
+        out = self._run(self.actor, x)
         if self.gaussian:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
-        return out, value.squeeze(-1)
+        return out, self.value(x)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's value ``[B]`` of a batch of observations, without running the actor."""
+        return self._run(self.critic, obs.flatten(start_dim=1)).squeeze(-1)
+
+    def _run(self, mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        sigmoid = through_sigmoid(x) if self.tanh_via_sigmoid is None else self.tanh_via_sigmoid
+        return run_tanh_mlp(mlp, x) if sigmoid and is_tanh_mlp(mlp) else mlp(x)
 
 
 MIN_IMAGE_SIZE = 7
@@ -253,10 +257,13 @@ class ObservationNormalizer(nn.Module):
         """The wrapped recurrent policy's initial state."""
         return self.policy.initial_state(batch)  # type: ignore[operator]
 
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs`` normalised by the running statistics and clipped to ``[-clip, clip]``."""
+        return (obs - self.mean).mul_(torch.rsqrt(self.var + 1e-8)).clamp_(-self.clip, self.clip)
+
     def forward(self, obs: torch.Tensor, *recurrent: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalise ``obs`` and run the wrapped policy (a recurrent one also gets its state and episode starts)."""
-        normalised = (obs - self.mean).mul_(torch.rsqrt(self.var + 1e-8)).clamp_(-self.clip, self.clip)
-        return self.policy(normalised, *recurrent)
+        return self.policy(self.normalize(obs), *recurrent)
 
 
 def is_image_space(space: gym.Space) -> bool:

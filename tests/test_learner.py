@@ -16,9 +16,10 @@ from torch.distributions import Bernoulli, Categorical, Normal
 from aiorl import APPO, PPO, LearnerError
 from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.compiling import compiler_warnings_ignored
+from aiorl.algos.mlp_step import Coefficients, WrittenOutStep, written_out_policy
 from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
 from aiorl.distributions import ActionDistribution
-from aiorl.models import ActorCritic, ObservationNormalizer, evaluate, flat_weights
+from aiorl.models import ActorCritic, ObservationNormalizer, evaluate, flat_weights, flatten_parameters
 
 OBS_DIM = 4
 SPACES = {
@@ -137,6 +138,76 @@ def test_a_masked_sample_cannot_overflow_the_ratio_of_a_sharp_gaussian():
 
     assert torch.isfinite(stats).all(), stats
     assert all(torch.isfinite(g).all() for g in gradients(policy, loss) if g is not None)
+
+
+WRITTEN_OUT_SPACES = {name: SPACES[name] for name in ("discrete", "box")}
+
+
+@pytest.mark.parametrize("clip_value_loss", [True, False], ids=["clipped-value", "plain-value"])
+@pytest.mark.parametrize("space", WRITTEN_OUT_SPACES.values(), ids=WRITTEN_OUT_SPACES.keys())
+def test_the_written_out_gradient_is_autograds(space, clip_value_loss):
+    dist = ActionDistribution.for_space(space)
+    torch.manual_seed(0)
+    policy = ActorCritic((OBS_DIM,), dist, log_std_init=-0.5)
+    flat = flatten_parameters(policy)
+    cfg = PPO(ent_coef=0.01, clip_coef=0.1, clip_value_loss=clip_value_loss)
+    mb = sample_minibatch(dist, policy, size=256)
+    mb["behaviour_logprobs"] += torch.randn(256)  # ratios inside and outside the clip range, both signs
+    valid = torch.rand(256, generator=torch.Generator().manual_seed(1)) > 0.2
+    minibatch = Targets.masked(valid, **mb).minibatch(torch.arange(256))
+
+    loss, want_stats = clipped_surrogate_loss(policy, dist, cfg, *minibatch)
+    flat.grad.zero_()
+    loss.backward()
+    want = flat.grad.clone()
+    step = WrittenOutStep(written_out_policy(policy, dist), Coefficients.of(cfg))
+    got_stats = step(flat.grad, *minibatch)
+
+    assert 0.0 < float(want_stats[LOSS_STATS.index("clipfrac")]) < 1.0  # both sides of the clip were exercised
+    torch.testing.assert_close(flat.grad, want, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got_stats, want_stats, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("space", WRITTEN_OUT_SPACES.values(), ids=WRITTEN_OUT_SPACES.keys())
+def test_a_cpu_learner_of_the_default_mlp_trains_alike_through_the_written_out_gradient_and_autograd(space):
+    dist = ActionDistribution.for_space(space)
+    learners = []
+    for written_out in (True, False):
+        torch.manual_seed(0)
+        policy = ObservationNormalizer(ActorCritic((OBS_DIM,), dist), (OBS_DIM,))  # normalised once per update
+        learner = PPO(update_epochs=2, num_minibatches=2).make_learner(policy, dist, "cpu")
+        assert learner.written_out is not None, "the default MLP on a CPU takes the written-out gradient"
+        if not written_out:
+            learner.written_out = None
+        learners.append(learner)
+    for seed in range(3):
+        batch = cartpole_like_batch(seed=seed)
+        batch = dataclasses.replace(batch, obs=batch.obs * 3 + 1)  # away from the statistics' start
+        if dist.kind == "gaussian":
+            batch = dataclasses.replace(batch, actions=np.random.default_rng(seed).normal(size=(16, 8, 2)).astype(np.float32))
+        reports = []
+        for learner in learners:
+            learner.generator.manual_seed(seed)  # the same minibatches
+            reports.append(learner.update(batch, progress=0.0))
+        for name in LOSS_STATS:
+            assert reports[0][name] == pytest.approx(reports[1][name], rel=1e-4, abs=1e-6), name
+    np.testing.assert_allclose(flat_weights(learners[0].policy), flat_weights(learners[1].policy), rtol=1e-4, atol=1e-6)
+
+
+def test_other_policies_and_action_masks_train_through_autograd():
+    dist = ActionDistribution.for_space(gym.spaces.MultiDiscrete([3, 2]))
+    assert PPO().make_learner(ActorCritic((OBS_DIM,), dist), dist, "cpu").written_out is None
+    dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
+    relu = ActorCritic((OBS_DIM,), dist)
+    relu.actor[1] = torch.nn.ReLU()
+    assert PPO().make_learner(relu, dist, "cpu").written_out is None
+    learner = make_learner()
+    targets = Targets.masked(
+        torch.ones(8, dtype=torch.bool),
+        action_masks=torch.ones(8, 2, dtype=torch.bool),
+        **sample_minibatch(dist, learner.policy, size=8),
+    )
+    assert learner._written_out_targets(targets) is None
 
 
 def cartpole_like_batch(steps: int = 16, envs: int = 8, seed: int = 0) -> RolloutBatch:

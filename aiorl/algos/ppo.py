@@ -110,7 +110,7 @@ class PPOLearner(SurrogateLearner):
         # 1. GAE with the critic as it is now (the data may be a few versions old).
         steps, envs = batch.rewards.shape
         obs = self.observations(batch)
-        _, b_values, next_value, sequences = self.evaluate_batch(batch, obs)
+        b_values, next_value, sequences = self.values(batch, obs)
         values = b_values.reshape(steps, envs)
         values_np = values.cpu().numpy()
         advantages, returns = gae(

@@ -23,10 +23,15 @@ How it is made fast (the learner, not the workers, bounds training speed):
 - The policy's parameters and gradients are views into one flat tensor
   (:func:`~aiorl.models.flatten_parameters`), so zeroing, clipping and fused Adam are
   one operation each per step, whatever the number of layers.
+- On a CPU, aiorl's default MLP (:class:`~aiorl.models.ActorCritic`, categorical or
+  Gaussian actions, no action masks) takes its gradient from :mod:`aiorl.algos.mlp_step`,
+  the same gradient written out without autograd (1.0-1.6x faster per step; compiled,
+  2.0-2.2x at 512-1,024-row minibatches); its observations are normalised once per update.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -39,10 +44,11 @@ from torch import nn
 
 from aiorl.algos.batch import RolloutBatch, stack_frames
 from aiorl.algos.compiling import LEARNERS_PER_PROCESS, allow_recompiles, compiler_warnings_ignored
+from aiorl.algos.mlp_step import Coefficients, WrittenOutStep, written_out_policy
 from aiorl.algos.optim import Snapshot, flat_adam_state, make_optimizer
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import LearnerError
-from aiorl.models import assign_flat, evaluate, flat_weights, flatten_parameters
+from aiorl.models import ObservationNormalizer, assign_flat, evaluate, flat_weights, flatten_parameters
 from aiorl.recurrent import unroll
 
 log = logging.getLogger("aiorl")
@@ -309,6 +315,9 @@ class SurrogateLearner:
     (where a step costs kernel launches, not arithmetic) and not on CPU (where compiling
     took 3-25 s on 2 cores for a 1.1-1.3x faster update, a loss for most CPU runs). If
     compiling fails, the learner logs why and goes on uncompiled.
+
+    On a CPU the default MLP's minibatch steps go through :attr:`written_out` (see
+    :mod:`aiorl.algos.mlp_step`), compiled or not as the loss would be.
     """
 
     def __init__(self, config: SurrogateConfig, policy: nn.Module, dist: ActionDistribution, device: str) -> None:
@@ -323,6 +332,10 @@ class SurrogateLearner:
         self.generator = torch.Generator(device=self.device)
         """Orders the minibatches; the trainer seeds it and checkpoints its state (the global
         generator stays the application's)."""
+        model = written_out_policy(self.policy, dist) if self.device.type == "cpu" else None
+        self.written_out = None if model is None else WrittenOutStep(model, Coefficients.of(config))
+        """The default MLP's gradient written out (``None``: autograd's, for any other policy or
+        device); set it to ``None`` to train through autograd."""
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
         """Whether the minibatch loss runs compiled (set back to False if compiling failed)."""
         self._loss: LossFn = self._eager_loss
@@ -339,35 +352,53 @@ class SurrogateLearner:
         """
         allow_recompiles(LEARNERS_PER_PROCESS)
         self._loss = torch.compile(self._eager_loss, mode=mode, dynamic=False)  # fixed shapes: see Targets
+        if self.written_out is not None:
+            self.written_out.compile(mode)
         self.compiled, self._loss_checked = True, False
 
     def _eager_loss(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return clipped_surrogate_loss(self.policy, self.dist, self.surrogate_config, *minibatch)
 
-    def _gradients(self, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Set the gradients of the minibatch's loss; return its diagnostics (see :data:`LOSS_STATS`)."""
-        if not self.compiled:
-            return self._backward(self._loss, minibatch)
-        with compiler_warnings_ignored():
-            return self._compiled_gradients(minibatch)
+    def _gradients(self, minibatch: tuple[torch.Tensor | None, ...], written_out: bool) -> torch.Tensor:
+        """Set the gradients of the minibatch's loss; return its diagnostics (see :data:`LOSS_STATS`).
 
-    def _compiled_gradients(self, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        ``written_out``: through :attr:`written_out` (the minibatch's observations are normalised).
+        """
+        if not self.compiled:
+            return self._step(minibatch, written_out)
+        with compiler_warnings_ignored():
+            return self._compiled_gradients(minibatch, written_out)
+
+    def _compiled_gradients(self, minibatch: tuple[torch.Tensor | None, ...], written_out: bool) -> torch.Tensor:
         if not self._loss_checked:  # the first call compiles the forward and backward: if that fails, go eager
             try:
-                return self._backward(self._loss, minibatch)
+                return self._step(minibatch, written_out)
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.warning("torch.compile of the learner's loss failed (%s); training uncompiled", reason)
                 self._loss, self.compiled = self._eager_loss, False
+                if self.written_out is not None:
+                    self.written_out.uncompile()
             finally:
                 self._loss_checked = True
-        return self._backward(self._loss, minibatch)
+        return self._step(minibatch, written_out)
 
-    def _backward(self, loss_fn: LossFn, minibatch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        loss, stats = loss_fn(*minibatch)
+    def _step(self, minibatch: tuple[torch.Tensor | None, ...], written_out: bool) -> torch.Tensor:
+        if written_out and self.written_out is not None:
+            return self.written_out(self._grad, *minibatch)
+        loss, stats = self._loss(*minibatch)
         self._grad.zero_()
         loss.backward()  # accumulates into views of ``grad``
         return stats
+
+    def _written_out_targets(self, targets: Targets) -> Targets | None:
+        """``targets`` for :attr:`written_out`, observations normalised; ``None`` where it does not apply."""
+        if self.written_out is None or targets.action_masks is not None or targets.sequences is not None:
+            return None
+        if type(self.policy) is ObservationNormalizer:  # fixed during the update: normalise once, not per step
+            with torch.no_grad():
+                return dataclasses.replace(targets, obs=self.policy.normalize(targets.obs))
+        return targets
 
     def optimise(self, targets: Targets, target_kl: float | None = None, name: str = "PPO") -> dict[str, float]:
         """Run the epochs of the clipped surrogate on ``targets``; return the mean losses and diagnostics.
@@ -382,10 +413,12 @@ class SurrogateLearner:
         minibatches = min(cfg.num_minibatches, size)
         totals = torch.zeros(len(STATS), device=self.device)
         steps = 0
+        written_out = self._written_out_targets(targets)
+        source = targets if written_out is None else written_out
         for _epoch in range(cfg.update_epochs):
             order = torch.randperm(size, device=self.device, generator=self.generator)
             for index in torch.tensor_split(order, minibatches):
-                stats = self._gradients(targets.minibatch(index))
+                stats = self._gradients(source.minibatch(index), written_out is not None)
                 grad_norm = torch.linalg.vector_norm(grad)  # clip the global norm, as clip_grad_norm_ does
                 grad.mul_((cfg.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
                 self.optimizer.step()
@@ -424,6 +457,22 @@ class SurrogateLearner:
     def learn(self, batch: RolloutBatch, progress: float) -> dict[str, float]:
         """The algorithm's update (PPO's or APPO's); :meth:`update` undoes it if it fails."""
         raise NotImplementedError
+
+    def values(self, batch: RolloutBatch, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Sequences | None]:
+        """The critic's values of a whole batch as :meth:`evaluate_batch` gives them, without ``dist_inputs``.
+
+        The default MLP (:attr:`written_out`) runs its critic alone, over the batch's and
+        ``next_obs``'s observations at once (the actor's half of the pass is not needed).
+        """
+        if self.written_out is None or batch.initial_state is not None:
+            _, values, next_value, sequences = self.evaluate_batch(batch, obs)
+            return values, next_value, sequences
+        both = torch.cat([obs, self._tensor(batch.next_obs).float().reshape(-1, *obs.shape[1:])])
+        with torch.no_grad():
+            if type(self.policy) is ObservationNormalizer:
+                both = self.policy.normalize(both)
+            values = self.written_out.policy.value(both)
+        return values[: obs.shape[0]], values[obs.shape[0] :], None
 
     def evaluate_batch(
         self, batch: RolloutBatch, obs: torch.Tensor
