@@ -121,22 +121,29 @@ def is_tanh_mlp(mlp: nn.Module) -> bool:
 
 
 def run_tanh_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` for a :func:`is_tanh_mlp` network, each hidden layer as one :func:`linear_tanh`."""
+    """``mlp(x)`` for a :func:`is_tanh_mlp` network, each hidden layer as one :func:`linear_tanh`.
+
+    Without gradients (the learner's value pass) the layers skip the autograd function.
+    """
     layers = list(mlp)
+    layer = _linear_tanh_forward if not torch.is_grad_enabled() else linear_tanh
     for linear in layers[:-1:2]:
-        x = linear_tanh(x, linear.weight, linear.bias)
+        x = layer(x, linear.weight, linear.bias)
     return layers[-1](x)
+
+
+def sigmoid_pays(x: torch.Tensor) -> bool:
+    """Whether ``tanh`` on ``x`` is faster through ``sigmoid`` in code with no per-call overhead.
+
+    Yes for a CPU tensor outside compiled code, where :func:`linear_tanh_is_faster` on this CPU
+    (:mod:`aiorl.algos.mlp_step` writes its layers out, so any number of rows gains).
+    """
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and linear_tanh_is_faster()
 
 
 def through_sigmoid(x: torch.Tensor) -> bool:
     """Whether a tanh MLP's forward on ``x`` should use :func:`linear_tanh`.
 
-    Yes for a CPU tensor of at least :data:`MIN_ROWS` rows, outside compiled code, where it pays on this CPU.
+    Yes for a 2-D tensor of at least :data:`MIN_ROWS` rows where :func:`sigmoid_pays`.
     """
-    return (
-        x.device.type == "cpu"
-        and x.dim() == 2
-        and x.shape[0] >= MIN_ROWS
-        and not torch.compiler.is_compiling()
-        and linear_tanh_is_faster()
-    )
+    return x.dim() == 2 and x.shape[0] >= MIN_ROWS and sigmoid_pays(x)

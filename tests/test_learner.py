@@ -184,7 +184,9 @@ def test_a_cpu_learner_of_the_default_mlp_trains_alike_through_the_written_out_g
         batch = cartpole_like_batch(seed=seed)
         batch = dataclasses.replace(batch, obs=batch.obs * 3 + 1)  # away from the statistics' start
         if dist.kind == "gaussian":
-            batch = dataclasses.replace(batch, actions=np.random.default_rng(seed).normal(size=(16, 8, 2)).astype(np.float32))
+            batch = dataclasses.replace(
+                batch, actions=np.random.default_rng(seed).normal(size=(16, 8, 2)).astype(np.float32)
+            )
         reports = []
         for learner in learners:
             learner.generator.manual_seed(seed)  # the same minibatches

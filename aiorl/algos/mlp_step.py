@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aiorl.activations import is_tanh_mlp, through_sigmoid
+from aiorl.activations import is_tanh_mlp, sigmoid_pays
 from aiorl.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, ActionDistribution
 from aiorl.models import ActorCritic, ObservationNormalizer
 
@@ -239,7 +239,7 @@ class WrittenOutStep:
         x = obs.flatten(start_dim=1)
         choice = self.policy.tanh_via_sigmoid
         # compiled code has its own vectorised tanh (aiorl.activations)
-        sigmoid = not self.compiled and (through_sigmoid(x) if choice is None else choice)
+        sigmoid = not self.compiled and (sigmoid_pays(x) if choice is None else choice)
         with torch.no_grad():
             gradient, stats = self.gradient(
                 self.actor,
