@@ -16,7 +16,10 @@ can use the faster kernel and give the same values up to float rounding (``1e-7`
   rows, where the Python-level autograd function costs what the kernel saves: only
   batches of :data:`MIN_ROWS` rows or more take this form (:func:`linear_tanh_is_faster`
   decides whether it pays on this CPU). PPO's update of 7,168-14,336 samples (4 epochs x 2
-  minibatches) ran 1.15-1.43x faster with 1 or 2 torch threads, of 1,024 samples the same.
+  minibatches) ran 1.15-1.43x faster with 1 or 2 torch threads, of 1,024 samples the same;
+- the learner's written-out step for that MLP (:mod:`aiorl.algos.mlp_step`) has no
+  autograd function to pay for, so it takes the ``sigmoid`` form at any number of rows
+  (:func:`sigmoid_pays`), as do value passes run without gradients.
 
 Which form is faster is measured once per process on this CPU (the first time it is
 needed: 1-2 ms for the workers' check, 30-100 ms for the learner's), so a CPU whose

@@ -5,10 +5,13 @@ records its ~60 small operations and replays them backwards. For the default
 :class:`~aiorl.models.ActorCritic` (a tanh MLP actor and critic, categorical or diagonal
 Gaussian actions, no action masks, feed-forward) the same gradient is a short chain of
 matrix products, written here line by line against the loss. Run eagerly it saves
-autograd's bookkeeping; compiled (``compile=True``), it is one function that
-``torch.compile`` fuses into a few loops around the matrix products, with no graph
-breaks and no autograd at all (2.2-2.7x Stable-Baselines3's ``PPO.train()`` at 1,024-2,048
-samples on a CPU against 1.4-1.5x for the compiled autograd loss, ``benchmarks/README.md``).
+autograd's bookkeeping (and ``tanh`` can go through the faster ``sigmoid`` kernel at
+any size, :mod:`aiorl.activations`); compiled (``compile=True``), it is one function
+that ``torch.compile`` fuses into a few loops around the matrix products, with no graph
+breaks and no autograd at all. On one core of the development machine PPO's update
+became 2.05x / 1.79x / 1.32x as fast as Stable-Baselines3's ``PPO.train()`` at 1,024 /
+2,048 / 14,336 samples (compiled: 2.27x / 2.06x / 1.57x), against 1.3-1.4x through
+autograd (``benchmarks/README.md``, ``learner.py``).
 
 The loss of a minibatch (every mean over its valid samples, weights ``w``):
 
