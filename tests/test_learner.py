@@ -144,9 +144,9 @@ WRITTEN_OUT_SPACES = {name: SPACES[name] for name in ("discrete", "box")}
 
 
 @pytest.mark.parametrize("clip_value_loss", [True, False], ids=["clipped-value", "plain-value"])
-@pytest.mark.parametrize("space", WRITTEN_OUT_SPACES.values(), ids=WRITTEN_OUT_SPACES.keys())
+@pytest.mark.parametrize("space", ["discrete", "discrete-masked", "box"])
 def test_the_written_out_gradient_is_autograds(space, clip_value_loss):
-    dist = ActionDistribution.for_space(space)
+    dist = ActionDistribution.for_space(SPACES[space.removesuffix("-masked")])
     torch.manual_seed(0)
     policy = ActorCritic((OBS_DIM,), dist, log_std_init=-0.5)
     flat = flatten_parameters(policy)
@@ -154,6 +154,9 @@ def test_the_written_out_gradient_is_autograds(space, clip_value_loss):
     mb = sample_minibatch(dist, policy, size=256)
     mb["behaviour_logprobs"] += torch.randn(256)  # ratios inside and outside the clip range, both signs
     valid = torch.rand(256, generator=torch.Generator().manual_seed(1)) > 0.2
+    if space.endswith("-masked"):  # about a third of the actions invalid, never the one taken
+        mb["action_masks"] = torch.rand(256, 3, generator=torch.Generator().manual_seed(2)) > 0.3
+        mb["action_masks"][torch.arange(256), mb["actions"]] = True
     minibatch = Targets.masked(valid, **mb).minibatch(torch.arange(256))
 
     loss, want_stats = clipped_surrogate_loss(policy, dist, cfg, *minibatch)
@@ -196,20 +199,13 @@ def test_a_cpu_learner_of_the_default_mlp_trains_alike_through_the_written_out_g
     np.testing.assert_allclose(flat_weights(learners[0].policy), flat_weights(learners[1].policy), rtol=1e-4, atol=1e-6)
 
 
-def test_other_policies_and_action_masks_train_through_autograd():
+def test_other_policies_train_through_autograd():
     dist = ActionDistribution.for_space(gym.spaces.MultiDiscrete([3, 2]))
     assert PPO().make_learner(ActorCritic((OBS_DIM,), dist), dist, "cpu").written_out is None
     dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
     relu = ActorCritic((OBS_DIM,), dist)
     relu.actor[1] = torch.nn.ReLU()
     assert PPO().make_learner(relu, dist, "cpu").written_out is None
-    learner = make_learner()
-    targets = Targets.masked(
-        torch.ones(8, dtype=torch.bool),
-        action_masks=torch.ones(8, 2, dtype=torch.bool),
-        **sample_minibatch(dist, learner.policy, size=8),
-    )
-    assert learner._written_out_targets(targets) is None
 
 
 def cartpole_like_batch(steps: int = 16, envs: int = 8, seed: int = 0) -> RolloutBatch:

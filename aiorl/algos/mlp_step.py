@@ -3,7 +3,7 @@
 :func:`~aiorl.algos.surrogate.clipped_surrogate_loss` works for any policy: autograd
 records its ~60 small operations and replays them backwards. For the default
 :class:`~aiorl.models.ActorCritic` (a tanh MLP actor and critic, categorical or diagonal
-Gaussian actions, no action masks, feed-forward) the same gradient is a short chain of
+Gaussian actions, action masks or none, feed-forward) the same gradient is a short chain of
 matrix products, written here line by line against the loss. Run eagerly it saves
 autograd's bookkeeping (and ``tanh`` can go through the faster ``sigmoid`` kernel at
 any size, :mod:`aiorl.activations`); compiled (``compile=True``), it is one function
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from aiorl.activations import is_tanh_mlp, sigmoid_pays
-from aiorl.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, ActionDistribution
+from aiorl.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, ActionDistribution
 from aiorl.models import ActorCritic, ObservationNormalizer
 
 Layers = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -129,13 +129,17 @@ def surrogate_gradient(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     valid: torch.Tensor,
+    action_masks: torch.Tensor | None = None,
     sigmoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The minibatch's flat gradient and its diagnostics (ordered as :data:`~aiorl.algos.surrogate.LOSS_STATS`).
 
     ``obs`` is ``[B, features]`` as the MLPs take it (normalised already, if the policy
     normalises); ``log_std`` is the Gaussian's parameter (``None``: categorical actions).
-    ``sigmoid`` computes ``tanh`` through ``sigmoid`` (see :mod:`aiorl.activations`).
+    ``action_masks`` (categorical only) give invalid actions
+    :data:`~aiorl.distributions.MASKED_LOGIT`: their probability is 0, and so is their
+    logit's gradient. ``sigmoid`` computes ``tanh`` through ``sigmoid`` (see
+    :mod:`aiorl.activations`).
     """
     c = coefficients
     count = valid.sum().clamp(min=1.0)
@@ -146,6 +150,8 @@ def surrogate_gradient(
     value_out, critic_inputs = _forward(critic, obs, sigmoid)
     value = value_out.squeeze(-1)
     if log_std is None:
+        if action_masks is not None:
+            dist_out = dist_out.masked_fill(~action_masks, MASKED_LOGIT)
         log_p = torch.log_softmax(dist_out, dim=-1)
         p = log_p.exp()
         one_hot = torch.zeros_like(log_p).scatter_(-1, actions.long().unsqueeze(-1), 1.0)
@@ -212,8 +218,8 @@ class WrittenOutStep:
     """A learner's minibatch step through :func:`surrogate_gradient` for one :class:`ActorCritic`.
 
     Called with the learner's flat gradient and a minibatch from
-    :meth:`~aiorl.algos.surrogate.Targets.minibatch` (observations already normalised, no
-    action masks, feed-forward): sets the gradient and returns the diagnostics.
+    :meth:`~aiorl.algos.surrogate.Targets.minibatch` (observations already normalised,
+    feed-forward): sets the gradient and returns the diagnostics.
     """
 
     def __init__(self, policy: ActorCritic, coefficients: Coefficients) -> None:
@@ -236,7 +242,7 @@ class WrittenOutStep:
 
     def __call__(self, grad: torch.Tensor, *minibatch: torch.Tensor | None) -> torch.Tensor:
         """Set ``grad`` to the minibatch's gradient; return its diagnostics."""
-        obs, actions, behaviour_logprobs, old_values, advantages, returns, valid = minibatch[:7]
+        obs, actions, behaviour_logprobs, old_values, advantages, returns, valid, action_masks = minibatch[:8]
         assert obs is not None and actions is not None and behaviour_logprobs is not None
         assert old_values is not None and advantages is not None and returns is not None and valid is not None
         x = obs.flatten(start_dim=1)
@@ -256,6 +262,7 @@ class WrittenOutStep:
                 advantages,
                 returns,
                 valid,
+                action_masks,
                 sigmoid,
             )
             grad.copy_(gradient)

@@ -24,7 +24,7 @@ How it is made fast (the learner, not the workers, bounds training speed):
   (:func:`~aiorl.models.flatten_parameters`), so zeroing, clipping and fused Adam are
   one operation each per step, whatever the number of layers.
 - On a CPU, aiorl's default MLP (:class:`~aiorl.models.ActorCritic`, categorical or
-  Gaussian actions, no action masks) takes its gradient from :mod:`aiorl.algos.mlp_step`,
+  Gaussian actions, with action masks or without) takes its gradient from :mod:`aiorl.algos.mlp_step`,
   the same gradient written out without autograd (its observations normalised once per
   update, not per step), and PPO's value pass runs the critic alone.
 """
@@ -393,7 +393,7 @@ class SurrogateLearner:
 
     def _written_out_targets(self, targets: Targets) -> Targets | None:
         """``targets`` for :attr:`written_out`, observations normalised; ``None`` where it does not apply."""
-        if self.written_out is None or targets.action_masks is not None or targets.sequences is not None:
+        if self.written_out is None or targets.sequences is not None:
             return None
         if type(self.policy) is ObservationNormalizer:  # fixed during the update: normalise once, not per step
             with torch.no_grad():
@@ -467,7 +467,7 @@ class SurrogateLearner:
         if self.written_out is None or batch.initial_state is not None:
             _, values, next_value, sequences = self.evaluate_batch(batch, obs)
             return values, next_value, sequences
-        both = torch.cat([obs, self._tensor(batch.next_obs).float().reshape(-1, *obs.shape[1:])])
+        both = torch.cat([obs, self._tensor(batch.next_obs).float()])
         with torch.no_grad():
             if type(self.policy) is ObservationNormalizer:
                 both = self.policy.normalize(both)
