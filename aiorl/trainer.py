@@ -189,9 +189,17 @@ class Trainer:
 
     def _default_policy(self) -> nn.Module:
         space, shape, cfg = self.spaces.observation_space, self.obs_encoder.shape, self.config
-        if cfg.recurrent is not None:
+        if cfg.recurrent is None:
+            return default_policy(space, shape, self.dist)
+        try:
             return default_recurrent_policy(space, shape, self.dist, cfg.recurrent, cfg.recurrent_size)
-        return default_policy(space, shape, self.dist)
+        except (MemoryError, RuntimeError) as exc:  # torch's allocator says RuntimeError
+            if not isinstance(exc, MemoryError) and "allocate memory" not in str(exc):
+                raise
+            raise ConfigError(
+                f"recurrent_size={cfg.recurrent_size!r} is too large: the {cfg.recurrent} policy's weights "
+                f"cannot be allocated ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            ) from None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Trainer:

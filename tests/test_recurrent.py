@@ -208,6 +208,9 @@ def test_recurrent_options_and_policies_are_checked_before_anything_starts():
         Trainer("CartPole-v1", recurrent="rnn")
     with pytest.raises(ConfigError, match="recurrent_size=0"):
         Trainer("CartPole-v1", recurrent="lstm", recurrent_size=0)
+    # 160 PB of LSTM weights: beyond any address space, so the allocation fails whatever the overcommit policy
+    with pytest.raises(ConfigError, match=r"recurrent_size=100000000 is too large.*cannot be allocated"):
+        Trainer("CartPole-v1", recurrent="lstm", recurrent_size=10**8)
     with pytest.raises(ConfigError, match="is not recurrent"):
         Trainer("CartPole-v1", recurrent="lstm", policy=Trainer("CartPole-v1").policy)
 
