@@ -7,7 +7,8 @@ again and again and records how late each wake-up is (wall time after the sleep
 minus the time it asked to wake). That lateness is what any other coroutine of an
 application embedding the trainer (a web server, a dashboard) would wait on top of
 its own work. Meanwhile the loop runs the ``CartPole-v1`` preset (PPO, 2 workers x
-16 envs) for ``--seconds`` and a consumer reads ``trainer.events()`` (every update
+16 envs; ``--task image``: 2 workers x 8 envs of 84x84x4 ``uint8`` frames, the
+defaults, rollouts of 7 MB each) for ``--seconds`` and a consumer reads ``trainer.events()`` (every update
 and every finished episode), as an embedding application would.
 
 Phases, reported separately for asyncio's default loop and for uvloop, each run in
@@ -28,6 +29,7 @@ Run it (about 40 s on 2 cores)::
     python benchmarks/loop_lag.py
     python benchmarks/loop_lag.py --seconds 30 --loops uvloop
     python benchmarks/loop_lag.py --check     # exit status 1 if a training p99 is >= 5 ms
+    python benchmarks/loop_lag.py --task image --loops uvloop
 
 Other processes busy on the machine delay the loop too: the CPU they used during
 each phase (from ``/proc``, Linux) is printed in the last column.
@@ -143,7 +145,16 @@ class Phases:
         self._since = now
 
 
-async def measure(seconds: float, interval_s: float) -> tuple[list[tuple[str, Ticks, float | None]], str]:
+def build_trainer(task: str) -> aiorl.Trainer:
+    """The trainer the loop runs: the CartPole preset, or 2 workers x 8 Atari-sized image envs with the defaults."""
+    if task == "image":
+        from scaling import ImageEnv  # 84x84x4 uint8 frames from a bank: rollouts of 7 MB
+
+        return aiorl.Trainer(ImageEnv, num_workers=2, envs_per_worker=8, log_interval_s=3600)
+    return aiorl.Trainer.from_preset("CartPole-v1", log_interval_s=3600)
+
+
+async def measure(seconds: float, interval_s: float, task: str) -> tuple[list[tuple[str, Ticks, float | None]], str]:
     """Run the phases on the running loop; return the rows and a line about the training."""
     ticker = Ticker(interval_s)
     phases = Phases(ticker)
@@ -158,7 +169,7 @@ async def measure(seconds: float, interval_s: float) -> tuple[list[tuple[str, Ti
         ticking = tasks.create_task(ticker.run())
         await asyncio.sleep(1.0)
         phases.end("idle")
-        trainer = aiorl.Trainer.from_preset("CartPole-v1", log_interval_s=3600)
+        trainer = build_trainer(task)
         stream = trainer.events()
         tasks.create_task(read_events(stream))
         # The tick in flight was held up by the synchronous build above: let it land before
@@ -195,6 +206,9 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=1.0, help="the ticker's sleep")
     parser.add_argument("--loops", nargs="+", choices=sorted(RUNNERS), default=["asyncio", "uvloop"])
     parser.add_argument("--check", action="store_true", help=f"exit 1 if a training p99 >= {TARGET_P99_MS} ms")
+    parser.add_argument(
+        "--task", choices=["cartpole", "image"], default="cartpole", help="what the trainer learns (see build_trainer)"
+    )
     args = parser.parse_args()
 
     print(
@@ -204,7 +218,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     failed = []
     for loop in args.loops:
-        rows, summary = RUNNERS[loop](measure(args.seconds, args.interval_ms / 1e3))
+        rows, summary = RUNNERS[loop](measure(args.seconds, args.interval_ms / 1e3, args.task))
         for phase, ticks, other in rows:
             p99 = percentile_ms(ticks.lags, 99)
             late, waiting, running = ticks.late_breakdown(1e-3)

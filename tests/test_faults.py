@@ -25,6 +25,7 @@ import pytest
 from conftest import SMALL, alive, wait_until
 
 from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
+from aiorl.engine import consumer as consumer_module
 from aiorl.errors import WorkerError, WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
 from aiorl.testing import (
@@ -402,6 +403,38 @@ async def test_cancelling_run_mid_update_tears_down_and_accounts():
     assert trainer.stats.discarded["shutdown"] > 0
     assert trainer.stats.steps_pending == 0
     assert_accounted(trainer)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_run_cancelled_twice_while_a_rollout_is_copied_in_a_thread_keeps_it_with_the_batch(monkeypatch):
+    # Big rollouts (images) are copied into the batch in a thread. A cancellation during that
+    # copy must wait for it: the rollout goes into the batch and its slot is freed, so the
+    # counts agree and the next run trains on whole batches.
+    monkeypatch.setattr(consumer_module, "THREAD_COPY_BYTES", 0)  # CartPole's rollouts take that path too
+    async with Trainer("CartPole-v1", QUICK_PPO, **SMALL) as trainer:
+        consumer = trainer._session.consumer
+        builder, add = consumer.builder, consumer.builder.add
+        copying = threading.Event()
+
+        def slow_add(slot):
+            copying.set()
+            time.sleep(0.3)
+            return add(slot)
+
+        builder.add = slow_add
+        task = asyncio.create_task(trainer.run(total_steps=10**9))
+        assert await asyncio.to_thread(copying.wait, 60)
+        task.cancel()
+        await asyncio.sleep(0.05)  # a second Ctrl-C while the copy goes on
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert builder.count == len(consumer.in_batch) >= 1
+        assert_accounted(trainer)
+        builder.add = add
+        result = await trainer.run(total_steps=2_000)
+        assert result.updates >= 1
+        assert_accounted(trainer, result)
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])

@@ -65,6 +65,10 @@ class BatchBuilder:
         self.rollouts = rollouts
         self.pin_memory = pin_memory
         self.count = 0
+        self.slot_bytes = sum(
+            int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
+        )
+        """The bytes :meth:`add` copies per slot."""
         self._arrays = self._allocate()
         self._spare: dict[str, np.ndarray] | None = None  # the arrays of the batch handed out before
 

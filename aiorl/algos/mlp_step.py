@@ -25,7 +25,8 @@ Its gradient, from the output back (``g_x`` is ``dL/dx``; ``n`` the valid count)
 - ``g_r = -A * w / n`` where the unclipped term is the larger (``-A r >= -A clip(r)``), else 0
   (the clipped term is flat in ``r``); ``g_logp = g_r * r * w``;
 - ``g_H = -c_ent * w / n``; ``g_V = c_v * w / n * (V - R)`` (clipped: the larger term's);
-- categorical (``p = softmax(z)``): ``g_z = g_logp * (onehot(a) - p) - g_H * p * (log p + H)``;
+- categorical (``p = softmax(z)``): ``g_z = g_logp * (onehot(a) - p) - g_H * p * (log p + H)``
+  (a masked action has ``p = 0`` and is never taken: its logit's gradient is 0);
 - Gaussian (``x = (a - mu) / sigma``): ``g_mu = g_logp * x / sigma``,
   ``g_log_sigma = sum over rows of (g_logp * (x^2 - 1) + g_H)``;
 - each linear layer ``y = h W^T + b``: ``g_W = g_y^T h``, ``g_b = sum(g_y)``, ``g_h = g_y W``;

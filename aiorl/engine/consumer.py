@@ -2,10 +2,10 @@
 
 It takes ready rollouts from the pool's queue, drops those older than
 ``max_policy_lag`` (counted as discarded; with async envs, whose columns may span
-several versions, the steps older than that), copies the rest into the batch and
-frees their slots at once, runs the learner update in an executor thread (an
-update inline would freeze the loop for the whole update), hands the new
-weights to the broadcaster and reports the update.
+several versions, the steps older than that), copies the rest into the batch (in a
+thread when they are big, as images are) and frees their slots at once, runs the
+learner update in an executor thread (an update inline would freeze the loop for the
+whole update), hands the new weights to the broadcaster and reports the update.
 
 With ``max_policy_lag=0`` (strict on-policy PPO) slots are freed only after the
 new weights are published, so every worker acts with the newest policy.
@@ -39,6 +39,8 @@ log = logging.getLogger("aiorl")
 
 CANCELLED_UPDATE_WAIT_S = 60.0
 """How long a cancelled run waits for the update already running in the learner thread."""
+THREAD_COPY_BYTES = 1 << 20
+"""Rollouts of more bytes than this are copied into the batch in a thread, not on the loop."""
 
 
 UpdateCallback = Callable[[UpdateReport], Any]
@@ -163,6 +165,8 @@ class Consumer:
         """Train until ``goal`` is met or :meth:`stop` is called."""
         self._goal = goal
         self._learner_s_at_run_start = self.learner_s
+        if self.builder.full and not goal.done(self.stats):  # a run cancelled after the copy that filled it
+            await self._update(self.builder.take(), goal, on_update)
         while not goal.done(self.stats):
             rollout = await self._next_rollout(goal)
             if rollout is None:
@@ -172,17 +176,41 @@ class Consumer:
                 self.ledger.discard(rollout.env_steps, DiscardReason.POLICY_LAG)
                 self.pool.release(rollout)
                 continue
-            columns = self.builder.add(rollout.arrays)
-            if self.max_policy_lag is not None:  # async envs: a slot's columns may span versions
-                stale = self.builder.mask_older_than(columns, self.version - self.max_policy_lag)
-                if stale:
-                    self.ledger.discard(stale, DiscardReason.POLICY_LAG)
-                    rollout = dataclasses.replace(rollout, env_steps=rollout.env_steps - stale)
-            self.in_batch.append(rollout)
-            if not self.strict:
-                self.pool.release(rollout)
+            await self._copy(rollout)
             if self.builder.full:
                 await self._update(self.builder.take(), goal, on_update)
+
+    async def _copy(self, rollout: ReadyRollout) -> None:
+        """Copy ``rollout`` into the batch and free its slot (:meth:`_took`).
+
+        A big rollout (images) is copied in a thread: on the loop its copy took 3-40 ms.
+        That copy always finishes before this returns, and a cancellation meanwhile is
+        raised only after it (the batch and the rollouts counted in it must agree).
+        """
+        if self.builder.slot_bytes <= THREAD_COPY_BYTES:
+            self._took(rollout, self.builder.add(rollout.arrays))
+            return
+        copy = asyncio.get_running_loop().run_in_executor(None, self.builder.add, rollout.arrays)
+        cancelled: asyncio.CancelledError | None = None
+        while not copy.done():
+            try:
+                await asyncio.shield(copy)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        self._took(rollout, copy.result())
+        if cancelled is not None:
+            raise cancelled
+
+    def _took(self, rollout: ReadyRollout, columns: slice) -> None:
+        """Keep the rollout just copied into ``columns`` with the batch, its stale steps masked, and free its slot."""
+        if self.max_policy_lag is not None:  # async envs: a slot's columns may span versions
+            stale = self.builder.mask_older_than(columns, self.version - self.max_policy_lag)
+            if stale:
+                self.ledger.discard(stale, DiscardReason.POLICY_LAG)
+                rollout = dataclasses.replace(rollout, env_steps=rollout.env_steps - stale)
+        self.in_batch.append(rollout)
+        if not self.strict:
+            self.pool.release(rollout)
 
     def stop(self) -> None:
         """End :meth:`run` gracefully: after the update in progress, or at once if it waits for rollouts."""
