@@ -171,22 +171,26 @@ class Targets:
         return self.valid.numel() if self.sequences is None else self.sequences.initial_state.shape[0]
 
     def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        """The units at ``index``, in the argument order of :func:`clipped_surrogate_loss`."""
+        """The units at ``index``, in the argument order of :func:`clipped_surrogate_loss`.
+
+        Gathered with ``index_select`` (2-4x faster than ``tensor[index]`` on a CPU).
+        """
         initial_state = episode_starts = None
         if self.sequences is not None:  # trajectories ``index``: their samples, time-major
             seq = self.sequences
             steps = torch.arange(seq.steps, device=index.device).unsqueeze(1)
-            initial_state, episode_starts = seq.initial_state[index], seq.episode_starts[:, index]
+            initial_state = seq.initial_state.index_select(0, index)
+            episode_starts = seq.episode_starts.index_select(1, index)
             index = (steps * seq.initial_state.shape[0] + index).reshape(-1)
         return (
-            self.obs[index],
-            self.actions[index],
-            self.behaviour_logprobs[index],
-            self.old_values[index],
-            self.advantages[index],
-            self.returns[index],
-            self.valid[index],
-            None if self.action_masks is None else self.action_masks[index],
+            self.obs.index_select(0, index),
+            self.actions.index_select(0, index),
+            self.behaviour_logprobs.index_select(0, index),
+            self.old_values.index_select(0, index),
+            self.advantages.index_select(0, index),
+            self.returns.index_select(0, index),
+            self.valid.index_select(0, index),
+            None if self.action_masks is None else self.action_masks.index_select(0, index),
             initial_state,
             episode_starts,
         )
