@@ -81,7 +81,8 @@ step image_worker_gpu 90 python3 scaling.py --tasks image --device cuda --worker
 # Time to 475 with a CUDA learner, uncompiled (compiling takes ~14 s): does 14 workers' bigger batch save time?
 step scaling_cartpole_cuda 60 python3 scaling.py --tasks cartpole --device cuda --no-compile --workers 2 14 --seeds 2 \
     --quiet-wait 0
-# PPO only (the trainer's default; APPO's step is the same loss): eager, compiled, compiled with CUDA graphs, SB3.
+# PPO only (the trainer's default; APPO's step is the same loss): eager, compiled, compiled with CUDA graphs, the
+# CPU's written-out step compiled on the GPU (added 2026-12-03: enable it on CUDA if it wins), SB3.
 step learner 100 python3 learner.py --devices cuda --algos ppo --mlp-batches 14336 --cnn-batches 3584 --repeats 5
 # A CUDA learner compiles at its first update (~14 s): the warm-up waits for two updates.
 step trained_cuda 70 python3 trained_throughput.py --workers 14 --device cuda --seconds 4 --repeats 3 --warmup 5

@@ -35,6 +35,9 @@ Systems
 - ``... (compile, CUDA graphs)`` (CUDA only): compiled with ``torch.compile``'s
   ``mode="reduce-overhead"``, which replays the loss's forward and backward as CUDA
   graphs (an experiment: the trainer does not use it yet).
+- ``... (written-out step, compile)`` (CUDA only, MLP): the default MLP's gradient written
+  out without autograd (``aiorl/algos/mlp_step.py``, the CPU learner's step) compiled as one
+  graph on the GPU (an experiment: the trainer writes it out on a CPU only).
 - ``SB3 PPO`` (MLP only): ``stable_baselines3.PPO("MlpPolicy")`` with
   ``net_arch=dict(pi=[64, 64], vf=[64, 64])`` and tanh (the same network as
   aiorl's), the PPO config's epochs and minibatches (``n_epochs=update_epochs``,
@@ -113,6 +116,7 @@ from torch import nn
 
 import aiorl
 from aiorl.algos.batch import RolloutBatch
+from aiorl.algos.mlp_step import Coefficients, WrittenOutStep, written_out_policy
 from aiorl.distributions import ActionDistribution
 
 try:
@@ -310,13 +314,20 @@ def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, com
     """``learner.update`` of ``algo`` on ``data``, ready to time.
 
     ``compile`` a string: compiled with that ``torch.compile`` mode (``"reduce-overhead"``:
-    CUDA graphs), through :meth:`~aiorl.algos.surrogate.SurrogateLearner.compile_loss`.
+    CUDA graphs), through :meth:`~aiorl.algos.surrogate.SurrogateLearner.compile_loss`;
+    ``"written-out"``: the default MLP's written-out step (:mod:`aiorl.algos.mlp_step`, which
+    the trainer uses on a CPU only) compiled, on whatever device.
     """
     row = Row(name, net.name, device, epochs=algo.update_epochs, minibatches=algo.num_minibatches)
     row.steps, row.envs = data.batch.rewards.shape
     dist = ActionDistribution.for_space(net.action_space)
     learner = make_learner(algo, net.make_policy(dist), dist, device, compile is True)
-    if isinstance(compile, str):
+    if compile == "written-out":
+        model = written_out_policy(learner.policy, dist)
+        assert model is not None, f"the {net.name} policy has no written-out step"
+        learner.written_out = WrittenOutStep(model, Coefficients.of(algo))
+        learner.compile_loss()
+    elif isinstance(compile, str):
         learner.compile_loss(mode=compile)
 
     def update() -> None:
@@ -405,6 +416,8 @@ def systems_for(
             systems.append((f"{name} (compile)", algo, True))
             if device.startswith("cuda"):
                 systems.append((f"{name} (compile, CUDA graphs)", algo, "reduce-overhead"))
+                if net.name == "mlp":
+                    systems.append((f"{name} (written-out step, compile)", algo, "written-out"))
     if net.name == "mlp":
         systems.append(("SB3 PPO", None, False))
     return systems

@@ -371,7 +371,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @needs_cuda
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit internals
-@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["default", "cuda-graphs"])
+@pytest.mark.parametrize(
+    "mode", [None, "reduce-overhead", "written-out"], ids=["default", "cuda-graphs", "written-out"]
+)
 def test_cuda_learner_trains_like_the_cpu_one(mode):
     dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
     algo = PPO(update_epochs=1, num_minibatches=1)  # one full-batch step: the sample order cannot matter
@@ -380,7 +382,11 @@ def test_cuda_learner_trains_like_the_cpu_one(mode):
         torch.manual_seed(0)
         learners[device] = algo.make_learner(ActorCritic((OBS_DIM,), dist), dist, device)
     assert learners["cuda"].compiled, "a CUDA learner compiles its step by default"
-    if mode is not None:
+    if mode == "written-out":  # an experiment on CUDA (benchmarks/learner.py): the CPU's step, compiled
+        model = written_out_policy(learners["cuda"].policy, dist)
+        learners["cuda"].written_out = WrittenOutStep(model, Coefficients.of(algo))
+        learners["cuda"].compile_loss()
+    elif mode is not None:
         learners["cuda"].compile_loss(mode=mode)
     for seed in range(3):  # the first update compiles, the next ones replay
         want = learners["cpu"].update(cartpole_like_batch(seed=seed), progress=0.0)
