@@ -9,8 +9,8 @@ autograd's bookkeeping (and ``tanh`` can go through the faster ``sigmoid`` kerne
 any size, :mod:`aiorl.activations`); compiled (``compile=True``), it is one function
 that ``torch.compile`` fuses into a few loops around the matrix products, with no graph
 breaks and no autograd at all. On one core of the development machine PPO's update
-became 2.05x / 1.79x / 1.32x as fast as Stable-Baselines3's ``PPO.train()`` at 1,024 /
-2,048 / 14,336 samples (compiled: 2.27x / 2.06x / 1.57x), against 1.3-1.4x through
+became 1.9-2.1x / 1.8-2.1x / 1.5-1.6x as fast as Stable-Baselines3's ``PPO.train()`` at 1,024 /
+2,048 / 14,336 samples (compiled: 2.3-2.4x / 2.0-2.1x / 1.6x), against 1.3-1.4x through
 autograd (``benchmarks/README.md``, ``learner.py``).
 
 The loss of a minibatch (every mean over its valid samples, weights ``w``):
