@@ -143,12 +143,13 @@ def test_a_masked_sample_cannot_overflow_the_ratio_of_a_sharp_gaussian():
 WRITTEN_OUT_SPACES = {name: SPACES[name] for name in ("discrete", "box")}
 
 
+@pytest.mark.parametrize("hidden_sizes", [(64, 64), (16, 8, 4), ()], ids=["64-64", "16-8-4", "linear"])
 @pytest.mark.parametrize("clip_value_loss", [True, False], ids=["clipped-value", "plain-value"])
 @pytest.mark.parametrize("space", ["discrete", "discrete-masked", "box"])
-def test_the_written_out_gradient_is_autograds(space, clip_value_loss):
+def test_the_written_out_gradient_is_autograds(space, clip_value_loss, hidden_sizes):
     dist = ActionDistribution.for_space(SPACES[space.removesuffix("-masked")])
     torch.manual_seed(0)
-    policy = ActorCritic((OBS_DIM,), dist, log_std_init=-0.5)
+    policy = ActorCritic((OBS_DIM,), dist, hidden_sizes, log_std_init=-0.5)
     flat = flatten_parameters(policy)
     cfg = PPO(ent_coef=0.01, clip_coef=0.1, clip_value_loss=clip_value_loss)
     mb = sample_minibatch(dist, policy, size=256)
