@@ -323,9 +323,9 @@ def aiorl_system(name: str, algo: Any, net: Net, data: Data, device: str, *, com
     dist = ActionDistribution.for_space(net.action_space)
     learner = make_learner(algo, net.make_policy(dist), dist, device, compile is True)
     if compile == "written-out":
-        model = written_out_policy(learner.policy, dist)
+        model = written_out_policy(learner.policy)
         assert model is not None, f"the {net.name} policy has no written-out step"
-        learner.written_out = WrittenOutStep(model, Coefficients.of(algo))
+        learner.written_out = WrittenOutStep(model, dist, Coefficients.of(algo))
         learner.compile_loss()
     elif isinstance(compile, str):
         learner.compile_loss(mode=compile)

@@ -145,7 +145,9 @@ WRITTEN_OUT_SPACES = {name: SPACES[name] for name in ("discrete", "box")}
 
 @pytest.mark.parametrize("hidden_sizes", [(64, 64), (16, 8, 4), ()], ids=["64-64", "16-8-4", "linear"])
 @pytest.mark.parametrize("clip_value_loss", [True, False], ids=["clipped-value", "plain-value"])
-@pytest.mark.parametrize("space", ["discrete", "discrete-masked", "box"])
+@pytest.mark.parametrize(
+    "space", ["discrete", "discrete-masked", "box", "multi_discrete", "multi_discrete-masked", "multi_binary"]
+)
 def test_the_written_out_gradient_is_autograds(space, clip_value_loss, hidden_sizes):
     dist = ActionDistribution.for_space(SPACES[space.removesuffix("-masked")])
     torch.manual_seed(0)
@@ -156,15 +158,18 @@ def test_the_written_out_gradient_is_autograds(space, clip_value_loss, hidden_si
     mb["behaviour_logprobs"] += torch.randn(256)  # ratios inside and outside the clip range, both signs
     valid = torch.rand(256, generator=torch.Generator().manual_seed(1)) > 0.2
     if space.endswith("-masked"):  # about a third of the actions invalid, never the one taken
-        mb["action_masks"] = torch.rand(256, 3, generator=torch.Generator().manual_seed(2)) > 0.3
-        mb["action_masks"][torch.arange(256), mb["actions"]] = True
+        mb["action_masks"] = torch.rand(256, dist.num_inputs, generator=torch.Generator().manual_seed(2)) > 0.3
+        taken = mb["actions"].reshape(256, -1)
+        offsets = [0, *np.cumsum(dist.nvec)[:-1]] if dist.nvec else [0]
+        for i, offset in enumerate(offsets):
+            mb["action_masks"][torch.arange(256), offset + taken[:, i]] = True
     minibatch = Targets.masked(valid, **mb).minibatch(torch.arange(256))
 
     loss, want_stats = clipped_surrogate_loss(policy, dist, cfg, *minibatch)
     flat.grad.zero_()
     loss.backward()
     want = flat.grad.clone()
-    step = WrittenOutStep(written_out_policy(policy, dist), Coefficients.of(cfg))
+    step = WrittenOutStep(written_out_policy(policy), dist, Coefficients.of(cfg))
     got_stats = step(flat.grad, *minibatch)
 
     assert 0.0 < float(want_stats[LOSS_STATS.index("clipfrac")]) < 1.0  # both sides of the clip were exercised
@@ -201,8 +206,6 @@ def test_a_cpu_learner_of_the_default_mlp_trains_alike_through_the_written_out_g
 
 
 def test_other_policies_train_through_autograd():
-    dist = ActionDistribution.for_space(gym.spaces.MultiDiscrete([3, 2]))
-    assert PPO().make_learner(ActorCritic((OBS_DIM,), dist), dist, "cpu").written_out is None
     dist = ActionDistribution.for_space(gym.spaces.Discrete(2))
     relu = ActorCritic((OBS_DIM,), dist)
     relu.actor[1] = torch.nn.ReLU()
@@ -384,8 +387,8 @@ def test_cuda_learner_trains_like_the_cpu_one(mode):
         learners[device] = algo.make_learner(ActorCritic((OBS_DIM,), dist), dist, device)
     assert learners["cuda"].compiled, "a CUDA learner compiles its step by default"
     if mode == "written-out":  # an experiment on CUDA (benchmarks/learner.py): the CPU's step, compiled
-        model = written_out_policy(learners["cuda"].policy, dist)
-        learners["cuda"].written_out = WrittenOutStep(model, Coefficients.of(algo))
+        model = written_out_policy(learners["cuda"].policy)
+        learners["cuda"].written_out = WrittenOutStep(model, dist, Coefficients.of(algo))
         learners["cuda"].compile_loss()
     elif mode is not None:
         learners["cuda"].compile_loss(mode=mode)

@@ -2,8 +2,9 @@
 
 :func:`~aiorl.algos.surrogate.clipped_surrogate_loss` works for any policy: autograd
 records its ~60 small operations and replays them backwards. For the default
-:class:`~aiorl.models.ActorCritic` (a tanh MLP actor and critic, categorical or diagonal
-Gaussian actions, action masks or none, feed-forward) the same gradient is a short chain of
+:class:`~aiorl.models.ActorCritic` (a tanh MLP actor and critic, categorical, multi-categorical,
+Bernoulli or diagonal Gaussian actions, action masks or none, feed-forward) the same gradient
+is a short chain of
 matrix products, written here line by line against the loss. Run eagerly it saves
 autograd's bookkeeping (and ``tanh`` can go through the faster ``sigmoid`` kernel at
 any size, :mod:`aiorl.activations`); compiled (``compile=True``), it is one function
@@ -26,7 +27,9 @@ Its gradient, from the output back (``g_x`` is ``dL/dx``; ``n`` the valid count)
   (the clipped term is flat in ``r``); ``g_logp = g_r * r * w``;
 - ``g_H = -c_ent * w / n``; ``g_V = c_v * w / n * (V - R)`` (clipped: the larger term's);
 - categorical (``p = softmax(z)``): ``g_z = g_logp * (onehot(a) - p) - g_H * p * (log p + H)``
-  (a masked action has ``p = 0`` and is never taken: its logit's gradient is 0);
+  (a masked action has ``p = 0`` and is never taken: its logit's gradient is 0); a
+  multi-categorical's components each take the same ``g_logp`` and ``g_H`` (they add up);
+- Bernoulli (``s = sigmoid(x)``): ``g_x = g_logp * (a - s) - g_H * s * (1 - s) * x``;
 - Gaussian (``x = (a - mu) / sigma``): ``g_mu = g_logp * x / sigma``,
   ``g_log_sigma = sum over rows of (g_logp * (x^2 - 1) + g_H)``;
 - each linear layer ``y = h W^T + b``: ``g_W = g_y^T h``, ``g_b = sum(g_y)``, ``g_h = g_y W``;
@@ -70,14 +73,14 @@ class Coefficients:
         return cls(*(getattr(config, field.name) for field in dataclasses.fields(cls)))
 
 
-def written_out_policy(policy: nn.Module, dist: ActionDistribution) -> ActorCritic | None:
+def written_out_policy(policy: nn.Module) -> ActorCritic | None:
     """The :class:`ActorCritic` whose gradient this module writes out, or ``None`` if ``policy`` is another.
 
     That is aiorl's default MLP, bare or inside an :class:`ObservationNormalizer` (whose
-    normalisation has no parameters), with tanh MLPs and categorical or Gaussian actions.
+    normalisation has no parameters), with tanh MLPs, for any action distribution.
     """
     inner = policy.policy if type(policy) is ObservationNormalizer else policy
-    if type(inner) is not ActorCritic or dist.kind not in ("categorical", "gaussian"):
+    if type(inner) is not ActorCritic:
         return None
     if not (is_tanh_mlp(inner.actor) and is_tanh_mlp(inner.critic)):
         return None
@@ -118,6 +121,25 @@ def _backward(layers: Layers, inputs: list[torch.Tensor], grad_out: torch.Tensor
     return grads[::-1]
 
 
+def _categorical(
+    logits: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A categorical's ``log p(a)`` and entropy per row, and what its logits' gradient needs."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    one_hot = torch.zeros_like(log_p).scatter_(-1, actions.long().unsqueeze(-1), 1.0)
+    entropy = -(p * log_p.clamp(min=torch.finfo(log_p.dtype).min)).sum(-1)
+    return (log_p * one_hot).sum(-1), entropy, (log_p, p, one_hot, entropy)
+
+
+def _categorical_gradient(
+    saved: tuple[torch.Tensor, ...], g_logprob: torch.Tensor, g_entropy: torch.Tensor
+) -> torch.Tensor:
+    """``dL/dlogits`` = ``g_logp * (onehot(a) - p) - g_H * p * (log p + H)``."""
+    log_p, p, one_hot, entropy = saved
+    return g_logprob.unsqueeze(-1) * (one_hot - p) - (g_entropy.unsqueeze(-1) * p) * (log_p + entropy.unsqueeze(-1))
+
+
 def surrogate_gradient(
     actor: Layers,
     critic: Layers,
@@ -132,12 +154,15 @@ def surrogate_gradient(
     valid: torch.Tensor,
     action_masks: torch.Tensor | None = None,
     sigmoid: bool = False,
+    kind: str = "categorical",
+    nvec: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The minibatch's flat gradient and its diagnostics (ordered as :data:`~aiorl.algos.surrogate.LOSS_STATS`).
 
     ``obs`` is ``[B, features]`` as the MLPs take it (normalised already, if the policy
-    normalises); ``log_std`` is the Gaussian's parameter (``None``: categorical actions).
-    ``action_masks`` (categorical only) give invalid actions
+    normalises); ``kind`` is the action distribution's (``nvec``: a multi-categorical's
+    component sizes), ``log_std`` the Gaussian's parameter (else ``None``).
+    ``action_masks`` (categorical kinds) give invalid actions
     :data:`~aiorl.distributions.MASKED_LOGIT`: their probability is 0, and so is their
     logit's gradient. ``sigmoid`` computes ``tanh`` through ``sigmoid`` (see
     :mod:`aiorl.activations`).
@@ -150,15 +175,19 @@ def surrogate_gradient(
     dist_out, actor_inputs = _forward(actor, obs, sigmoid)
     value_out, critic_inputs = _forward(critic, obs, sigmoid)
     value = value_out.squeeze(-1)
-    if log_std is None:
-        if action_masks is not None:
-            dist_out = dist_out.masked_fill(~action_masks, MASKED_LOGIT)
-        log_p = torch.log_softmax(dist_out, dim=-1)
-        p = log_p.exp()
-        one_hot = torch.zeros_like(log_p).scatter_(-1, actions.long().unsqueeze(-1), 1.0)
-        new_logprob = (log_p * one_hot).sum(-1)
-        entropy = -(p * log_p.clamp(min=torch.finfo(log_p.dtype).min)).sum(-1)
+    if action_masks is not None:
+        dist_out = dist_out.masked_fill(~action_masks, MASKED_LOGIT)
+    if kind == "categorical":
+        new_logprob, entropy, saved = _categorical(dist_out, actions)
+    elif kind == "multi_categorical":  # independent components: log-probs and entropies add up
+        parts = [_categorical(z, actions[..., i]) for i, z in enumerate(dist_out.split(nvec, dim=-1))]
+        new_logprob, entropy = sum(part[0] for part in parts), sum(part[1] for part in parts)
+    elif kind == "bernoulli":  # log p(a) = a x - softplus(x); H = softplus(x) - sigmoid(x) x
+        softplus, prob = torch.nn.functional.softplus(dist_out), torch.sigmoid(dist_out)
+        new_logprob = (actions.to(dist_out.dtype) * dist_out - softplus).sum(-1)
+        entropy = (softplus - prob * dist_out).sum(-1)
     else:
+        assert log_std is not None, "a Gaussian needs its log_std"
         bounded = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         inv_std = torch.exp(-bounded)
         z = (actions.to(dist_out.dtype) - dist_out) * inv_std
@@ -195,11 +224,15 @@ def surrogate_gradient(
     # dL/dlog pi = dL/dr * r (masked samples have log_ratio 0 and contribute nothing).
     g_logprob = torch.where(unclipped >= clipped, -advantages * weight, 0.0) * ratio * valid
     g_entropy = -c.ent_coef * weight  # dL/dH per sample
-    if log_std is None:
-        g_dist = g_logprob.unsqueeze(-1) * (one_hot - p) - (g_entropy.unsqueeze(-1) * p) * (
-            log_p + entropy.unsqueeze(-1)
+    g_log_std: list[torch.Tensor] = []
+    if kind == "categorical":
+        g_dist = _categorical_gradient(saved, g_logprob, g_entropy)
+    elif kind == "multi_categorical":  # each component gets the whole log-prob's and entropy's gradient
+        g_dist = torch.cat([_categorical_gradient(part[2], g_logprob, g_entropy) for part in parts], dim=-1)
+    elif kind == "bernoulli":  # d log p / dx = a - sigmoid(x); dH/dx = -sigmoid(x) (1 - sigmoid(x)) x
+        g_dist = g_logprob.unsqueeze(-1) * (actions.to(dist_out.dtype) - prob) - g_entropy.unsqueeze(-1) * (
+            prob * (1.0 - prob) * dist_out
         )
-        g_log_std: list[torch.Tensor] = []
     else:
         g_dist = (g_logprob.unsqueeze(-1) * z) * inv_std  # dL/dmu
         # log_std enters every sample's log-prob and entropy; its bound passes the gradient through
@@ -223,8 +256,9 @@ class WrittenOutStep:
     feed-forward): sets the gradient and returns the diagnostics.
     """
 
-    def __init__(self, policy: ActorCritic, coefficients: Coefficients) -> None:
+    def __init__(self, policy: ActorCritic, dist: ActionDistribution, coefficients: Coefficients) -> None:
         self.policy = policy
+        self.kind, self.nvec = dist.kind, dist.nvec
         self.actor = mlp_layers(policy.actor)
         self.critic = mlp_layers(policy.critic)
         self.log_std = policy.log_std if policy.gaussian else None
@@ -265,6 +299,8 @@ class WrittenOutStep:
                 valid,
                 action_masks,
                 sigmoid,
+                self.kind,
+                self.nvec,
             )
             grad.copy_(gradient)
         return stats

@@ -23,8 +23,8 @@ How it is made fast (the learner, not the workers, bounds training speed):
 - The policy's parameters and gradients are views into one flat tensor
   (:func:`~aiorl.models.flatten_parameters`), so zeroing, clipping and fused Adam are
   one operation each per step, whatever the number of layers.
-- On a CPU, aiorl's default MLP (:class:`~aiorl.models.ActorCritic`, categorical or
-  Gaussian actions, with action masks or without) takes its gradient from :mod:`aiorl.algos.mlp_step`,
+- On a CPU, aiorl's default MLP (:class:`~aiorl.models.ActorCritic`, any action space,
+  with action masks or without) takes its gradient from :mod:`aiorl.algos.mlp_step`,
   the same gradient written out without autograd (its observations normalised once per
   update, not per step), and PPO's value pass runs the critic alone.
 """
@@ -336,8 +336,8 @@ class SurrogateLearner:
         self.generator = torch.Generator(device=self.device)
         """Orders the minibatches; the trainer seeds it and checkpoints its state (the global
         generator stays the application's)."""
-        model = written_out_policy(self.policy, dist) if self.device.type == "cpu" else None
-        self.written_out = None if model is None else WrittenOutStep(model, Coefficients.of(config))
+        model = written_out_policy(self.policy) if self.device.type == "cpu" else None
+        self.written_out = None if model is None else WrittenOutStep(model, dist, Coefficients.of(config))
         """The default MLP's gradient written out (``None``: autograd's, for any other policy or
         device); set it to ``None`` to train through autograd."""
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
