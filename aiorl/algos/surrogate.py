@@ -399,10 +399,15 @@ class SurrogateLearner:
         """``targets`` for :attr:`written_out`, observations normalised; ``None`` where it does not apply."""
         if self.written_out is None or targets.sequences is not None:
             return None
-        if type(self.policy) is ObservationNormalizer:  # fixed during the update: normalise once, not per step
-            with torch.no_grad():
-                return dataclasses.replace(targets, obs=self.policy.normalize(targets.obs))
-        return targets
+        # The statistics are fixed during the update: normalise once, not per step.
+        return dataclasses.replace(targets, obs=self._mlp_inputs(targets.obs))
+
+    def _mlp_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs`` as :attr:`written_out`'s MLP takes it: normalised if the policy normalises (no gradient)."""
+        if type(self.policy) is not ObservationNormalizer:
+            return obs
+        with torch.no_grad():
+            return self.policy.normalize(obs)
 
     def optimise(self, targets: Targets, target_kl: float | None = None, name: str = "PPO") -> dict[str, float]:
         """Run the epochs of the clipped surrogate on ``targets``; return the mean losses and diagnostics.
@@ -471,10 +476,8 @@ class SurrogateLearner:
         if self.written_out is None or batch.initial_state is not None:
             _, values, next_value, sequences = self.evaluate_batch(batch, obs)
             return values, next_value, sequences
-        both = torch.cat([obs, self._tensor(batch.next_obs).float()])
+        both = self._mlp_inputs(torch.cat([obs, self._tensor(batch.next_obs).float()]))
         with torch.no_grad():
-            if type(self.policy) is ObservationNormalizer:
-                both = self.policy.normalize(both)
             values = self.written_out.policy.value(both)
         return values[: obs.shape[0]], values[obs.shape[0] :], None
 
