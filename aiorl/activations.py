@@ -30,6 +30,7 @@ generates its own vectorised ``tanh``) always do.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,16 +42,24 @@ MIN_ROWS = 1024
 """The fewest rows for which the learner's MLP computes ``tanh`` through ``sigmoid``."""
 
 
-def _best_seconds(kernel: Callable[[], object]) -> float:
-    """The best of five timings of ten calls of ``kernel``, after a warm-up."""
-    kernel()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(10):
-            kernel()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def fastest_times(*kernels: Callable[[], object], rounds: int = 9, calls: int = 5) -> list[float]:
+    """Each kernel's best time for ``calls`` calls over ``rounds`` rounds, the kernels taking turns.
+
+    Taking turns matters on a busy machine: timed one after the other, a few milliseconds
+    of interference fell on one kernel's every timing and flipped the comparison in about
+    one process in ten on the development VM (a learner then ran ``tanh``'s slow kernel,
+    its update 1.6-2x slower); interleaved, the same interference costs each kernel a round.
+    """
+    for kernel in kernels:  # warm-up
+        kernel()
+    best = [math.inf] * len(kernels)
+    for _ in range(rounds):
+        for i, kernel in enumerate(kernels):
+            start = time.perf_counter()
+            for _ in range(calls):
+                kernel()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 @functools.cache
@@ -59,7 +68,8 @@ def sigmoid_is_faster() -> bool:
     x = torch.linspace(-3.0, 3.0, 32 * 128).reshape(32, 128)
     out = torch.empty_like(x)
     with torch.inference_mode():
-        return _best_seconds(lambda: torch.sigmoid(x, out=out)) < _best_seconds(lambda: torch.tanh(x, out=out))
+        sigmoid, tanh = fastest_times(lambda: torch.sigmoid(x, out=out), lambda: torch.tanh(x, out=out))
+    return sigmoid < tanh
 
 
 @functools.cache
@@ -73,8 +83,9 @@ def linear_tanh_is_faster() -> bool:
     x = torch.linspace(-1.0, 1.0, MIN_ROWS * 64).reshape(MIN_ROWS, 64)
     weight, bias = torch.eye(64), torch.zeros(64)
     with torch.inference_mode():
-        plain = _best_seconds(lambda: torch.addmm(bias, x, weight.t()).tanh_())
-        through_sigmoid = _best_seconds(lambda: _linear_tanh_forward(x, weight, bias))
+        plain, through_sigmoid = fastest_times(
+            lambda: torch.addmm(bias, x, weight.t()).tanh_(), lambda: _linear_tanh_forward(x, weight, bias)
+        )
     return through_sigmoid < 0.8 * plain
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import gymnasium as gym
 import pytest
 import torch
 from torch import nn
 
 import aiorl.activations
-from aiorl.activations import MIN_ROWS, is_tanh_mlp, linear_tanh, through_sigmoid
+from aiorl.activations import MIN_ROWS, fastest_times, is_tanh_mlp, linear_tanh, through_sigmoid
 from aiorl.distributions import ActionDistribution
 from aiorl.models import ActorCritic
 
@@ -81,3 +84,21 @@ def ran_through_sigmoid(output: torch.Tensor) -> bool:
             return True
         stack.extend(fn for fn, _ in node.next_functions)
     return False
+
+
+def test_a_slow_spell_while_kernels_are_timed_does_not_flip_which_one_is_faster():
+    """The kernels take turns: interference for the first half of the timing slows both, not one."""
+    calls = 0
+
+    def sleeper(seconds: float) -> Callable[[], None]:
+        def kernel() -> None:
+            nonlocal calls
+            calls += 1
+            spell = 0.003 if calls <= 46 else 0.0  # the first half of the 92 calls (2 warm-ups + 2 x 9 x 5)
+            time.sleep(seconds + spell)
+
+        return kernel
+
+    fast, slow = fastest_times(sleeper(0.0005), sleeper(0.001), rounds=9, calls=5)
+    assert calls == 92
+    assert fast < slow
