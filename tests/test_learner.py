@@ -17,6 +17,7 @@ from aiorl import APPO, PPO, LearnerError
 from aiorl.algos.batch import RolloutBatch
 from aiorl.algos.compiling import compiler_warnings_ignored
 from aiorl.algos.mlp_step import Coefficients, WrittenOutStep, written_out_policy
+from aiorl.algos.optim import adam_step, make_optimizer
 from aiorl.algos.surrogate import LOSS_STATS, Targets, clipped_surrogate_loss
 from aiorl.distributions import ActionDistribution
 from aiorl.models import ActorCritic, ObservationNormalizer, evaluate, flat_weights, flatten_parameters
@@ -415,6 +416,25 @@ async def test_a_trainer_with_a_cuda_learner_trains_and_pins_its_batches():
         result = await trainer.run(total_steps=20_000)
     assert result.env_steps >= 20_000 and result.updates > 0
     assert next(trainer._learner.policy.parameters()).is_cuda
+
+
+def test_the_learners_adam_step_matches_optimizer_step_bit_for_bit():
+    torch.manual_seed(0)
+    start = torch.randn(300)
+    params = [start.clone().requires_grad_() for _ in range(2)]
+    optimizers = [make_optimizer([p], lr=3e-4) for p in params]
+    for step in range(5):
+        gradient = torch.randn(300)
+        for p, optimizer in zip(params, optimizers, strict=True):
+            optimizer.param_groups[0]["lr"] = 3e-4 * (1 - step / 5)  # the schedule changes it between steps
+            p.grad = gradient.clone()
+        optimizers[0].step()
+        adam_step(optimizers[1])
+    assert torch.equal(params[0], params[1])
+    (reference,), (state,) = optimizers[0].state.values(), optimizers[1].state.values()
+    assert float(state["step"]) == 5
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(state[key], reference[key]), key
 
 
 def test_an_optimizer_state_saved_per_tensor_loads_into_the_flat_layout():

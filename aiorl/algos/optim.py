@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from aiorl.models import weight_tensors
 
@@ -68,6 +69,41 @@ def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
     except RuntimeError:
         return torch.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
+
+
+def adam_step(optimizer: torch.optim.Adam) -> None:
+    """``optimizer.step()`` for a learner's fused Adam over its one flat parameter, without the bookkeeping.
+
+    ``Optimizer.step`` spends ~0.2 ms per call on this CPU on hooks, checks and regrouping
+    the state, around a 12 us fused kernel: 6% of PPO's update of 2,048 samples of the
+    default MLP. This calls torch's functional fused Adam on the optimiser's own state and
+    hyperparameters, so weights and state come out bit-identical; the first step (which
+    creates the state) and an optimiser of any other kind go through ``step()``.
+    """
+    (group,) = optimizer.param_groups
+    (param,) = group["params"]
+    state = optimizer.state.get(param)
+    if not state or not group.get("fused") or group["amsgrad"] or param.grad is None:
+        optimizer.step()
+        return
+    beta1, beta2 = group["betas"]
+    adam(
+        [param],
+        [param.grad],
+        [state["exp_avg"]],
+        [state["exp_avg_sq"]],
+        [],
+        [state["step"]],
+        fused=True,
+        has_complex=False,
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=group["maximize"],
+    )
 
 
 def flat_adam_state(saved: dict[str, Any]) -> dict[str, Any]:

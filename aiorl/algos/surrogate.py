@@ -45,7 +45,7 @@ from torch import nn
 from aiorl.algos.batch import RolloutBatch, stack_frames
 from aiorl.algos.compiling import LEARNERS_PER_PROCESS, allow_recompiles, compiler_warnings_ignored
 from aiorl.algos.mlp_step import Coefficients, WrittenOutStep, written_out_policy
-from aiorl.algos.optim import Snapshot, flat_adam_state, make_optimizer
+from aiorl.algos.optim import Snapshot, adam_step, flat_adam_state, make_optimizer
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import LearnerError
 from aiorl.models import ObservationNormalizer, assign_flat, evaluate, flat_weights, flatten_parameters
@@ -430,7 +430,7 @@ class SurrogateLearner:
                 stats = self._gradients(source.minibatch(index), written_out is not None)
                 grad_norm = torch.linalg.vector_norm(grad)  # clip the global norm, as clip_grad_norm_ does
                 grad.mul_((cfg.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
-                self.optimizer.step()
+                adam_step(self.optimizer)
                 totals += torch.cat([stats, grad_norm.reshape(1)])
                 steps += 1
             if target_kl is not None and float(stats[LOSS_STATS.index("approx_kl")]) > target_kl:  # one read per epoch
