@@ -288,6 +288,21 @@ def test_a_non_finite_loss_restores_policy_and_optimizer():
     assert np.isfinite(learner.update(cartpole_like_batch(seed=3), progress=0.0)["loss"])
 
 
+def test_targets_without_a_valid_sample_take_no_optimiser_step():
+    learner = make_learner()
+    learner.update(cartpole_like_batch(seed=1), progress=0.0)  # Adam has momentum now
+    weights, (state,) = flat_weights(learner.policy), learner.optimizer.state.values()
+    steps = int(state["step"])
+    obs = torch.randn(64, OBS_DIM)
+    fields = {name: torch.zeros(64) for name in ("behaviour_logprobs", "old_values", "advantages", "returns")}
+    report = learner.optimise(
+        Targets.masked(torch.zeros(64, dtype=torch.bool), obs=obs, actions=torch.zeros(64), **fields)
+    )
+    assert report == dict.fromkeys(report, 0.0)
+    assert int(state["step"]) == steps
+    np.testing.assert_array_equal(flat_weights(learner.policy), weights)
+
+
 def test_non_finite_observations_are_named_as_the_source():
     learner = make_learner()
     batch = cartpole_like_batch()

@@ -101,6 +101,23 @@ def test_the_learner_replays_the_state_each_worker_had():
     np.testing.assert_allclose(replayed, batch.logprobs, atol=1e-5)  # the worker's states, step by step
 
 
+@pytest.mark.parametrize("algo", [PPO, APPO])
+def test_a_trajectory_with_no_valid_step_makes_no_minibatch_of_its_own(algo):
+    # Minibatches are whole trajectories: one masked throughout (too old, or broken by an
+    # env error) would be a minibatch of no data whose optimiser step still moved the
+    # weights on Adam's momentum.
+    rollouts, policy, spec = collect_sync(CartPoleNoVelocity, lstm, envs=2, steps=16, rollouts=1)
+    builder = BatchBuilder(spec.layout, rollouts=1)
+    builder.add(rollouts[0])
+    batch = builder.take()
+    batch.valid[:, 1] = False
+    learner = algo(update_epochs=3, num_minibatches=2).make_learner(copy.deepcopy(policy), spec.dist, "cpu")
+    report = learner.update(batch, progress=0.0)
+    (state,) = learner.optimizer.state.values()
+    assert int(state["step"]) == 3  # one step per epoch: the valid trajectory's
+    assert report["grad_norm"] > 0 and report["entropy"] > 0.5  # means over real steps only (2 actions: ln 2 at most)
+
+
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_async_env_lanes_keep_one_state_per_env_and_the_learner_replays_it():
     env = functools.partial(AsyncCountingEnv, episode_length=6, latency_s=0.001, slow_envs=(1,), slow_latency_s=0.004)

@@ -16,7 +16,8 @@ How it is made fast (the learner, not the workers, bounds training speed):
   mean) rather than cut out, so every minibatch has the same shape: a compiled step
   (``compile=True``, the default on CUDA) is built once and never recompiled.
 - Losses and diagnostics stay on the device, summed over the minibatches; the host
-  reads them once per update (PPO's ``target_kl`` adds one read per epoch). The
+  reads them once per update (PPO's ``target_kl`` adds one read per epoch, and so does
+  a batch with masked samples: a minibatch without one valid sample takes no step). The
   non-finite check happens at that read: if any minibatch's loss or gradient norm was
   NaN or infinite, the policy and the optimiser are put back as they were before the
   update and :class:`~aiorl.errors.LearnerError` is raised.
@@ -34,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,6 +141,8 @@ class Targets:
     valid: torch.Tensor
     action_masks: torch.Tensor | None = None
     sequences: Sequences | None = None
+    all_valid: bool = False
+    """Every sample is valid (``False`` where that is not known)."""
 
     @classmethod
     def masked(
@@ -163,12 +166,27 @@ class Targets:
             return torch.where(keep, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
 
         zeroed = {name: None if t is None else zero_invalid(name, t) for name, t in fields.items()}
-        return cls(valid=valid.float(), sequences=sequences, **zeroed)  # type: ignore[arg-type]
+        return cls(valid=valid.float(), sequences=sequences, all_valid=all_valid, **zeroed)  # type: ignore[arg-type]
 
     @property
     def units(self) -> int:
         """What minibatches are drawn from: samples, or whole trajectories with ``sequences``."""
         return self.valid.numel() if self.sequences is None else self.sequences.initial_state.shape[0]
+
+    def empty_minibatches(self, indices: Sequence[torch.Tensor]) -> set[int]:
+        """The positions in ``indices`` of minibatches without one valid sample (no host read if all are valid).
+
+        Their loss and gradient are 0, but an optimiser step would still move the weights
+        on Adam's momentum: a recurrent policy's whole trajectory can be masked (too old,
+        or broken by an env error) and make up a minibatch of its own.
+        """
+        if self.all_valid:
+            return set()
+        unit_valid = self.valid  # a trajectory counts if any of its steps does:
+        if self.sequences is not None:
+            unit_valid = unit_valid.reshape(self.sequences.steps, -1).amax(0)
+        counts = torch.stack([unit_valid.index_select(0, index).sum() for index in indices]).tolist()
+        return {i for i, count in enumerate(counts) if count == 0}
 
     def minibatch(self, index: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """The units at ``index``, in the argument order of :func:`clipped_surrogate_loss`.
@@ -426,7 +444,11 @@ class SurrogateLearner:
         source = targets if written_out is None else written_out
         for _epoch in range(cfg.update_epochs):
             order = torch.randperm(size, device=self.device, generator=self.generator)
-            for index in torch.tensor_split(order, minibatches):
+            indices = torch.tensor_split(order, minibatches)
+            empty = targets.empty_minibatches(indices)  # no data, so no step
+            for i, index in enumerate(indices):
+                if i in empty:
+                    continue
                 stats = self._gradients(source.minibatch(index), written_out is not None)
                 grad_norm = torch.linalg.vector_norm(grad)  # clip the global norm, as clip_grad_norm_ does
                 grad.mul_((cfg.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
@@ -435,6 +457,8 @@ class SurrogateLearner:
                 steps += 1
             if target_kl is not None and float(stats[LOSS_STATS.index("approx_kl")]) > target_kl:  # one read per epoch
                 break
+        if steps == 0:  # no valid sample at all: nothing to learn from
+            return dict.fromkeys(STATS, 0.0)
         means = (totals / steps).tolist()  # the one host read of the update
         if not all(math.isfinite(value) for value in means):
             source = "the observations" if not bool(torch.isfinite(targets.obs).all()) else "the model"
