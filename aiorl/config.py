@@ -369,11 +369,11 @@ class TrainerConfig:
                 problems.append(
                     f"env_threads=True runs single gymnasium envs in threads, but env={env!r} returns vector envs"
                 )
-            if self.act_batch is not None:
-                problems.append(
-                    f"act_batch={self.act_batch!r} batches async envs, but env={env!r} returns vector envs, "
-                    "which act as one batch"
-                )
+            problems += [
+                f"{name}={value!r} batches async envs, but env={env!r} returns vector envs, which act as one batch"
+                for name, value in (("act_batch", self.act_batch), ("act_wait_s", self.act_wait_s))
+                if value not in (None, 0)
+            ]
             envs_per_worker = vector_envs
         problems += self._minibatch_problems(algo, envs_per_worker)
         if problems:

@@ -192,6 +192,13 @@ def test_an_envs_per_worker_other_than_the_vector_envs_num_envs_is_a_config_erro
         Trainer(functools.partial(cartpole_vector, 6, 500), envs_per_worker=4)
 
 
+@pytest.mark.parametrize("options", [{"act_batch": 4}, {"act_wait_s": 0.5}])
+def test_async_acting_options_for_vector_envs_are_refused_not_ignored(options):
+    (name,) = options
+    with pytest.raises(ConfigError, match=f"{name}=.* returns vector envs, which act as one batch"):
+        Trainer(functools.partial(cartpole_vector, 6, 500), **options)  # act_wait_s was accepted, and ignored
+
+
 def test_a_vector_env_that_does_not_reset_its_sub_envs_is_a_config_error():
     with pytest.raises(ConfigError, match="autoreset_mode is DISABLED"):
         Trainer(functools.partial(cartpole_vector, 2, 500, AutoresetMode.DISABLED))
