@@ -41,6 +41,16 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _gumbel_max(log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A draw from the categorical ``log_probs`` (last dim): ``argmax(log p - log E)``, ``E ~ Exp(1)``.
+
+    Gumbel-max: 2x cheaper than ``multinomial`` for a worker's small batches. ``E`` is kept
+    off 0, so an action with probability 0 (masked) never wins.
+    """
+    exp_noise = torch.empty_like(log_probs).exponential_(generator=generator).clamp_(min=_TINY_NOISE).log_()
+    return (log_probs - exp_noise).argmax(-1)
+
+
 def bounded_log_std(log_std: torch.Tensor) -> torch.Tensor:
     """``log_std`` clamped to [``LOG_STD_MIN``, ``LOG_STD_MAX``], with the gradient of the identity.
 
@@ -142,23 +152,30 @@ class ActionDistribution:
             raise ValueError(f"an action mask was given, but {self.kind} actions cannot be masked")
         return dist_inputs.masked_fill(~mask, MASKED_LOGIT)
 
-    def sample(self, dist_inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample actions (only valid ones, given a ``mask``); return ``(actions, log_probs)``."""
+    def sample(
+        self, dist_inputs: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample actions (only valid ones, given a ``mask``); return ``(actions, log_probs)``.
+
+        ``generator`` (on ``dist_inputs``' device) draws the noise; ``None``: torch's global
+        generator (a worker's own process). Evaluation passes one seeded from its ``seed``.
+        """
         dist_inputs = self.masked(dist_inputs, mask)
         if self.kind == "categorical":  # the same as Categorical, without its overhead (hot path)
             log_probs = torch.log_softmax(dist_inputs, dim=-1)
-            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from p; 2x cheaper than
-            # multinomial for a worker's small batches. E is kept off 0, so a masked action never wins.
-            exp_noise = torch.empty_like(log_probs).exponential_().clamp_(min=_TINY_NOISE).log_()
-            actions = (log_probs - exp_noise).argmax(-1, keepdim=True)
+            actions = _gumbel_max(log_probs, generator).unsqueeze(-1)
             return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
-        if self.kind == "multi_categorical":
-            parts = self._components(dist_inputs)
-            actions = torch.stack([part.sample() for part in parts], dim=-1)
+        if self.kind == "multi_categorical":  # each component on its own
+            parts = [torch.log_softmax(part, dim=-1) for part in dist_inputs.split(self.nvec, dim=-1)]
+            actions = torch.stack([_gumbel_max(part, generator) for part in parts], dim=-1)
             return actions, self.log_prob_entropy(dist_inputs, actions)[0]
-        dist = self._torch_dist(dist_inputs)
-        actions = dist.sample()
-        log_probs = self._sum(dist.log_prob(actions))
+        if self.kind == "bernoulli":
+            actions = torch.bernoulli(torch.sigmoid(dist_inputs), generator=generator)
+        else:
+            mean, log_std = dist_inputs.chunk(2, dim=-1)
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            actions = mean + bounded_log_std(log_std).exp() * noise
+        log_probs = self._sum(self._torch_dist(dist_inputs).log_prob(actions))
         return (actions.long() if self.kind == "bernoulli" else actions), log_probs
 
     def mode(self, dist_inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -259,6 +259,15 @@ def _describe(env: object) -> str:
     return str(spec_id) if spec_id else type(env).__name__
 
 
+def sampling_generator(seed: int, device: torch.device | None = None) -> torch.Generator:
+    """The generator that sampled actions of an evaluation seeded with ``seed`` draw from.
+
+    Its own, so evaluating twice with one seed plays the same episodes, stochastic or not, and
+    the process's global generator (the application's) is left alone.
+    """
+    return torch.Generator(device=device or "cpu").manual_seed(seed)
+
+
 def choose_action(
     module: nn.Module,
     encoder: ObservationEncoder,
@@ -270,8 +279,11 @@ def choose_action(
     device: torch.device | None = None,
     memory: RecurrentMemory | None = None,
     action_mask: Any = None,
+    generator: torch.Generator | None = None,
 ) -> Any:
     """The env action for one raw observation (``buffer``: a ``[1, *obs]`` float32 scratch array).
+
+    A sampled action (``deterministic=False``) draws from ``generator`` (``None``: torch's global one).
 
     ``deterministic`` takes the most likely action, otherwise one is sampled. A recurrent
     ``module`` needs ``memory``, its state in this env, which the step advances. Given an
@@ -297,7 +309,7 @@ def choose_action(
         if masks is None:
             raise ConfigError(f"action_mask was given, but {dist.kind} actions cannot be masked")
         mask = torch.from_numpy(masks.from_raw(action_mask)[None]).to(dist_inputs.device)
-    action = dist.mode(dist_inputs, mask) if deterministic else dist.sample(dist_inputs, mask)[0]
+    action = dist.mode(dist_inputs, mask) if deterministic else dist.sample(dist_inputs, mask, generator)[0]
     return dist.to_env(action.cpu().numpy()[0])
 
 
@@ -328,11 +340,20 @@ def play_episodes(
     env: EpisodeEnv = _Awaited(made, env_factory.describe(), call_timeout_s) if isinstance(made, AsyncEnv) else made
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
     memory = RecurrentMemory() if state_size(policy) else None
+    generator = sampling_generator(seed)
 
     @torch.no_grad()
     def act(obs: Any, action_mask: Any) -> Any:
         return choose_action(
-            policy, encoder, dist, obs, buffer, deterministic=deterministic, memory=memory, action_mask=action_mask
+            policy,
+            encoder,
+            dist,
+            obs,
+            buffer,
+            deterministic=deterministic,
+            memory=memory,
+            action_mask=action_mask,
+            generator=generator,
         )
 
     return play(

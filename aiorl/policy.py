@@ -33,7 +33,7 @@ from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError
-from aiorl.evaluation import EvalResult, FrameSink, RecurrentMemory, choose_action, play
+from aiorl.evaluation import EvalResult, FrameSink, RecurrentMemory, choose_action, play, sampling_generator
 from aiorl.models import ObservationNormalizer
 from aiorl.recurrent import state_size
 
@@ -143,7 +143,14 @@ class Policy:
         action = self._act(obs, deterministic, memory, action_mask)
         return action if memory is None else (action, memory.state)
 
-    def _act(self, obs: Any, deterministic: bool, memory: RecurrentMemory | None, action_mask: Any) -> Any:
+    def _act(
+        self,
+        obs: Any,
+        deterministic: bool,
+        memory: RecurrentMemory | None,
+        action_mask: Any,
+        generator: torch.Generator | None = None,
+    ) -> Any:
         return choose_action(
             self.module,
             self.obs_encoder,
@@ -154,6 +161,7 @@ class Policy:
             device=self.device,
             memory=memory,
             action_mask=action_mask,
+            generator=generator,
         )
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
@@ -215,7 +223,8 @@ class Policy:
 
         Args:
             episodes: how many episodes.
-            seed: the reset seed of the first episode.
+            seed: the reset seed of the first episode, and of the actions sampled when
+                not ``deterministic``: one seed plays the same episodes every time.
             deterministic: act with the most likely action, else sample.
             on_frame: receives ``env.render()`` after the reset and after every step of
                 the *first* episode (make the env with ``render_mode="rgb_array"``).
@@ -246,10 +255,11 @@ class Policy:
                 raise
         env = self.make_env() if env is None else env
         memory = RecurrentMemory() if self.recurrent else None
+        generator = sampling_generator(seed, self.device)
 
         @torch.inference_mode()
         def act(obs: Any, action_mask: Any) -> Any:
-            return self._act(obs, deterministic, memory, action_mask)
+            return self._act(obs, deterministic, memory, action_mask, generator)
 
         return play(
             env,

@@ -692,8 +692,9 @@ class Trainer:
         learning go on meanwhile (it may be called while ``run()`` is in progress, from
         another task). ``deterministic`` plays the most likely action; otherwise actions are
         sampled, in both cases only among the valid actions when the env gives action masks.
-        Evaluation envs are seeded from ``seed`` (default: the trainer's seed plus a large
-        offset, apart from the training envs).
+        Evaluation envs and sampled actions are seeded from ``seed`` (default: the trainer's
+        seed plus a large offset, apart from the training envs): the same policy and seed play
+        the same episodes, and the process's global generators are left alone.
 
         Episodes are bounded: one that has not ended after ``max_episode_steps`` steps
         (default: ``eval_max_episode_steps``, else the env's ``spec.max_episode_steps``, else

@@ -56,6 +56,26 @@ def test_normalised_observations_and_box_actions_act_like_the_trainer_policy(tmp
         assert sampled.shape == (1,) and -2.0 <= sampled[0] <= 2.0
 
 
+def test_stochastic_play_with_one_seed_plays_the_same_episodes_and_leaves_the_global_generator_alone(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    policy = Policy.load(path)
+    global_state = torch.get_rng_state()
+    first = policy.play(4, seed=3, deterministic=False)
+    assert torch.equal(torch.get_rng_state(), global_state)  # was: drawn from, from the caller's thread
+    assert policy.play(4, seed=3, deterministic=False) == first  # was: other episodes every time
+    assert policy.play(4, seed=4, deterministic=False) != first
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_trainers_stochastic_evaluation_with_one_seed_plays_the_same_episodes():
+    trainer = Trainer("CartPole-v1", **SMALL)
+    global_state = torch.get_rng_state()
+    first = await trainer.evaluate(episodes=4, deterministic=False, seed=3)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert await trainer.evaluate(episodes=4, deterministic=False, seed=3) == first
+
+
 def test_play_runs_whole_episodes_and_hands_over_the_first_episodes_frames(tmp_path):
     from cli_envs import DrawnCartPole
 

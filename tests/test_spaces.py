@@ -82,6 +82,35 @@ def test_categorical_actions_are_drawn_with_the_policy_s_probabilities():
     torch.testing.assert_close(log_probs, probs.log()[actions])
 
 
+def test_multi_categorical_components_are_drawn_with_their_own_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    dist = ActionDistribution.for_space(gym.spaces.MultiDiscrete([3, 2]))
+    first, second = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.8])
+    logits = torch.cat([first.log(), second.log()]).repeat(40_000, 1)
+    actions, log_probs = dist.sample(logits, generator=generator)
+    torch.testing.assert_close(torch.bincount(actions[:, 0], minlength=3) / 40_000, first, atol=0.01, rtol=0)
+    torch.testing.assert_close(torch.bincount(actions[:, 1], minlength=2) / 40_000, second, atol=0.01, rtol=0)
+    torch.testing.assert_close(log_probs, first.log()[actions[:, 0]] + second.log()[actions[:, 1]])
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        gym.spaces.Discrete(3),
+        gym.spaces.Box(-2.0, 3.0, (2,), np.float32),
+        gym.spaces.MultiDiscrete([3, 2]),
+        gym.spaces.MultiBinary(4),
+    ],
+)
+def test_a_seeded_generator_draws_the_same_actions_and_leaves_the_global_one_alone(space):
+    dist = ActionDistribution.for_space(space)
+    dist_inputs = torch.randn(256, dist.num_inputs)
+    global_state = torch.get_rng_state()
+    draws = [dist.sample(dist_inputs, generator=torch.Generator().manual_seed(seed))[0] for seed in (7, 7, 8)]
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
 def test_a_gaussian_log_std_past_its_bound_is_bounded_but_still_learns_back():
     dist = ActionDistribution.for_space(gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
     log_std = torch.tensor([2.5], requires_grad=True)  # past LOG_STD_MAX = 2
