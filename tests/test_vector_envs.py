@@ -155,8 +155,8 @@ def test_a_recurrent_policys_episodes_start_on_the_row_after_a_reset_step():
         slots.close()
 
 
-def masked_vector(num_envs: int) -> Any:
-    return gym.vector.SyncVectorEnv([functools.partial(MaskedChoiceEnv, (5,), 4)] * num_envs)
+def masked_vector(num_envs: int, sizes: tuple[int, ...] = (5,)) -> Any:
+    return gym.vector.SyncVectorEnv([functools.partial(MaskedChoiceEnv, sizes, 4)] * num_envs)
 
 
 def test_a_vector_envs_action_masks_are_read_per_sub_env_and_acted_within():
@@ -170,11 +170,12 @@ def test_a_vector_envs_action_masks_are_read_per_sub_env_and_acted_within():
         slots.close()
 
 
+@pytest.mark.parametrize("sizes", [(5,), (3, 4)], ids=["discrete", "multi_discrete"])
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_evaluating_a_masked_vector_env_gives_every_sub_env_an_action_its_mask_allows(deterministic):
+def test_evaluating_a_masked_vector_env_gives_every_sub_env_an_action_its_mask_allows(deterministic, sizes):
     # Evaluation plays sub-env 0; the others were stepped with sub-env 0's action, which their
-    # masks may forbid (MaskedChoiceEnv raises InvalidAction on one).
-    trainer = Trainer(functools.partial(masked_vector, 4), num_workers=1, seed=2)
+    # masks may forbid (MaskedChoiceEnv raises InvalidAction on one; MultiDiscrete per component).
+    trainer = Trainer(functools.partial(masked_vector, 4, sizes), num_workers=1, seed=2)
     result = asyncio.run(trainer.evaluate(episodes=3, deterministic=deterministic))
     assert result.episodes == 3 and all(length >= 1 for length in result.lengths)
 

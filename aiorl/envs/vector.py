@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from aiorl.envs.masks import ACTION_MASK_KEY
+from aiorl.envs.masks import ACTION_MASK_KEY, ActionMasks, InvalidActionMask
 from aiorl.errors import ConfigError
 
 VECTOR_KINDS = ("gymnasium", "envpool")
@@ -167,7 +167,8 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
     workers step as a vector env: ``reset`` starts a fresh episode in sub-env 0 (stepping
     through a ``NEXT_STEP`` reset step where one is due) and ``step`` steps every sub-env
     with the same action, except that a sub-env whose info holds an ``action_mask`` that
-    forbids it gets a random action its mask allows (a masked env may raise on an invalid one).
+    forbids it gets a random action its mask allows, component by component for a
+    ``MultiDiscrete`` space (a masked env may raise on an invalid one).
     """
 
     def __init__(self, env: VectorEnv) -> None:
@@ -212,11 +213,22 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
 
     def _batch(self, action: Any) -> np.ndarray:
         actions = np.stack([np.asarray(action)] * self.vector.num_envs)
-        masks = self._masks
-        if isinstance(self.action_space, gym.spaces.Discrete) and isinstance(masks, np.ndarray) and masks.ndim == 2:
-            for i in range(1, len(actions)):  # sub-env 0's action comes from the policy, with its own mask
-                if not masks[i][int(actions[i]) - int(self.action_space.start)]:
-                    actions[i] = self.action_space.sample(mask=masks[i].astype(np.int8))
+        if self._masks is None or not isinstance(self.action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
+            return actions
+        reader = ActionMasks.for_space(self.action_space)
+        mask = np.empty(reader.width, dtype=np.bool_)
+        starts = np.asarray(self.action_space.start).reshape(-1)
+        offsets = np.cumsum((0, *reader.sizes))
+        rows = actions.reshape(len(actions), -1)  # a view: one entry per component
+        for i in range(1, len(actions)):  # sub-env 0's action comes from the policy, with its own mask
+            try:
+                reader.read(self._masks[i], mask)
+            except (InvalidActionMask, IndexError):  # no mask of its own to honour (e.g. zeros filled in)
+                continue
+            for j, (start, size) in enumerate(zip(starts, reader.sizes, strict=True)):
+                valid = mask[offsets[j] : offsets[j] + size]
+                if not valid[int(rows[i, j]) - int(start)]:
+                    rows[i, j] = start + self.action_space.np_random.choice(np.flatnonzero(valid))
         return actions
 
     def render(self) -> Any:
