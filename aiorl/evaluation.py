@@ -283,9 +283,8 @@ def choose_action(
 ) -> Any:
     """The env action for one raw observation (``buffer``: a ``[1, *obs]`` float32 scratch array).
 
-    A sampled action (``deterministic=False``) draws from ``generator`` (``None``: torch's global one).
-
-    ``deterministic`` takes the most likely action, otherwise one is sampled. A recurrent
+    ``deterministic`` takes the most likely action, otherwise one is sampled, drawn from
+    ``generator`` (``None``: torch's global one). A recurrent
     ``module`` needs ``memory``, its state in this env, which the step advances. Given an
     ``action_mask`` (as an env puts it into ``info["action_mask"]``), only a valid action is
     chosen. Call it under ``torch.no_grad()`` or ``torch.inference_mode()``.
