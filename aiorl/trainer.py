@@ -290,6 +290,15 @@ class Trainer:
             self._holder = name
             yield
 
+    def _check_workers(self, name: str) -> None:
+        """Raise if an earlier run ended because the workers failed: they take no more runs."""
+        failure = None if self._session is None else self._session.failure
+        if failure is not None:
+            raise RuntimeError(
+                f"{name} on a trainer whose workers failed in an earlier run ({type(failure).__name__}: "
+                f"{failure}); close it (the end of `async with`, or aclose()) and start it again for new workers"
+            ) from failure
+
     # ---- public state --------------------------------------------------------------------
     @property
     def policy(self) -> nn.Module:
@@ -479,7 +488,10 @@ class Trainer:
             WorkerError: the policy raised in a worker, or gave non-finite action-distribution
                 inputs (the worker's traceback is the ``__cause__``; no restart).
             LearnerError: the update raised or produced a non-finite loss.
-            RuntimeError: another ``run()`` or a ``sample()`` is in progress on this trainer.
+            RuntimeError: another ``run()`` or a ``sample()`` is in progress on this trainer;
+                or, in ``async with``, an earlier run ended because the workers failed
+                (one of the errors above but ``LearnerError``): leave ``async with`` and
+                enter it again for new workers.
         """
         check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update, checkpoint_path)
         self._check_loop()
@@ -498,6 +510,7 @@ class Trainer:
             finally:  # a stop() during the teardown was for this run, not the next
                 self._stop_requested = False
         async with self._exclusive("run()"):
+            self._check_workers("run()")
             session = self._session
             plan, self._resume_plan = self._resume_plan, None
             start = self.stats.steps_trained if plan is None else plan.trained_at_start
@@ -664,7 +677,8 @@ class Trainer:
         Requires a started trainer (``async with``).
 
         Raises:
-            RuntimeError: a ``run()`` or another ``sample()`` is in progress on this trainer.
+            RuntimeError: a ``run()`` or another ``sample()`` is in progress on this trainer,
+                or an earlier run ended because the workers failed (see :meth:`run`).
         """
         if not (is_integer(total_steps) and total_steps >= 1):
             raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
@@ -673,6 +687,7 @@ class Trainer:
         if session is None:
             raise RuntimeError("sample() needs a started trainer: use `async with trainer:`")
         async with self._exclusive("sample()"):
+            self._check_workers("sample()")
             started = time.monotonic()
             taken = await session.supervise(lambda _tasks: session.consumer.drain(total_steps), broadcast=False)
             return taken / (time.monotonic() - started)

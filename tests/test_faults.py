@@ -282,6 +282,23 @@ async def test_an_env_that_keeps_failing_ends_the_run_instead_of_looping():
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_once_the_workers_failed_a_run_the_open_trainer_refuses_more_until_started_again():
+    # each env fails at its 300th step: after the (one) worker said hello, so the start succeeds
+    env = faulty("raise", at=300, workers=None, incarnations=None)
+    trainer = Trainer(env, QUICK_PPO, env_error_limit=1, **{**FAST, "num_workers": 1})
+    async with trainer:
+        with pytest.raises(EnvError):
+            await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+        trained = trainer.stats.steps_trained
+        for call in (lambda: trainer.run(total_steps=10**9), lambda: trainer.sample(10**9)):
+            with pytest.raises(RuntimeError, match=r"workers failed in an earlier run \(EnvError: .*start it again"):
+                await asyncio.wait_for(call(), timeout=60)
+        assert trainer.stats.steps_trained == trained  # was: an update, then the same EnvError object again
+    with pytest.raises(EnvError):  # started again: new workers (whose env fails anew)
+        await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_the_steps_taken_in_the_row_where_an_env_fails_for_good_are_counted(tmp_path):
     # env 3 of worker 0 breaks on its 100th step (after envs 0-2 took theirs) and may fail only once
     breaks = faulty("wrong_shape", at=100, env_indices=(3,))

@@ -147,6 +147,15 @@ class Session:
         """End the run in progress with ``error`` (the first failure wins)."""
         self.pool.fail(error)
 
+    @property
+    def failure(self) -> AiorlError | None:
+        """The error that ended a run because the workers failed (``None``: they did not).
+
+        It ends every later run too (the failed seat is not refilled): a session that
+        failed takes no more runs; the trainer starts a new one.
+        """
+        return self.pool.failure.result() if self.pool.failure.done() else None
+
     async def supervise(
         self,
         work: Callable[[asyncio.TaskGroup], Coroutine[Any, Any, T]],
