@@ -22,7 +22,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import SMALL, alive, wait_until
+from conftest import SMALL, alive, leftover_workers, wait_until
 
 from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.engine import consumer as consumer_module
@@ -306,6 +306,21 @@ async def test_the_steps_taken_in_the_row_where_an_env_fails_for_good_are_counte
     with pytest.raises(EnvError, match=r"env 3, step 100"):
         await asyncio.wait_for(trainer.run(total_steps=10**9), timeout=60)
     assert trainer.stats.steps_collected == steps_taken(str(tmp_path))  # was 4 short: the row was not on the board
+    assert_accounted(trainer)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_teardown_cut_short_still_counts_every_step_the_workers_took(tmp_path):
+    # Worker 0 hangs at its env 0's 100th step, so the close waits out its grace period; an
+    # application's shutdown hook gives the close 0.5 s (wait_for) and cancels it.
+    env = functools.partial(StepsTakenEnv, str(tmp_path), faulty("hang", at=100))
+    trainer = Trainer(env, QUICK_PPO, **{**FAST, "worker_timeout_s": 60.0, "shutdown_grace_s": 30.0})
+    await trainer.__aenter__()
+    await asyncio.wait_for(trainer.run(total_steps=1_000), timeout=60)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(trainer.aclose(), timeout=0.5)
+    assert wait_until(lambda: not leftover_workers())  # killed on the way out: the files are final
+    assert trainer.stats.steps_collected == steps_taken(str(tmp_path))  # was short by the steps never reported
     assert_accounted(trainer)
 
 

@@ -236,7 +236,7 @@ class WorkerPool:
                 await handle.link.end(grace_s=0.0)
         finally:
             handle.link.close()
-        self._account_lost_steps(seat, handle)
+            self._account_lost_steps(seat, handle)  # also when cancelled (a teardown cut short)
         if self.closing:
             return
         self._after_loss(seat, handle)
