@@ -424,6 +424,7 @@ class Trainer:
             try:
                 await session.close()
             finally:
+                self._version = session.consumer.version  # an update settled in the close counts
                 self._events.end_streams()
         finally:
             self._closing = None

@@ -438,6 +438,26 @@ async def test_cancelling_run_mid_update_tears_down_and_accounts():
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_a_run_cancelled_three_times_mid_update_leaves_the_closed_trainer_consistent():
+    # Each cancellation cuts short a wait for the update in the learner thread (the run's, then
+    # its settling before the final checkpoint); the close settles it once the thread is done.
+    algo = SlowLearnerPPO(update_epochs=1, num_minibatches=2)
+    trainer = Trainer("CartPole-v1", algo, **FAST)
+    task = asyncio.create_task(trainer.run(total_steps=10**9))
+    assert await asyncio.to_thread(trainer._learner.updating.wait, 60)
+    for _ in range(3):
+        task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (adam,) = trainer.state_dict()["learner"]["optimizer"]["state"].values()
+    updates = trainer.stats.updates
+    assert int(adam["step"]) == 2 * updates  # was 2 * (updates + 1): the learner held one more update
+    assert trainer.policy_version == updates and trainer.stats.steps_trained == updates * trainer.config.batch_steps
+    assert_accounted(trainer)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_a_run_cancelled_twice_while_a_rollout_is_copied_in_a_thread_keeps_it_with_the_batch(monkeypatch):
     # Big rollouts (images) are copied into the batch in a thread. A cancellation during that
     # copy must wait for it: the rollout goes into the batch and its slot is freed, so the

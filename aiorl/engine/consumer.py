@@ -410,8 +410,12 @@ class Consumer:
         return LagStats(self.lag_min, self._lag_sum / self._lag_count, self.lag_max)
 
     def discard_pending(self, reason: DiscardReason) -> None:
-        """Count the unfinished batch (and an abandoned update's batch) as discarded (at shutdown)."""
-        if self.in_flight:
+        """Count the rollouts of the unfinished batch as discarded (at shutdown).
+
+        An update still in the learner thread is left to :meth:`settle`, which counts its
+        batch as trained or discarded once the thread is done.
+        """
+        if self.in_flight and self._abandoned is None:
             self.ledger.discard(self.in_flight, reason)
             self.in_flight = 0
         for rollout in self.in_batch:

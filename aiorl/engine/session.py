@@ -132,6 +132,7 @@ class Session:
                 pin_memory=torch.device(config.device).type == "cuda",
             )
             consumer.version = version
+            stack.push_async_callback(_close_learner, executor, consumer)
             stack.push_async_callback(_close_pool, pool, consumer, stats, config.shutdown_grace_s)
             await pool.start()
         except BaseException:
@@ -230,6 +231,17 @@ async def _close_pool(pool: WorkerPool, consumer: Consumer, stats: TrainingStats
         while not pool.ready.empty():
             pool.ledger.discard(pool.ready.get_nowait().env_steps, DiscardReason.SHUTDOWN)
         consumer.discard_pending(DiscardReason.SHUTDOWN)
+
+
+async def _close_learner(executor: ThreadPoolExecutor, consumer: Consumer) -> None:
+    """End the learner thread, then settle an update that a run cancelled three times left in it.
+
+    Once the thread is done, that update either finished (it is applied and its steps count
+    as trained) or failed (undone, its batch discarded): the closed trainer's policy, version
+    and counts agree. (Two cancellations are settled by the run itself.)
+    """
+    await _shutdown_executor(executor)
+    await consumer.settle()
 
 
 async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:
