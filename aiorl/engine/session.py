@@ -10,7 +10,8 @@ cancelling the run or a failure of any of them cancels the others before it retu
 
 Teardown (:meth:`Session.close`) runs in reverse order of creation and every step is
 bounded: workers get a stop frame, then SIGTERM, then SIGKILL; the learner thread is
-given a bounded time to finish its update; the host unlinks its shared memory.
+given a bounded time to finish its update (which is then settled, if a cancelled run left
+it there); the host unlinks its shared memory.
 """
 
 from __future__ import annotations
