@@ -110,7 +110,9 @@ class Policy:
         """The action for one raw observation, ready for ``env.step``.
 
         ``deterministic`` takes the most likely action (the Gaussian's mean, clipped to
-        the bounds); otherwise the action is sampled from the policy's distribution.
+        the bounds); otherwise the action is sampled from the policy's distribution, with
+        torch's global generator (``torch.manual_seed`` makes it repeatable; :meth:`play`
+        seeds its own).
 
         ``action_mask`` restricts the choice to the valid actions, for envs with action
         masks: pass the ``info["action_mask"]`` that came with ``obs``, in the env's format
