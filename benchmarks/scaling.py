@@ -7,9 +7,9 @@ that count itself; 1 and 2 always; ``--max-workers`` caps it, ``--workers`` list
 the counts instead), on the learner device ``--device`` (default ``cpu``):
 
 - ``cartpole``: the ``CartPole-v1`` preset as a user scales it,
-  ``aiorl.Trainer.from_preset("CartPole-v1", num_workers=w, seed=s)`` (APPO, 16
-  envs per worker, rollouts of 32 steps when written; the setup lines print the
-  preset), with one rollout per worker in each batch, so the batch grows with
+  ``aiorl.Trainer.from_preset("CartPole-v1", num_workers=w, seed=s)`` (PPO, 16
+  envs per worker, rollouts of 32 steps since 2026-11-30, APPO before; the setup lines
+  print the preset), with one rollout per worker in each batch, so the batch grows with
   ``w`` (``--rollouts-per-batch`` fixes it instead), then
   ``await trainer.run(total_steps=--total-steps, target_return=475)``. Reported
   per run: whether and when the target was reached (training wall time,

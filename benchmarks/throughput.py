@@ -8,7 +8,11 @@ builds for CartPole by default (:class:`aiorl.ActorCritic`, separate 64x64 tanh
 actor and critic MLPs, behind the running observation normaliser
 :class:`aiorl.models.ObservationNormalizer`) over all envs of a batch, a
 categorical action sampled and its log-probability computed, then one
-``env.step`` per env. Nothing is learned.
+``env.step`` per env. Nothing is learned. The forward pass is the same code in
+every system: the fused form aiorl's workers act with (:mod:`aiorl.worker.fused`,
+under ``torch.inference_mode``), so that the ratios measure how envs are stepped
+and rollouts moved, not a faster forward pass only aiorl would get (before
+2026-12-03 the baselines ran the policy's plain ``forward``: 1.1-1.5x slower).
 
 Systems (all measured in one run, so the numbers are comparable):
 
@@ -105,6 +109,7 @@ from other_load import OtherLoadMeter, busy_warning, print_footer
 import aiorl
 from aiorl.distributions import ActionDistribution
 from aiorl.envs.vector import seeds_at_construction
+from aiorl.worker.fused import FusedActorCritic
 
 ENV_ID = "CartPole-v1"
 NUM_WORKERS = 2
@@ -271,14 +276,18 @@ class VectorSampler:
     def __init__(self, venv: gym.vector.VectorEnv) -> None:
         self.venv = venv
         self.dist = ActionDistribution.for_space(venv.single_action_space)
-        self.policy = trainer_policy()
+        fused = FusedActorCritic.of(trainer_policy())
+        assert fused is not None, "the trainer's default policy has a fused form"
+        fused.refresh()
+        self.policy = fused
+        """The forward pass aiorl's workers run (:mod:`aiorl.worker.fused`)."""
         self.obs, _ = venv.reset(seed=None if seeds_at_construction(venv) else SEED)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def step(self) -> None:
-        """One batched forward pass and sample, then one step of every env."""
-        with torch.no_grad():
+        """One batched forward pass and sample (as a worker acts), then one step of every env."""
+        with torch.inference_mode():
             dist_inputs, _value = self.policy(torch.from_numpy(self.obs))
             actions, _logp = self.dist.sample(dist_inputs)
         self.obs, _rewards, _terminated, _truncated, _infos = self.venv.step(actions.numpy())
