@@ -95,7 +95,7 @@ def trainer_state(
             "learner": None if generator is None else generator.get_state(),
             "learner_device": None if generator is None else generator.device.type,
         },
-        "run": None,
+        "run": None if trainer.unfinished_run is None else asdict(trainer.unfinished_run),  # a loaded one's
     }
 
 

@@ -570,9 +570,11 @@ class Trainer:
         """Ask ``run()`` to end gracefully: it finishes the update in progress and returns its result.
 
         The result has ``stopped=True``; rollouts already collected stay for the next run
-        (or are counted as discarded at close). If no ``run()`` is in progress, the next one
-        returns without an update (once its workers are up, if it starts them): a stop that
-        races with the start of a run is not lost. Call it on
+        (or are counted as discarded at close). The run's final checkpoint keeps its plan
+        (short of its budget and target), so :meth:`resume` of the loaded file goes on.
+        If no ``run()`` is in progress, the next one returns without an update (once its
+        workers are up, if it starts them): a stop that races with the start of a run is
+        not lost. Call it on
         the trainer's event loop (from another thread: ``loop.call_soon_threadsafe(trainer.stop)``).
         To tear down at once instead, cancel the task running ``run()``.
         """

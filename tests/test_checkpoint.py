@@ -137,6 +137,23 @@ async def test_resume_finishes_an_interrupted_run_with_its_learning_rate_schedul
         await resumed.resume()
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_a_stopped_run_keeps_its_plan_and_so_does_a_loaded_trainer_saved_again(tmp_path):
+    trainer = Trainer("CartPole-v1", **SMALL)
+
+    def stop_after_two(report):
+        if report.policy_version == 2:
+            trainer.stop()
+
+    result = await trainer.run(100_000, on_update=stop_after_two, checkpoint_path=tmp_path / "a.pt")
+    assert result.stopped
+    plan = RunPlan(total_steps=100_000, target_return=None, trained_at_start=0)
+    loaded = Trainer.load(tmp_path / "a.pt")
+    assert loaded.unfinished_run == plan  # was None: a stopped run could not be resumed
+    assert Trainer.load(await loaded.save(tmp_path / "b.pt")).unfinished_run == plan  # was None: save() dropped it
+    assert Trainer.load(loaded.state_dict()).unfinished_run == plan
+
+
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_checkpoints_are_written_periodically_during_a_run(tmp_path):
     path = tmp_path / "checkpoint.pt"

@@ -135,7 +135,8 @@ class TrainingRun:
             await self.session.supervise(self._work, broadcast=True)
             assert self._evaluation is not None
             self._evaluation.raise_failure()  # the run's results include its last evaluation
-            finished = True
+            goal = self.goal  # a run stopped short of its goal keeps its plan: resume() goes on
+            finished = not goal.stop_requested or goal.target_reached or goal.progress(self.stats) >= 1.0
         finally:
             try:  # an update a second cancellation left in the learner thread: into the final checkpoint
                 await self.session.consumer.settle()
