@@ -550,7 +550,7 @@ def _session(
         )
     except ConfigError as exc:
         raise BadInput(str(exc)) from exc
-    except AiorlError as exc:
+    except (AiorlError, OSError) as exc:  # OSError: a full disk under metrics.jsonl, say
         _exit(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}\n{_checkpoint_note(checkpoint)}")
 
 

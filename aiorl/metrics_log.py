@@ -44,6 +44,7 @@ with ``env_steps`` as the step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -52,6 +53,8 @@ from typing import Any
 
 from aiorl.errors import ConfigError
 from aiorl.records import UpdateReport
+
+log = logging.getLogger("aiorl")
 
 METRICS_NAME = "metrics.jsonl"
 SCHEMA = 1
@@ -130,8 +133,15 @@ class MetricsLog:
             _write_scalars(self._tensorboard, line)
 
     def close(self) -> None:
-        """Close the file and the TensorBoard writer (idempotent)."""
-        self._file.close()
+        """Close the file and the TensorBoard writer (idempotent).
+
+        A line that cannot be flushed at the close (a full disk) is logged, not raised: the
+        error that stopped the run is the one to report, and the file is closed either way.
+        """
+        try:
+            self._file.close()
+        except OSError as exc:
+            log.warning("%s: the last metrics line could not be written (%s)", self.path, exc)
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None

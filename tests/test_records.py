@@ -4,7 +4,9 @@ display all read the same :class:`aiorl.UpdateReport`, and steps/s has one defin
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
 
 import pytest
 from conftest import SMALL, documented_metrics_keys
@@ -76,6 +78,17 @@ def test_the_metrics_log_writes_one_readable_line_per_report(tmp_path):
         (1, 256, None),
         (2, 512, 21.0),
     ]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_fails_the_write_that_hit_it_and_the_close_only_logs(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    metrics = MetricsLog(tmp_path, tensorboard=False)
+    with pytest.raises(OSError, match="No space left"):
+        metrics.write(report())
+    with caplog.at_level(logging.WARNING, logger="aiorl"):
+        metrics.close()  # was: the same OSError again, raised over the run's own error
+    assert "the last metrics line could not be written" in caplog.text
 
 
 # ---- the progress display reads the record -------------------------------------------------------
