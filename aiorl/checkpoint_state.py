@@ -14,7 +14,9 @@ generator on load.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import os
@@ -97,6 +99,28 @@ def trainer_state(
         },
         "run": None if trainer.unfinished_run is None else asdict(trainer.unfinished_run),  # a loaded one's
     }
+
+
+BEFORE_THE_OPTION: dict[str, Any] = {"normalize_rewards": False}
+"""Trainer options a checkpoint of an older aiorl may lack, at the value it trained with (the
+option did not exist: rewards were not normalised). Any other missing option takes its default."""
+
+
+def current_algo(algo: Any) -> Any:
+    """A checkpoint's algorithm config rebuilt with this aiorl's fields (those it lacks: their defaults).
+
+    An algorithm config unpickled from an older aiorl has no attribute for a field added since
+    (``PPO.target_kl``, say), and the learner failed at its first update. Rebuilding also
+    validates the saved values again.
+    """
+    if not dataclasses.is_dataclass(algo) or isinstance(algo, type):
+        return algo
+    present = {}
+    for f in dataclasses.fields(algo):
+        if f.init:
+            with contextlib.suppress(AttributeError):  # a slot the old pickle did not fill
+                present[f.name] = getattr(algo, f.name)
+    return type(algo)(**present)
 
 
 def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:

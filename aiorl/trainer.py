@@ -42,7 +42,14 @@ from aiorl.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from aiorl.checkpoint_state import learner_generator, load_trainer_state, run_checkpointer, trainer_state
+from aiorl.checkpoint_state import (
+    BEFORE_THE_OPTION,
+    current_algo,
+    learner_generator,
+    load_trainer_state,
+    run_checkpointer,
+    trainer_state,
+)
 from aiorl.config import SMALL_MLP_UNITS, TrainerConfig, is_integer
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
@@ -258,9 +265,10 @@ class Trainer:
         factory = state["env"]
         env: EnvSource = factory.env_id if factory.env_id is not None else factory.make_fn
         saved = {k: v for k, v in state["config"].items() if k in TrainerConfig.__dataclass_fields__}
+        saved = {**{k: v for k, v in BEFORE_THE_OPTION.items() if k not in state["config"]}, **saved}
         trainer = cls(
             env,
-            state["algo"],
+            current_algo(state["algo"]),
             env_kwargs=dict(factory.kwargs) or None,
             policy=state["policy_module"],
             **{**saved, **options},

@@ -244,6 +244,17 @@ async def test_save_creates_its_directory_and_writes_a_directory_s_checkpoint_pt
         await trainer.save(tmp_path / "file" / "x.pt")
 
 
+def test_a_checkpoint_of_an_older_aiorl_loads_with_the_settings_it_trained_with():
+    state = Trainer("CartPole-v1", PPO(), normalize_rewards=False, **SMALL).state_dict()
+    del state["config"]["normalize_rewards"]  # aiorl 0.1 had no such option: it never scaled rewards
+    old_ppo = PPO()
+    object.__delattr__(old_ppo, "target_kl")  # unpickled from aiorl 0.1, whose PPO had no target_kl
+    state["algo"] = old_ppo
+    loaded = Trainer.load(state)
+    assert loaded.algo.target_kl is None  # was: AttributeError at the first update (a LearnerError)
+    assert loaded.config.normalize_rewards is False and loaded.reward_normalizer is None  # was: automatic, on
+
+
 @pytest.mark.parametrize("override", [{"env": "Acrobot-v1"}, {"algo": PPO()}, {"recurrent": "gru"}])
 def test_load_refuses_overrides_of_what_the_checkpoint_fixes(tmp_path, override):
     write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), tmp_path / "c.pt")
