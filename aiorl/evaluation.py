@@ -264,8 +264,13 @@ def sampling_generator(seed: int, device: torch.device | None = None) -> torch.G
 
     Its own, so evaluating twice with one seed plays the same episodes, stochastic or not, and
     the process's global generator (the application's) is left alone.
+
+    Raises:
+        ConfigError: ``seed`` is not an integer >= 0 (checked here: this comes first).
     """
-    return torch.Generator(device=device or "cpu").manual_seed(seed)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ConfigError(f"seed={seed!r} must be an integer >= 0")
+    return torch.Generator(device=device or "cpu").manual_seed(seed % 2**64)  # torch takes 64 bits
 
 
 def choose_action(
@@ -333,13 +338,13 @@ def play_episodes(
     call bounded by ``call_timeout_s`` (the trainer's ``env_timeout_s``) as well as by
     ``timeout_s``. ``stop``: as for :func:`play`.
     """
+    generator = sampling_generator(seed)  # checks the seed before an env is made
     made = env_factory()
     if is_vector_env(made):  # the workers' vector env: play in its first sub-env
         made = FirstSubEnv(made)  # type: ignore[arg-type]
     env: EpisodeEnv = _Awaited(made, env_factory.describe(), call_timeout_s) if isinstance(made, AsyncEnv) else made
     buffer = np.zeros((1, *encoder.shape), dtype=np.float32)
     memory = RecurrentMemory() if state_size(policy) else None
-    generator = sampling_generator(seed)
 
     @torch.no_grad()
     def act(obs: Any, action_mask: Any) -> Any:

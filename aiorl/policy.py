@@ -248,16 +248,16 @@ class Policy:
         name = self.env_factory.describe() if env is None and self.env_factory is not None else None
         if env is not None and is_vector_env(env):  # as trained on vector envs: play in one of its sub-envs
             env = FirstSubEnv(env)  # type: ignore[arg-type]
-        if env is not None:
-            try:
+        try:
+            generator = sampling_generator(seed, self.device)  # checks the seed
+            if env is not None:
                 self._check_env(env)
-            except ConfigError:
-                if callable(getattr(env, "close", None)):
-                    env.close()  # closed at the end, as documented, also when refused
-                raise
+        except ConfigError:
+            if env is not None and callable(getattr(env, "close", None)):
+                env.close()  # closed at the end, as documented, also when refused
+            raise
         env = self.make_env() if env is None else env
         memory = RecurrentMemory() if self.recurrent else None
-        generator = sampling_generator(seed, self.device)
 
         @torch.inference_mode()
         def act(obs: Any, action_mask: Any) -> Any:

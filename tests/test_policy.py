@@ -67,6 +67,14 @@ def test_stochastic_play_with_one_seed_plays_the_same_episodes_and_leaves_the_gl
     assert policy.play(4, seed=4, deterministic=False) != first
 
 
+@pytest.mark.parametrize("seed", [-1, "a", True])
+def test_a_bad_play_seed_is_a_config_error_naming_it(tmp_path, seed):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"seed=.* must be an integer >= 0"):  # not torch's manual_seed error
+        Policy.load(path).play(1, seed=seed, deterministic=False)
+
+
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_a_trainers_stochastic_evaluation_with_one_seed_plays_the_same_episodes():
     trainer = Trainer("CartPole-v1", **SMALL)
