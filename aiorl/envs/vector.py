@@ -27,6 +27,7 @@ evaluation and :meth:`aiorl.Policy.play`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -182,6 +183,10 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
         self._started = False
         self._ended = False
         self._masks: Any = None  # the batched info's action masks, if it has any
+        self._reader: ActionMasks | None = None
+        """Reads one sub-env's mask (``None``: the action space cannot be masked)."""
+        with contextlib.suppress(ConfigError):  # e.g. a Box, or a MultiDiscrete of 2-D nvec
+            self._reader = ActionMasks.for_space(self.action_space)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """A new episode of sub-env 0.
@@ -213,9 +218,9 @@ class FirstSubEnv(gym.Env):  # type: ignore[type-arg]
 
     def _batch(self, action: Any) -> np.ndarray:
         actions = np.stack([np.asarray(action)] * self.vector.num_envs)
-        if self._masks is None or not isinstance(self.action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
+        reader = self._reader
+        if self._masks is None or reader is None:
             return actions
-        reader = ActionMasks.for_space(self.action_space)
         mask = np.empty(reader.width, dtype=np.bool_)
         starts = np.asarray(self.action_space.start).reshape(-1)
         offsets = np.cumsum((0, *reader.sizes))
