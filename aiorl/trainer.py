@@ -370,7 +370,7 @@ class Trainer:
                 version=self._version,
                 stats=self.stats,
                 reward_normalizer=self.reward_normalizer,
-                on_event=self._events.publish,
+                events=self._events,
             )
             self._session_loop = asyncio.get_running_loop()
         except BaseException:

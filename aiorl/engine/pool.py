@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +55,7 @@ from aiorl.errors import (
     WorkerRestartError,
     WorkerStartError,
 )
-from aiorl.events import EpisodeFinished, Event, WorkerRestarted
+from aiorl.events import EpisodeFinished, EventHub, WorkerRestarted
 from aiorl.shm import SlotArrays
 
 log = logging.getLogger("aiorl")
@@ -173,7 +172,7 @@ class WorkerPool:
         self.closing = False
         self._supervisors: set[asyncio.Task[None]] = set()
         self._restarts: set[asyncio.Task[None]] = set()
-        self.on_event: Callable[[Event], None] | None = None
+        self.events: EventHub | None = None
         """Receives an event for each finished episode and each restart (the trainer's event hub)."""
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -277,9 +276,9 @@ class WorkerPool:
     def _on_slot_ready(self, seat: Seat, handle: WorkerHandle, message: protocol.SlotReady) -> None:
         self.ledger.filled(seat.worker_id, message.slot, message.env_steps, message.discarded_steps)
         self.stats.episodes_finished(message.episode_returns)
-        if self.on_event is not None:
+        if self.events is not None and self.events.subscribed:  # a rollout may end a hundred episodes
             for ret, length in zip(message.episode_returns, message.episode_lengths, strict=False):
-                self.on_event(EpisodeFinished(handle.worker_id, ret, length, message.policy_version))
+                self.events.publish(EpisodeFinished(handle.worker_id, ret, length, message.policy_version))
         self.ready.put_nowait(
             ReadyRollout(
                 worker_id=handle.worker_id,
@@ -348,8 +347,8 @@ class WorkerPool:
             return
         seat.incarnation += 1
         self.stats.worker_restarts += 1
-        if self.on_event is not None:
-            self.on_event(WorkerRestarted(seat.worker_id, cause, seat.incarnation))
+        if self.events is not None:
+            self.events.publish(WorkerRestarted(seat.worker_id, cause, seat.incarnation))
         try:
             await self._launch(seat)
         except Exception as exc:  # e.g. EMFILE, fork failure: end the run with a named error

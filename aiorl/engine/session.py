@@ -40,7 +40,7 @@ from aiorl.engine.restarts import RestartBudget
 from aiorl.engine.stats import TrainingStats
 from aiorl.envs import ActionMasks, EnvFactory, ObservationEncoder
 from aiorl.errors import AiorlError
-from aiorl.events import Event
+from aiorl.events import EventHub
 from aiorl.recurrent import state_size
 from aiorl.rollout import RolloutLayout
 from aiorl.worker import AsyncActing
@@ -88,7 +88,7 @@ class Session:
         version: int,
         stats: TrainingStats,
         reward_normalizer: RewardNormalizer | None,
-        on_event: Callable[[Event], None],
+        events: EventHub,
     ) -> Session:
         """Start everything a trainer runs and wait until every worker said hello.
 
@@ -117,7 +117,7 @@ class Session:
                 worker_timeout_s=config.worker_timeout_s,
                 start_timeout_s=config.start_timeout_s,
             )
-            pool.on_event = on_event
+            pool.events = events
             consumer = Consumer(
                 pool=pool,
                 layout=template.layout,

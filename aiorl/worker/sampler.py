@@ -108,6 +108,10 @@ class EnvSampler:
         self.policy_version = policy_version
         for episode in self.episodes:
             episode.start = 0
+        # Columns a row changes only where an env breaks or is truncated: set once here.
+        arrays["versions"][...] = policy_version
+        arrays["valid"][...] = True
+        arrays["trunc_values"][...] = 0.0
         self.acting.record_start(arrays)
         try:
             await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, policy_version, summary))
@@ -126,8 +130,6 @@ class EnvSampler:
         actions_np = act_into_row(
             acting, self.dist, arrays, t, self.obs, None if masks is None else self.masks, policy_version
         )
-        arrays["valid"][t] = True
-        arrays["trunc_values"][t] = 0.0
         k = len(self.envs)
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         disc_returns = [0.0] * k  # stay 0 without reward normalisation (gamma None)

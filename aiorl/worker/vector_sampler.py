@@ -42,7 +42,7 @@ from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.vector import SEED_VARIABLE, autoreset_mode, is_vector_env, seeds_at_construction
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
-from aiorl.worker.acting import ActingPolicy, act_into_row
+from aiorl.worker.acting import ActingPolicy, act_into_row, all_finite
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.sampler import step_rows
 from aiorl.worker.spec import WorkerSpec
@@ -74,8 +74,15 @@ class VectorEnvSampler:
         self.masks = np.ones((k, spec.layout.mask_width), dtype=np.bool_)  # of each sub-env's current observation
         self.resetting = np.zeros(k, dtype=np.bool_)
         """Sub-envs whose next step is a ``NEXT_STEP`` reset step (their episode ended on the last one)."""
+        self.any_resetting = False
+        """Whether :attr:`resetting` has any (when not, it is stale and not read)."""
+        self.everyone = np.ones(k, dtype=np.bool_)
+        """Every sub-env: those stepping when none resets."""
         self.returns = np.zeros(k, dtype=np.float64)
-        self.lengths = np.zeros(k, dtype=np.int64)
+        self.steps_done = 0
+        """Steps of the vector env taken (one per row, reset steps included)."""
+        self.began = np.zeros(k, dtype=np.int64)
+        """``steps_done`` when each sub-env's episode began: its length is the difference."""
         self.disc_returns = np.zeros(k, dtype=np.float64)
         self.start = np.zeros(k, dtype=np.int64)
         """Row of the current rollout each sub-env's episode began at."""
@@ -125,7 +132,7 @@ class VectorEnvSampler:
 
     def _encode(self, obs: object, out: np.ndarray) -> None:
         self.encoder.encode_batch_into(obs, out)
-        if not np.isfinite(out).all():
+        if not all_finite(out):
             bad = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))
             raise FloatingPointError(f"the vector env returned non-finite observations for envs {bad.tolist()}")
 
@@ -139,6 +146,11 @@ class VectorEnvSampler:
         summary = RolloutSummary(env_steps=0)
         self.policy_version = policy_version
         self.start[:] = 0
+        # Columns most rows leave as they are, written once here rather than every step.
+        arrays["valid"][...] = True
+        arrays["trunc_values"][...] = 0.0
+        arrays["disc_returns"][...] = 0.0
+        arrays["versions"][...] = policy_version
         self.acting.record_start(arrays)
         try:
             await step_rows(self.spec.layout.rollout_length, lambda t: self._step(arrays, t, summary))
@@ -150,25 +162,29 @@ class VectorEnvSampler:
         return summary
 
     def _step(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
-        resetting = self.resetting
-        live = ~resetting
+        # The hot loop: a fast vector env steps a batch in microseconds, so each numpy call
+        # counts. A step where no sub-env resets (most) skips the per-sub-env masking.
+        resetting = self.resetting if self.any_resetting else None
         masks = None
         if self.action_masks is not None:
-            self.masks[resetting] = True  # a reset step's action is ignored
+            if resetting is not None:
+                self.masks[resetting] = True  # a reset step's action is ignored
             masks = self.masks
-        acting = self.acting
-        actions_np = act_into_row(acting, self.dist, arrays, t, self.obs, masks, self.policy_version)
-        arrays["valid"][t] = live
-        arrays["trunc_values"][t] = 0.0
-        stepped = int(np.count_nonzero(live))
+        actions_np = act_into_row(self.acting, self.dist, arrays, t, self.obs, masks, self.policy_version)
+        if resetting is None:
+            live, stepped = self.everyone, len(self.obs)
+        else:
+            live = ~resetting
+            arrays["valid"][t] = live
+            stepped = int(np.count_nonzero(live))
         self.fault.env_steps += 1
         try:
             try:
-                rewards, terminated, truncated, ended, bootstrap, final = self._step_env(actions_np, live)
+                rewards, terminated, truncated, ended = self._step_env(actions_np, live)
             except Exception as exc:
                 self._recover(exc, arrays, t, summary)
             else:
-                self._record(arrays, t, summary, rewards, terminated, truncated, ended, bootstrap, final)
+                self._record(arrays, t, summary, rewards, terminated, truncated, ended)
         except EnvStepError:  # the vector env failed for good: the steps it took still count
             if self.progress is not None:
                 self.progress.add(self.spec.worker_id, stepped)
@@ -179,11 +195,12 @@ class VectorEnvSampler:
 
     def _step_env(
         self, actions: np.ndarray, live: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """One ``step`` of the vector env, checked; its next observations are left in ``self._next``.
 
-        Returns rewards, terminated, truncated, the episodes that ended, those to bootstrap
-        and where their final observations are.
+        Returns rewards, terminated, truncated and the episodes that ended (``None``: none).
+        A truncated episode's final observation is in ``self._final`` (``SAME_STEP``) or
+        ``self._next`` (``NEXT_STEP``).
         """
         assert self.env is not None
         k = len(live)
@@ -196,22 +213,23 @@ class VectorEnvSampler:
                 f"the vector env returned rewards, terminated, truncated of shapes {rewards.shape}, "
                 f"{terminated.shape}, {truncated.shape}; expected ({k},)"
             )
-        if not np.isfinite(rewards).all():
+        if not all_finite(rewards):
             bad = np.flatnonzero(~np.isfinite(rewards))
             raise FloatingPointError(f"the vector env returned non-finite rewards for envs {bad.tolist()}")
         self._encode(obs, self._next)
-        ended = live & (terminated | truncated)
-        bootstrap = live & truncated & ~terminated
-        final = self._next
-        if not self.next_step_reset and bootstrap.any():  # SAME_STEP: the final observations are in the info
-            final = self._final
-            for i in np.flatnonzero(bootstrap):
-                self.encoder.encode_into(info["final_obs"][i], final[i])
-                if not np.isfinite(final[i]).all():
+        ended = terminated | truncated
+        if live is not self.everyone:
+            ended &= live
+        if not np.count_nonzero(ended):
+            ended = None
+        elif not self.next_step_reset:  # SAME_STEP: truncated episodes' final observations are in the info
+            for i in np.flatnonzero(ended & truncated & ~terminated):
+                self.encoder.encode_into(info["final_obs"][i], self._final[i])
+                if not np.isfinite(self._final[i]).all():
                     raise FloatingPointError(f"the vector env returned a non-finite final observation for env {i}")
         if self.action_masks is not None:  # NEXT_STEP: an ended episode's mask (of its final obs) is not needed
-            self._read_masks(info, ~ended if self.next_step_reset else np.ones(k, dtype=np.bool_))
-        return rewards, terminated, truncated, ended, bootstrap, final
+            self._read_masks(info, ~ended if self.next_step_reset and ended is not None else self.everyone)
+        return rewards, terminated, truncated, ended
 
     def _record(
         self,
@@ -221,41 +239,49 @@ class VectorEnvSampler:
         rewards: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
-        ended: np.ndarray,
-        bootstrap: np.ndarray,
-        final: np.ndarray,
+        ended: np.ndarray | None,
     ) -> None:
-        """Write row ``t`` of a step that succeeded and update the episodes."""
-        resetting = self.resetting
-        rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, True  # inert rows
-        rows = np.flatnonzero(bootstrap)
-        if rows.size:
-            arrays["trunc_values"][t, rows] = self.acting.values(final[rows], rows)
-        live = ~resetting
+        """Write row ``t`` of a step that succeeded and update the episodes.
+
+        ``valid``, ``trunc_values`` and ``disc_returns`` start the rollout at ``True``, 0 and 0
+        (see :meth:`collect`): a row writes them only where they differ.
+        """
+        resetting = self.resetting if self.any_resetting else None
+        self.steps_done += 1
+        if resetting is not None:  # inert rows; a resetting sub-env's running returns are 0 already
+            rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, True
+            self.began[resetting] = self.steps_done  # the reset step is no step of the episode
+        if ended is not None:
+            rows = np.flatnonzero(ended & truncated & ~terminated)
+            if rows.size:  # bootstrap truncated episodes from V(final observation)
+                final = self._next if self.next_step_reset else self._final
+                arrays["trunc_values"][t, rows] = self.acting.values(final[rows], rows)
         self.returns += rewards
-        self.lengths += live
         gamma = self.spec.reward_gamma
         if gamma is not None:
-            self.disc_returns = np.where(live, self.disc_returns * gamma + rewards, 0.0)
+            self.disc_returns *= gamma
+            self.disc_returns += rewards
             arrays["disc_returns"][t] = self.disc_returns
-        else:
-            arrays["disc_returns"][t] = 0.0
         arrays["rewards"][t] = rewards
         arrays["terminated"][t] = terminated
         arrays["truncated"][t] = truncated
-        if ended.any():
+        if ended is not None:
             summary.episode_returns.extend(self.returns[ended].tolist())
-            summary.episode_lengths.extend(self.lengths[ended].tolist())
-            self.returns[ended], self.lengths[ended], self.disc_returns[ended] = 0.0, 0, 0.0
+            summary.episode_lengths.extend((self.steps_done - self.began[ended]).tolist())
+            self.returns[ended], self.disc_returns[ended] = 0.0, 0.0
+            self.began[ended] = self.steps_done
             self.start[ended] = t + 1
             self.fault.failures = 0  # the vector env makes progress
         if self.next_step_reset:
-            self.start[resetting] = t + 1  # the reset step is done: the episode begins on the next row
-            self.acting.starts[resetting] = True
-            self.resetting = ended
-        else:
+            if resetting is not None:
+                self.start[resetting] = t + 1  # the reset step is done: the episode begins on the next row
+                self.acting.starts[resetting] = True
+            self.any_resetting = ended is not None
+            if ended is not None:
+                self.resetting = ended
+        elif ended is not None:
             self.acting.starts[ended] = True
-        self.obs[...] = self._next
+        self.obs, self._next = self._next, self.obs  # the step's observations become the current ones
 
     def _recover(self, exc: Exception, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
         """Mask every sub-env's unfinished episode, re-create the vector env, start every sub-env afresh."""
@@ -280,8 +306,9 @@ class VectorEnvSampler:
             except EnvStepError as error:
                 self.fault.rebuild_failed(error)
         self.fault.rebuilt(t + 1)
-        self.resetting[:] = False
-        self.returns[:], self.lengths[:], self.disc_returns[:] = 0.0, 0, 0.0
+        self.any_resetting = False
+        self.returns[:], self.disc_returns[:] = 0.0, 0.0
+        self.began[:] = self.steps_done
         self.start[:] = t + 1
         self.acting.starts[:] = True
 
