@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from conftest import sampler_template
 
 from aiorl.models import evaluate
 from aiorl.shm import RolloutSlots
-from aiorl.testing import COUNTING_ENV_ID
+from aiorl.testing import COUNTING_ENV_ID, FaultyEnv
+from aiorl.worker.acting import all_finite
 from aiorl.worker.sampler import EnvSampler
 
 
@@ -115,3 +118,41 @@ def test_an_env_whose_close_fails_is_logged_not_raised(caplog):
     finally:
         slots.close()
     assert caplog.text.count("closing env") == 2 and "ConnectionError: simulator already gone" in caplog.text
+
+
+@pytest.mark.parametrize("faulty_envs", [(1,), None], ids=["one-env-ragged", "every-env-wrong"])
+def test_an_observation_of_the_wrong_shape_breaks_only_its_own_env(faulty_envs):
+    # A step's observations are written as one array when they stack to the expected shape:
+    # one of another shape (the batch is ragged) or all of the same wrong one must still be
+    # caught, and blamed on their own envs only.
+    env = functools.partial(
+        FaultyEnv, "CartPole-v1", "wrong_shape", 3, workers=None, env_indices=faulty_envs, incarnations=None
+    )
+    template, policy = sampler_template(env, envs=3, steps=5)  # a re-created env would fault at row 5
+    slots = RolloutSlots.create(template.layout, 1)
+    sampler = EnvSampler(template.worker_spec(worker_id=0, incarnation=0), policy)
+    try:
+        slot = slots[0]
+        summary = asyncio.run(sampler.collect(slot, policy_version=0))
+        broken = [0, 1, 2] if faulty_envs is None else [1]
+        assert sorted(error.env_index for error in summary.env_errors) == broken
+        assert all("an observation of shape (5,)" in error.message for error in summary.env_errors)
+        assert not slot["valid"][:3, broken].any() and slot["valid"][3:].all(), "the broken episodes' rows are masked"
+        intact = [i for i in range(3) if i not in broken]
+        assert slot["valid"][:, intact].all()
+        assert summary.env_steps == 15 - 3 * len(broken)
+        assert np.isfinite(sampler.obs).all() and sampler.obs.shape == (3, 4)
+    finally:
+        sampler.close()
+        slots.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_call_finiteness_check_finds_any_nan_or_infinity(dtype):
+    values = np.full((7, 5), np.finfo(dtype).max, dtype=dtype)  # huge, but finite
+    assert all_finite(values)
+    for bad in (np.nan, np.inf, -np.inf):
+        for index in [(0, 0), (3, 2), (6, 4)]:
+            broken = values.copy()
+            broken[index] = bad
+            assert not all_finite(broken), (bad, index)

@@ -10,7 +10,6 @@ rollout from the state the worker had.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -204,14 +203,12 @@ def check_sampled(logprobs: np.ndarray, policy_version: int | None, rows: int) -
 
 
 def all_finite(values: np.ndarray) -> bool:
-    """Whether every element of the float array ``values`` is finite, in one numpy call.
+    """Whether every element of the float array ``values`` is finite.
 
-    The dot product with zeros is 0 for finite values and NaN as soon as one is infinite or
-    NaN (``0 * inf`` is NaN): cheaper than ``np.isfinite(values).all()`` on the small arrays
-    of a step (two calls, a temporary).
+    ``np.count_nonzero`` reads the mask of ``np.isfinite`` in about half the time of
+    ``.all()`` (a ufunc reduction) on the small arrays of a step; a hot loop notices.
     """
-    flat = values.reshape(-1)
-    return math.isfinite(flat.dot(np.zeros(flat.shape, dtype=flat.dtype)))
+    return np.count_nonzero(np.isfinite(values)) == values.size
 
 
 def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:

@@ -33,7 +33,7 @@ from aiorl.envs.masks import check_no_action_mask
 from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
-from aiorl.worker.acting import ActingPolicy, act_into_row
+from aiorl.worker.acting import ActingPolicy, act_into_row, all_finite
 from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
 from aiorl.worker.spec import WorkerSpec
 
@@ -69,6 +69,8 @@ class EnvSampler:
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.final_obs = np.zeros_like(self.obs)  # encoded final observations of truncated episodes
         self.probe = np.zeros(spec.layout.obs_shape, dtype=np.float32)  # checks a fresh env's first obs
+        self.stack_observations = self.encoder.kind == "box" and not self.encoder.bytes
+        """Whether a step's observations may be written as one array (see :meth:`_encode_observations`)."""
         self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
         self.total_steps = 0
         self.policy_version = -1  # the version acting in the rollout being collected
@@ -134,7 +136,7 @@ class EnvSampler:
         rewards, terminated, truncated = [0.0] * k, [False] * k, [False] * k
         disc_returns = [0.0] * k  # stay 0 without reward normalisation (gamma None)
         final_rows: list[int] = []  # envs truncated this step; their final obs are in self.final_obs
-        not_encodable: list[tuple[int, Exception]] = []  # envs whose next observation is not of their space
+        next_obs: list[object] = [None] * k  # each env's next observation, encoded after the loop
         to_env, encode = self.dist.to_env, self.encoder.encode_into
         episodes = self.episodes
         i, looped = -1, False
@@ -155,9 +157,8 @@ class EnvSampler:
                         if not np.isfinite(final).all():
                             raise FloatingPointError(f"env {i} returned a non-finite observation")
                 except Exception as exc:
-                    obs = self._recover(i, exc, arrays, t, summary)
+                    next_obs[i] = self._recover(i, exc, arrays, t, summary)
                     truncated[i] = True  # an inert, masked row: no reward, no bootstrap
-                    encode(obs, self.obs[i])
                     continue
                 rewards[i], terminated[i], truncated[i] = reward, term, trunc
                 disc_returns[i] = episode.rewarded(reward)
@@ -174,18 +175,16 @@ class EnvSampler:
                             masks.read_info(info, self.masks[i])
                     except Exception as exc:
                         obs = self._recover(i, exc, arrays, t, summary, mask_from=t + 1)
-                try:
-                    encode(obs, self.obs[i])
-                except Exception as exc:  # handled once the row is written, as a non-finite one is
-                    not_encodable.append((i, exc))
+                next_obs[i] = obs
             looped = True
+            not_encodable = self._encode_observations(next_obs)
             arrays["rewards"][t] = rewards
             arrays["terminated"][t] = terminated
             arrays["truncated"][t] = truncated
             arrays["disc_returns"][t] = disc_returns  # written either way: a Ray actor's arrays start uninitialised
             for j, exc in not_encodable:  # e.g. an observation of the wrong shape: the env is broken
                 self._fail_step(j, exc, arrays, t, summary)
-            if not np.isfinite(self.obs).all():  # e.g. a reset that returned NaN
+            if not all_finite(self.obs):  # e.g. a reset that returned NaN
                 self._recover_non_finite(arrays, t, summary)
         except EnvStepError:  # an env failed for good mid-row: the steps its envs took still count
             if self.progress is not None:
@@ -196,6 +195,29 @@ class EnvSampler:
             self.progress.add(self.spec.worker_id, k)
         if final_rows:
             arrays["trunc_values"][t, final_rows] = acting.values(self.final_obs[: len(final_rows)], final_rows)
+
+    def _encode_observations(self, observations: list[object]) -> list[tuple[int, Exception]]:
+        """Write each env's next observation into ``self.obs``; return the envs whose observation is not of their space.
+
+        A float Box's observations go in as one array when they stack to exactly the
+        expected shape (one numpy call instead of one per env); anything else, or a batch
+        that does not stack, is encoded env by env, which names the env at fault.
+        """
+        if self.stack_observations:
+            try:
+                stacked = np.asarray(observations, dtype=np.float32)
+            except (ValueError, TypeError):  # ragged: some env's observation has another shape
+                stacked = None
+            if stacked is not None and stacked.shape == self.obs.shape:
+                self.obs[...] = stacked
+                return []
+        not_encodable = []
+        for i, obs in enumerate(observations):
+            try:
+                self.encoder.encode_into(obs, self.obs[i])
+            except Exception as exc:  # handled once the row is written, as a non-finite one is
+                not_encodable.append((i, exc))
+        return not_encodable
 
     def _recover(
         self,
