@@ -112,6 +112,29 @@ def test_a_next_step_vector_env_fills_a_slot_whose_reset_steps_are_never_trained
         slots.close()
 
 
+class ReadOnlyResults(gym.vector.VectorWrapper):
+    """Returns its observations, rewards and flags as read-only arrays, as ``np.asarray`` of a JAX env's are."""
+
+    def step(self, actions: Any) -> Any:
+        results = self.env.step(actions)
+        for array in results[:4]:
+            array.setflags(write=False)
+        return results
+
+
+def read_only_cartpole_vector(num_envs: int, max_episode_steps: int) -> Any:
+    return ReadOnlyResults(cartpole_vector(num_envs, max_episode_steps))
+
+
+def test_a_vector_env_whose_results_are_read_only_arrays_fills_a_slot_just_the_same():
+    sampler, slots = sampler_for(functools.partial(read_only_cartpole_vector, 3, 5), steps=12)
+    try:
+        assert_next_step_slot(sampler, slots)
+    finally:
+        sampler.close()
+        slots.close()
+
+
 @needs_envpool
 @envpool_warnings
 def test_envpool_autoresets_on_the_next_step_and_fills_a_slot_as_gymnasium_does():

@@ -205,7 +205,9 @@ class VectorEnvSampler:
         assert self.env is not None
         k = len(live)
         obs, reward, term, trunc, info = self.env.step(self.dist.to_env(actions))
-        rewards = np.asarray(reward, dtype=np.float64)
+        rewards = np.asarray(reward)
+        if rewards.dtype.kind != "f":  # float32 or float64 stay as they are (no copy)
+            rewards = rewards.astype(np.float64)
         terminated = np.asarray(term, dtype=np.bool_)
         truncated = np.asarray(trunc, dtype=np.bool_)
         if rewards.shape != (k,) or terminated.shape != (k,) or truncated.shape != (k,):
@@ -248,8 +250,10 @@ class VectorEnvSampler:
         """
         resetting = self.resetting if self.any_resetting else None
         self.steps_done += 1
-        if resetting is not None:  # inert rows; a resetting sub-env's running returns are 0 already
-            rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, True
+        if resetting is not None:  # inert rows (new arrays: the env's may be read-only, a JAX env's are)
+            rewards = np.where(resetting, 0.0, rewards)  # a resetting sub-env's running returns stay 0
+            terminated = terminated & ~resetting
+            truncated = truncated | resetting
             self.began[resetting] = self.steps_done  # the reset step is no step of the episode
         if ended is not None:
             rows = np.flatnonzero(ended & truncated & ~terminated)
