@@ -33,7 +33,7 @@ from aiorl.errors import ConfigError
 from aiorl.models import evaluate
 from aiorl.recurrent import RecurrentActorCritic
 from aiorl.shm import RolloutSlots
-from aiorl.testing import FaultyEnv, MaskedChoiceEnv
+from aiorl.testing import FaultyEnv, InjectedFault, MaskedChoiceEnv
 from aiorl.worker.vector_sampler import VectorEnvSampler
 
 AIORL = [sys.executable, "-m", "aiorl"]
@@ -130,6 +130,45 @@ def test_a_vector_env_whose_results_are_read_only_arrays_fills_a_slot_just_the_s
     sampler, slots = sampler_for(functools.partial(read_only_cartpole_vector, 3, 5), steps=12)
     try:
         assert_next_step_slot(sampler, slots)
+    finally:
+        sampler.close()
+        slots.close()
+
+
+class RaisesOnStep(gym.vector.VectorWrapper):
+    """Raises on its ``at``-th ``step`` call."""
+
+    def __init__(self, env: gym.vector.VectorEnv, at: int) -> None:
+        super().__init__(env)
+        self.at, self.calls = at, 0
+
+    def step(self, actions: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            raise InjectedFault(f"step {self.calls}")
+        return self.env.step(actions)
+
+
+def raising_cartpole_vector(num_envs: int, max_episode_steps: int, at: int) -> Any:
+    return RaisesOnStep(cartpole_vector(num_envs, max_episode_steps), at)
+
+
+def test_a_vector_env_failing_after_a_reset_step_across_rollouts_discards_just_the_new_episodes_steps():
+    # Episodes of 5 steps and rollouts of 5 rows: the second rollout opens with the reset
+    # step, its episode begins on row 1, and the env raises on its 8th step (row 2).
+    sampler, slots = sampler_for(functools.partial(raising_cartpole_vector, 2, 5, 8), steps=5)
+    try:
+        slot = slots[0]
+        first = asyncio.run(sampler.collect(slot, policy_version=0))
+        assert first.env_steps == 10 and first.episode_lengths == [5, 5] and not first.env_errors
+        second = asyncio.run(sampler.collect(slot, policy_version=1))
+        assert len(second.env_errors) == 1 and second.env_errors[0].discarded_steps == 4
+        assert second.discarded_steps == 4, "rows 1 and 2 of both sub-envs: the episode that broke"
+        np.testing.assert_array_equal(slot["valid"][:, 0], [False, False, False, True, True])
+        np.testing.assert_array_equal(slot["valid"], slot["valid"][:, :1].repeat(2, axis=1))
+        assert second.env_steps == 4 and second.episode_lengths == []
+        third = asyncio.run(sampler.collect(slot, policy_version=2))  # the fresh env's episodes: 5 steps each
+        assert third.episode_lengths == [5, 5] and not third.env_errors
     finally:
         sampler.close()
         slots.close()

@@ -85,7 +85,7 @@ class VectorEnvSampler:
         """``steps_done`` when each sub-env's episode began: its length is the difference."""
         self.disc_returns = np.zeros(k, dtype=np.float64)
         self.start = np.zeros(k, dtype=np.int64)
-        """Row of the current rollout each sub-env's episode began at."""
+        """Row of the current rollout each sub-env's episode began at (or its reset step's, masked out anyway)."""
         self.fault = EnvBookkeeping(None, None, spec.env_error_limit)
         self.total_steps = 0
         self.policy_version = -1
@@ -184,7 +184,7 @@ class VectorEnvSampler:
             except Exception as exc:
                 self._recover(exc, arrays, t, summary)
             else:
-                self._record(arrays, t, summary, rewards, terminated, truncated, ended)
+                self._record(arrays, t, summary, rewards, terminated, truncated, ended, live)
         except EnvStepError:  # the vector env failed for good: the steps it took still count
             if self.progress is not None:
                 self.progress.add(self.spec.worker_id, stepped)
@@ -242,24 +242,25 @@ class VectorEnvSampler:
         terminated: np.ndarray,
         truncated: np.ndarray,
         ended: np.ndarray | None,
+        live: np.ndarray,
     ) -> None:
-        """Write row ``t`` of a step that succeeded and update the episodes.
+        """Write row ``t`` of a step that succeeded (by the sub-envs ``live``) and update the episodes.
 
         ``valid``, ``trunc_values`` and ``disc_returns`` start the rollout at ``True``, 0 and 0
-        (see :meth:`collect`): a row writes them only where they differ.
+        (see :meth:`collect`): a row writes them only where they differ. With short episodes
+        most steps end one and reset another: the bookkeeping of both is kept to a few calls.
         """
-        resetting = self.resetting if self.any_resetting else None
         self.steps_done += 1
-        if resetting is not None:  # inert rows (new arrays: the env's may be read-only, a JAX env's are)
-            rewards = np.where(resetting, 0.0, rewards)  # a resetting sub-env's running returns stay 0
-            terminated = terminated & ~resetting
-            truncated = truncated | resetting
-            self.began[resetting] = self.steps_done  # the reset step is no step of the episode
-        if ended is not None:
+        if ended is not None and np.count_nonzero(truncated):
             rows = np.flatnonzero(ended & truncated & ~terminated)
             if rows.size:  # bootstrap truncated episodes from V(final observation)
                 final = self._next if self.next_step_reset else self._final
                 arrays["trunc_values"][t, rows] = self.acting.values(final[rows], rows)
+        resetting = self.resetting if self.any_resetting else None
+        if resetting is not None:  # inert rows (new arrays: the env's may be read-only, a JAX env's are)
+            rewards = np.where(live, rewards, 0.0)  # a resetting sub-env's running returns stay 0
+            terminated = terminated & live
+            truncated = truncated | resetting
         self.returns += rewards
         gamma = self.spec.reward_gamma
         if gamma is not None:
@@ -272,18 +273,21 @@ class VectorEnvSampler:
         if ended is not None:
             summary.episode_returns.extend(self.returns[ended].tolist())
             summary.episode_lengths.extend((self.steps_done - self.began[ended]).tolist())
-            self.returns[ended], self.disc_returns[ended] = 0.0, 0.0
-            self.began[ended] = self.steps_done
-            self.start[ended] = t + 1
+            self.returns[ended] = 0.0
+            if gamma is not None:
+                self.disc_returns[ended] = 0.0
+            # The next episode's first step (NEXT_STEP: after the reset step, which is none of its steps).
+            self.began[ended] = self.steps_done + self.next_step_reset
+            self.start[ended] = t + 1  # NEXT_STEP: the reset step's row, which is masked out anyway
             self.fault.failures = 0  # the vector env makes progress
+        recurrent = self.acting.recurrent  # only a recurrent policy reads where episodes start
         if self.next_step_reset:
-            if resetting is not None:
-                self.start[resetting] = t + 1  # the reset step is done: the episode begins on the next row
-                self.acting.starts[resetting] = True
+            if resetting is not None and recurrent:
+                self.acting.starts[resetting] = True  # the reset step is done: the episode starts next
             self.any_resetting = ended is not None
             if ended is not None:
                 self.resetting = ended
-        elif ended is not None:
+        elif ended is not None and recurrent:
             self.acting.starts[ended] = True
         self.obs, self._next = self._next, self.obs  # the step's observations become the current ones
 
