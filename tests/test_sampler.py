@@ -156,3 +156,20 @@ def test_the_one_call_finiteness_check_finds_any_nan_or_infinity(dtype):
             broken = values.copy()
             broken[index] = bad
             assert not all_finite(broken), (bad, index)
+
+
+def test_an_env_re_created_after_an_error_is_seeded_so_the_run_repeats():
+    env = functools.partial(FaultyEnv, "CartPole-v1", "raise", 3, workers=None, incarnations=None)
+    rows_after_recovery = []
+    for _ in range(2):
+        template, policy = sampler_template(env, envs=2, steps=5)  # env 0 raises on its 3rd step (row 2)
+        slots = RolloutSlots.create(template.layout, 1)
+        sampler = EnvSampler(template.worker_spec(worker_id=0, incarnation=0), policy)
+        try:
+            summary = asyncio.run(sampler.collect(slots[0], policy_version=0))
+            assert [error.env_index for error in summary.env_errors] == [0]
+            rows_after_recovery.append(slots[0]["obs"][3:, 0].copy())  # the re-created env's first observations
+        finally:
+            sampler.close()
+            slots.close()
+    np.testing.assert_array_equal(*rows_after_recovery)

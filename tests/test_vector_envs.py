@@ -397,3 +397,17 @@ def test_a_policy_plays_in_the_first_sub_env_of_a_vector_env_it_is_given(tmp_pat
     policy = Policy.load(tmp_path / "c.pt")
     result = policy.play(2, env=gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
     assert result.episodes == 2  # was: "env's action_space is MultiDiscrete([2 2]), but the policy's is Discrete(2)"
+
+
+def test_a_vector_env_re_created_after_an_error_is_seeded_so_the_run_repeats():
+    rows_after_recovery = []
+    for _ in range(2):
+        sampler, slots = sampler_for(functools.partial(raising_cartpole_vector, 2, 50, 3), steps=5)
+        try:
+            summary = asyncio.run(sampler.collect(slots[0], policy_version=0))
+            assert len(summary.env_errors) == 1
+            rows_after_recovery.append(slots[0]["obs"][3:].copy())  # the re-created env's first observations
+        finally:
+            sampler.close()
+            slots.close()
+    np.testing.assert_array_equal(*rows_after_recovery)

@@ -465,7 +465,7 @@ class AsyncEnvSampler:
         while True:
             episode.retry()
             try:
-                env, obs = await self._make_env(i, seed=None)
+                env, obs = await self._make_env(i, seed=self.spec.env_seed(i, episode.rebuilds))
                 break
             except EnvStepError as error:
                 episode.rebuild_failed(error)

@@ -108,6 +108,8 @@ class EnvBookkeeping:
     """Steps since the env was built (counted as each step is attempted)."""
     failures: int = field(default=0, init=False)
     """Consecutive failures without an episode end."""
+    rebuilds: int = field(default=0, init=False)
+    """Re-creations attempted since the worker started (the seed of the next one follows it)."""
     error: Exception | None = field(default=None, init=False)
     """The failure being recovered from."""
 
@@ -155,6 +157,7 @@ class EnvBookkeeping:
         """Count one more attempt to re-create the env; raise :class:`EnvStepError` at the limit."""
         assert self.error is not None, "retry() follows broke()"
         self.failures += 1
+        self.rebuilds += 1
         if self.failures >= self.error_limit:
             reason = (
                 f"failed {self.failures} times in a row without finishing an episode "

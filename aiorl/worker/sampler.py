@@ -238,7 +238,7 @@ class EnvSampler:
         while True:
             episode.retry()
             try:
-                env, obs = self._make_env(i, seed=None)
+                env, obs = self._make_env(i, seed=self.spec.env_seed(i, episode.rebuilds))
                 break
             except EnvStepError as error:
                 episode.rebuild_failed(error)

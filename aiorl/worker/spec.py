@@ -17,6 +17,9 @@ from aiorl.distributions import ActionDistribution
 from aiorl.envs import EnvFactory, ObservationEncoder
 from aiorl.rollout import RolloutLayout
 
+REBUILD_SEED_STRIDE = 1_000_003
+"""How much further on an env re-created after an error is seeded, per re-creation (a prime)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AsyncActing:
@@ -122,9 +125,14 @@ class WorkerSpec(WorkerTemplate):
     incarnation: int
     local: LocalPlumbing | None = None
 
-    def env_seed(self, env_index: int) -> int:
-        """Seed of the first reset of env ``env_index``: distinct per env, worker and incarnation."""
-        return self.seed + (self.incarnation * self.num_workers + self.worker_id) * self.layout.num_envs + env_index
+    def env_seed(self, env_index: int, rebuild: int = 0) -> int:
+        """Seed of the first reset of env ``env_index``: distinct per env, worker and incarnation.
+
+        ``rebuild``: of the env's ``rebuild``-th re-creation after env errors (so that a run
+        that hits env errors is as reproducible as one that does not).
+        """
+        first = self.seed + (self.incarnation * self.num_workers + self.worker_id) * self.layout.num_envs + env_index
+        return first + rebuild * REBUILD_SEED_STRIDE
 
     def torch_seed(self) -> int:
         """Seed of this worker process's action sampling."""

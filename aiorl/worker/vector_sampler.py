@@ -47,9 +47,6 @@ from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepErr
 from aiorl.worker.sampler import step_rows
 from aiorl.worker.spec import WorkerSpec
 
-REBUILD_SEED_STRIDE = 1_000_003
-"""A re-created EnvPool env is seeded this much further on (it cannot be reseeded by ``reset``)."""
-
 
 class VectorEnvSampler:
     """Steps one vector env of ``spec.layout.num_envs`` sub-envs with ``policy`` and fills rollout slots.
@@ -98,7 +95,7 @@ class VectorEnvSampler:
         k = self.spec.layout.num_envs
         self.builds += 1
         os.environ[ENV_INDEX_VARIABLE] = "0"
-        os.environ[SEED_VARIABLE] = str(self.spec.env_seed(0) + (self.builds - 1) * REBUILD_SEED_STRIDE)
+        os.environ[SEED_VARIABLE] = str(self.spec.env_seed(0, self.builds - 1))  # EnvPool's: it seeds at construction
         try:
             env = self.spec.env_factory()
             if not is_vector_env(env):
@@ -309,7 +306,7 @@ class VectorEnvSampler:
         while True:
             self.fault.retry()
             try:
-                self.env, self.next_step_reset = self._make_env(seed=None)
+                self.env, self.next_step_reset = self._make_env(seed=self.spec.env_seed(0, self.builds))
                 break
             except EnvStepError as error:
                 self.fault.rebuild_failed(error)
