@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import sampler_template
 
 from aiorl.models import evaluate
 from aiorl.shm import RolloutSlots
-from aiorl.testing import COUNTING_ENV_ID, FaultyEnv
+from aiorl.testing import COUNTING_ENV_ID, FaultyEnv, worker_identity
 from aiorl.worker.acting import all_finite
 from aiorl.worker.sampler import EnvSampler
 
@@ -173,3 +174,57 @@ def test_an_env_re_created_after_an_error_is_seeded_so_the_run_repeats():
             sampler.close()
             slots.close()
     np.testing.assert_array_equal(*rows_after_recovery)
+
+
+class ObservationTurnsIntoAGradTensor(gym.Wrapper):
+    """CartPole; env 1's 3rd step returns its observation as a tensor that requires grad (numpy cannot read it)."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.index, self.steps = worker_identity()[2], 0
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == 3 and self.index == 1:
+            obs = torch.tensor(obs, requires_grad=True)
+        return obs, reward, terminated, truncated, info
+
+
+class ScalarBoxEnv(gym.Env):
+    """A scalar Box observation space (shape ``()``); every env's 3rd step returns an observation of shape ``(1,)``."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> Any:
+        return np.float32(0.0), {}
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        obs = np.zeros(1, np.float32) if self.steps == 3 else np.float32(0.0)
+        return obs, 1.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    ("env", "broken", "message"),
+    [
+        (ObservationTurnsIntoAGradTensor, [1], "requires grad"),
+        (ScalarBoxEnv, [0, 1], "an observation of shape (1,), but observation_space is Box"),
+    ],
+    ids=["unreadable", "scalar-box"],
+)
+def test_an_observation_numpy_cannot_stack_or_of_a_scalar_boxs_wrong_shape_is_an_env_error(env, broken, message):
+    template, policy = sampler_template(env, envs=2, steps=5)
+    slots = RolloutSlots.create(template.layout, 1)
+    sampler = EnvSampler(template.worker_spec(worker_id=0, incarnation=0), policy)
+    try:
+        summary = asyncio.run(sampler.collect(slots[0], policy_version=0))
+        assert sorted({error.env_index for error in summary.env_errors}) == broken
+        assert all(message in error.message for error in summary.env_errors)
+    finally:
+        sampler.close()
+        slots.close()

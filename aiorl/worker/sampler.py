@@ -69,7 +69,9 @@ class EnvSampler:
         self.obs = np.zeros((k, *spec.layout.obs_shape), dtype=np.float32)
         self.final_obs = np.zeros_like(self.obs)  # encoded final observations of truncated episodes
         self.probe = np.zeros(spec.layout.obs_shape, dtype=np.float32)  # checks a fresh env's first obs
-        self.stack_observations = self.encoder.kind == "box" and not self.encoder.bytes
+        self.stack_observations = (  # a scalar Box's (1,) rows would let (1,)-shaped observations pass unchecked
+            self.encoder.kind == "box" and not self.encoder.bytes and self.encoder.space.shape == spec.layout.obs_shape
+        )
         """Whether a step's observations may be written as one array (see :meth:`_encode_observations`)."""
         self.episodes = [EnvBookkeeping(i, spec.reward_gamma, spec.env_error_limit) for i in range(k)]
         self.total_steps = 0
@@ -206,7 +208,7 @@ class EnvSampler:
         if self.stack_observations:
             try:
                 stacked = np.asarray(observations, dtype=np.float32)
-            except (ValueError, TypeError):  # ragged: some env's observation has another shape
+            except Exception:  # ragged, or some env's observation does not convert: find which, below
                 stacked = None
             if stacked is not None and stacked.shape == self.obs.shape:
                 self.obs[...] = stacked
