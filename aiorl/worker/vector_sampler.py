@@ -160,7 +160,7 @@ class VectorEnvSampler:
 
     def _step(self, arrays: SlotArrays, t: int, summary: RolloutSummary) -> None:
         # The hot loop: a fast vector env steps a batch in microseconds, so each numpy call
-        # counts. A step where no sub-env resets (most) skips the per-sub-env masking.
+        # counts. A step where no sub-env resets (most, once episodes are long) skips the masking.
         resetting = self.resetting if self.any_resetting else None
         masks = None
         if self.action_masks is not None:
