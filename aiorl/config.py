@@ -6,11 +6,13 @@ naming each field and its value, before any process starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, replace
 from typing import TypeGuard
 
+import numpy as np
 import torch
 
 from aiorl.backends.base import Backend  # at runtime: config files read the field types
@@ -52,6 +54,19 @@ def usable_cores() -> int:
 def local_worker_limit() -> int:
     """The most worker processes the local backend starts: ``max(64, 8 x usable cores)``."""
     return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * usable_cores())
+
+
+def plain_numbers(cfg: object) -> None:
+    """Replace numpy scalars in the fields of the frozen config dataclass ``cfg`` with Python's own, in place.
+
+    Seeds and sizes often come from numpy (``for seed in np.arange(5)``): kept as numpy
+    scalars they would be refused (an ``np.int64`` is no ``int``) and could not be written
+    to a config file. Called first in each config's ``__post_init__``.
+    """
+    for field in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, field.name)
+        if isinstance(value, np.generic):
+            object.__setattr__(cfg, field.name, value.item())
 
 
 def is_integer(value: object) -> TypeGuard[int]:
@@ -185,6 +200,7 @@ class TrainerConfig:
     ``RayBackend(address="auto")``."""
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         problems: list[str] = []
         positive_ints = (
             "num_workers",

@@ -62,6 +62,17 @@ def test_bad_trainer_option_names_field_and_value(options, needle):
     assert needle in str(info.value)
 
 
+def test_numpy_numbers_are_taken_as_pythons_own_and_still_checked():
+    # Sweeps often pass seeds and sizes from numpy (for seed in np.arange(3)).
+    algo = PPO(update_epochs=np.int64(2), learning_rate=np.float64(1e-3), normalize_advantages=np.bool_(False))
+    trainer = Trainer("CartPole-v1", seed=np.int64(3), num_workers=np.int32(1), algo=algo)
+    assert type(trainer.config.seed) is int and trainer.config.seed == 3
+    assert type(trainer.config.num_workers) is int and type(algo.update_epochs) is int
+    assert type(algo.learning_rate) is float and algo.normalize_advantages is False
+    with pytest.raises(ConfigError, match=r"seed=-1 must be an integer in \[0, 2\*\*63\)"):
+        Trainer("CartPole-v1", seed=np.int64(-1))
+
+
 def test_a_mistyped_option_names_the_close_match_along_with_the_other_problems():
     with pytest.raises(ConfigError) as info:
         Trainer("CartPole-v1", num_worker=2, envs_per_worker=0, colour="red")

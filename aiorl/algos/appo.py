@@ -39,6 +39,7 @@ from aiorl.algos.surrogate import (
     explained_variance,
 )
 from aiorl.algos.vtrace import vtrace
+from aiorl.config import plain_numbers
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError, suggest_unknown_options
 
@@ -85,6 +86,7 @@ class APPO:
     compiles on CUDA only (on CPU compiling takes longer than short runs gain from it)."""
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         problems = config_problems(self, positive=("rho_bar", "c_bar"), unit=("gamma",))
         if problems:
             raise ConfigError(problems)

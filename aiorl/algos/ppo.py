@@ -31,6 +31,7 @@ from aiorl.algos.surrogate import (
     explained_variance,
     finite_number,
 )
+from aiorl.config import plain_numbers
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError, suggest_unknown_options
 
@@ -73,6 +74,7 @@ class PPO:
     """Stop the epochs of an update early once the approximate KL exceeds this."""
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         problems = config_problems(self, positive=(), unit=("gamma", "gae_lambda"))
         if self.target_kl is not None and not (finite_number(self.target_kl) and self.target_kl > 0):
             problems.append(f"PPO.target_kl={self.target_kl!r} must be > 0 or None")
