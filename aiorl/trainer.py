@@ -85,6 +85,12 @@ LAUNCH_SEED_STRIDE = 10_000_019
 resume from a checkpoint), so a restarted trainer never replays the same env episodes."""
 
 
+CHECKPOINT_FIXES = frozenset(
+    {"env", "env_kwargs", "algo", "policy", "recurrent", "recurrent_size", "normalize_observations"}
+)
+"""Trainer options a checkpoint fixes: :meth:`Trainer.load` refuses overrides of them."""
+
+
 class Trainer:
     """Trains a policy on ``env`` with persistent, supervised worker processes.
 
@@ -253,13 +259,15 @@ class Trainer:
         Raises:
             CheckpointError: the file is missing, unreadable or not an aiorl checkpoint.
             ConfigError: an override is invalid, or is one of what the checkpoint fixes (``env``,
-                ``env_kwargs``, ``algo``, ``policy``, ``recurrent``, ``recurrent_size``).
+                ``env_kwargs``, ``algo``, ``policy``, ``recurrent``, ``recurrent_size``,
+                ``normalize_observations``: the observation normaliser is part of the policy).
         """
-        fixed = sorted(set(options) & {"env", "env_kwargs", "algo", "policy", "recurrent", "recurrent_size"})
+        fixed = sorted(set(options) & CHECKPOINT_FIXES)
         if fixed:
             raise ConfigError(
                 f"{', '.join(fixed)} cannot be overridden when loading a checkpoint: its env, algorithm "
-                "and policy (architecture included) are what it continues; start a new Trainer for others"
+                "and policy (architecture and observation normaliser included) are what it continues; "
+                "start a new Trainer for others"
             )
         state = check_state(dict(path)) if isinstance(path, Mapping) else read_checkpoint(path)
         factory = state["env"]

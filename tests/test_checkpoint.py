@@ -255,7 +255,9 @@ def test_a_checkpoint_of_an_older_aiorl_loads_with_the_settings_it_trained_with(
     assert loaded.config.normalize_rewards is False and loaded.reward_normalizer is None  # was: automatic, on
 
 
-@pytest.mark.parametrize("override", [{"env": "Acrobot-v1"}, {"algo": PPO()}, {"recurrent": "gru"}])
+@pytest.mark.parametrize(
+    "override", [{"env": "Acrobot-v1"}, {"algo": PPO()}, {"recurrent": "gru"}, {"normalize_observations": False}]
+)
 def test_load_refuses_overrides_of_what_the_checkpoint_fixes(tmp_path, override):
     write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), tmp_path / "c.pt")
     name = next(iter(override))
