@@ -6,17 +6,15 @@ naming each field and its value, before any process starts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import TypeGuard
 
-import numpy as np
 import torch
 
 from aiorl.backends.base import Backend  # at runtime: config files read the field types
 from aiorl.errors import ConfigError, suggest_unknown_options
+from aiorl.numbers import is_integer, is_number, plain_numbers
 from aiorl.recurrent import RECURRENT_KINDS
 
 START_METHODS = ("forkserver", "spawn")
@@ -54,29 +52,6 @@ def usable_cores() -> int:
 def local_worker_limit() -> int:
     """The most worker processes the local backend starts: ``max(64, 8 x usable cores)``."""
     return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * usable_cores())
-
-
-def plain_numbers(cfg: object) -> None:
-    """Replace numpy scalars in the fields of the frozen config dataclass ``cfg`` with Python's own, in place.
-
-    Seeds and sizes often come from numpy (``for seed in np.arange(5)``): kept as numpy
-    scalars they would be refused (an ``np.int64`` is no ``int``) and could not be written
-    to a config file. Called first in each config's ``__post_init__``.
-    """
-    for field in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        value = getattr(cfg, field.name)
-        if isinstance(value, np.generic):
-            object.__setattr__(cfg, field.name, value.item())
-
-
-def is_integer(value: object) -> TypeGuard[int]:
-    """An int, not a bool (``True`` is no count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> TypeGuard[int | float]:
-    """An int or a float, not a bool (``True`` is no number of seconds)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @suggest_unknown_options

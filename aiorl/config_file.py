@@ -37,10 +37,11 @@ import gymnasium as gym
 import tomli_w
 
 from aiorl.algos import APPO, PPO
-from aiorl.config import SETTLED_FIELDS, TrainerConfig, is_integer, is_number
+from aiorl.config import SETTLED_FIELDS, TrainerConfig
 from aiorl.envs import AtariEnv, EnvSource
 from aiorl.envs.vector import VECTOR_KINDS, VectorEnvs, VectorKind
 from aiorl.errors import ConfigError, did_you_mean
+from aiorl.numbers import is_integer, is_number
 from aiorl.presets import Preset, get_preset, preset_env_factory
 
 ALGORITHMS: dict[str, type[PPO] | type[APPO]] = {"ppo": PPO, "appo": APPO}

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from aiorl.config import is_integer, is_number
 from aiorl.distributions import ActionDistribution
 from aiorl.envs import AsyncEnv, EnvFactory, ObservationEncoder
 from aiorl.envs.closing import aclose_env
@@ -36,6 +35,7 @@ from aiorl.envs.masks import ACTION_MASK_KEY, InvalidActionMask
 from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError, EvaluationTimeout
 from aiorl.models import evaluate
+from aiorl.numbers import is_integer, is_number
 from aiorl.recurrent import state_size, step
 
 log = logging.getLogger("aiorl")

@@ -50,7 +50,7 @@ from aiorl.checkpoint_state import (
     run_checkpointer,
     trainer_state,
 )
-from aiorl.config import SMALL_MLP_UNITS, TrainerConfig, is_integer
+from aiorl.config import SMALL_MLP_UNITS, TrainerConfig
 from aiorl.distributions import ActionDistribution
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.run import TrainingRun, TrainResult, check_run_arguments
@@ -69,6 +69,7 @@ from aiorl.models import (
     is_image_space,
     validate_policy,
 )
+from aiorl.numbers import is_integer, plain_number
 from aiorl.presets import describe_settings, get_preset
 from aiorl.recurrent import default_recurrent_policy, state_size, validate_recurrent_policy
 
@@ -510,6 +511,11 @@ class Trainer:
                 (one of the errors above but ``LearnerError``): leave ``async with`` and
                 enter it again for new workers.
         """
+        total_steps, target_return, checkpoint_interval_s = (  # numpy numbers from a sweep are taken
+            plain_number(total_steps),
+            plain_number(target_return),
+            plain_number(checkpoint_interval_s),
+        )
         check_run_arguments(total_steps, target_return, checkpoint_interval_s, on_update, checkpoint_path)
         self._check_loop()
         if checkpoint_path is not None:  # before any process starts
@@ -699,6 +705,7 @@ class Trainer:
             RuntimeError: a ``run()`` or another ``sample()`` is in progress on this trainer,
                 or an earlier run ended because the workers failed (see :meth:`run`).
         """
+        total_steps = plain_number(total_steps)
         if not (is_integer(total_steps) and total_steps >= 1):
             raise ConfigError(f"total_steps={total_steps!r} must be an integer >= 1")
         self._check_loop()
@@ -742,7 +749,8 @@ class Trainer:
             EvaluationTimeout: ``timeout_s`` passed, or an async env's call took longer than
                 ``env_timeout_s`` (the message names the env and the limit).
         """
-        if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
+        episodes, seed, max_episode_steps, timeout_s = map(plain_number, (episodes, seed, max_episode_steps, timeout_s))
+        if not (is_integer(episodes) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         weights, version = published(self._session, self._learner, self._version)
         stop = threading.Event()  # a cancelled evaluation ends its thread after the current env call

@@ -104,6 +104,12 @@ def test_bad_atari_settings_are_named() -> None:
     assert "clip_rewards='no' must be True or False" in str(caught.value)
 
 
+def test_numpy_atari_settings_are_taken_as_pythons_own() -> None:
+    options = AtariEnv("ALE/Pong-v5", frame_stack=np.int64(2), repeat_action_probability=np.float32(0.0))
+    assert options == AtariEnv("ALE/Pong-v5", frame_stack=2, repeat_action_probability=0.0)
+    assert type(options.frame_stack) is int and type(options.repeat_action_probability) is float
+
+
 @needs_atari
 def test_an_atari_checkpoint_s_policy_plays_in_a_game_that_renders(tmp_path) -> None:
     write_checkpoint(Trainer.from_preset("ALE/Pong-v5", num_workers=1).state_dict(), tmp_path / "c.pt")

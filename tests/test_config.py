@@ -338,6 +338,18 @@ async def test_bad_total_steps(total_steps):
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_numpy_run_and_sample_arguments_are_taken_as_pythons_own():
+    async with Trainer("CartPole-v1", num_workers=1, envs_per_worker=4, seed=1) as trainer:
+        taken = await trainer.sample(np.int64(256))  # was refused: an np.int64 is no int
+        result = await trainer.run(
+            total_steps=np.int64(512), target_return=np.float32(1e9), checkpoint_interval_s=np.float32(60)
+        )
+    assert taken > 0 and result.env_steps >= 512
+    with pytest.raises(ConfigError, match=r"total_steps=0 must be an integer >= 1"):
+        await trainer.run(total_steps=np.int64(0))
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [

@@ -49,6 +49,18 @@ async def test_deterministic_evaluation_is_repeatable_and_does_not_count_as_coll
     assert trainer.stats.steps_collected == 0 and trainer.worker_pids == {}
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_numpy_evaluation_arguments_are_taken_as_pythons_own():
+    trainer = Trainer("CartPole-v1", QUICK_PPO, **SMALL)
+    plain = await trainer.evaluate(episodes=2, seed=5, max_episode_steps=40, timeout_s=60.0)
+    numpy = await trainer.evaluate(
+        episodes=np.int64(2), seed=np.int64(5), max_episode_steps=np.int32(40), timeout_s=np.float32(60)
+    )  # were refused: an np.int64 is no int
+    assert numpy.returns == plain.returns and numpy.lengths == plain.lengths
+    with pytest.raises(ConfigError, match=r"episodes=0 must be an integer >= 1"):
+        await trainer.evaluate(episodes=np.int64(0))
+
+
 SLOW_EPISODES = functools.partial(AsyncCountingEnv, episode_length=50, latency_s=0.01)
 """Episodes of 0.5 s (50 steps of 10 ms): an evaluation of 4 lasts ~2 s, long enough to see
 training go on meanwhile (workers step 4 such envs concurrently: ~800 steps/s, an update of

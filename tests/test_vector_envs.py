@@ -250,6 +250,13 @@ def test_envs_per_worker_follows_the_vector_envs_num_envs_when_not_given():
     assert trainer.config.envs_per_worker == 6 and trainer.config.batch_steps == 2 * 6 * 32
 
 
+def test_numpy_sizes_of_vector_envs_are_taken_as_pythons_own():
+    factory = VectorEnvs("CartPole-v1", num_envs=np.int64(4), num_threads=np.int32(1))
+    assert factory == VectorEnvs("CartPole-v1", num_envs=4) and type(factory.num_envs) is int
+    with pytest.raises(ConfigError, match=r"num_envs=0 must be an integer >= 1"):
+        VectorEnvs("CartPole-v1", num_envs=np.int64(0))
+
+
 def test_an_envs_per_worker_other_than_the_vector_envs_num_envs_is_a_config_error_naming_both():
     with pytest.raises(ConfigError, match=r"envs_per_worker=4, but env=.* num_envs=6"):
         Trainer(functools.partial(cartpole_vector, 6, 500), envs_per_worker=4)

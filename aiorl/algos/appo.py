@@ -39,9 +39,9 @@ from aiorl.algos.surrogate import (
     explained_variance,
 )
 from aiorl.algos.vtrace import vtrace
-from aiorl.config import plain_numbers
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError, suggest_unknown_options
+from aiorl.numbers import plain_numbers
 
 
 @suggest_unknown_options

@@ -31,9 +31,9 @@ from aiorl.algos.surrogate import (
     explained_variance,
     finite_number,
 )
-from aiorl.config import plain_numbers
 from aiorl.distributions import ActionDistribution
 from aiorl.errors import ConfigError, suggest_unknown_options
+from aiorl.numbers import plain_numbers
 
 
 @suggest_unknown_options

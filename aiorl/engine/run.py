@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiorl.checkpoint import Checkpointer
-from aiorl.config import is_integer, is_number
 from aiorl.engine.consumer import RunGoal, UpdateCallback
 from aiorl.engine.session import Session
 from aiorl.engine.stats import TrainingStats
 from aiorl.errors import ConfigError
 from aiorl.evaluation import EvalResult, PeriodicEvaluation
 from aiorl.events import EventHub
+from aiorl.numbers import is_integer, is_number
 from aiorl.records import LagStats, UpdateReport
 
 

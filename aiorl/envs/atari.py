@@ -29,6 +29,7 @@ import gymnasium as gym
 
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import ConfigError, did_you_mean
+from aiorl.numbers import plain_numbers
 
 ATARI_EXTRA_HINT = "Atari needs ale-py and OpenCV: pip install 'aiorl[atari]' (ale-py, opencv-python-headless)"
 
@@ -64,6 +65,7 @@ class AtariEnv:
     repeat_action_probability: float = 0.25
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         problems = []
         if not (isinstance(self.game, str) and self.game):
             problems.append(f"game={self.game!r} must be an ale-py gymnasium id such as 'ALE/Pong-v5'")

@@ -39,6 +39,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from aiorl.envs.masks import ACTION_MASK_KEY, ActionMasks, InvalidActionMask
 from aiorl.errors import ConfigError
+from aiorl.numbers import plain_numbers
 
 VECTOR_KINDS = ("gymnasium", "envpool")
 """What :class:`VectorEnvs` builds: ``gymnasium.make_vec`` or ``envpool.make``."""
@@ -113,6 +114,7 @@ class VectorEnvs:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         problems = []
         if self.kind not in VECTOR_KINDS:
             problems.append(f"kind={self.kind!r} must be one of {VECTOR_KINDS}")
