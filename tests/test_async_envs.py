@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +26,7 @@ from aiorl.engine.stats import TrainingStats
 from aiorl.envs import ThreadedEnv
 from aiorl.models import evaluate
 from aiorl.shm import RolloutSlots
-from aiorl.testing import AsyncCountingEnv, FaultyEnv, StepsTakenEnv, steps_taken
+from aiorl.testing import AsyncCountingEnv, FaultyEnv, InjectedFault, StepsTakenEnv, steps_taken
 from aiorl.worker import AsyncActing
 from aiorl.worker.async_sampler import AsyncEnvSampler
 from aiorl.worker.episodes import RolloutSummary
@@ -424,3 +424,39 @@ def test_async_acting_options_for_inline_gymnasium_envs_are_refused_not_ignored(
     (name,) = options
     with pytest.raises(ConfigError, match=f"{name}=.* batches the actions of async envs"):
         Trainer("CartPole-v1", **options)  # was: accepted, and ignored
+
+
+class SeedsSeen(AsyncCountingEnv):
+    """Records the seed of every reset; env 0 of the first pair built raises in its 3rd step."""
+
+    seeds: ClassVar[list[tuple[int, int | None]]] = []
+    armed: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__(episode_length=50)
+
+    async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        SeedsSeen.seeds.append((self.env_index, seed))
+        return await super().reset(seed=seed, options=options)
+
+    async def step(self, action: np.int64) -> Any:
+        if self.env_index == 0 and self.counter == 2 and SeedsSeen.armed:
+            SeedsSeen.armed = False
+            raise InjectedFault("env 0 fails in its 3rd step")
+        return await super().step(action)
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_re_created_after_an_error_is_seeded_from_the_run_s_seed():
+    SeedsSeen.seeds.clear()
+    SeedsSeen.armed = True
+    sampler, slots = make_sampler(SeedsSeen, envs=2, steps=5)
+    env_errors: list = []
+    await sampler.start()
+    try:
+        await collect_with(sampler, slots, env_errors, 1)
+    finally:
+        slots.close()
+    assert [error.env_index for error in env_errors] == [0]
+    spec = sampler.spec
+    assert SeedsSeen.seeds == [(0, spec.env_seed(0)), (1, spec.env_seed(1)), (0, spec.env_seed(0, 1))]  # was None
