@@ -12,11 +12,16 @@ nothing heavy (torch, the trainer, the ``torch._dynamo`` that torch's optimisers
 is imported later inside your event loop. In
 aiorl's worker processes (started with ``AIORL_WORKER_SIDE=1`` in their environment)
 the public names load on first use instead (PEP 562): a worker, which imports
-``aiorl.worker.main``, loads only the worker side.
+``aiorl.worker.main``, loads only the worker side. There ``import aiorl`` comes before
+torch and ignores Ctrl-C (SIGINT): a starting worker or forkserver shares the
+terminal's process group, and a Ctrl-C that reached it while it imported torch printed
+a second traceback beside the trainer's orderly stop (the trainer handles Ctrl-C).
 """
 
 import importlib
 import os
+import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at runtime the names load lazily
@@ -150,7 +155,10 @@ def __dir__() -> list[str]:
 WORKER_SIDE_VARIABLE = "AIORL_WORKER_SIDE"
 """Set in the environment of aiorl's worker processes (and their forkserver): load lazily there."""
 
-if not os.environ.get(WORKER_SIDE_VARIABLE):
+if os.environ.get(WORKER_SIDE_VARIABLE):
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+else:
     for _name in _EXPORTS:
         __getattr__(_name)
     # The first torch optimizer imports torch._dynamo (and sympy: ~800 modules, seconds): here,

@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from cli_envs import BUILDING_FLAG_VARIABLE, SIMULATOR_PID_VARIABLE, STEP_DELAY_VARIABLE, cartpole_with_a_simulator
-from conftest import alive, documented_metrics_keys, wait_until
+from conftest import alive, descendants, documented_metrics_keys, wait_until
 
 from aiorl import Trainer
 from aiorl.checkpoint import read_checkpoint, write_checkpoint
@@ -429,6 +430,42 @@ def test_ctrl_c_while_the_trainer_is_built_exits_130_with_one_line(tmp_path):
     )
     assert returncode == 130, stderr  # was click's "Aborted!", exit 1 ("training failed")
     assert stderr.strip() == "aiorl: interrupted before training started; nothing was trained or saved"
+
+
+def forkserver_below(pid: int) -> int | None:
+    """The multiprocessing forkserver among ``pid``'s children, if it has started."""
+    for child in descendants(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as cmdline:
+            if b"multiprocessing.forkserver" in cmdline.read():
+                return child
+    return None
+
+
+def test_ctrl_c_while_the_forkserver_imports_torch_exits_130_without_its_traceback(tmp_path):
+    # A terminal's Ctrl-C goes to its whole foreground process group: the forkserver that
+    # starts the workers is in it, and spends seconds importing torch first.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aiorl", "train", "CartPole-v1", "--logdir", "run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(),
+        start_new_session=True,  # a group of its own, as a terminal gives a command
+    )
+    try:
+        assert wait_until(lambda: forkserver_below(child.pid) is not None, timeout_s=120), "no forkserver started"
+        # Past its first import, aiorl's (~0.1 s in, under load), inside torch's (done 1-3 s in).
+        time.sleep(0.3)
+        os.killpg(child.pid, signal.SIGINT)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        reap(child)
+    assert child.returncode == 130, stderr
+    assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr, stderr  # was the forkserver's
+    assert stderr.strip().endswith(
+        "aiorl: interrupted; no checkpoint was written (no update finished): nothing to resume"
+    )
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from conftest import SMALL
 
 from aiorl import PPO, Trainer
+from aiorl.backends.local.process import PRELOAD
 from aiorl.testing import WorkerSideOnly
 from aiorl.testing.envs import TRAINER_SIDE_MODULES
 
@@ -117,6 +118,17 @@ def test_a_worker_process_loads_only_the_worker_side():
     loaded = set(done.stdout.split())
     assert not (loaded & WORKER_MUST_NOT_LOAD), sorted(loaded & WORKER_MUST_NOT_LOAD)
     assert not {name for name in loaded if name.startswith(("aiorl.engine.", "aiorl.algos."))}
+
+
+def test_a_worker_side_process_ignores_ctrl_c_from_its_import_of_aiorl_on_the_users_does_not():
+    # The forkserver imports aiorl first, then torch for seconds; a terminal's Ctrl-C reaches it
+    # too (the trainer's process group) and printed a KeyboardInterrupt traceback of torch's import.
+    assert PRELOAD[0] == "aiorl"
+    code = "import signal, sys, aiorl\nprint(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, 'torch' in sys.modules)"
+    users = {k: v for k, v in os.environ.items() if k != "AIORL_WORKER_SIDE"}
+    for env, expected in [({**users, "AIORL_WORKER_SIDE": "1"}, ["True", "False"]), (users, ["False", "True"])]:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert done.stdout.split() == expected, env.get("AIORL_WORKER_SIDE")
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])

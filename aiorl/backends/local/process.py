@@ -33,7 +33,9 @@ from aiorl import WORKER_SIDE_VARIABLE
 from aiorl.worker.main import process_main
 from aiorl.worker.spec import WorkerSpec
 
-PRELOAD = ["torch", "gymnasium", "aiorl.worker.main"]
+PRELOAD = ["aiorl", "torch", "gymnasium", "aiorl.worker.main"]
+"""What the forkserver imports before it serves: ``aiorl`` first, which ignores Ctrl-C there
+(see :mod:`aiorl`) before the seconds of torch's import."""
 
 
 def worker_context(start_method: str | None = None) -> BaseContext:
