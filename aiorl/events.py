@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aiorl.errors import ConfigError
+from aiorl.numbers import is_integer, plain_number
 from aiorl.records import UpdateReport
 
 if TYPE_CHECKING:  # runtime imports would make this leaf module depend on the engine
@@ -203,7 +204,8 @@ class EventHub:
 
     def subscribe(self, maxsize: int = DEFAULT_BUFFER) -> EventStream:
         """A new stream receiving every event published from now on."""
-        if not (isinstance(maxsize, int) and not isinstance(maxsize, bool) and maxsize >= 1):
+        maxsize = plain_number(maxsize)
+        if not (is_integer(maxsize) and maxsize >= 1):
             raise ConfigError(f"maxsize={maxsize!r} must be an integer >= 1")
         stream = EventStream(self, maxsize)
         self._streams.add(stream)

@@ -35,6 +35,7 @@ from aiorl.envs.vector import FirstSubEnv, is_vector_env
 from aiorl.errors import ConfigError
 from aiorl.evaluation import EvalResult, FrameSink, RecurrentMemory, choose_action, play, sampling_generator
 from aiorl.models import ObservationNormalizer
+from aiorl.numbers import is_integer, plain_number
 from aiorl.recurrent import state_size
 
 
@@ -243,7 +244,8 @@ class Policy:
                 policy's (a CartPole policy would play only two of three actions in silence);
                 an observation that does not fit the policy raises when it comes.
         """
-        if not (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1):
+        episodes, seed, max_episode_steps, timeout_s = map(plain_number, (episodes, seed, max_episode_steps, timeout_s))
+        if not (is_integer(episodes) and episodes >= 1):
             raise ConfigError(f"episodes={episodes!r} must be an integer >= 1")
         name = self.env_factory.describe() if env is None and self.env_factory is not None else None
         if env is not None and is_vector_env(env):  # as trained on vector envs: play in one of its sub-envs

@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 
+import numpy as np
 import pytest
 from conftest import SMALL
 
@@ -111,6 +112,18 @@ async def test_closing_a_stream_unsubscribes_it_and_ends_it_after_its_buffer():
 def test_buffer_size_must_be_positive():
     with pytest.raises(ConfigError, match="maxsize=0"):
         EventHub().subscribe(maxsize=0)
+    with pytest.raises(ConfigError, match="maxsize=0 must be"):
+        EventHub().subscribe(maxsize=np.int64(0))
+
+
+@pytest.mark.asyncio
+async def test_a_numpy_buffer_size_is_taken_as_pythons_own():
+    hub = EventHub()
+    slow = hub.subscribe(maxsize=np.int64(2))  # was refused: an np.int64 is no int
+    for n in range(3):
+        hub.publish(checkpoint(n))
+    hub.end_streams()
+    assert [e async for e in slow] == [EventsDropped(1), checkpoint(1), checkpoint(2)]
 
 
 # ---- a trainer's events ----------------------------------------------------------------------

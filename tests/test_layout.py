@@ -82,7 +82,7 @@ def test_no_module_imports_itself_through_a_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:10])
 
 
-LEAVES = ("aiorl.errors", "aiorl.protocol", "aiorl.records", "aiorl.rollout")
+LEAVES = ("aiorl.errors", "aiorl.numbers", "aiorl.protocol", "aiorl.records", "aiorl.rollout")
 """Modules every layer may use, which use no other aiorl module but each other."""
 MUST_NOT_IMPORT = {
     "aiorl.worker": ("aiorl.engine", "aiorl.algos", "aiorl.backends", "aiorl.trainer", "aiorl.config", "aiorl.cli"),

@@ -65,6 +65,7 @@ def test_stochastic_play_with_one_seed_plays_the_same_episodes_and_leaves_the_gl
     assert torch.equal(torch.get_rng_state(), global_state)  # was: drawn from, from the caller's thread
     assert policy.play(4, seed=3, deterministic=False) == first  # was: other episodes every time
     assert policy.play(4, seed=4, deterministic=False) != first
+    assert policy.play(np.int64(4), seed=np.int64(3), deterministic=False) == first  # numpy's numbers: Python's
 
 
 @pytest.mark.parametrize("seed", [-1, "a", True])
