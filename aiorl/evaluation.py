@@ -177,7 +177,7 @@ def play(
     capped, episode, length = 0, 0, 0
     try:
         cap = episode_step_cap(env, max_episode_steps)
-        if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        if not (is_integer(seed) and seed >= 0):
             raise ConfigError(f"seed={seed!r} must be an integer >= 0")
         if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
@@ -268,7 +268,7 @@ def sampling_generator(seed: int, device: torch.device | None = None) -> torch.G
     Raises:
         ConfigError: ``seed`` is not an integer >= 0 (checked here: this comes first).
     """
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+    if not (is_integer(seed) and seed >= 0):
         raise ConfigError(f"seed={seed!r} must be an integer >= 0")
     return torch.Generator(device=device or "cpu").manual_seed(seed % 2**64)  # torch takes 64 bits
 

@@ -9,18 +9,20 @@ arguments with :func:`plain_number`, before checking them.
 from __future__ import annotations
 
 import dataclasses
-from typing import TypeGuard
+from typing import TypeGuard, TypeVar
 
 import numpy as np
 
+_Value = TypeVar("_Value")
 
-def plain_number(value: object) -> object:
+
+def plain_number(value: _Value) -> _Value:
     """``value`` as Python's own number when it is a numpy scalar (``np.int64(3)`` -> ``3``), else as it is.
 
     Arguments of calls (``run(total_steps=...)``, ``evaluate(seed=...)``) go through this before
     they are checked, as config fields go through :func:`plain_numbers`.
     """
-    return value.item() if isinstance(value, np.generic) else value
+    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
 
 
 def plain_numbers(cfg: object) -> None:
