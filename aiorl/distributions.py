@@ -77,9 +77,11 @@ class ActionDistribution:
         kind: ``"categorical"``, ``"gaussian"``, ``"multi_categorical"`` or ``"bernoulli"``.
         num_inputs: width of the policy's ``dist_inputs`` output.
         action_shape: shape of one stored action (``()`` for categorical).
-        low, high: bounds for clipping Gaussian actions.
+        low, high: bounds for clipping Gaussian actions, in the action space's dtype.
         nvec: component sizes of a MultiDiscrete space.
         start: what action 0 means to the env (``Discrete.start``, ``MultiDiscrete.start``).
+        env_dtype: the dtype of the actions the env is given (a Box's or MultiDiscrete's own:
+            ``action_space.contains`` refuses another); ``None``: as stored.
     """
 
     kind: str
@@ -89,6 +91,7 @@ class ActionDistribution:
     high: np.ndarray | None = None
     nvec: tuple[int, ...] = ()
     start: np.ndarray | int = 0
+    env_dtype: np.dtype | None = None
 
     @classmethod
     def for_space(cls, space: gym.Space) -> ActionDistribution:
@@ -104,6 +107,7 @@ class ActionDistribution:
                 action_shape=(len(nvec),),
                 nvec=nvec,
                 start=np.asarray(space.start, dtype=np.int64),
+                env_dtype=None if space.dtype == np.int64 else space.dtype,
             )
         if isinstance(space, gym.spaces.MultiBinary):
             n = int(np.prod(space.shape))
@@ -114,8 +118,9 @@ class ActionDistribution:
             kind="gaussian",
             num_inputs=2 * dim,
             action_shape=(dim,),
-            low=space.low.astype(np.float32),
-            high=space.high.astype(np.float32),
+            low=space.low,  # in the space's dtype: float32 bounds would let a float64 action pass them
+            high=space.high,
+            env_dtype=None if space.dtype == np.float32 else space.dtype,
         )
 
     @property
@@ -226,11 +231,18 @@ class ActionDistribution:
         return value if self.kind == "categorical" else value.sum(dim=-1)
 
     def to_env(self, action: np.ndarray) -> object:
-        """Convert one stored action into what ``env.step`` expects."""
+        """Convert one stored action (or a vector env's batch of them) into a member of the action space.
+
+        Gaussian actions are cast to the space's dtype, then clipped to its bounds (in that
+        order: a float32 clipped to a float64 bound of -0.1 is -0.10000000149, outside it).
+        """
         if self.kind == "categorical":  # a numpy integer: gymnasium's fast path for Discrete.contains
             return action + self.start if self.start else action
         if self.kind == "multi_categorical":
-            return action + self.start
+            action = action + self.start
+            return action if self.env_dtype is None else action.astype(self.env_dtype)
         if self.kind == "bernoulli":
             return action.astype(np.int8)
+        if self.env_dtype is not None:
+            action = action.astype(self.env_dtype)
         return np.clip(action, self.low, self.high)

@@ -55,6 +55,11 @@ def test_dict_observations_flatten_in_sorted_key_order():
         gym.spaces.Box(-2.0, 3.0, (2,), np.float32),
         gym.spaces.MultiDiscrete([3, 2], start=[1, 0]),
         gym.spaces.MultiBinary(4),
+        # Other dtypes: actions were float32 / int64, which contains() refuses, and a float32
+        # clipped to the float32 of a float64 bound could lie outside it (-0.10000000149).
+        gym.spaces.Box(-0.1, 0.1, (2,), np.float64),
+        gym.spaces.Box(-1.0, 1.0, (2,), np.float16),
+        gym.spaces.MultiDiscrete([3, 2], dtype=np.int32, start=[1, 0]),
     ],
 )
 def test_sampled_actions_are_valid_for_the_env_with_exact_log_probs(space):
@@ -68,6 +73,8 @@ def test_sampled_actions_are_valid_for_the_env_with_exact_log_probs(space):
     assert log_probs.shape == entropy.shape == (64,)
     for row in actions.numpy().astype(dist.action_dtype):
         assert space.contains(dist.to_env(row)), row
+    batch = dist.to_env(actions.numpy().astype(dist.action_dtype))  # a vector env's step takes a batch
+    assert gym.vector.utils.batch_space(space, 64).contains(batch)
     mode = dist.mode(dist_inputs)
     assert mode.shape == actions.shape
 
