@@ -355,6 +355,48 @@ def test_an_observation_outside_the_space_is_rejected_not_broadcast(space, obs, 
         encoder.encode_into(obs, np.zeros(encoder.shape, np.float32))
 
 
+POS_VEL = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,)), "vel": gym.spaces.Box(-1, 1, (2,))})
+
+
+@pytest.mark.parametrize(
+    ("space", "obs", "message"),
+    [
+        # gymnasium's flatten checks nothing: these were encoded as other observations, silently.
+        (POS_VEL, {"pos": np.zeros(3), "vel": np.zeros(1)}, r"the observation\['pos'\] has shape \(3,\)"),
+        (POS_VEL, {"pos": np.zeros(2)}, r"the observation is \['pos'\], expected a dict of \['pos', 'vel'\]"),
+        (gym.spaces.Dict({"id": gym.spaces.Discrete(3)}), {"id": -1}, r"the observation\['id'\] -1 is outside"),
+        (gym.spaces.MultiDiscrete([3, 3]), np.array([5, -1]), r"the observation array\(\[ 5, -1\]\) is outside"),
+        (gym.spaces.MultiDiscrete([3, 3]), np.array([1.5, 0]), r"is not whole numbers"),
+        (gym.spaces.MultiDiscrete([3, 3]), np.array([1, 1, 1]), r"has shape \(3,\)"),
+        (gym.spaces.MultiBinary(3), np.array([7, -2, 0]), r"is outside MultiBinary\(3\)"),
+        (gym.spaces.Tuple((gym.spaces.Box(-1, 1, (2, 2)),)), (np.zeros((4, 1)),), r"the observation\[0\] has shape"),
+        (gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(2))), (1,), r"expected a tuple of 2"),
+    ],
+    ids=[
+        "dict_entry_shape",
+        "dict_key_missing",
+        "dict_discrete",
+        "multi_discrete",
+        "fraction",
+        "md_shape",
+        "multi_binary",
+        "tuple_entry_shape",
+        "tuple_length",
+    ],
+)
+def test_a_structured_observation_outside_its_space_is_rejected_naming_the_entry(space, obs, message):
+    encoder = ObservationEncoder.for_space(space)
+    with pytest.raises(ValueError, match=message):
+        encoder.encode_into(obs, np.zeros(encoder.shape, np.float32))
+
+
+def test_a_vector_env_s_batch_with_an_observation_outside_its_space_names_the_sub_env():
+    space = gym.spaces.Dict({"cell": gym.spaces.MultiDiscrete([4, 4])})
+    encoder = ObservationEncoder.for_space(space)
+    with pytest.raises(ValueError, match=r"sub-env 1's observation\['cell'\] array\(\[4, 0\]\) is outside"):
+        encoder.encode_batch_into({"cell": np.array([[0, 0], [4, 0]])}, np.zeros((2, 8), np.float32))
+
+
 def test_a_uint8_space_takes_whole_numbers_of_any_dtype_and_stores_them_exactly():
     encoder = ObservationEncoder.for_space(BYTES)
     assert encoder.storage_dtype == "uint8"
@@ -365,3 +407,21 @@ def test_a_uint8_space_takes_whole_numbers_of_any_dtype_and_stores_them_exactly(
     encoder.encode_batch_into(np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int64), batch)
     with pytest.raises(ValueError, match=r"a batch of observations of dtype float32"):
         encoder.encode_batch_into(np.full((2, 4), 0.5, np.float32), batch)
+
+
+class WrongPartShapes(gym.Env):
+    """A Dict env whose entries have the wrong shapes but the right total size (4 = 3 + 1)."""
+
+    observation_space = POS_VEL
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return {"pos": np.zeros(3, np.float32), "vel": np.zeros(1, np.float32)}, {}
+
+    def step(self, action):
+        return self.reset()[0], 1.0, False, True, {}
+
+
+def test_a_trainer_refuses_an_env_whose_structured_observation_is_not_of_its_space():
+    with pytest.raises(ConfigError, match=r"the observation\['pos'\] has shape \(3,\)"):  # was trained on, garbled
+        Trainer(WrongPartShapes)

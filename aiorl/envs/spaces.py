@@ -116,6 +116,7 @@ class ObservationEncoder:
             out[:] = 0.0
             out[index] = 1.0
         else:
+            check_member(self.space, obs)  # gymnasium's flatten checks nothing (a -1 index wraps around)
             out[:] = gym.spaces.flatten(self.space, obs)
 
     def _check_bytes(self, obs: object, what: str) -> None:
@@ -162,6 +163,7 @@ class ObservationEncoder:
             _check_batch_rows(self.space, obs, k, "observations")
             rows = gym.vector.utils.iterate(gym.vector.utils.batch_space(self.space, k), obs)
             for i, row in enumerate(rows):
+                check_member(self.space, row, f"sub-env {i}'s observation")
                 out[i] = gym.spaces.flatten(self.space, row)
 
 
@@ -189,6 +191,56 @@ def _check_batch_rows(space: gym.Space, batch: object, k: int, where: str) -> No
             raise ValueError(
                 f"{where} holds {rows} rows for {k} sub-envs (a batch of {space}, shape {np.shape(batch)})"
             )
+
+
+def check_member(space: gym.Space, obs: object, where: str = "the observation") -> None:
+    """Raise ``ValueError`` naming the entry unless ``obs`` is an observation of the structured ``space``.
+
+    For the spaces encoded through ``gymnasium.spaces.flatten`` (Dict, Tuple, MultiDiscrete,
+    MultiBinary and what they hold), which checks nothing: a Dict entry of another shape
+    passes when the sizes add up, a Discrete or MultiDiscrete value of -1 becomes the last
+    one, a MultiBinary 7 stays 7. Box values are not range-checked (as for a plain Box);
+    their shapes are.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        keys = set(obs) if isinstance(obs, dict) else None
+        if keys != set(space.spaces):
+            got = sorted(map(str, keys)) if keys is not None else type(obs).__name__
+            raise ValueError(f"{where} is {got!r}, expected a dict of {sorted(space.spaces)} ({space})")
+        for key, subspace in space.spaces.items():
+            check_member(subspace, obs[key], f"{where}[{key!r}]")  # type: ignore[index]
+    elif isinstance(space, gym.spaces.Tuple):
+        if not isinstance(obs, tuple | list) or len(obs) != len(space.spaces):
+            raise ValueError(f"{where} is {_brief(obs)}, expected a tuple of {len(space.spaces)} ({space})")
+        for i, (subspace, part) in enumerate(zip(space.spaces, obs, strict=True)):
+            check_member(subspace, part, f"{where}[{i}]")
+    elif isinstance(space, gym.spaces.Discrete):
+        value = _whole_number(obs, space)
+        if not int(space.start) <= value < int(space.start) + int(space.n):
+            raise ValueError(f"{where} {obs!r} is outside {space}")
+    elif isinstance(space, gym.spaces.Box):
+        if tuple(np.shape(obs)) != space.shape:  # type: ignore[arg-type]
+            raise ValueError(f"{where} has shape {np.shape(obs)}, but its space is {space}")  # type: ignore[arg-type]
+    elif isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        values = np.asarray(obs)
+        if values.shape != space.shape:
+            raise ValueError(f"{where} has shape {values.shape}, but its space is {space}")
+        if values.dtype.kind not in "biuf" or (
+            values.dtype.kind == "f" and not np.array_equal(values, np.rint(values))
+        ):
+            raise ValueError(f"{where} {_brief(obs)} is not whole numbers, but its space is {space}")
+        if isinstance(space, gym.spaces.MultiBinary):
+            inside = (values == 0) | (values == 1)
+        else:
+            inside = (values >= space.start) & (values < space.start + space.nvec)
+        if not inside.all():
+            raise ValueError(f"{where} {_brief(obs)} is outside {space}")
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _whole_number(obs: object, space: gym.Space) -> int:
