@@ -460,3 +460,23 @@ async def test_an_async_env_re_created_after_an_error_is_seeded_from_the_run_s_s
     assert [error.env_index for error in env_errors] == [0]
     spec = sampler.spec
     assert SeedsSeen.seeds == [(0, spec.env_seed(0)), (1, spec.env_seed(1)), (0, spec.env_seed(0, 1))]  # was None
+
+
+class ForgotAsync(AsyncEnv):
+    """An async env whose reset and step were written with a plain ``def``."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):  # type: ignore[override]
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+def test_an_async_env_whose_methods_are_not_coroutines_is_a_config_error_naming_them():
+    with pytest.raises(
+        ConfigError, match=r"whose reset and step are not coroutine functions: define them with 'async def'"
+    ):
+        Trainer(ForgotAsync)  # was accepted, then failed in the workers: "object tuple can't be used in 'await'"

@@ -11,6 +11,7 @@ worker processes.
 from __future__ import annotations
 
 import difflib
+import inspect
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -174,6 +175,7 @@ class EnvSpaces:
             encoder = ObservationEncoder.for_space(observation_space)  # unsupported spaces fail before any reset
             check_action_space(action_space)
             if is_async:
+                _check_coroutines(env, factory)
                 info: object = {"action_mask": True} if getattr(env, "action_masks", False) is True else {}
             else:
                 info = _first_reset(env, factory, encoder, num_envs)
@@ -184,6 +186,26 @@ class EnvSpaces:
         finally:
             if hasattr(env, "close"):
                 close_in_background(env, "the env built to read its spaces")
+
+
+def _check_coroutines(env: AsyncEnv[Any, Any], factory: EnvFactory) -> None:
+    """Raise :class:`ConfigError` unless the async env's ``reset``, ``step`` and ``close`` are coroutine functions.
+
+    One written with a plain ``def`` (``async`` forgotten) failed only in the workers, with
+    "object tuple can't be used in 'await' expression".
+    """
+    plain = [
+        name
+        for name in ("reset", "step", "close")
+        if not inspect.iscoroutinefunction(inspect.unwrap(getattr(type(env), name)))
+    ]
+    if plain:
+        raise ConfigError(
+            f"env={factory.describe()!r} is an aiorl.AsyncEnv whose {' and '.join(plain)} "
+            f"{'is not a coroutine function' if len(plain) == 1 else 'are not coroutine functions'}: "
+            "define them with 'async def' (a blocking gymnasium env needs no AsyncEnv: pass it as it is, "
+            "or wrap it in aiorl.ThreadedEnv)"
+        )
 
 
 def _check_first_mask(masks: ActionMasks, info: Any, factory: EnvFactory, num_envs: int | None) -> None:
