@@ -480,3 +480,23 @@ def test_an_async_env_whose_methods_are_not_coroutines_is_a_config_error_naming_
         ConfigError, match=r"whose reset and step are not coroutine functions: define them with 'async def'"
     ):
         Trainer(ForgotAsync)  # was accepted, then failed in the workers: "object tuple can't be used in 'await'"
+
+
+class ArrayReward(AsyncCountingEnv):
+    """Its rewards are arrays of one element, not numbers."""
+
+    async def step(self, action: np.int64) -> Any:
+        obs, reward, terminated, truncated, info = await super().step(action)
+        return obs, np.array([reward]), terminated, truncated, info
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_s_malformed_reward_is_an_env_error_naming_it():
+    sampler, slots = make_sampler(ArrayReward, envs=1, steps=1)
+    env_errors: list = []
+    await sampler.start()
+    try:
+        await collect_with(sampler, slots, env_errors, 1)
+    finally:
+        slots.close()
+    assert "step() returned reward array([1.]) of shape (1,), expected a number" in env_errors[0].message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from typing import Any
 
 import gymnasium as gym
@@ -228,3 +229,55 @@ def test_an_observation_numpy_cannot_stack_or_of_a_scalar_boxs_wrong_shape_is_an
     finally:
         sampler.close()
         slots.close()
+
+
+class BadStepResult(gym.Env):
+    """CartPole's spaces; ``step`` returns ``result`` (a malformed step result)."""
+
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        return self.result
+
+
+OBS = np.zeros(4, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        (
+            (OBS, np.array([1.0]), False, False, {}),
+            r"returned reward array\(\[1\.\]\) of shape \(1,\), expected a number",
+        ),
+        ((OBS, None, False, False, {}), r"returned reward None, expected a number"),
+        (
+            (OBS, 1.0, np.array([True, False]), False, {}),
+            r"returned terminated array\(\[ True, False\]\) of shape \(2,\)",
+        ),
+        (
+            (OBS, 1.0, False, {}),
+            r"returned 4 values, expected a tuple of 5 \(observation, reward, terminated, truncated",
+        ),
+    ],
+    ids=["reward_array", "reward_none", "terminated_array", "old_gym_api"],
+)
+def test_a_malformed_step_result_is_an_env_error_naming_the_field_and_value(result, message):
+    # The errors of float() and unpacking named neither ("only 0-dimensional arrays can be converted ...").
+    template, policy = sampler_template(functools.partial(BadStepResult, result), envs=1, steps=1)
+    slots = RolloutSlots.create(template.layout, 1)
+    sampler = EnvSampler(template.worker_spec(worker_id=0, incarnation=0), policy)
+    try:
+        summary = asyncio.run(sampler.collect(slots[0], policy_version=0))
+    finally:
+        sampler.close()
+        slots.close()
+    (error,) = summary.env_errors
+    assert re.search(message, error.message), error.message

@@ -55,7 +55,13 @@ from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import PER_ENV_FIELDS
 from aiorl.shm import ProgressBoard, RolloutSlots
 from aiorl.worker.acting import ActingPolicy, check_sampled
-from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
+from aiorl.worker.episodes import (
+    ENV_INDEX_VARIABLE,
+    EnvBookkeeping,
+    EnvStepError,
+    RolloutSummary,
+    bad_step_result,
+)
 from aiorl.worker.spec import AsyncActing, WorkerSpec
 
 T = TypeVar("T")
@@ -414,8 +420,12 @@ class AsyncEnvSampler:
         episode = self.episodes[i]
         episode.env_steps += 1
         try:
-            obs, reward, term, trunc, info = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
-            reward = float(reward)
+            result = await self._timed(env.step(self.to_env(self.batcher.actions[i])), "step")
+            try:
+                obs, reward, term, trunc, info = result
+                reward, term, trunc = float(reward), bool(term), bool(trunc)
+            except (TypeError, ValueError) as exc:
+                raise bad_step_result(result, i) from exc
             if not math.isfinite(reward):
                 raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
             if self.action_masks is not None and not (term or trunc):  # the mask of the next observation

@@ -21,6 +21,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from aiorl import protocol
 
 ENV_INDEX_VARIABLE = "AIORL_ENV_INDEX"
@@ -176,3 +178,39 @@ class EnvBookkeeping:
         self.episode_return, self.episode_length, self.disc_return = 0.0, 0, 0.0
         self.start = next_row
         self.error = None
+
+
+STEP_FIELDS = ("observation", "reward", "terminated", "truncated", "info")
+
+
+def bad_step_result(result: object, i: int) -> Exception:
+    """The error for env ``i``'s ``step()`` result that could not be read as gymnasium's five values.
+
+    Called once unpacking it, ``float(reward)`` or ``bool(terminated)`` failed: the message
+    names the field and its value (those calls' own errors named neither: "only 0-dimensional
+    arrays can be converted to Python scalars").
+    """
+    if not (isinstance(result, tuple) and len(result) == len(STEP_FIELDS)):
+        size = f"{len(result)} values" if isinstance(result, tuple) else type(result).__name__
+        return ValueError(
+            f"env {i}'s step() returned {size}, expected a tuple of 5 ({', '.join(STEP_FIELDS)}) as in "
+            "gymnasium's API (an old gym env returns 4)"
+        )
+    _obs, reward, terminated, truncated, _info = result
+    for name, value, convert, wanted in (
+        ("reward", reward, float, "a number"),
+        ("terminated", terminated, bool, "a bool"),
+        ("truncated", truncated, bool, "a bool"),
+    ):
+        try:
+            convert(value)
+        except (TypeError, ValueError):
+            shape = f" of shape {np.shape(value)}" if isinstance(value, np.ndarray) else ""
+            return TypeError(f"env {i}'s step() returned {name} {_brief(value)}{shape}, expected {wanted}")
+    return ValueError(f"env {i}'s step() returned {_brief(result)}, which could not be read")
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

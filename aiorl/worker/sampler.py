@@ -34,7 +34,13 @@ from aiorl.envs.spaces import check_same_action_space
 from aiorl.rollout import SlotArrays
 from aiorl.shm import ProgressBoard
 from aiorl.worker.acting import ActingPolicy, act_into_row, all_finite
-from aiorl.worker.episodes import ENV_INDEX_VARIABLE, EnvBookkeeping, EnvStepError, RolloutSummary
+from aiorl.worker.episodes import (
+    ENV_INDEX_VARIABLE,
+    EnvBookkeeping,
+    EnvStepError,
+    RolloutSummary,
+    bad_step_result,
+)
 from aiorl.worker.spec import WorkerSpec
 
 YIELD_INTERVAL_S = 0.005
@@ -147,8 +153,12 @@ class EnvSampler:
                 episode = episodes[i]
                 episode.env_steps += 1
                 try:
-                    obs, reward, term, trunc, info = env.step(to_env(actions_np[i]))
-                    reward, term, trunc = float(reward), bool(term), bool(trunc)
+                    result = env.step(to_env(actions_np[i]))
+                    try:
+                        obs, reward, term, trunc, info = result
+                        reward, term, trunc = float(reward), bool(term), bool(trunc)
+                    except (TypeError, ValueError) as exc:
+                        raise bad_step_result(result, i) from exc
                     if not math.isfinite(reward):
                         raise FloatingPointError(f"env {i} returned a non-finite reward ({reward})")
                     if masks is not None and not (term or trunc):  # the mask of the next observation
