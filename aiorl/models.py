@@ -333,7 +333,8 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
     """
     params = list(module.parameters())
     if not params:
-        raise ConfigError(f"policy={type(module).__name__} has no parameters to train")
+        own = module.policy if isinstance(module, ObservationNormalizer) else module  # the user's, not aiorl's wrapper
+        raise ConfigError(f"policy={type(own).__name__} has no parameters to train")
     with torch.no_grad():
         flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
     flat.grad = torch.zeros_like(flat)

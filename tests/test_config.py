@@ -187,6 +187,21 @@ def test_a_policy_that_cannot_be_pickled_is_refused_before_workers_start():
         Trainer("CartPole-v1", policy=policy)  # was: multiprocessing's AttributeError when run() started workers
 
 
+class NoParameters(torch.nn.Module):
+    """A policy with nothing to train: fixed logits and value."""
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(obs), 2), torch.zeros(len(obs))
+
+
+@pytest.mark.parametrize("normalize_observations", [True, False])
+def test_a_policy_without_parameters_is_named_not_aiorl_s_wrapper(normalize_observations):
+    with pytest.raises(
+        ConfigError, match=r"policy=NoParameters has no parameters to train"
+    ):  # was ObservationNormalizer
+        Trainer("CartPole-v1", policy=NoParameters(), normalize_observations=normalize_observations)
+
+
 def test_an_integer_box_action_space_is_rejected_not_given_float_actions():
     with pytest.raises(ConfigError, match=r"a Box of int64 would get Gaussian \(float\) actions.*MultiDiscrete"):
         Trainer(IntegerBoxActionEnv)
