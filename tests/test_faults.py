@@ -251,6 +251,7 @@ async def test_an_env_constructor_that_raises_in_a_worker_fails_clearly_without_
         await trainer.run(total_steps=1_000)
     assert "InjectedFault" in str(info.value.__cause__)
     assert trainer.stats.worker_restarts == 0
+    assert trainer.stats.env_errors == 1  # counted, as the README says (was 0)
 
 
 class ActionsDifferInWorker1(gym.Wrapper):

@@ -269,6 +269,8 @@ class WorkerPool:
             elif isinstance(message, protocol.EnvFailed):
                 for i, earlier in enumerate(message.earlier, 1):  # the rollout's failures, the last one fatal
                     self._on_env_recovered(handle, earlier, fatal=i == len(message.earlier))
+                if not message.earlier:  # a constructor (or first reset) that failed: no rollout had begun
+                    self.stats.env_errors += 1
                 handle.fatal = self.last_env_error = _env_error(handle.worker_id, message)
             elif isinstance(message, protocol.WorkerFailed):
                 handle.fatal = _worker_error(handle.worker_id, message)
