@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import SMALL, alive, leftover_workers, wait_until
 
-from aiorl import PPO, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
+from aiorl import PPO, ConfigError, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.engine import consumer as consumer_module
 from aiorl.errors import WorkerError, WorkerHung, WorkerRestartError
 from aiorl.models import flat_weights
@@ -641,3 +641,29 @@ async def test_strict_on_policy_training_resumes_after_a_learner_failure():
             await trainer.run(total_steps=10**9)
         result = await asyncio.wait_for(trainer.run(total_steps=2_000), timeout=60)
         assert result.updates >= 3
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_id_registered_in_a_module_named_in_env_trains_in_workers():
+    # gymnasium's "module:EnvId": each process imports the module, which registers the id.
+    trainer = Trainer("registered_envs:RegisteredCartPole-v0", QUICK_PPO, num_workers=1, envs_per_worker=2)
+    result = await trainer.run(total_steps=256)  # was a ConfigError: "not a registered gymnasium id"
+    assert result.env_steps >= 256 and result.env_errors == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_an_id_registered_only_in_the_trainer_s_process_fails_in_workers_saying_how_to_register_it():
+    gym.register("OnlyHere-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv")  # as in main()
+    try:
+        trainer = Trainer("OnlyHere-v0", QUICK_PPO, num_workers=1, envs_per_worker=2)
+        with pytest.raises(
+            EnvError, match=r"in this worker process; the trainer's has it.*env='that_module:OnlyHere-v0'"
+        ):
+            await trainer.run(total_steps=256)
+    finally:
+        del gym.registry["OnlyHere-v0"]
+
+
+def test_a_module_that_cannot_be_imported_for_an_env_id_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"module 'no_such_module', which should register 'X-v0', cannot be imported"):
+        Trainer("no_such_module:X-v0")

@@ -11,6 +11,7 @@ worker processes.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import pickle
 from collections.abc import Callable, Mapping
@@ -41,6 +42,25 @@ def check_env_kwargs(env_kwargs: object) -> None:
         raise ConfigError(f"env_kwargs={env_kwargs!r} must be a dict of keyword arguments (str keys) or None")
 
 
+def _import_registering_module(env: str) -> str:
+    """The gymnasium id of ``env``, after importing the module of a ``"module:EnvId"`` (as ``gym.make`` does).
+
+    Raises:
+        ConfigError: the module cannot be imported.
+    """
+    if ":" not in env:
+        return env
+    module, env_id = env.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        raise ConfigError(
+            f"env={env!r}: module {module!r}, which should register {env_id!r}, cannot be imported: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return env_id
+
+
 @dataclass(frozen=True, slots=True)
 class EnvFactory:
     """A picklable recipe for one environment.
@@ -69,8 +89,9 @@ class EnvFactory:
                     f"Trainer.from_preset({env!r}) (Atari's preprocessing and frame stack; Pong and Breakout) "
                     f"or env=aiorl.envs.AtariEnv({env!r}); `pip install 'aiorl[atari]'` installs ale-py"
                 )
-            if env not in gym.registry:
-                close = difflib.get_close_matches(env, list(gym.registry), n=3)
+            env_id = _import_registering_module(env)
+            if env_id not in gym.registry:
+                close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
                 hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ConfigError(f"env={env!r} is not a registered gymnasium id{hint}")
             return cls(env_id=env, kwargs=dict(env_kwargs or {}))
@@ -96,7 +117,19 @@ class EnvFactory:
     def __call__(self) -> gym.Env | AsyncEnv | VectorEnv:
         """Make one fresh environment."""
         if self.env_id is not None:
-            return gym.make(self.env_id, **self.kwargs)
+            try:
+                return gym.make(self.env_id, **self.kwargs)
+            except gym.error.UnregisteredEnv as exc:
+                if ":" in self.env_id:
+                    raise
+                # The trainer found the id, so its process registered it: a worker process did not.
+                raise type(exc)(
+                    f"{exc} (in this worker process; the trainer's has it: an id registered by a call "
+                    "that only the trainer's process ran, such as gymnasium.register in main(), is "
+                    f"unknown to workers. Register it at the top level of a module and pass "
+                    f"env='that_module:{self.env_id}': gymnasium imports the module first, in every "
+                    "process; or pass a factory, a module-level function or class)"
+                ) from None
         assert self.make_fn is not None
         return self.make_fn()
 
