@@ -25,6 +25,7 @@ import gc
 import logging
 import math
 import os
+import pickle
 import re
 import signal
 import sys
@@ -602,12 +603,20 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
         BadInput: naming each setting that differs, with both values.
     """
     factory = trainer.env_factory
-    env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
+    env = factory.env_id or _factory_name(factory.make_fn)
     env_kwargs, vector = dict(factory.kwargs), None
     preset_factory = preset_env_factory(experiment.run.env)
     atari = factory.make_fn is not None and preset_factory is not None and experiment.run.vector is None
     if atari and factory.make_fn == experiment.env_source():  # a preset's factory with env_kwargs as its options
         env, env_kwargs = experiment.run.env, dict(experiment.env_kwargs)
+    elif (
+        factory.make_fn is not None
+        and experiment.run.vector is None
+        and ":" in (experiment.run.env or "")
+        and _same_factory(experiment.env_source(), factory.make_fn)
+    ):  # run.env names the factory where the user's module holds it (a re-export, a partial, an
+        # instance), not where it was defined: config.toml agrees when that name resolves to it
+        env = experiment.run.env
     if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
         env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
         if experiment.run.vector is not None and factory.make_fn == experiment.env_source():
@@ -622,6 +631,27 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
             "resume continues the checkpoint's run: put config.toml back as it was, "
             "or start a new run with `aiorl train`"
         )
+
+
+def _factory_name(make_fn: object) -> str:
+    """A checkpoint's env factory as ``module:name`` where it has one (a function, a class), else its repr."""
+    module, name = getattr(make_fn, "__module__", None), getattr(make_fn, "__qualname__", None)
+    return f"{module}:{name}" if isinstance(module, str) and isinstance(name, str) else repr(make_fn)
+
+
+def _same_factory(mine: object, theirs: object) -> bool:
+    """Whether two env factories are the same recipe: one object, equal, or pickled alike (as workers get them).
+
+    A checkpoint's factory is an unpickled copy: a function or a class is the module's own
+    object again, a ``functools.partial`` or a callable instance an equal copy, which pickles
+    to the same bytes as the object ``run.env`` names.
+    """
+    if mine is theirs:
+        return True
+    try:
+        return bool(mine == theirs) or pickle.dumps(mine) == pickle.dumps(theirs)
+    except Exception:  # an object that cannot be compared or pickled is another recipe
+        return False
 
 
 def _check_same_plan(experiment: Experiment, plan: RunPlan, logdir: Path) -> None:

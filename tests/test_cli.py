@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_envs import BUILDING_FLAG_VARIABLE, SIMULATOR_PID_VARIABLE, STEP_DELAY_VARIABLE, cartpole_with_a_simulator
+from cli_envs import (
+    BUILDING_FLAG_VARIABLE,
+    SIMULATOR_PID_VARIABLE,
+    STEP_DELAY_VARIABLE,
+    cartpole_with_a_simulator,
+    short_cartpole,
+)
 from conftest import alive, descendants, documented_metrics_keys, wait_until
 
 from aiorl import Trainer
@@ -309,6 +315,26 @@ def test_resume_refuses_a_config_toml_that_names_another_env(forked_aiorl, train
     assert "run/config.toml does not describe the run in run/checkpoint.pt:" in done.stderr
     assert "run.env = 'Acrobot-v1' in config.toml, 'CartPole-v1' in the checkpoint" in done.stderr
     assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
+
+
+@pytest.mark.parametrize("env", ["cli_envs:short_cartpole", "cli_envs:CartPoleEnv"])  # a partial, a re-export
+def test_resume_goes_on_with_a_factory_its_module_holds_but_did_not_define(tmp_path, env):
+    flags = ["--steps", "512", "--workers", "1", "--envs-per-worker", "4", "--progress", "plain", "--logdir", "run"]
+    assert aiorl("train", env, *flags, cwd=tmp_path).returncode == 0
+    done = aiorl("resume", "run", "--steps", "256", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # was: "run.env = 'cli_envs:CartPoleEnv' in config.toml,
+    # 'gymnasium.envs.classic_control.cartpole:CartPoleEnv' in the checkpoint"
+    assert read_checkpoint(tmp_path / "run")["stats"]["steps_trained"] == 512 + 256
+
+
+def test_resume_refuses_a_config_toml_that_names_another_factory(forked_aiorl, tmp_path):
+    (tmp_path / "run").mkdir()
+    asyncio.run(Trainer(short_cartpole, num_workers=1, envs_per_worker=4, seed=0).save(tmp_path / "run"))
+    experiment = build_experiment({"run": {"env": "cli_envs:plain_cartpole"}, "trainer": {"seed": 0}})
+    (tmp_path / "run" / "config.toml").write_text(experiment.to_toml())
+    done = forked_aiorl("resume", "run", "--steps", "256", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "run.env = 'cli_envs:plain_cartpole' in config.toml, \"functools.partial(" in done.stderr
 
 
 def test_resume_takes_how_the_run_executes_from_config_toml_and_its_flags(trained, tmp_path):
