@@ -238,7 +238,12 @@ def train(
 
 @main.command()
 @click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--steps", type=int, help="Train this many more steps as a new run (default: finish the stopped run).")
+@click.option(
+    "--steps",
+    type=int,
+    help="Train this many more steps as a new run (default: finish the stopped run); "
+    "without a target when the run already reached it.",
+)
 @click.option("--workers", type=int, help="Worker processes from now on (written to config.toml).")
 @click.option("--device", help="Torch device of the learner from now on, e.g. cpu or cuda (written to config.toml).")
 @_progress_option
@@ -247,7 +252,9 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
     """Continue the run in LOGDIR from its checkpoint, with the same step counters.
 
     Without --steps, the interrupted run goes on to its step budget and target with the
-    same learning-rate schedule; with --steps it trains that many more steps. The run
+    same learning-rate schedule; with --steps it trains that many more steps, toward
+    config.toml's run.target_return unless the run already reached it (then the new run
+    has no target, and config.toml says so from now on). The run
     continues as the checkpoint holds it: LOGDIR/config.toml must agree with it on what the
     run learns from (env, env_kwargs, algorithm, and trainer settings such as the seed,
     envs per worker or rollout length), else nothing starts and each difference is named.
@@ -285,7 +292,17 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
         assert plan is not None
         _check_same_plan(experiment, plan, logdir)
     else:  # a new run of `steps` from here: config.toml describes it from now on
-        experiment = dataclasses.replace(experiment, run=dataclasses.replace(experiment.run, total_steps=steps))
+        new_plan = dataclasses.replace(experiment.run, total_steps=steps)
+        target, stats = new_plan.target_return, trainer.stats
+        if target is not None and stats.window_full and stats.mean_return >= target:  # it would stop at once
+            click.echo(
+                f"aiorl: the run already reached run.target_return = {target:g} (mean return "
+                f"{stats.mean_return:.2f} over the last {len(stats.recent_returns)} episodes): training "
+                f"{steps:,} more steps without a target (config.toml's run.target_return is unset)",
+                err=True,
+            )
+            new_plan = dataclasses.replace(new_plan, target_return=None)
+        experiment = dataclasses.replace(experiment, run=new_plan)
     if steps is not None:  # the checkpoint describes the new run too: a Ctrl-C before its first update keeps
         # config.toml and the checkpoint in agreement, so the `aiorl resume LOGDIR` it suggests works
         new_run = RunPlan(steps, experiment.run.target_return, done)

@@ -337,6 +337,19 @@ def test_resume_refuses_a_config_toml_that_names_another_factory(forked_aiorl, t
     assert "run.env = 'cli_envs:plain_cartpole' in config.toml, \"functools.partial(" in done.stderr
 
 
+def test_resume_steps_after_the_target_was_reached_trains_them_without_the_target(trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace('# target_return = "none"', "target_return = 10.0"))  # reached
+    done = aiorl("resume", "run", "--steps", "256", "--progress", "plain", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "the run already reached run.target_return = 10 (mean return " in done.stderr
+    assert read_checkpoint(logdir)["stats"]["steps_trained"] == 2048 + 256  # was: "reached the target", 0 updates
+    assert load_experiment(config).run.target_return is None  # a later resume is not stopped by it either
+
+
 def test_resume_takes_how_the_run_executes_from_config_toml_and_its_flags(trained, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(trained[0], logdir)
