@@ -67,6 +67,36 @@ class BadInput(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
 
+class _NonEmptyPath(click.Path):
+    """A ``click.Path`` of :class:`~pathlib.Path` that refuses an empty value.
+
+    click turns ``''`` into ``Path('.')``: ``--logdir ""`` (an unset shell variable, say)
+    would log into the current directory, and ``-o ""`` name it as the file to write.
+    """
+
+    def __init__(self, *, exists: bool = False, file_okay: bool = True, dir_okay: bool = True) -> None:
+        super().__init__(exists=exists, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The value as a :class:`~pathlib.Path`, checked as ``click.Path`` checks it.
+
+        Raises:
+            BadInput: the value is empty; the message names the option (``--logdir=''``).
+        """
+        if isinstance(value, str | bytes) and not value:
+            what = "a directory" if not self.file_okay else "a file" if not self.dir_okay else "a file or directory"
+            current = " (. for the current directory)" if self.dir_okay else ""
+            raise BadInput(f"{_param_name(param)}='' is an empty path: name {what}{current}")
+        return super().convert(value, param, ctx)
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    """How an error names a parameter: its first flag (``--logdir``, ``-o``), or an argument's ``LOGDIR``."""
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "path"
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now (the live display redirects it above its panel)."""
 
@@ -161,8 +191,8 @@ handle (it saves a checkpoint first)."""
 @click.option("--steps", type=int, help="Env steps to train on (run.total_steps).")
 @click.option("--target-return", type=float, help="Stop once the mean return reaches this.")
 @click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="A TOML config file.")
-@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-DATE-TIME.")
+@click.option("--config", "config_file", type=_NonEmptyPath(dir_okay=False), help="A TOML config file.")
+@click.option("--logdir", type=_NonEmptyPath(file_okay=False), help="Default: runs/ENV-ALGO-DATE-TIME.")
 @click.option("--seed", type=int, help="Seed of the policy, the envs and the sampling.")
 @click.option("--checkpoint-interval", type=float, help="Seconds between checkpoints (default 60).")
 @click.option(
@@ -237,7 +267,7 @@ def train(
 
 
 @main.command()
-@click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("logdir", type=_NonEmptyPath(exists=True, file_okay=False))
 @click.option(
     "--steps",
     type=int,
@@ -334,12 +364,12 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
 
 
 @main.command("eval")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, type=_NonEmptyPath(exists=True))
 @click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Episodes to play.")
 @click.option("--render", type=click.Choice(["rgb_array"]), help="Record the first episode to a GIF.")
 @click.option(
     "--video",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_NonEmptyPath(dir_okay=False),
     help="GIF path (implies --render rgb_array; default: eval.gif beside CHECKPOINT).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
@@ -415,11 +445,11 @@ def _evaluate(
 
 
 @main.command()
-@click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("logdirs", nargs=-1, required=True, type=_NonEmptyPath(exists=True, file_okay=False))
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_NonEmptyPath(dir_okay=False),
     default=Path("curve.png"),
     show_default=True,
     help="Image file to write (.png unless another suffix matplotlib writes is given).",

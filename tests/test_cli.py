@@ -556,6 +556,20 @@ def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(fork
     assert "training" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["train", "CartPole-v1", "--steps", "256", "--logdir", ""], "Error: --logdir='' is an empty path: name a dir"),
+        (["train", "CartPole-v1", "--config", ""], "Error: --config='' is an empty path: name a file"),
+        (["plot", ".", "-o", ""], "Error: -o='' is an empty path: name a file"),
+    ],
+)
+def test_an_empty_path_exits_with_2_naming_its_option(forked_aiorl, tmp_path, args, error):
+    done = forked_aiorl(*args, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(error), done.stderr
+    assert list(tmp_path.iterdir()) == []  # was: --logdir "" trained into the current directory
+
+
 def test_train_refuses_a_logdir_holding_the_metrics_of_a_run_that_never_checkpointed(forked_aiorl, tmp_path):
     # Killed before its first checkpoint: nothing to resume, and a new run appending to the old
     # metrics.jsonl would make its update numbers run 1..70, 1, 2, ... (and the plot fold back).
