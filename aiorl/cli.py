@@ -39,6 +39,7 @@ import click
 from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.config import RUNTIME_FIELDS, device_problem
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_toml, write_text_atomic
+from aiorl.envs.factory import EnvFactory
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import METRICS_NAME, MetricsLog, read_metrics
@@ -481,10 +482,15 @@ def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
 @click.option("--algo", type=click.Choice(sorted(ALGORITHMS)), help="Algorithm (default: the preset's, else ppo).")
 @click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1); it brings its env.")
 def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
-    """Print a complete config file (every field with its value) to edit and pass to --config."""
+    """Print a complete config file (every field with its value) to edit and pass to --config.
+
+    ENV_ID is checked as train checks it (an unknown id is named with the closest ones, a
+    module:factory must import), without making an env.
+    """
     with _bad_input():
         env = env_id or (None if preset else "CartPole-v1")  # a preset brings its own env
         experiment = build_experiment(overrides={"run": _given(env=env, algo=algo, preset=preset)})
+        EnvFactory.from_user(experiment.env_source(), experiment.trainer_env_kwargs())
     click.echo(experiment.to_toml(), nl=False)
 
 

@@ -609,6 +609,13 @@ def test_the_config_template_of_a_preset_names_the_preset_s_env(forked_aiorl, tm
     assert load_experiment(tmp_path / "p.toml") == build_experiment({"run": {"preset": "Pendulum-v1"}})
 
 
+def test_the_config_template_of_a_mistyped_env_id_exits_with_2_naming_the_closest(forked_aiorl, tmp_path):
+    done = forked_aiorl("config", "CartPol-v1", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout  # was: a config of 'CartPol-v1', exit 0
+    assert "env='CartPol-v1' is not a registered gymnasium id; did you mean 'CartPole-v1'" in done.stderr
+    assert done.stdout == ""
+
+
 def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
     (tmp_path / "fragile.toml").write_text("[trainer]\nmax_restarts = 0\n")
     flags = ["--config", "fragile.toml", "--steps", "100000", *SMALL_FLAGS, "--logdir", "run"]
