@@ -95,9 +95,23 @@ class RunPlan:
         return max(self.total_steps - (steps_trained - self.trained_at_start), 0)
 
 
+DIRECTORY_ENDINGS = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
+"""How a ``str`` path that names a directory ends (``Path`` drops the separator)."""
+
+
+def names_a_directory(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a ``str`` ending in a path separator (``"runs/new/"``): a directory, existing or not."""
+    return isinstance(path, str) and path.endswith(DIRECTORY_ENDINGS)
+
+
 def checkpoint_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a directory (a log directory)."""
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a directory (a log directory).
+
+    A ``str`` ending in a path separator names a directory even before it exists.
+    """
     resolved = Path(path)
+    if names_a_directory(path):
+        return resolved / CHECKPOINT_NAME
     try:
         is_dir = resolved.is_dir()
     except OSError:  # a name too long, say: not a directory, and writing there says why
@@ -116,9 +130,11 @@ def prepare_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     (:func:`remove_abandoned_temporaries`).
 
     Raises:
-        CheckpointError: the file cannot be written there; the message names the path
-            and the reason.
+        CheckpointError: the file cannot be written there, or ``path`` is a directory (or a
+            ``str`` ending in a path separator); the message names the path and the reason.
     """
+    if names_a_directory(path):  # Path() would drop the separator and write a file of that name
+        raise CheckpointError(f"checkpoint path {str(path)!r} names a directory; name a file such as {CHECKPOINT_NAME}")
     target = Path(path)
     temporary = _temporary_beside(target)
     try:

@@ -25,6 +25,7 @@ import gc
 import logging
 import math
 import os
+import pickle
 import re
 import signal
 import sys
@@ -38,6 +39,7 @@ import click
 from aiorl.checkpoint import CHECKPOINT_NAME, RunPlan, prepare_checkpoint_path, read_checkpoint, write_checkpoint
 from aiorl.config import RUNTIME_FIELDS, device_problem
 from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_toml, write_text_atomic
+from aiorl.envs.factory import EnvFactory
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
 from aiorl.metrics_log import METRICS_NAME, MetricsLog, read_metrics
@@ -64,6 +66,36 @@ class BadInput(click.ClickException):
     """A configuration or input problem: printed as ``Error: ...``, exit code 2."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class _NonEmptyPath(click.Path):
+    """A ``click.Path`` of :class:`~pathlib.Path` that refuses an empty value.
+
+    click turns ``''`` into ``Path('.')``: ``--logdir ""`` (an unset shell variable, say)
+    would log into the current directory, and ``-o ""`` name it as the file to write.
+    """
+
+    def __init__(self, *, exists: bool = False, file_okay: bool = True, dir_okay: bool = True) -> None:
+        super().__init__(exists=exists, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The value as a :class:`~pathlib.Path`, checked as ``click.Path`` checks it.
+
+        Raises:
+            BadInput: the value is empty; the message names the option (``--logdir=''``).
+        """
+        if isinstance(value, str | bytes) and not value:
+            what = "a directory" if not self.file_okay else "a file" if not self.dir_okay else "a file or directory"
+            current = " (. for the current directory)" if self.dir_okay else ""
+            raise BadInput(f"{_param_name(param)}='' is an empty path: name {what}{current}")
+        return super().convert(value, param, ctx)
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    """How an error names a parameter: its first flag (``--logdir``, ``-o``), or an argument's ``LOGDIR``."""
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "path"
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -160,8 +192,8 @@ handle (it saves a checkpoint first)."""
 @click.option("--steps", type=int, help="Env steps to train on (run.total_steps).")
 @click.option("--target-return", type=float, help="Stop once the mean return reaches this.")
 @click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="A TOML config file.")
-@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path), help="Default: runs/ENV-ALGO-DATE-TIME.")
+@click.option("--config", "config_file", type=_NonEmptyPath(dir_okay=False), help="A TOML config file.")
+@click.option("--logdir", type=_NonEmptyPath(file_okay=False), help="Default: runs/ENV-ALGO-DATE-TIME.")
 @click.option("--seed", type=int, help="Seed of the policy, the envs and the sampling.")
 @click.option("--checkpoint-interval", type=float, help="Seconds between checkpoints (default 60).")
 @click.option(
@@ -236,8 +268,13 @@ def train(
 
 
 @main.command()
-@click.argument("logdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--steps", type=int, help="Train this many more steps as a new run (default: finish the stopped run).")
+@click.argument("logdir", type=_NonEmptyPath(exists=True, file_okay=False))
+@click.option(
+    "--steps",
+    type=int,
+    help="Train this many more steps as a new run (default: finish the stopped run); "
+    "without a target when the run already reached it.",
+)
 @click.option("--workers", type=int, help="Worker processes from now on (written to config.toml).")
 @click.option("--device", help="Torch device of the learner from now on, e.g. cpu or cuda (written to config.toml).")
 @_progress_option
@@ -246,7 +283,9 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
     """Continue the run in LOGDIR from its checkpoint, with the same step counters.
 
     Without --steps, the interrupted run goes on to its step budget and target with the
-    same learning-rate schedule; with --steps it trains that many more steps. The run
+    same learning-rate schedule; with --steps it trains that many more steps, toward
+    config.toml's run.target_return unless the run already reached it (then the new run
+    has no target, and config.toml says so from now on). The run
     continues as the checkpoint holds it: LOGDIR/config.toml must agree with it on what the
     run learns from (env, env_kwargs, algorithm, and trainer settings such as the seed,
     envs per worker or rollout length), else nothing starts and each difference is named.
@@ -284,7 +323,17 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
         assert plan is not None
         _check_same_plan(experiment, plan, logdir)
     else:  # a new run of `steps` from here: config.toml describes it from now on
-        experiment = dataclasses.replace(experiment, run=dataclasses.replace(experiment.run, total_steps=steps))
+        new_plan = dataclasses.replace(experiment.run, total_steps=steps)
+        target, stats = new_plan.target_return, trainer.stats
+        if target is not None and stats.window_full and stats.mean_return >= target:  # it would stop at once
+            click.echo(
+                f"aiorl: the run already reached run.target_return = {target:g} (mean return "
+                f"{stats.mean_return:.2f} over the last {len(stats.recent_returns)} episodes): training "
+                f"{steps:,} more steps without a target (config.toml's run.target_return is unset)",
+                err=True,
+            )
+            new_plan = dataclasses.replace(new_plan, target_return=None)
+        experiment = dataclasses.replace(experiment, run=new_plan)
     if steps is not None:  # the checkpoint describes the new run too: a Ctrl-C before its first update keeps
         # config.toml and the checkpoint in agreement, so the `aiorl resume LOGDIR` it suggests works
         new_run = RunPlan(steps, experiment.run.target_return, done)
@@ -316,12 +365,12 @@ def resume(logdir: Path, steps: int | None, workers: int | None, device: str | N
 
 
 @main.command("eval")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, type=_NonEmptyPath(exists=True))
 @click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Episodes to play.")
 @click.option("--render", type=click.Choice(["rgb_array"]), help="Record the first episode to a GIF.")
 @click.option(
     "--video",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_NonEmptyPath(dir_okay=False),
     help="GIF path (implies --render rgb_array; default: eval.gif beside CHECKPOINT).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Reset seed of the first episode.")
@@ -397,11 +446,11 @@ def _evaluate(
 
 
 @main.command()
-@click.argument("logdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("logdirs", nargs=-1, required=True, type=_NonEmptyPath(exists=True, file_okay=False))
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_NonEmptyPath(dir_okay=False),
     default=Path("curve.png"),
     show_default=True,
     help="Image file to write (.png unless another suffix matplotlib writes is given).",
@@ -433,10 +482,15 @@ def plot(logdirs: tuple[Path, ...], output: Path, title: str | None) -> None:
 @click.option("--algo", type=click.Choice(sorted(ALGORITHMS)), help="Algorithm (default: the preset's, else ppo).")
 @click.option("--preset", help="Start from a preset's tuned settings (e.g. CartPole-v1); it brings its env.")
 def config_(env_id: str | None, algo: str | None, preset: str | None) -> None:
-    """Print a complete config file (every field with its value) to edit and pass to --config."""
+    """Print a complete config file (every field with its value) to edit and pass to --config.
+
+    ENV_ID is checked as train checks it (an unknown id is named with the closest ones, a
+    module:factory must import), without making an env.
+    """
     with _bad_input():
         env = env_id or (None if preset else "CartPole-v1")  # a preset brings its own env
         experiment = build_experiment(overrides={"run": _given(env=env, algo=algo, preset=preset)})
+        EnvFactory.from_user(experiment.env_source(), experiment.trainer_env_kwargs())
     click.echo(experiment.to_toml(), nl=False)
 
 
@@ -602,12 +656,20 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
         BadInput: naming each setting that differs, with both values.
     """
     factory = trainer.env_factory
-    env = factory.env_id or f"{getattr(factory.make_fn, '__module__', '?')}:{factory.describe()}"
+    env = factory.env_id or _factory_name(factory.make_fn)
     env_kwargs, vector = dict(factory.kwargs), None
     preset_factory = preset_env_factory(experiment.run.env)
     atari = factory.make_fn is not None and preset_factory is not None and experiment.run.vector is None
     if atari and factory.make_fn == experiment.env_source():  # a preset's factory with env_kwargs as its options
         env, env_kwargs = experiment.run.env, dict(experiment.env_kwargs)
+    elif (
+        factory.make_fn is not None
+        and experiment.run.vector is None
+        and ":" in (experiment.run.env or "")
+        and _same_factory(experiment.env_source(), factory.make_fn)
+    ):  # run.env names the factory where the user's module holds it (a re-export, a partial, an
+        # instance), not where it was defined: config.toml agrees when that name resolves to it
+        env = experiment.run.env
     if isinstance(factory.make_fn, VectorEnvs):  # run.vector: the factory holds the id and its kwargs
         env, env_kwargs, vector = factory.make_fn.env_id, dict(factory.make_fn.kwargs), factory.make_fn.kind
         if experiment.run.vector is not None and factory.make_fn == experiment.env_source():
@@ -622,6 +684,27 @@ def _check_same_run(experiment: Experiment, trainer: Trainer, logdir: Path) -> N
             "resume continues the checkpoint's run: put config.toml back as it was, "
             "or start a new run with `aiorl train`"
         )
+
+
+def _factory_name(make_fn: object) -> str:
+    """A checkpoint's env factory as ``module:name`` where it has one (a function, a class), else its repr."""
+    module, name = getattr(make_fn, "__module__", None), getattr(make_fn, "__qualname__", None)
+    return f"{module}:{name}" if isinstance(module, str) and isinstance(name, str) else repr(make_fn)
+
+
+def _same_factory(mine: object, theirs: object) -> bool:
+    """Whether two env factories are the same recipe: one object, equal, or pickled alike (as workers get them).
+
+    A checkpoint's factory is an unpickled copy: a function or a class is the module's own
+    object again, a ``functools.partial`` or a callable instance an equal copy, which pickles
+    to the same bytes as the object ``run.env`` names.
+    """
+    if mine is theirs:
+        return True
+    try:
+        return bool(mine == theirs) or pickle.dumps(mine) == pickle.dumps(theirs)
+    except Exception:  # an object that cannot be compared or pickled is another recipe
+        return False
 
 
 def _check_same_plan(experiment: Experiment, plan: RunPlan, logdir: Path) -> None:

@@ -485,7 +485,7 @@ class Trainer:
                 it may start a task, or read :meth:`events` instead).
                 (:meth:`events` publishes the same object, a
                 :class:`~aiorl.events.TrainingUpdate`, to any number of consumers.)
-            checkpoint_path: save checkpoints to this file (see :mod:`aiorl.checkpoint`):
+            checkpoint_path: save checkpoints to this file, not a directory (see :mod:`aiorl.checkpoint`):
                 every ``checkpoint_interval_s`` and when the run ends, normally, cancelled
                 (Ctrl-C) or failed; each write is atomic. After a learner failure the file
                 holds the state after the last good update. Its directory is created, and
@@ -644,8 +644,9 @@ class Trainer:
         """Write a checkpoint of the current state to ``path`` (atomically, in a thread); return the path.
 
         Call it while no ``run()`` is in progress; during a run use ``run(checkpoint_path=...)``,
-        which saves between updates. A directory gets its ``checkpoint.pt`` (what
-        :meth:`load` reads there); missing directories are created.
+        which saves between updates. A directory (one that exists, or a ``str`` ending in a
+        path separator: ``"runs/new/"``) gets its ``checkpoint.pt`` (what :meth:`load` reads
+        there); missing directories are created.
 
         Raises:
             CheckpointError: the file cannot be written there (the message names the path).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.classic_control import CartPoleEnv as CartPoleEnv  # re-exported: cli_envs:CartPoleEnv
 
 
 class DrawnCartPole(gym.Wrapper):
@@ -35,6 +37,10 @@ class DrawnCartPole(gym.Wrapper):
 def plain_cartpole() -> gym.Env:
     """CartPole-v1 made without a render mode (its factory takes no ``render_mode``)."""
     return gym.make("CartPole-v1")
+
+
+short_cartpole = functools.partial(gym.make, "CartPole-v1", max_episode_steps=50)
+"""CartPole-v1 cut at 50 steps, as a ``functools.partial`` (``cli_envs:short_cartpole``)."""
 
 
 def cartpole_killed_at_step_300() -> gym.Env:

@@ -244,6 +244,21 @@ async def test_save_creates_its_directory_and_writes_a_directory_s_checkpoint_pt
         await trainer.save(tmp_path / "file" / "x.pt")
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_save_to_a_path_ending_in_a_separator_creates_that_directory_s_checkpoint_pt(tmp_path):
+    saved = await Trainer("CartPole-v1", **SMALL).save(f"{tmp_path}/new{os.sep}")
+    assert saved == tmp_path / "new" / "checkpoint.pt"  # was: a file named new
+    assert Trainer.load(tmp_path / "new").policy_version == 0
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_run_refuses_a_checkpoint_path_ending_in_a_separator_before_it_starts(tmp_path):
+    trainer = Trainer("CartPole-v1", **SMALL)
+    with pytest.raises(CheckpointError, match=r"checkpoint path '.*/new/' names a directory; name a file"):
+        await trainer.run(total_steps=256, checkpoint_path=f"{tmp_path}/new/")
+    assert trainer.stats.steps_collected == 0 and not (tmp_path / "new").exists()
+
+
 def test_a_checkpoint_of_an_older_aiorl_loads_with_the_settings_it_trained_with():
     state = Trainer("CartPole-v1", PPO(), normalize_rewards=False, **SMALL).state_dict()
     del state["config"]["normalize_rewards"]  # aiorl 0.1 had no such option: it never scaled rewards

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_envs import BUILDING_FLAG_VARIABLE, SIMULATOR_PID_VARIABLE, STEP_DELAY_VARIABLE, cartpole_with_a_simulator
+from cli_envs import (
+    BUILDING_FLAG_VARIABLE,
+    SIMULATOR_PID_VARIABLE,
+    STEP_DELAY_VARIABLE,
+    cartpole_with_a_simulator,
+    short_cartpole,
+)
 from conftest import alive, descendants, documented_metrics_keys, wait_until
 
 from aiorl import Trainer
@@ -311,6 +317,39 @@ def test_resume_refuses_a_config_toml_that_names_another_env(forked_aiorl, train
     assert read_metrics(logdir) == read_metrics(trained[0])  # nothing trained
 
 
+@pytest.mark.parametrize("env", ["cli_envs:short_cartpole", "cli_envs:CartPoleEnv"])  # a partial, a re-export
+def test_resume_goes_on_with_a_factory_its_module_holds_but_did_not_define(tmp_path, env):
+    flags = ["--steps", "512", "--workers", "1", "--envs-per-worker", "4", "--progress", "plain", "--logdir", "run"]
+    assert aiorl("train", env, *flags, cwd=tmp_path).returncode == 0
+    done = aiorl("resume", "run", "--steps", "256", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # was: "run.env = 'cli_envs:CartPoleEnv' in config.toml,
+    # 'gymnasium.envs.classic_control.cartpole:CartPoleEnv' in the checkpoint"
+    assert read_checkpoint(tmp_path / "run")["stats"]["steps_trained"] == 512 + 256
+
+
+def test_resume_refuses_a_config_toml_that_names_another_factory(forked_aiorl, tmp_path):
+    (tmp_path / "run").mkdir()
+    asyncio.run(Trainer(short_cartpole, num_workers=1, envs_per_worker=4, seed=0).save(tmp_path / "run"))
+    experiment = build_experiment({"run": {"env": "cli_envs:plain_cartpole"}, "trainer": {"seed": 0}})
+    (tmp_path / "run" / "config.toml").write_text(experiment.to_toml())
+    done = forked_aiorl("resume", "run", "--steps", "256", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "run.env = 'cli_envs:plain_cartpole' in config.toml, \"functools.partial(" in done.stderr
+
+
+def test_resume_steps_after_the_target_was_reached_trains_them_without_the_target(trained, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained[0], logdir)
+    config = logdir / "config.toml"
+    config.write_text(config.read_text().replace('# target_return = "none"', "target_return = 10.0"))  # reached
+    done = aiorl("resume", "run", "--steps", "256", "--progress", "plain", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "the run already reached run.target_return = 10 (mean return " in done.stderr
+    assert read_checkpoint(logdir)["stats"]["steps_trained"] == 2048 + 256  # was: "reached the target", 0 updates
+    assert load_experiment(config).run.target_return is None  # a later resume is not stopped by it either
+
+
 def test_resume_takes_how_the_run_executes_from_config_toml_and_its_flags(trained, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(trained[0], logdir)
@@ -517,6 +556,20 @@ def test_a_logdir_where_nothing_can_be_written_exits_with_2_before_training(fork
     assert "training" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["train", "CartPole-v1", "--steps", "256", "--logdir", ""], "Error: --logdir='' is an empty path: name a dir"),
+        (["train", "CartPole-v1", "--config", ""], "Error: --config='' is an empty path: name a file"),
+        (["plot", ".", "-o", ""], "Error: -o='' is an empty path: name a file"),
+    ],
+)
+def test_an_empty_path_exits_with_2_naming_its_option(forked_aiorl, tmp_path, args, error):
+    done = forked_aiorl(*args, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(error), done.stderr
+    assert list(tmp_path.iterdir()) == []  # was: --logdir "" trained into the current directory
+
+
 def test_train_refuses_a_logdir_holding_the_metrics_of_a_run_that_never_checkpointed(forked_aiorl, tmp_path):
     # Killed before its first checkpoint: nothing to resume, and a new run appending to the old
     # metrics.jsonl would make its update numbers run 1..70, 1, 2, ... (and the plot fold back).
@@ -554,6 +607,13 @@ def test_the_config_template_of_a_preset_names_the_preset_s_env(forked_aiorl, tm
     assert done.returncode == 0, done.stderr
     (tmp_path / "p.toml").write_text(done.stdout)  # was env = "CartPole-v1" with Pendulum's target
     assert load_experiment(tmp_path / "p.toml") == build_experiment({"run": {"preset": "Pendulum-v1"}})
+
+
+def test_the_config_template_of_a_mistyped_env_id_exits_with_2_naming_the_closest(forked_aiorl, tmp_path):
+    done = forked_aiorl("config", "CartPol-v1", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout  # was: a config of 'CartPol-v1', exit 0
+    assert "env='CartPol-v1' is not a registered gymnasium id; did you mean 'CartPole-v1'" in done.stderr
+    assert done.stdout == ""
 
 
 def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
