@@ -214,6 +214,9 @@ def _algo_name(algo: object) -> str:
 def resolve_env(env: str) -> EnvSource:
     """A gymnasium id as is; ``"module:attribute"`` imported to the factory it names.
 
+    ``"module:EnvId"`` (gymnasium's form: the module registers the id when imported) stays
+    as it is when the module has no attribute of that name but registered the id.
+
     The id of a preset that builds its env with a factory (``"ALE/Pong-v5"``: Atari's
     preprocessing, :class:`~aiorl.envs.atari.AtariEnv`) is that factory.
 
@@ -234,8 +237,13 @@ def resolve_env(env: str) -> EnvSource:
             f"run.env={env!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
         ) from exc
     factory = getattr(module, attribute, None)
+    if factory is None and attribute in gym.registry:  # gymnasium's "module:EnvId": importing it registered the id
+        return env
     if not callable(factory):
-        raise ConfigError(f"run.env={env!r}: module {module_name!r} has no callable {attribute!r}")
+        raise ConfigError(
+            f"run.env={env!r}: module {module_name!r} has no callable {attribute!r} "
+            "(nor did importing it register a gymnasium id of that name)"
+        )
     return typing.cast(EnvSource, factory)
 
 

@@ -616,6 +616,14 @@ def test_the_config_template_of_a_mistyped_env_id_exits_with_2_naming_the_closes
     assert done.stdout == ""
 
 
+def test_gymnasium_s_module_colon_id_form_names_an_id_the_module_registers(forked_aiorl, tmp_path):
+    done = forked_aiorl("config", "registered_envs:RegisteredCartPole-v0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # was: "module 'registered_envs' has no callable 'RegisteredCartPole-v0'"
+    assert 'env = "registered_envs:RegisteredCartPole-v0"' in done.stdout
+    done = forked_aiorl("config", "registered_envs:NoSuchEnv-v0", cwd=tmp_path)
+    assert done.returncode == 2 and "nor did importing it register a gymnasium id of that name" in done.stderr
+
+
 def test_a_failed_run_exits_with_1_and_keeps_its_checkpoint(tmp_path):
     (tmp_path / "fragile.toml").write_text("[trainer]\nmax_restarts = 0\n")
     flags = ["--config", "fragile.toml", "--steps", "100000", *SMALL_FLAGS, "--logdir", "run"]
