@@ -42,6 +42,7 @@ from aiorl.config_file import ALGORITHMS, Experiment, build_experiment, read_tom
 from aiorl.envs.factory import EnvFactory
 from aiorl.envs.vector import VectorEnvs
 from aiorl.errors import AiorlError, CheckpointError, ConfigError
+from aiorl.events import EvaluationFinished, EventStream
 from aiorl.metrics_log import METRICS_NAME, MetricsLog, read_metrics
 from aiorl.presets import preset_env_factory
 from aiorl.progress import ProgressDisplay
@@ -587,9 +588,15 @@ def _session(
                 "checkpoint_path": checkpoint,
                 "checkpoint_interval_s": experiment.run.checkpoint_interval_s,
             }
-            if resume:
-                return await trainer.resume(**options)
-            return await trainer.run(total_steps, target_return, **options)
+            stream = trainer.events()
+            evaluations = asyncio.create_task(_log_evaluations(stream, metrics, display))
+            try:
+                if resume:
+                    return await trainer.resume(**options)
+                return await trainer.run(total_steps, target_return, **options)
+            finally:
+                stream.close()  # its iteration ends after the events already published: none is lost
+                await evaluations
 
     try:
         return aiorl.run(train())  # type: ignore[return-value]
@@ -606,6 +613,14 @@ def _session(
         raise BadInput(str(exc)) from exc
     except (AiorlError, OSError) as exc:  # OSError: a full disk under metrics.jsonl, say
         _exit(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}\n{_checkpoint_note(checkpoint)}")
+
+
+async def _log_evaluations(stream: EventStream, metrics: MetricsLog, display: ProgressDisplay) -> None:
+    """Show each periodic evaluation's result and write it to ``evaluations.jsonl``, until ``stream`` ends."""
+    async for event in stream:
+        if isinstance(event, EvaluationFinished):
+            metrics.write_evaluation(event.result)
+            display.evaluated(event.result)
 
 
 def _checkpoint_note(checkpoint: Path, resume_from: Path | None = None) -> str:

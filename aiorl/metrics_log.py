@@ -39,6 +39,12 @@ key                    meaning
 With the ``tensorboard`` extra installed, the same numbers go to TensorBoard event files in
 ``LOGDIR`` (``return/mean``, ``throughput/steps_per_s``, ``lag/mean``, ``learner/*``, ...),
 with ``env_steps`` as the step.
+
+Periodic evaluations (``eval_interval_steps``) go to ``evaluations.jsonl``, one line each as
+it finishes: ``schema``, ``update`` (the policy version that played), ``env_steps`` (trained
+on when that version was made), ``mean_return``, ``std_return``, ``episodes``, ``capped``
+(episodes cut at the step cap), ``returns``, ``lengths``, ``time``; and to TensorBoard as
+``eval/mean_return``.
 """
 
 from __future__ import annotations
@@ -47,16 +53,21 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiorl.errors import ConfigError
 from aiorl.records import UpdateReport
 
+if TYPE_CHECKING:
+    from aiorl.evaluation import EvalResult
+
 log = logging.getLogger("aiorl")
 
 METRICS_NAME = "metrics.jsonl"
+EVALUATIONS_NAME = "evaluations.jsonl"
 SCHEMA = 1
 
 
@@ -114,12 +125,15 @@ class MetricsLog:
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.path = self.logdir / METRICS_NAME
+        self.evaluations_path = self.logdir / EVALUATIONS_NAME
         purge_step = None
         if resume_after is not None:
             update, env_steps = resume_after
             _keep_until(self.path, update)
+            _keep_until(self.evaluations_path, update)
             purge_step = env_steps + 1
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._steps_of: dict[int, int] = {}  # env_steps of the updates an evaluation may still play
         self._tensorboard: Any = None
         if tensorboard is None or tensorboard:
             self._tensorboard = _summary_writer(self.logdir, purge_step, required=bool(tensorboard))
@@ -129,8 +143,31 @@ class MetricsLog:
         line = metrics_line(report)
         self._file.write(json.dumps(line, allow_nan=False) + "\n")
         self._file.flush()
+        self._steps_of[report.policy_version] = report.env_steps
         if self._tensorboard is not None:
             _write_scalars(self._tensorboard, line)
+
+    def write_evaluation(self, result: EvalResult) -> None:
+        """Append a periodic evaluation's line to ``evaluations.jsonl`` (flushed) and its TensorBoard scalar."""
+        env_steps = self._steps_of.get(result.policy_version)
+        for version in [v for v in self._steps_of if v < result.policy_version]:  # later ones play newer versions
+            del self._steps_of[version]
+        line = {
+            "schema": SCHEMA,
+            "update": result.policy_version,
+            "env_steps": env_steps,
+            "mean_return": _finite(result.mean_return),
+            "std_return": _finite(result.std_return),
+            "episodes": result.episodes,
+            "capped": result.capped,
+            "returns": [_finite(value) for value in result.returns],
+            "lengths": list(result.lengths),
+            "time": time.time(),
+        }
+        with open(self.evaluations_path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(line, allow_nan=False) + "\n")
+        if self._tensorboard is not None and env_steps is not None and line["mean_return"] is not None:
+            self._tensorboard.add_scalar("eval/mean_return", line["mean_return"], global_step=env_steps)
 
     def close(self) -> None:
         """Close the file and the TensorBoard writer (idempotent).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -21,6 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from aiorl.records import UpdateReport
+
+if TYPE_CHECKING:
+    from aiorl.evaluation import EvalResult
 
 
 class ProgressDisplay:
@@ -89,6 +92,15 @@ class ProgressDisplay:
         if now - self._last_line >= self.interval_s:
             self._last_line = now
             self._print_line(report)
+
+    def evaluated(self, result: EvalResult) -> None:
+        """Print a line for a periodic evaluation (above the live panel, or among the plain lines)."""
+        capped = f", {result.capped} cut at the step cap" if result.capped else ""
+        self.console.print(
+            f"evaluation of version {result.policy_version}: mean return {_number(result.mean_return)} "
+            f"+- {_number(result.std_return)} over {result.episodes} episodes{capped}",
+            soft_wrap=True,
+        )
 
     # ---- what is shown -------------------------------------------------------------------
     @property

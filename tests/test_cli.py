@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -568,6 +569,21 @@ def test_an_empty_path_exits_with_2_naming_its_option(forked_aiorl, tmp_path, ar
     done = forked_aiorl(*args, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith(error), done.stderr
     assert list(tmp_path.iterdir()) == []  # was: --logdir "" trained into the current directory
+
+
+def test_periodic_evaluations_are_printed_and_written_to_evaluations_jsonl(tmp_path):
+    (tmp_path / "ev.toml").write_text("[trainer]\neval_interval_steps = 512\neval_episodes = 2\n")
+    flags = ["--config", "ev.toml", "--steps", "2048", *SMALL_FLAGS, "--logdir", "run"]
+    done = aiorl("train", "CartPole-v1", *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = re.findall(r"evaluation of version (\d+): mean return [\d.]+ \+- [\d.]+ over 2 episodes", done.stderr)
+    assert printed, done.stderr  # were only logged at info level: nowhere without -v
+    lines = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    assert [str(line["update"]) for line in lines] == printed
+    steps_of = {record["update"]: record["env_steps"] for record in read_metrics(tmp_path / "run")}
+    for line in lines:
+        assert line["episodes"] == len(line["returns"]) == len(line["lengths"]) == 2
+        assert line["env_steps"] == steps_of[line["update"]] and line["mean_return"] == sum(line["returns"]) / 2
 
 
 def test_train_refuses_a_logdir_holding_the_metrics_of_a_run_that_never_checkpointed(forked_aiorl, tmp_path):
