@@ -225,6 +225,8 @@ def check_member(space: gym.Space, obs: object, where: str = "the observation") 
         values = np.asarray(obs)
         if values.shape != space.shape:
             raise ValueError(f"{where} has shape {values.shape}, but its space is {space}")
+        if isinstance(space, gym.spaces.MultiDiscrete) and values.dtype.kind not in "iu":  # flatten indexes with them
+            raise ValueError(f"{where} {_brief(obs)} is of dtype {values.dtype}, not integers: its space is {space}")
         if values.dtype.kind not in "biuf" or (
             values.dtype.kind == "f" and not np.array_equal(values, np.rint(values))
         ):
