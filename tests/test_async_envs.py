@@ -446,17 +446,23 @@ class SeedsSeen(AsyncCountingEnv):
         return await super().step(action)
 
 
-@pytest.mark.asyncio(loop_factories=["uvloop"])
-async def test_an_async_env_re_created_after_an_error_is_seeded_from_the_run_s_seed():
-    SeedsSeen.seeds.clear()
-    SeedsSeen.armed = True
-    sampler, slots = make_sampler(SeedsSeen, envs=2, steps=5)
+async def env_errors_of_one_slot(sampler: AsyncEnvSampler, slots: RolloutSlots) -> list:
+    """Start ``sampler``, let it fill one slot, return the env errors it reported (closes ``slots``)."""
     env_errors: list = []
     await sampler.start()
     try:
         await collect_with(sampler, slots, env_errors, 1)
     finally:
         slots.close()
+    return env_errors
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_an_async_env_re_created_after_an_error_is_seeded_from_the_run_s_seed():
+    SeedsSeen.seeds.clear()
+    SeedsSeen.armed = True
+    sampler, slots = make_sampler(SeedsSeen, envs=2, steps=5)
+    env_errors = await env_errors_of_one_slot(sampler, slots)
     assert [error.env_index for error in env_errors] == [0]
     spec = sampler.spec
     assert SeedsSeen.seeds == [(0, spec.env_seed(0)), (1, spec.env_seed(1)), (0, spec.env_seed(0, 1))]  # was None
@@ -493,10 +499,5 @@ class ArrayReward(AsyncCountingEnv):
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_an_async_env_s_malformed_reward_is_an_env_error_naming_it():
     sampler, slots = make_sampler(ArrayReward, envs=1, steps=1)
-    env_errors: list = []
-    await sampler.start()
-    try:
-        await collect_with(sampler, slots, env_errors, 1)
-    finally:
-        slots.close()
+    env_errors = await env_errors_of_one_slot(sampler, slots)
     assert "step() returned reward array([1.]) of shape (1,), expected a number" in env_errors[0].message
