@@ -70,7 +70,6 @@ class Policy:
         self.dist = dist
         self.env_factory = env_factory
         self.policy_version = policy_version
-        self._obs = np.zeros((1, *obs_encoder.shape), dtype=np.float32)
         self.recurrent = state_size(self.module) > 0
         """Whether the policy carries a state between steps (:meth:`act` then takes and returns it)."""
 
@@ -127,6 +126,9 @@ class Policy:
         first observation of an episode (the policy starts from its initial state). One
         state per env; it is a ``[1, state_size]`` tensor on the policy's device.
 
+        Calls from several threads at once (a server's handlers in ``asyncio.to_thread``) are
+        safe: each call has its own buffers.
+
         Raises:
             ConfigError: ``state`` given to a feed-forward policy, a ``state`` that is not
                 a ``[1, state_size]`` tensor, or a mask for a ``Box`` or ``MultiBinary`` action space.
@@ -159,7 +161,9 @@ class Policy:
             self.obs_encoder,
             self.dist,
             obs,
-            self._obs,
+            # A buffer per call: one shared by the policy was overwritten by another thread's call
+            # while torch (which releases the GIL) still read it, giving that call's action.
+            np.empty((1, *self.obs_encoder.shape), dtype=np.float32),
             deterministic=deterministic,
             device=self.device,
             memory=memory,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -188,3 +190,16 @@ def test_policy_load_names_a_device_it_cannot_use(tmp_path, device, message):
     write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
     with pytest.raises(ConfigError, match=message):  # was torch's RuntimeError or AssertionError
         Policy.load(path, device=device)
+
+
+def test_act_from_several_threads_at_once_gives_each_call_its_own_observation_s_action(tmp_path):
+    # A server acts in handlers run in threads; the policy shared one input buffer, which
+    # another call overwrote while torch (GIL released) read it: 8-60 of 4,000 actions were another's.
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(Trainer("CartPole-v1", **SMALL).state_dict(), path)
+    policy = Policy.load(path)
+    observations = np.random.default_rng(0).uniform(-2, 2, size=(4_000, 4)).astype(np.float32)
+    expected = [policy.act(obs) for obs in observations]
+    assert len(set(np.asarray(expected).tolist())) == 2  # both actions occur: a mix-up would show
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(policy.act, observations)) == expected
