@@ -134,6 +134,15 @@ def leftover_workers() -> set[int]:
     return candidates - multiprocessing_services(candidates)
 
 
+def open_fds() -> list[str]:
+    """What this process's file descriptors point to, sorted."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(fds)
+
+
 def our_segments(pid: int | None = None) -> list[str]:
     """``aiorl_`` shared-memory segments created by process ``pid`` (default: this one)."""
     prefix = f"aiorl_{pid or os.getpid()}_"

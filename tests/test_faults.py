@@ -10,7 +10,6 @@ for orphans and shared memory after each test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import multiprocessing.forkserver
@@ -22,7 +21,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import SMALL, alive, leftover_workers, wait_until
+from conftest import SMALL, alive, leftover_workers, open_fds, wait_until
 
 from aiorl import PPO, ConfigError, EnvError, LearnerError, Trainer, TrainerClosed, TrainResult, WorkerCrashed
 from aiorl.engine import consumer as consumer_module
@@ -528,14 +527,6 @@ async def test_an_update_left_running_by_a_second_cancellation_is_applied_and_ch
     saved = Trainer.load(checkpoint)  # the final checkpoint was written, with the update in it
     assert saved.policy_version == 1 and saved.stats.steps_trained == trainer.stats.steps_trained
     assert np.array_equal(flat_weights(saved.policy), flat_weights(trainer.policy))
-
-
-def open_fds() -> list[str]:
-    fds = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
-    return sorted(fds)
 
 
 async def settled(trainer: Trainer) -> None:

@@ -31,6 +31,7 @@ import contextlib
 import faulthandler
 import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -68,6 +69,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def process_main_of_pickled(spec: bytes, sock: socket.socket) -> None:
+    """Entry point of a local worker process: :func:`process_main` of the spec pickled with plain :mod:`pickle`."""
+    process_main(pickle.loads(spec), sock)
 
 
 def process_main(spec: WorkerSpec, sock: socket.socket) -> None:

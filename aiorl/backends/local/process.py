@@ -24,13 +24,14 @@ import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import pickle
 import socket
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from aiorl import WORKER_SIDE_VARIABLE
-from aiorl.worker.main import process_main
+from aiorl.worker.main import process_main_of_pickled
 from aiorl.worker.spec import WorkerSpec
 
 PRELOAD = ["aiorl", "torch", "gymnasium", "aiorl.worker.main"]
@@ -85,8 +86,11 @@ def start_worker(context: BaseContext, spec: WorkerSpec) -> tuple[BaseProcess, s
     ours, theirs = socket.socketpair()
     try:
         process = context.Process(  # type: ignore[attr-defined]
-            target=process_main,
-            args=(spec, theirs),
+            target=process_main_of_pickled,
+            # The spec as plain pickle bytes: multiprocessing's own pickler has torch move the
+            # policy template's tensors into shared memory, each held open by this process (15
+            # file descriptors of /dev/shm/torch_* per trainer, for as long as it lived).
+            args=(pickle.dumps(spec), theirs),
             name=f"aiorl-worker-{spec.worker_id}",
             daemon=True,
         )
