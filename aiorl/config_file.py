@@ -59,7 +59,8 @@ class RunConfig:
     env: str | None = None
     """A gymnasium id, or ``"module:attribute"`` naming a zero-argument env factory
     importable by the workers (a function or class, a ``functools.partial`` or a callable
-    object, defined in that module or imported into it)."""
+    object, defined in that module or imported into it), or gymnasium's ``"module:EnvId"``
+    (importing the module registers the id)."""
     preset: str | None = None
     """A preset of :data:`aiorl.presets.PRESETS`: its algorithm settings and trainer options
     are the base the rest of the file overrides (and its env is the default ``env``). Its
